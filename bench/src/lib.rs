@@ -1,0 +1,282 @@
+//! `brick bench`: randwrite-4k, randread-4k, seqwrite-1m, seqread-1m against one volume through
+//! the native client, `qd` requests in flight per job, every latency into an hdrhistogram.
+//! Each job has its own file, laid out in full before the timed run (as fio does), so reads
+//! hit real blocks and writes do not allocate.
+
+use brick_client::{ClientError, ClientResult, Volume};
+use brick_tuning::{BENCH_JOBS_MAX, BENCH_QD_MAX, BENCH_SECONDS_MAX};
+use brick_wire::{ErrorCode, FileId, SetAttr, ROOT_FILE_ID};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    Randwrite4k,
+    Randread4k,
+    Seqwrite1m,
+    Seqread1m,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 4] = [Workload::Randwrite4k, Workload::Randread4k, Workload::Seqwrite1m, Workload::Seqread1m];
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Randwrite4k => "randwrite-4k",
+            Workload::Randread4k => "randread-4k",
+            Workload::Seqwrite1m => "seqwrite-1m",
+            Workload::Seqread1m => "seqread-1m",
+        }
+    }
+
+    pub fn block_bytes(self) -> u64 {
+        match self {
+            Workload::Randwrite4k | Workload::Randread4k => 4096,
+            Workload::Seqwrite1m | Workload::Seqread1m => 1 << 20,
+        }
+    }
+
+    fn is_write(self) -> bool {
+        matches!(self, Workload::Randwrite4k | Workload::Seqwrite1m)
+    }
+
+    fn is_random(self) -> bool {
+        matches!(self, Workload::Randwrite4k | Workload::Randread4k)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub workload: Workload,
+    pub qd: u32,
+    pub jobs: u32,
+    pub seconds: u64,
+    pub size_bytes: u64,
+    /// Stop after this many requests even if time remains (every load loop is bounded).
+    pub ops_max: u64,
+}
+
+impl BenchOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.qd == 0 || self.qd > BENCH_QD_MAX {
+            return Err(format!("--qd must be 1..={BENCH_QD_MAX}"));
+        }
+        if self.jobs == 0 || self.jobs > BENCH_JOBS_MAX {
+            return Err(format!("--jobs must be 1..={BENCH_JOBS_MAX}"));
+        }
+        if self.seconds == 0 || self.seconds > BENCH_SECONDS_MAX {
+            return Err(format!("--seconds must be 1..={BENCH_SECONDS_MAX}"));
+        }
+        let block = self.workload.block_bytes();
+        if self.size_bytes < block * 4 || self.size_bytes % block != 0 {
+            return Err(format!("--size must be a multiple of {block} and at least {}", block * 4));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub workload: Workload,
+    pub qd: u32,
+    pub jobs: u32,
+    pub size_bytes: u64,
+    pub block_bytes: u64,
+    pub seconds: f64,
+    pub ops: u64,
+    pub errors: u64,
+    pub iops: f64,
+    pub mib_s: f64,
+    pub lat_us: Latency,
+}
+
+const DIR: &str = ".brick-bench";
+
+async fn ensure_dir(vol: &Volume) -> ClientResult<FileId> {
+    match vol.mkdir(ROOT_FILE_ID, DIR, 0o755).await {
+        Ok(a) => Ok(a.fid),
+        Err(e) if e.code() == Some(ErrorCode::Exists) => Ok(vol.lookup(ROOT_FILE_ID, DIR).await?.fid),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates (or reuses) a job's file of exactly `size` bytes, written in full once.
+pub async fn prepare_file(vol: &Volume, job: u32, size: u64, progress: &dyn Fn(&str)) -> ClientResult<FileId> {
+    let dir = ensure_dir(vol).await?;
+    let name = format!("job{job}.img");
+    let ready = format!("job{job}.img.ready-{size}");
+    let file = vol.create(dir, &name, 0o644, false).await?;
+    if vol.lookup(dir, &ready).await.is_ok() && file.size == size {
+        return Ok(file.fid);
+    }
+    vol.setattr(file.fid, SetAttr { size: Some(size), ..SetAttr::NONE }).await?;
+    let chunk: u64 = 1 << 20;
+    let data = Arc::new(pattern(chunk as usize, job as u64));
+    let mut inflight = std::collections::VecDeque::new();
+    let mut last = Instant::now();
+    for offset in (0..size).step_by(chunk as usize) {
+        let len = chunk.min(size - offset) as usize;
+        let (v, d) = (vol.clone(), data.clone());
+        let fid = file.fid;
+        inflight.push_back(tokio::spawn(async move { v.write(fid, offset, &d[..len], false).await }));
+        if inflight.len() >= 8 {
+            if let Some(h) = inflight.pop_front() {
+                join(h).await?;
+            }
+        }
+        if last.elapsed() > Duration::from_secs(1) {
+            progress(&format!("laying out {name}: {} of {} MiB", offset >> 20, size >> 20));
+            last = Instant::now();
+        }
+    }
+    while let Some(h) = inflight.pop_front() {
+        join(h).await?;
+    }
+    vol.fsync(file.fid).await?;
+    let _ = vol.create(dir, &ready, 0o644, false).await?;
+    Ok(file.fid)
+}
+
+async fn join<T>(h: tokio::task::JoinHandle<ClientResult<T>>) -> ClientResult<T> {
+    h.await.map_err(|e| ClientError::Usage(format!("task failed: {e}")))?
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Shared {
+    ops: AtomicU64,
+    errors: AtomicU64,
+}
+
+pub async fn run(vol: &Volume, opts: &BenchOptions, progress: &dyn Fn(&str)) -> ClientResult<BenchReport> {
+    opts.validate().map_err(ClientError::Usage)?;
+    let mut files = Vec::new();
+    for job in 0..opts.jobs {
+        files.push(prepare_file(vol, job, opts.size_bytes, progress).await?);
+    }
+    let shared = Arc::new(Shared {
+        ops: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let block = opts.workload.block_bytes();
+    let blocks = opts.size_bytes / block;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(opts.seconds);
+    let mut workers = Vec::new();
+    for (job, fid) in files.iter().enumerate() {
+        let seq_base = Arc::new(AtomicU64::new(0));
+        for w in 0..opts.qd {
+            let (v, sh, fid, seq) = (vol.clone(), shared.clone(), *fid, seq_base.clone());
+            let (workload, ops_max) = (opts.workload, opts.ops_max);
+            let data = pattern(block as usize, (job as u64) << 32 | w as u64);
+            workers.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                let mut rng = rand::random::<u64>() | 1;
+                while Instant::now() < deadline && sh.ops.load(Ordering::Relaxed) < ops_max {
+                    let index = if workload.is_random() {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng % blocks
+                    } else {
+                        seq.fetch_add(1, Ordering::Relaxed) % blocks
+                    };
+                    let offset = index * block;
+                    let t = Instant::now();
+                    let result = if workload.is_write() {
+                        v.write(fid, offset, &data, false).await.map(|_| ())
+                    } else {
+                        v.read(fid, offset, block as u32).await.map(|_| ())
+                    };
+                    let us = t.elapsed().as_micros().max(1) as u64;
+                    match result {
+                        Ok(()) => {
+                            let _ = hist.record(us.min(60_000_000));
+                            sh.ops.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            sh.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                hist
+            }));
+        }
+    }
+    let ticker_shared = shared.clone();
+    let mut last_ops = 0;
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut pending = workers.into_iter();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    loop {
+        if Instant::now() >= deadline || ticker_shared.ops.load(Ordering::Relaxed) >= opts.ops_max {
+            break;
+        }
+        ticker.tick().await;
+        let ops = ticker_shared.ops.load(Ordering::Relaxed);
+        progress(&format!(
+            "{} {:>4.0}s  {:>9} IOPS",
+            opts.workload.name(),
+            start.elapsed().as_secs_f64(),
+            ops - last_ops
+        ));
+        last_ops = ops;
+    }
+    for h in pending.by_ref() {
+        let hist = h.await.map_err(|e| ClientError::Usage(format!("bench worker failed: {e}")))?;
+        merged.add(&hist).map_err(|e| ClientError::Usage(e.to_string()))?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let ops = shared.ops.load(Ordering::Relaxed);
+    let errors = shared.errors.load(Ordering::Relaxed);
+    if ops == 0 {
+        return Err(ClientError::Usage(format!("no request succeeded ({errors} failed)")));
+    }
+    Ok(BenchReport {
+        workload: opts.workload,
+        qd: opts.qd,
+        jobs: opts.jobs,
+        size_bytes: opts.size_bytes,
+        block_bytes: block,
+        seconds,
+        ops,
+        errors,
+        iops: ops as f64 / seconds,
+        mib_s: ops as f64 * block as f64 / seconds / (1 << 20) as f64,
+        lat_us: Latency {
+            p50: merged.value_at_quantile(0.50),
+            p99: merged.value_at_quantile(0.99),
+            p999: merged.value_at_quantile(0.999),
+            max: merged.max(),
+            mean: merged.mean(),
+        },
+    })
+}

@@ -1,0 +1,306 @@
+//! `brick`: the admin CLI and client tools. Every command that reports takes `--json` and then
+//! prints exactly one JSON document on stdout; progress goes to stderr.
+
+mod files;
+
+use anyhow::{anyhow, bail, Context, Result};
+use brick_bench::{BenchOptions, Workload};
+use brick_client::{Client, ClientConfig};
+use brick_cluster::mgmt::MgmtOp;
+use brick_tuning::DEV_NATIVE_PORT;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "brick", version, about = "brickd admin CLI and client tools")]
+struct Cli {
+    /// Servers to bootstrap from (any one reachable is enough).
+    #[arg(long, env = "BRICK_SERVERS", value_delimiter = ',', global = true)]
+    servers: Vec<String>,
+    #[arg(long, env = "BRICK_USER", global = true)]
+    user: Option<String>,
+    #[arg(long, env = "BRICK_PASSWORD", global = true, hide_env_values = true)]
+    password: Option<String>,
+    /// endpoints.json written by `brickd dev` (servers, user and password default from it).
+    #[arg(long, env = "BRICK_ENDPOINTS", global = true)]
+    endpoints: Option<PathBuf>,
+    /// Print one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Volume management.
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
+    },
+    /// Cluster membership.
+    Peer {
+        #[command(subcommand)]
+        cmd: PeerCmd,
+    },
+    /// Upload a local file to VOLUME/PATH (written under a temporary name, then renamed).
+    Put { local: PathBuf, remote: String },
+    /// Download VOLUME/PATH to a local file.
+    Get { remote: String, local: PathBuf },
+    /// List a directory (or show one file).
+    Ls { remote: String },
+    /// Show attributes.
+    Stat { remote: String },
+    /// Remove a file or an empty directory (-r: a whole tree).
+    Rm {
+        remote: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Create a directory (-p: with its parents, no error if it exists).
+    Mkdir {
+        remote: String,
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Measure a volume through the native client.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// create NAME [replica R] NODE:DIR [NODE:DIR...]  (bricks listed replica set by replica set)
+    Create {
+        name: String,
+        #[arg(num_args = 1.., required = true)]
+        args: Vec<String>,
+        /// Placement groups (default 64).
+        #[arg(long)]
+        pgs: Option<u32>,
+    },
+    Start { name: String },
+    Stop { name: String },
+    Delete { name: String },
+    Info { name: String },
+    Status { name: String },
+    List,
+    /// set NAME KEY VALUE (keys: io.mode, io.direct_min_bytes)
+    Set { name: String, key: String, value: String },
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    Add { name: String, addr: String },
+    List,
+    Remove { name: String },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long)]
+    volume: String,
+    /// randwrite-4k | randread-4k | seqwrite-1m | seqread-1m
+    #[arg(long)]
+    workload: String,
+    #[arg(long, default_value_t = 32)]
+    qd: u32,
+    #[arg(long, default_value_t = 1)]
+    jobs: u32,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Bytes per job file (default 1 GiB).
+    #[arg(long, default_value_t = 1 << 30)]
+    size: u64,
+    /// Stop after this many requests even if time remains.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    ops_max: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("brick: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let json_out = cli.json;
+    match rt.block_on(run(cli)) {
+        Ok(()) => {}
+        Err(e) => {
+            if json_out {
+                println!("{}", json!({"error": format!("{e:#}")}));
+            }
+            eprintln!("brick: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn client_config(cli: &Cli) -> Result<ClientConfig> {
+    let endpoints_path = cli.endpoints.clone().or_else(|| {
+        let default = PathBuf::from("brickd-dev/endpoints.json");
+        default.exists().then_some(default)
+    });
+    let endpoints: Option<Value> = match &endpoints_path {
+        Some(p) => Some(
+            serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("parsing {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let from_endpoints = |key: &str| endpoints.as_ref().and_then(|e| e[key].as_str().map(str::to_string));
+    let servers = if !cli.servers.is_empty() {
+        cli.servers.clone()
+    } else if let Some(native) = from_endpoints("native") {
+        vec![native]
+    } else {
+        vec![format!("127.0.0.1:{DEV_NATIVE_PORT}")]
+    };
+    let user = cli.user.clone().or_else(|| from_endpoints("user")).unwrap_or_else(|| "dev".into());
+    let password = cli
+        .password
+        .clone()
+        .or_else(|| from_endpoints("password"))
+        .ok_or_else(|| anyhow!("no password: pass --password, set BRICK_PASSWORD, or point --endpoints at brickd dev's endpoints.json"))?;
+    Ok(ClientConfig {
+        servers,
+        user,
+        password,
+    })
+}
+
+pub(crate) struct Out {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Out {
+    pub fn progress(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Prints the JSON document, or the text rendering of it.
+    pub fn report(&self, doc: &Value, text: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!("{doc}");
+        } else {
+            println!("{}", text(doc));
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cfg = client_config(&cli)?;
+    let out = Out {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    let client = Client::connect(cfg).await?;
+    match cli.cmd {
+        Cmd::Volume { cmd } => volume(&client, &out, cmd).await,
+        Cmd::Peer { cmd } => {
+            let op = match cmd {
+                PeerCmd::Add { name, addr } => MgmtOp::PeerAdd { name, addr },
+                PeerCmd::List => MgmtOp::PeerList,
+                PeerCmd::Remove { name } => MgmtOp::PeerRemove { name },
+            };
+            let doc = client.mgmt(&op).await?;
+            out.report(&doc, pretty);
+            Ok(())
+        }
+        Cmd::Put { local, remote } => files::put(&client, &out, &local, &remote).await,
+        Cmd::Get { remote, local } => files::get(&client, &out, &remote, &local).await,
+        Cmd::Ls { remote } => files::ls(&client, &out, &remote).await,
+        Cmd::Stat { remote } => files::stat(&client, &out, &remote).await,
+        Cmd::Rm { remote, recursive } => files::rm(&client, &out, &remote, recursive).await,
+        Cmd::Mkdir { remote, parents } => files::mkdir(&client, &out, &remote, parents).await,
+        Cmd::Bench(args) => bench(&client, &out, args).await,
+    }
+}
+
+fn pretty(doc: &Value) -> String {
+    serde_json::to_string_pretty(doc).unwrap_or_default()
+}
+
+async fn volume(client: &Client, out: &Out, cmd: VolumeCmd) -> Result<()> {
+    let op = match cmd {
+        VolumeCmd::Create { name, args, pgs } => {
+            let (replica, bricks) = match args.first().map(String::as_str) {
+                Some("replica") => {
+                    let r = args
+                        .get(1)
+                        .and_then(|r| r.parse().ok())
+                        .ok_or_else(|| anyhow!("`replica` must be followed by a number"))?;
+                    (r, args[2..].to_vec())
+                }
+                _ => (1, args),
+            };
+            if bricks.is_empty() {
+                bail!("no bricks given: volume create NAME [replica R] NODE:DIR [NODE:DIR...]");
+            }
+            MgmtOp::VolumeCreate {
+                name,
+                replica,
+                bricks,
+                pg_count: pgs,
+            }
+        }
+        VolumeCmd::Start { name } => MgmtOp::VolumeStart { name },
+        VolumeCmd::Stop { name } => MgmtOp::VolumeStop { name },
+        VolumeCmd::Delete { name } => MgmtOp::VolumeDelete { name },
+        VolumeCmd::Info { name } => MgmtOp::VolumeInfo { name },
+        VolumeCmd::Status { name } => MgmtOp::VolumeStatus { name },
+        VolumeCmd::List => MgmtOp::VolumeList,
+        VolumeCmd::Set { name, key, value } => MgmtOp::VolumeSet { name, key, value },
+    };
+    let doc = client.mgmt(&op).await?;
+    out.report(&doc, pretty);
+    Ok(())
+}
+
+async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {
+    let workload = Workload::parse(&a.workload).ok_or_else(|| {
+        anyhow!(
+            "unknown workload {:?}; one of {}",
+            a.workload,
+            Workload::ALL.iter().map(|w| w.name()).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let opts = BenchOptions {
+        workload,
+        qd: a.qd,
+        jobs: a.jobs,
+        seconds: a.seconds,
+        size_bytes: a.size,
+        ops_max: a.ops_max,
+    };
+    opts.validate().map_err(|e| anyhow!(e))?;
+    let vol = client.open_volume(&a.volume).await?;
+    let report = brick_bench::run(&vol, &opts, &|line| out.progress(line)).await?;
+    let doc = serde_json::to_value(&report)?;
+    out.report(&doc, |d| {
+        format!(
+            "{} qd={} jobs={}: {:.0} IOPS, {:.1} MiB/s, latency us p50={} p99={} p99.9={} max={} ({} ops, {} errors)",
+            workload.name(),
+            d["qd"],
+            d["jobs"],
+            report.iops,
+            report.mib_s,
+            report.lat_us.p50,
+            report.lat_us.p99,
+            report.lat_us.p999,
+            report.lat_us.max,
+            report.ops,
+            report.errors
+        )
+    });
+    Ok(())
+}

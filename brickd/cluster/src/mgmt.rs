@@ -1,0 +1,37 @@
+//! Management requests: JSON documents carried in MGMT frames (docs/wire.md). Not on the data
+//! path, so readability wins over compactness here.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MgmtOp {
+    VolumeCreate {
+        name: String,
+        replica: u32,
+        bricks: Vec<String>,
+        #[serde(default)]
+        pg_count: Option<u32>,
+    },
+    VolumeStart { name: String },
+    VolumeStop { name: String },
+    VolumeDelete { name: String },
+    VolumeInfo { name: String },
+    VolumeStatus { name: String },
+    VolumeList,
+    VolumeSet { name: String, key: String, value: String },
+    PeerAdd { name: String, addr: String },
+    PeerList,
+    PeerRemove { name: String },
+    /// Resolves a volume name to the id data requests carry.
+    VolumeOpen { name: String },
+}
+
+/// Reply to `VolumeOpen`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeHandle {
+    pub id: u32,
+    pub name: String,
+    pub pg_count: u32,
+    pub epoch: u64,
+}

@@ -1,0 +1,428 @@
+//! The cluster data model and its typed access over any `ClusterStore`.
+//!
+//! A volume has a replica count R and bricks listed replica set by replica set; files map to
+//! placement groups (PGs) by hash; PG `p` lives on replica set `p % sets`. Every change of a
+//! volume bumps its epoch (the map epoch that fencing will use).
+
+use crate::store::{ClusterStore, StoreError, TxnOp};
+use brick_tuning::{
+    CLUSTER_VOLUMES_MAX, DIRECT_IO_SIZE_MIN_DEFAULT, REPLICA_COUNT_MAX, VOLUME_BRICKS_MAX, VOLUME_PGS_DEFAULT,
+    VOLUME_PGS_MAX,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("the cluster state changed concurrently too many times; retry")]
+    Contended,
+}
+
+pub type ClusterResult<T> = Result<T, ClusterError>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrickSpec {
+    pub node: String,
+    pub path: String,
+}
+
+impl BrickSpec {
+    /// Parses `NODE:DIR`; DIR must be absolute.
+    pub fn parse(s: &str) -> ClusterResult<BrickSpec> {
+        let (node, path) = s
+            .split_once(':')
+            .ok_or_else(|| ClusterError::Invalid(format!("brick {s:?} is not NODE:DIR")))?;
+        validate_name("node", node)?;
+        if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
+            return Err(ClusterError::Invalid(format!("brick directory {path:?} must be an absolute path")));
+        }
+        Ok(BrickSpec {
+            node: node.to_string(),
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for BrickSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.node, self.path)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeStatus {
+    Created,
+    Started,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: u32,
+    pub name: String,
+    pub replica: u32,
+    pub min_size: u32,
+    pub pg_count: u32,
+    pub bricks: Vec<BrickSpec>,
+    pub status: VolumeStatus,
+    pub epoch: u64,
+    pub options: BTreeMap<String, String>,
+}
+
+/// Options `volume set` accepts, with their defaults.
+pub const VOLUME_OPTIONS: &[(&str, &str)] = &[
+    ("io.mode", "auto"),
+    ("io.direct_min_bytes", "1048576"),
+];
+
+pub fn default_min_size(replica: u32) -> u32 {
+    match replica {
+        1 => 1,
+        2 => 1,
+        r => r / 2 + 1,
+    }
+}
+
+impl Volume {
+    pub fn replica_sets(&self) -> Vec<&[BrickSpec]> {
+        self.bricks.chunks(self.replica as usize).collect()
+    }
+
+    pub fn replica_set_of_pg(&self, pg: u32) -> usize {
+        pg as usize % self.replica_sets().len()
+    }
+
+    pub fn option(&self, key: &str) -> String {
+        self.options.get(key).cloned().unwrap_or_else(|| {
+            VOLUME_OPTIONS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
+        })
+    }
+
+    pub fn direct_min_bytes(&self) -> u64 {
+        self.option("io.direct_min_bytes").parse().unwrap_or(DIRECT_IO_SIZE_MIN_DEFAULT)
+    }
+}
+
+pub fn validate_name(what: &str, name: &str) -> ClusterResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if !ok {
+        return Err(ClusterError::Invalid(format!(
+            "{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ . and not start with '.'"
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_option(key: &str, value: &str) -> ClusterResult<()> {
+    match key {
+        "io.mode" if ["auto", "direct", "buffered"].contains(&value) => Ok(()),
+        "io.mode" => Err(ClusterError::Invalid("io.mode must be auto, direct or buffered".into())),
+        "io.direct_min_bytes" => value
+            .parse::<u64>()
+            .map(|_| ())
+            .map_err(|_| ClusterError::Invalid("io.direct_min_bytes must be a byte count".into())),
+        _ => Err(ClusterError::Invalid(format!(
+            "unknown volume option {key:?}; known: {}",
+            VOLUME_OPTIONS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// Native protocol address of the node's core 0.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    /// `auth::password_key(user, password)` in hex: what the handshake proof is checked against.
+    pub key_hex: String,
+    pub admin: bool,
+}
+
+impl UserRecord {
+    pub fn key(&self) -> Option<[u8; 32]> {
+        let bytes = hex_decode(&self.key_hex)?;
+        bytes.try_into().ok()
+    }
+}
+
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+const CAS_RETRIES_MAX: usize = 16;
+
+/// Typed access to the cluster state.
+#[derive(Clone)]
+pub struct Cluster {
+    store: Arc<dyn ClusterStore>,
+}
+
+fn vol_key(name: &str) -> String {
+    format!("volumes/{name}")
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("model types serialize")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> ClusterResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")).into())
+}
+
+impl Cluster {
+    pub fn new(store: Arc<dyn ClusterStore>) -> Cluster {
+        Cluster { store }
+    }
+
+    pub fn describe_store(&self) -> String {
+        self.store.describe()
+    }
+
+    pub async fn create_volume(&self, name: &str, replica: u32, bricks: Vec<BrickSpec>, pg_count: Option<u32>) -> ClusterResult<Volume> {
+        validate_name("volume", name)?;
+        if replica == 0 || replica > REPLICA_COUNT_MAX {
+            return Err(ClusterError::Invalid(format!("replica must be 1..={REPLICA_COUNT_MAX}")));
+        }
+        if bricks.is_empty() || bricks.len() % replica as usize != 0 || bricks.len() > VOLUME_BRICKS_MAX {
+            return Err(ClusterError::Invalid(format!(
+                "{} bricks given; a replica {replica} volume needs a non-zero multiple of {replica} (at most {VOLUME_BRICKS_MAX})",
+                bricks.len()
+            )));
+        }
+        for (i, b) in bricks.iter().enumerate() {
+            if bricks[..i].contains(b) {
+                return Err(ClusterError::Invalid(format!("brick {b} is listed twice")));
+            }
+        }
+        let pg_count = pg_count.unwrap_or(VOLUME_PGS_DEFAULT);
+        if pg_count == 0 || pg_count > VOLUME_PGS_MAX {
+            return Err(ClusterError::Invalid(format!("pg count must be 1..={VOLUME_PGS_MAX}")));
+        }
+        if self.store.get(&vol_key(name)).await?.is_some() {
+            return Err(ClusterError::Exists(format!("volume {name}")));
+        }
+        for other in self.list_volumes().await? {
+            if let Some(b) = other.bricks.iter().find(|b| bricks.contains(b)) {
+                return Err(ClusterError::Invalid(format!("brick {b} already belongs to volume {}", other.name)));
+            }
+        }
+        for _ in 0..CAS_RETRIES_MAX {
+            let volumes = self.list_volumes().await?;
+            if volumes.len() >= CLUSTER_VOLUMES_MAX {
+                return Err(ClusterError::Invalid(format!("the cluster already has {CLUSTER_VOLUMES_MAX} volumes")));
+            }
+            let counter = self.store.get("meta/next_volume_id").await?;
+            let id = match &counter {
+                Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(1),
+                None => 1u32,
+            };
+            let vol = Volume {
+                id,
+                name: name.to_string(),
+                replica,
+                min_size: default_min_size(replica),
+                pg_count,
+                bricks: bricks.clone(),
+                status: VolumeStatus::Created,
+                epoch: 1,
+                options: BTreeMap::new(),
+            };
+            let ok = self
+                .store
+                .txn(
+                    &[(vol_key(name), None), ("meta/next_volume_id".into(), counter.clone())],
+                    &[
+                        TxnOp::Put(vol_key(name), to_json(&vol)),
+                        TxnOp::Put("meta/next_volume_id".into(), (id + 1).to_string().into_bytes()),
+                    ],
+                )
+                .await?;
+            if ok {
+                return Ok(vol);
+            }
+            if self.store.get(&vol_key(name)).await?.is_some() {
+                return Err(ClusterError::Exists(format!("volume {name}")));
+            }
+        }
+        Err(ClusterError::Contended)
+    }
+
+    pub async fn volume(&self, name: &str) -> ClusterResult<Volume> {
+        let key = vol_key(name);
+        match self.store.get(&key).await? {
+            Some(b) => from_json(&key, &b),
+            None => Err(ClusterError::NotFound(format!("volume {name}"))),
+        }
+    }
+
+    pub async fn list_volumes(&self) -> ClusterResult<Vec<Volume>> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.list("volumes/").await? {
+            out.push(from_json(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of one volume with compare-and-set; bumps the epoch.
+    pub async fn update_volume(&self, name: &str, change: impl Fn(&mut Volume) -> ClusterResult<()>) -> ClusterResult<Volume> {
+        let key = vol_key(name);
+        for _ in 0..CAS_RETRIES_MAX {
+            let Some(old) = self.store.get(&key).await? else {
+                return Err(ClusterError::NotFound(format!("volume {name}")));
+            };
+            let mut vol: Volume = from_json(&key, &old)?;
+            change(&mut vol)?;
+            vol.epoch += 1;
+            if self
+                .store
+                .txn(&[(key.clone(), Some(old))], &[TxnOp::Put(key.clone(), to_json(&vol))])
+                .await?
+            {
+                return Ok(vol);
+            }
+        }
+        Err(ClusterError::Contended)
+    }
+
+    pub async fn delete_volume(&self, name: &str) -> ClusterResult<()> {
+        let vol = self.volume(name).await?;
+        if vol.status == VolumeStatus::Started {
+            return Err(ClusterError::Invalid(format!("volume {name} is started; stop it first")));
+        }
+        let key = vol_key(name);
+        let old = to_json(&vol);
+        if !self.store.txn(&[(key.clone(), Some(old))], &[TxnOp::Delete(key)]).await? {
+            return Err(ClusterError::Contended);
+        }
+        Ok(())
+    }
+
+    pub async fn put_node(&self, node: &Node) -> ClusterResult<()> {
+        validate_name("node", &node.name)?;
+        self.store
+            .txn(&[], &[TxnOp::Put(format!("nodes/{}", node.name), to_json(node))])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_nodes(&self) -> ClusterResult<Vec<Node>> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.list("nodes/").await? {
+            out.push(from_json(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn remove_node(&self, name: &str) -> ClusterResult<()> {
+        for v in self.list_volumes().await? {
+            if v.bricks.iter().any(|b| b.node == name) {
+                return Err(ClusterError::Invalid(format!("node {name} holds bricks of volume {}", v.name)));
+            }
+        }
+        let key = format!("nodes/{name}");
+        if self.store.get(&key).await?.is_none() {
+            return Err(ClusterError::NotFound(format!("node {name}")));
+        }
+        self.store.txn(&[], &[TxnOp::Delete(key)]).await?;
+        Ok(())
+    }
+
+    pub async fn put_user(&self, user: &UserRecord) -> ClusterResult<()> {
+        validate_name("user", &user.name)?;
+        self.store
+            .txn(&[], &[TxnOp::Put(format!("users/{}", user.name), to_json(user))])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn user(&self, name: &str) -> ClusterResult<Option<UserRecord>> {
+        let key = format!("users/{name}");
+        match self.store.get(&key).await? {
+            Some(b) => Ok(Some(from_json(&key, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list_users(&self) -> ClusterResult<Vec<UserRecord>> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.list("users/").await? {
+            out.push(from_json(&k, &v)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    fn bricks(n: usize) -> Vec<BrickSpec> {
+        (0..n).map(|i| BrickSpec::parse(&format!("n1:/b/{i}")).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn volumes_are_validated_created_and_updated() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cluster::new(Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
+        assert!(c.create_volume("v", 3, bricks(4), None).await.is_err());
+        assert!(c.create_volume("bad name", 1, bricks(1), None).await.is_err());
+        let v = c.create_volume("v", 3, bricks(6), None).await.unwrap();
+        assert_eq!(v.replica_sets().len(), 2);
+        assert_eq!(v.min_size, 2);
+        assert!(matches!(c.create_volume("v", 3, bricks(3), None).await, Err(ClusterError::Exists(_))));
+        assert!(c.create_volume("w", 1, bricks(1), None).await.is_err(), "brick reuse must be refused");
+        let w = c
+            .create_volume("w", 1, vec![BrickSpec::parse("n1:/other").unwrap()], None)
+            .await
+            .unwrap();
+        assert_ne!(w.id, v.id);
+        let v2 = c
+            .update_volume("v", |v| {
+                v.status = VolumeStatus::Started;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(v2.epoch, v.epoch + 1);
+        assert!(c.delete_volume("v").await.is_err(), "started volumes are not deleted");
+        assert!(validate_option("io.mode", "sideways").is_err());
+        assert!(validate_option("nope", "1").is_err());
+    }
+
+    #[test]
+    fn brick_specs_parse() {
+        assert!(BrickSpec::parse("node1:/data/b1").is_ok());
+        assert!(BrickSpec::parse("node1:relative").is_err());
+        assert!(BrickSpec::parse("nocolon").is_err());
+    }
+}

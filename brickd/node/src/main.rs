@@ -1,0 +1,304 @@
+//! `brickd`: the node daemon. `brickd dev` is the single-process default (three bricks, a
+//! replica-3 volume "dev", the embedded cluster store); `brickd serve` runs one node.
+
+mod mgmt;
+
+use anyhow::{bail, Context, Result};
+use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::{hex_encode, BrickSpec, Cluster, ClusterError, EmbeddedStore, UserRecord, VolumeStatus};
+use brick_dataplane::{Dataplane, DataplaneConfig, MgmtRequest};
+use brick_tuning::{DEV_NATIVE_PORT, MGMT_DOC_BYTES_MAX};
+use brick_wire::{auth, ErrorCode};
+use clap::{Parser, Subcommand};
+use mgmt::Mgmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "brickd", version, about = "brickd node daemon")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Single-process cluster: 3 bricks under DIR, volume "dev" (replica 3), on 127.0.0.1.
+    Dev {
+        #[arg(long, default_value = "./brickd-dev")]
+        dir: PathBuf,
+        /// Native protocol address (core 0; other cores use ephemeral ports on the same host).
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_NATIVE_PORT)))]
+        listen: SocketAddr,
+        /// Dataplane cores (default: all).
+        #[arg(long)]
+        cores: Option<usize>,
+    },
+    /// One node of a cluster.
+    Serve {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Cluster store: `embedded://DIR` (single node) or `etcd://H:P[,H:P...]` (multi-node).
+        #[arg(long)]
+        store: String,
+        /// Brick directories this node hosts (informational until `volume create` names them).
+        #[arg(long)]
+        brick: Vec<PathBuf>,
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Admin user created on first start if the store has no users.
+        #[arg(long, default_value = "admin")]
+        admin_user: String,
+        #[arg(long, env = "BRICKD_ADMIN_PASSWORD")]
+        admin_password: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BRICKD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Modes from clients (NFS, SMB, create) must land as given, not filtered by our umask.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0) };
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("brickd-mgmt")
+        .build()?;
+    match cli.cmd {
+        Cmd::Dev { dir, listen, cores } => rt.block_on(run_dev(dir, listen, cores)),
+        Cmd::Serve {
+            node,
+            listen,
+            store,
+            brick: _,
+            cores,
+            admin_user,
+            admin_password,
+            config,
+        } => {
+            if config.is_some() {
+                bail!("--config is reserved for node tuning files and not read by this build");
+            }
+            let dir = match store.strip_prefix("embedded://") {
+                Some(dir) => PathBuf::from(dir),
+                None if store.starts_with("etcd://") => bail!(
+                    "the etcd cluster store lands with multi-node clusters; this build runs single-node clusters on \
+                     --store embedded://DIR"
+                ),
+                None => bail!("--store must be embedded://DIR or etcd://H:P[,H:P...]"),
+            };
+            rt.block_on(run_serve(node, listen, dir, cores, admin_user, admin_password))
+        }
+    }
+}
+
+struct Running {
+    mgmt: Arc<Mgmt>,
+    dataplane: Dataplane,
+    mgmt_rx: flume::Receiver<MgmtRequest>,
+}
+
+async fn start_node(node: &str, listen: SocketAddr, store_dir: &Path, cores: Option<usize>) -> Result<Running> {
+    let store = EmbeddedStore::open(store_dir).with_context(|| format!("opening cluster store in {}", store_dir.display()))?;
+    let cluster = Cluster::new(Arc::new(store));
+    let mgmt = Arc::new(Mgmt::new(cluster, node.to_string()));
+    mgmt.register_self(&listen.to_string()).await?;
+    let state = mgmt.serve_state().await.map_err(|(_, why)| anyhow::anyhow!(why))?;
+    let cores = cores.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if cores == 0 || cores > 256 {
+        bail!("--cores must be 1..=256");
+    }
+    let (mgmt_tx, mgmt_rx) = flume::bounded(1024);
+    let dataplane = Dataplane::start(
+        DataplaneConfig {
+            cores,
+            listen,
+            pin: true,
+        },
+        Arc::new(state),
+        mgmt_tx,
+    )
+    .with_context(|| format!("starting the dataplane on {listen}"))?;
+    Ok(Running {
+        mgmt,
+        dataplane,
+        mgmt_rx,
+    })
+}
+
+/// Serves management requests until SIGINT or SIGTERM, then shuts down cleanly.
+async fn serve_until_signal(running: Running) -> Result<()> {
+    let Running {
+        mgmt,
+        dataplane,
+        mgmt_rx,
+    } = running;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            req = mgmt_rx.recv_async() => {
+                let Ok(req) = req else { break };
+                handle_mgmt(&mgmt, &dataplane, req).await;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: closing connections and syncing bricks");
+    tokio::task::spawn_blocking(move || dataplane.shutdown()).await?;
+    mgmt.sync_bricks();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
+    if req.doc.len() > MGMT_DOC_BYTES_MAX {
+        let _ = req.reply.send(Err((ErrorCode::Malformed, "management document too large".into())));
+        return;
+    }
+    let op: MgmtOp = match serde_json::from_slice(&req.doc) {
+        Ok(op) => op,
+        Err(e) => {
+            let _ = req.reply.send(Err((ErrorCode::Malformed, format!("management request: {e}"))));
+            return;
+        }
+    };
+    let (result, changed) = mgmt.handle(op, req.admin).await;
+    if changed {
+        match mgmt.serve_state().await {
+            Ok(state) => dataplane.publish(Arc::new(state)),
+            Err((_, why)) => tracing::error!("cannot rebuild the served state: {why}"),
+        }
+    }
+    let reply = result.map(|v| serde_json::to_vec(&v).unwrap_or_default());
+    let _ = req.reply.send(reply);
+}
+
+async fn ensure_user(cluster: &Cluster, user: &str, password: &str, admin: bool) -> Result<()> {
+    let key = hex_encode(&auth::password_key(user, password));
+    if cluster.user(user).await?.map(|u| u.key_hex == key && u.admin == admin) != Some(true) {
+        cluster
+            .put_user(&UserRecord {
+                name: user.to_string(),
+                key_hex: key,
+                admin,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+fn generated_password() -> String {
+    let bytes: [u8; 18] = rand::random();
+    hex_encode(&bytes)
+}
+
+/// Reads the kept password, or generates and keeps one (0600) on first start.
+fn kept_password(path: &Path) -> Result<String> {
+    if let Ok(p) = std::fs::read_to_string(path) {
+        let p = p.trim().to_string();
+        if !p.is_empty() {
+            return Ok(p);
+        }
+    }
+    let p = generated_password();
+    write_private(path, &p)?;
+    Ok(p)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn run_dev(dir: PathBuf, listen: SocketAddr, cores: Option<usize>) -> Result<()> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let password = kept_password(&dir.join("dev-password"))?;
+    let running = start_node("dev", listen, &dir.join("cluster"), cores).await?;
+    let cluster = running.mgmt.cluster.clone();
+    ensure_user(&cluster, "dev", &password, true).await?;
+    let bricks: Vec<BrickSpec> = (0..3)
+        .map(|i| BrickSpec {
+            node: "dev".into(),
+            path: dir.join("bricks").join(format!("b{i}")).to_string_lossy().into_owned(),
+        })
+        .collect();
+    match cluster.create_volume("dev", 3, bricks, None).await {
+        Ok(_) | Err(ClusterError::Exists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if cluster.volume("dev").await?.status != VolumeStatus::Started {
+        let (r, _) = running
+            .mgmt
+            .handle(MgmtOp::VolumeStart { name: "dev".into() }, true)
+            .await;
+        r.map_err(|(_, why)| anyhow::anyhow!(why))?;
+    }
+    let state = running.mgmt.serve_state().await.map_err(|(_, why)| anyhow::anyhow!(why))?;
+    running.dataplane.publish(Arc::new(state));
+    let native = running.dataplane.shard_addrs[0].to_string();
+    let endpoints = serde_json::json!({
+        "native": native,
+        "volume": "dev",
+        "user": "dev",
+        "password": password,
+        "cores": running.dataplane.shard_addrs.len(),
+    });
+    write_private(&dir.join("endpoints.json"), &serde_json::to_string_pretty(&endpoints)?)?;
+    println!("brickd dev serving volume \"dev\" (replica 3) from {}", dir.display());
+    println!("  native  {native}");
+    println!("  user    dev (password in {})", dir.join("endpoints.json").display());
+    println!("  try     brick --endpoints {} ls dev/", dir.join("endpoints.json").display());
+    serve_until_signal(running).await
+}
+
+async fn run_serve(
+    node: String,
+    listen: SocketAddr,
+    store_dir: PathBuf,
+    cores: Option<usize>,
+    admin_user: String,
+    admin_password: Option<String>,
+) -> Result<()> {
+    brick_cluster::validate_name("node", &node)?;
+    let running = start_node(&node, listen, &store_dir, cores).await?;
+    let cluster = running.mgmt.cluster.clone();
+    if cluster.list_users().await?.is_empty() {
+        let password = match admin_password {
+            Some(p) => p,
+            None => {
+                let p = generated_password();
+                eprintln!("created admin user {admin_user:?} with password {p}");
+                p
+            }
+        };
+        ensure_user(&cluster, &admin_user, &password, true).await?;
+        let state = running.mgmt.serve_state().await.map_err(|(_, why)| anyhow::anyhow!(why))?;
+        running.dataplane.publish(Arc::new(state));
+    }
+    println!("brickd node {node} serving on {}", running.dataplane.shard_addrs[0]);
+    serve_until_signal(running).await
+}

@@ -1,0 +1,303 @@
+//! The management plane of one node: applies MGMT requests to the cluster state and turns the
+//! state into what the dataplane serves (`ServeState`), published to every core on change.
+
+use brick_cluster::mgmt::{MgmtOp, VolumeHandle};
+use brick_cluster::{validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus, VOLUME_OPTIONS};
+use brick_dataplane::{IoMode, ServeState, ServedVolume, User};
+use brick_store::Brick;
+use brick_wire::ErrorCode;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub struct Mgmt {
+    pub cluster: Cluster,
+    pub node: String,
+    /// Bricks opened by this node, by directory; kept open across stop/start.
+    bricks: Mutex<HashMap<String, Arc<Brick>>>,
+}
+
+pub type MgmtResult = Result<Value, (ErrorCode, String)>;
+
+fn cluster_err(e: ClusterError) -> (ErrorCode, String) {
+    let code = match &e {
+        ClusterError::NotFound(_) => ErrorCode::NotFound,
+        ClusterError::Exists(_) => ErrorCode::Exists,
+        ClusterError::Invalid(_) => ErrorCode::Invalid,
+        ClusterError::Contended => ErrorCode::Unavailable,
+        ClusterError::Store(_) => ErrorCode::Io,
+    };
+    (code, e.to_string())
+}
+
+const REPLICATION_NOTE: &str = "replication is not active yet: each replica set stores one copy, on its first brick; \
+the other bricks are reserved for replicas (primary-copy replication lands with the multi-node issue)";
+
+impl Mgmt {
+    pub fn new(cluster: Cluster, node: String) -> Mgmt {
+        Mgmt {
+            cluster,
+            node,
+            bricks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn open_brick(&self, vol: &Volume, spec: &BrickSpec) -> Result<Arc<Brick>, (ErrorCode, String)> {
+        let mut bricks = self.bricks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = bricks.get(&spec.path) {
+            return Ok(b.clone());
+        }
+        let brick = Brick::open(std::path::Path::new(&spec.path), &vol.name, vol.pg_count)
+            .map_err(|e| (e.code, format!("brick {spec}: {}", e.message)))?;
+        if brick.replay.torn_tail_bytes > 0 {
+            tracing::warn!(
+                "brick {spec}: cut {} bytes of torn index records left by a crash",
+                brick.replay.torn_tail_bytes
+            );
+        }
+        let brick = Arc::new(brick);
+        bricks.insert(spec.path.clone(), brick.clone());
+        Ok(brick)
+    }
+
+    /// The brick of this node that serves a volume: the first brick of its (single) replica set.
+    fn serving_brick<'v>(&self, vol: &'v Volume) -> Result<&'v BrickSpec, (ErrorCode, String)> {
+        let sets = vol.replica_sets();
+        if sets.len() != 1 {
+            return Err((
+                ErrorCode::NotSupported,
+                format!(
+                    "volume {} has {} replica sets; distributing files over several replica sets lands with rebalance, \
+                     so this build serves volumes of one replica set only",
+                    vol.name,
+                    sets.len()
+                ),
+            ));
+        }
+        Ok(&sets[0][0])
+    }
+
+    /// What the dataplane should serve now, from the cluster state.
+    pub async fn serve_state(&self) -> Result<ServeState, (ErrorCode, String)> {
+        let mut volumes = HashMap::new();
+        for vol in self.cluster.list_volumes().await.map_err(cluster_err)? {
+            if vol.status != VolumeStatus::Started {
+                continue;
+            }
+            let Ok(spec) = self.serving_brick(&vol) else { continue };
+            if spec.node != self.node {
+                continue;
+            }
+            let brick = match self.open_brick(&vol, spec) {
+                Ok(b) => b,
+                Err((_, why)) => {
+                    tracing::error!("volume {} cannot be served: {why}", vol.name);
+                    continue;
+                }
+            };
+            volumes.insert(
+                vol.id,
+                Arc::new(ServedVolume {
+                    id: vol.id,
+                    name: vol.name.clone(),
+                    brick,
+                    io_mode: IoMode::parse(&vol.option("io.mode")).unwrap_or(IoMode::Auto),
+                    direct_min_bytes: vol.direct_min_bytes(),
+                }),
+            );
+        }
+        let mut users = HashMap::new();
+        for u in self.cluster.list_users().await.map_err(cluster_err)? {
+            if let Some(key) = u.key() {
+                users.insert(u.name.clone(), User { key, admin: u.admin });
+            }
+        }
+        Ok(ServeState {
+            node: self.node.clone(),
+            volumes,
+            users,
+        })
+    }
+
+    /// Applies one request. Returns the reply and whether the served state may have changed.
+    pub async fn handle(&self, op: MgmtOp, admin: bool) -> (MgmtResult, bool) {
+        let mutating = !matches!(
+            op,
+            MgmtOp::VolumeInfo { .. }
+                | MgmtOp::VolumeStatus { .. }
+                | MgmtOp::VolumeList
+                | MgmtOp::PeerList
+                | MgmtOp::VolumeOpen { .. }
+        );
+        if mutating && !admin {
+            return (Err((ErrorCode::Access, "this operation needs an admin user".into())), false);
+        }
+        (self.apply(op).await, mutating)
+    }
+
+    async fn apply(&self, op: MgmtOp) -> MgmtResult {
+        let c = &self.cluster;
+        match op {
+            MgmtOp::VolumeCreate {
+                name,
+                replica,
+                bricks,
+                pg_count,
+            } => {
+                let specs = bricks.iter().map(|b| BrickSpec::parse(b)).collect::<Result<Vec<_>, _>>().map_err(cluster_err)?;
+                let nodes = c.list_nodes().await.map_err(cluster_err)?;
+                for s in &specs {
+                    if !nodes.iter().any(|n| n.name == s.node) {
+                        return Err((ErrorCode::Invalid, format!("brick {s}: node {:?} is not a peer of this cluster", s.node)));
+                    }
+                }
+                let vol = c.create_volume(&name, replica, specs, pg_count).await.map_err(cluster_err)?;
+                Ok(self.info(&vol))
+            }
+            MgmtOp::VolumeStart { name } => {
+                let vol = c.volume(&name).await.map_err(cluster_err)?;
+                let spec = self.serving_brick(&vol)?.clone();
+                if spec.node == self.node {
+                    self.open_brick(&vol, &spec)?;
+                }
+                let vol = c
+                    .update_volume(&name, |v| {
+                        v.status = VolumeStatus::Started;
+                        Ok(())
+                    })
+                    .await
+                    .map_err(cluster_err)?;
+                Ok(self.info(&vol))
+            }
+            MgmtOp::VolumeStop { name } => {
+                let vol = c
+                    .update_volume(&name, |v| {
+                        v.status = VolumeStatus::Stopped;
+                        Ok(())
+                    })
+                    .await
+                    .map_err(cluster_err)?;
+                Ok(self.info(&vol))
+            }
+            MgmtOp::VolumeDelete { name } => {
+                c.delete_volume(&name).await.map_err(cluster_err)?;
+                Ok(json!({"deleted": name, "note": "brick directories are left on disk untouched"}))
+            }
+            MgmtOp::VolumeInfo { name } => Ok(self.info(&c.volume(&name).await.map_err(cluster_err)?)),
+            MgmtOp::VolumeStatus { name } => self.status(&c.volume(&name).await.map_err(cluster_err)?).await,
+            MgmtOp::VolumeList => {
+                let vols = c.list_volumes().await.map_err(cluster_err)?;
+                Ok(json!({"volumes": vols.iter().map(|v| json!({
+                    "name": v.name, "id": v.id, "replica": v.replica, "status": v.status, "bricks": v.bricks.len()
+                })).collect::<Vec<_>>()}))
+            }
+            MgmtOp::VolumeSet { name, key, value } => {
+                validate_option(&key, &value).map_err(cluster_err)?;
+                let vol = c
+                    .update_volume(&name, |v| {
+                        v.options.insert(key.clone(), value.clone());
+                        Ok(())
+                    })
+                    .await
+                    .map_err(cluster_err)?;
+                Ok(self.info(&vol))
+            }
+            MgmtOp::PeerAdd { name, .. } => Err((
+                ErrorCode::NotSupported,
+                format!(
+                    "cannot add peer {name:?}: this node runs on the embedded single-node store ({}); \
+                     multi-node clusters use `brickd serve --store etcd://...`",
+                    c.describe_store()
+                ),
+            )),
+            MgmtOp::PeerList => {
+                let nodes = c.list_nodes().await.map_err(cluster_err)?;
+                Ok(json!({"peers": nodes.iter().map(|n| json!({
+                    "name": n.name, "addr": n.addr, "self": n.name == self.node
+                })).collect::<Vec<_>>()}))
+            }
+            MgmtOp::PeerRemove { name } => {
+                if name == self.node {
+                    return Err((ErrorCode::Invalid, "a node cannot remove itself".into()));
+                }
+                c.remove_node(&name).await.map_err(cluster_err)?;
+                Ok(json!({"removed": name}))
+            }
+            MgmtOp::VolumeOpen { name } => {
+                let vol = c.volume(&name).await.map_err(cluster_err)?;
+                if vol.status != VolumeStatus::Started {
+                    return Err((ErrorCode::VolumeStopped, format!("volume {name} is not started")));
+                }
+                let handle = VolumeHandle {
+                    id: vol.id,
+                    name: vol.name.clone(),
+                    pg_count: vol.pg_count,
+                    epoch: vol.epoch,
+                };
+                serde_json::to_value(handle).map_err(|e| (ErrorCode::Internal, e.to_string()))
+            }
+        }
+    }
+
+    fn info(&self, v: &Volume) -> Value {
+        let options: serde_json::Map<String, Value> = VOLUME_OPTIONS
+            .iter()
+            .map(|(k, _)| (k.to_string(), Value::String(v.option(k))))
+            .collect();
+        json!({
+            "name": v.name,
+            "id": v.id,
+            "status": v.status,
+            "replica": v.replica,
+            "min_size": v.min_size,
+            "pg_count": v.pg_count,
+            "epoch": v.epoch,
+            "replica_sets": v.replica_sets().iter().map(|set| set.iter().map(|b| b.to_string()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "copies_stored": 1,
+            "replication": REPLICATION_NOTE,
+            "options": options,
+            "store": self.cluster.describe_store(),
+        })
+    }
+
+    async fn status(&self, v: &Volume) -> MgmtResult {
+        let serving = self.serving_brick(v).ok().cloned();
+        let mut bricks = Vec::new();
+        for b in &v.bricks {
+            let is_serving = serving.as_ref() == Some(b);
+            let open = self.bricks.lock().unwrap_or_else(|p| p.into_inner()).get(&b.path).cloned();
+            let mut entry = json!({
+                "brick": b.to_string(),
+                "role": if is_serving { "serving (holds the data)" } else { "reserved for a replica" },
+                "online": is_serving && v.status == VolumeStatus::Started && open.is_some() && b.node == self.node,
+            });
+            if let Some(brick) = open.filter(|_| is_serving) {
+                if let Ok(s) = brick.statfs() {
+                    entry["total_bytes"] = json!(s.total_bytes);
+                    entry["avail_bytes"] = json!(s.avail_bytes);
+                }
+                entry["files_indexed"] = json!(brick.file_count());
+            }
+            bricks.push(entry);
+        }
+        Ok(json!({"name": v.name, "status": v.status, "epoch": v.epoch, "bricks": bricks}))
+    }
+
+    pub async fn register_self(&self, addr: &str) -> Result<(), ClusterError> {
+        self.cluster
+            .put_node(&Node {
+                name: self.node.clone(),
+                addr: addr.to_string(),
+            })
+            .await
+    }
+
+    /// Makes every open brick's index durable (clean shutdown).
+    pub fn sync_bricks(&self) {
+        for (path, b) in self.bricks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Err(e) = b.sync_namespace(brick_wire::ROOT_FILE_ID) {
+                tracing::warn!("brick {path}: final sync failed: {e}");
+            }
+        }
+    }
+}

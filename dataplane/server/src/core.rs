@@ -1,0 +1,201 @@
+//! Starting the per-core executors and each core's accept / control / forward loops.
+
+use crate::files::FileCache;
+use crate::{Control, Dataplane, DataplaneConfig, MgmtRequest, ServeState};
+use brick_tuning::{CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES};
+use futures_lite::future;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// A request forwarded from the core that received it to the core that owns its PG.
+pub(crate) struct Forward {
+    pub opcode: u16,
+    pub request_id: u64,
+    pub payload: Vec<u8>,
+    pub reply: flume::Sender<Vec<u8>>,
+}
+
+/// One core's state. Never shared with another thread: other cores reach it through `Forward`.
+pub(crate) struct CoreCtx {
+    pub core: usize,
+    pub ncores: usize,
+    pub state: RefCell<Arc<ServeState>>,
+    pub peers: Vec<flume::Sender<Forward>>,
+    pub mgmt: flume::Sender<MgmtRequest>,
+    pub shard_addrs: Vec<String>,
+    pub files: RefCell<FileCache>,
+    pub connections: Cell<usize>,
+    probed_devices: RefCell<HashSet<u64>>,
+}
+
+impl CoreCtx {
+    pub fn state(&self) -> Arc<ServeState> {
+        self.state.borrow().clone()
+    }
+}
+
+pub(crate) fn start(
+    cfg: DataplaneConfig,
+    state: Arc<ServeState>,
+    mgmt: flume::Sender<MgmtRequest>,
+) -> std::io::Result<Dataplane> {
+    assert!(cfg.cores >= 1);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (fwd_txs, fwd_rxs): (Vec<_>, Vec<_>) = (0..cfg.cores).map(|_| flume::bounded(CORE_CHANNEL_DEPTH)).unzip();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<SocketAddr>)>();
+    let mut addr_txs = Vec::new();
+    let mut controls = Vec::new();
+    let mut handles = Vec::new();
+    for (core, fwd_rx) in fwd_rxs.into_iter().enumerate() {
+        let (control_tx, control_rx) = flume::unbounded::<Control>();
+        let (addr_tx, addr_rx) = flume::bounded::<Vec<String>>(1);
+        controls.push(control_tx);
+        addr_txs.push(addr_tx);
+        let listen = if core == 0 {
+            cfg.listen
+        } else {
+            SocketAddr::new(cfg.listen.ip(), 0)
+        };
+        let placement = if cfg.pin && core < cpus {
+            Placement::Fixed(core)
+        } else {
+            Placement::Unbound
+        };
+        let (peers, mgmt, state, bound_tx) = (fwd_txs.clone(), mgmt.clone(), state.clone(), bound_tx.clone());
+        let ncores = cfg.cores;
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("brick-core{core}"))
+            .io_memory(CORE_IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let listener = match TcpListener::bind(listen) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = bound_tx.send((core, Err(e.into())));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send((core, listener.local_addr().map_err(Into::into)));
+                let Ok(shard_addrs) = addr_rx.recv_async().await else {
+                    return;
+                };
+                let ctx = Rc::new(CoreCtx {
+                    core,
+                    ncores,
+                    state: RefCell::new(state),
+                    peers,
+                    mgmt,
+                    shard_addrs,
+                    files: RefCell::new(FileCache::default()),
+                    connections: Cell::new(0),
+                    probed_devices: RefCell::new(HashSet::new()),
+                });
+                probe_bricks(&ctx, &ctx.state()).await;
+                run_core(ctx, listener, control_rx, fwd_rx).await;
+            })
+            .map_err(std::io::Error::from)?;
+        handles.push(handle);
+    }
+    drop(bound_tx);
+    let mut shard_addrs = vec![None; cfg.cores];
+    for _ in 0..cfg.cores {
+        let (core, addr) = bound_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("a dataplane core exited before binding"))?;
+        shard_addrs[core] = Some(addr.map_err(|e| std::io::Error::new(e.kind(), format!("core {core}: bind: {e}")))?);
+    }
+    let shard_addrs: Vec<SocketAddr> = shard_addrs.into_iter().flatten().collect();
+    let texts: Vec<String> = shard_addrs.iter().map(|a| a.to_string()).collect();
+    for tx in &addr_txs {
+        let _ = tx.send(texts.clone());
+    }
+    Ok(Dataplane {
+        shard_addrs,
+        controls,
+        handles,
+    })
+}
+
+enum Event {
+    Accepted(glommio::Result<glommio::net::TcpStream, ()>),
+    Control(Result<Control, flume::RecvError>),
+}
+
+async fn run_core(
+    ctx: Rc<CoreCtx>,
+    listener: TcpListener,
+    control_rx: flume::Receiver<Control>,
+    fwd_rx: flume::Receiver<Forward>,
+) {
+    let fwd_ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        while let Ok(f) = fwd_rx.recv_async().await {
+            let ctx = fwd_ctx.clone();
+            glommio::spawn_local(async move {
+                let frame = crate::exec::execute_payload(&ctx, f.opcode, f.request_id, &f.payload).await;
+                let _ = f.reply.send(frame);
+            })
+            .detach();
+        }
+    })
+    .detach();
+    loop {
+        let event = future::or(async { Event::Accepted(listener.accept().await) }, async {
+            Event::Control(control_rx.recv_async().await)
+        })
+        .await;
+        match event {
+            Event::Accepted(Ok(stream)) => {
+                if ctx.connections.get() >= CORE_CONNECTIONS_MAX {
+                    tracing::warn!(core = ctx.core, "connection limit reached; closing new connection");
+                    continue;
+                }
+                ctx.connections.set(ctx.connections.get() + 1);
+                let conn_ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    crate::conn::serve(conn_ctx.clone(), stream).await;
+                    conn_ctx.connections.set(conn_ctx.connections.get() - 1);
+                })
+                .detach();
+            }
+            Event::Accepted(Err(e)) => {
+                tracing::warn!(core = ctx.core, "accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Event::Control(Ok(Control::State(state))) => {
+                probe_bricks(&ctx, &state).await;
+                ctx.files.borrow_mut().retain_volumes(&state);
+                *ctx.state.borrow_mut() = state;
+            }
+            Event::Control(Ok(Control::Shutdown)) | Event::Control(Err(_)) => break,
+        }
+    }
+}
+
+/// glommio decides once per device and thread whether the device supports polled I/O, by
+/// reading the first block of the first file opened with O_DIRECT. An empty file makes that
+/// read "succeed" and the device is wrongly marked pollable, after which I/O fails. So every
+/// core opens each brick's non-empty probe file first.
+async fn probe_bricks(ctx: &CoreCtx, state: &ServeState) {
+    use std::os::unix::fs::MetadataExt;
+    for vol in state.volumes.values() {
+        let probe = vol.brick.probe_path();
+        let Ok(meta) = std::fs::metadata(&probe) else {
+            continue;
+        };
+        if !ctx.probed_devices.borrow_mut().insert(meta.dev()) {
+            continue;
+        }
+        match glommio::io::DmaFile::open(&probe).await {
+            Ok(f) => {
+                let _ = f.read_at(0, 4096).await;
+                let _ = f.close().await;
+            }
+            Err(e) => tracing::warn!(core = ctx.core, "direct I/O probe on {} failed: {e}", probe.display()),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Per-core open-file cache and the io_uring data path (glommio DmaFile for O_DIRECT,
+//! BufferedFile for the page cache).
+
+use crate::{IoMode, ServeState, ServedVolume};
+use brick_store::{FsError, FsResult};
+use brick_tuning::{CORE_OPEN_FILES_MAX, DIRECT_IO_ALIGN_BYTES};
+use brick_wire::{ErrorCode, FileId};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+pub(crate) struct OpenFile {
+    /// Present when the file is served with O_DIRECT.
+    pub dma: Option<DmaFile>,
+    /// Always present: unaligned writes go through the page cache even for direct files.
+    pub buffered: BufferedFile,
+    /// Brick generation at which this entry was last known to name a live file.
+    generation: Cell<u64>,
+}
+
+#[derive(Default)]
+pub(crate) struct FileCache {
+    map: HashMap<(u32, FileId), Rc<OpenFile>>,
+    order: VecDeque<(u32, FileId)>,
+}
+
+impl FileCache {
+    pub fn retain_volumes(&mut self, state: &ServeState) {
+        self.map.retain(|(vol, _), _| state.volumes.contains_key(vol));
+        self.order.retain(|(vol, _)| state.volumes.contains_key(vol));
+    }
+
+    fn get(&self, vol: u32, fid: FileId) -> Option<Rc<OpenFile>> {
+        self.map.get(&(vol, fid)).cloned()
+    }
+
+    fn remove(&mut self, vol: u32, fid: FileId) {
+        self.map.remove(&(vol, fid));
+    }
+
+    fn insert(&mut self, vol: u32, fid: FileId, f: Rc<OpenFile>) {
+        while self.map.len() >= CORE_OPEN_FILES_MAX {
+            match self.order.pop_front() {
+                Some(key) => {
+                    self.map.remove(&key);
+                }
+                None => break,
+            }
+        }
+        if self.map.insert((vol, fid), f).is_none() {
+            self.order.push_back((vol, fid));
+        }
+    }
+}
+
+fn io_err(what: &str, e: impl Into<std::io::Error>) -> FsError {
+    let e: std::io::Error = e.into();
+    FsError::new(ErrorCode::from_io(&e), format!("{what}: {e}"))
+}
+
+pub(crate) async fn open(cache: &std::cell::RefCell<FileCache>, vol: &ServedVolume, fid: FileId) -> FsResult<Rc<OpenFile>> {
+    let generation = vol.brick.generation();
+    let cached = cache.borrow().get(vol.id, fid);
+    if let Some(f) = cached {
+        if f.generation.get() == generation {
+            return Ok(f);
+        }
+        // Something was unlinked or replaced since: make sure this id still names a file.
+        match vol.brick.path_of(fid) {
+            Ok(path) if path.exists() => {
+                f.generation.set(generation);
+                return Ok(f);
+            }
+            _ => {
+                cache.borrow_mut().remove(vol.id, fid);
+                return Err(FsError::new(ErrorCode::Stale, format!("file id {fid:#x} no longer exists")));
+            }
+        }
+    }
+    let path = vol.brick.path_of(fid)?;
+    let meta = std::fs::symlink_metadata(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            FsError::new(ErrorCode::Stale, format!("file id {fid:#x} no longer exists"))
+        } else {
+            io_err("stat", e)
+        }
+    })?;
+    if meta.is_dir() {
+        return Err(FsError::new(ErrorCode::IsDir, "is a directory"));
+    }
+    if !meta.is_file() {
+        return Err(FsError::new(ErrorCode::Invalid, "not a regular file"));
+    }
+    let direct = match vol.io_mode {
+        IoMode::Direct => true,
+        IoMode::Buffered => false,
+        IoMode::Auto => meta.len() >= vol.direct_min_bytes,
+    };
+    let buffered = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .buffered_open(&path)
+        .await
+        .map_err(|e| io_err("open", e))?;
+    let dma = if direct {
+        match OpenOptions::new().read(true).write(true).dma_open(&path).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("O_DIRECT open of {} failed ({e}); using the page cache", path.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let f = Rc::new(OpenFile {
+        dma,
+        buffered,
+        generation: Cell::new(generation),
+    });
+    cache.borrow_mut().insert(vol.id, fid, f.clone());
+    Ok(f)
+}
+
+fn aligned(offset: u64, len: usize) -> bool {
+    offset % DIRECT_IO_ALIGN_BYTES == 0 && (len as u64) % DIRECT_IO_ALIGN_BYTES == 0
+}
+
+/// Reads into `out` (appending); short at end of file.
+pub(crate) async fn read(f: &OpenFile, offset: u64, len: u32, out: &mut Vec<u8>) -> FsResult<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let data = match &f.dma {
+        Some(dma) => dma.read_at(offset, len as usize).await,
+        None => f.buffered.read_at(offset, len as usize).await,
+    }
+    .map_err(|e| io_err("read", e))?;
+    out.extend_from_slice(&data);
+    Ok(())
+}
+
+pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool) -> FsResult<u32> {
+    let written = match &f.dma {
+        Some(dma) if aligned(offset, data.len()) && !data.is_empty() => {
+            let mut buf = dma.alloc_dma_buffer(data.len());
+            buf.as_bytes_mut().copy_from_slice(data);
+            dma.write_at(buf, offset).await.map_err(|e| io_err("write", e))?
+        }
+        _ if data.is_empty() => 0,
+        _ => f
+            .buffered
+            .write_at(data.to_vec(), offset)
+            .await
+            .map_err(|e| io_err("write", e))?,
+    };
+    if durable {
+        sync(f).await?;
+    }
+    Ok(written as u32)
+}
+
+/// fdatasync on either descriptor flushes the inode's dirty pages and its O_DIRECT writes.
+pub(crate) async fn sync(f: &OpenFile) -> FsResult<()> {
+    match &f.dma {
+        Some(dma) => dma.fdatasync().await,
+        None => f.buffered.fdatasync().await,
+    }
+    .map_err(|e| io_err("fdatasync", e))
+}

@@ -1,0 +1,112 @@
+//! The brick dataplane: one pinned glommio executor per core. Each core owns the placement
+//! groups `pg % cores == core`, listens on its own address, keeps its own open-file cache and
+//! does file I/O through io_uring. A request that reaches a core which does not own its PG is
+//! forwarded to the owner through an explicit channel; the reply comes back the same way.
+//!
+//! The management plane (tokio) talks to the cores only through channels: it pushes the set
+//! of served volumes and users (`Control::State`), and cores hand it MGMT requests.
+
+mod conn;
+mod core;
+mod exec;
+mod files;
+
+use brick_store::Brick;
+use brick_wire::ErrorCode;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use brick_wire::core_of;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// O_DIRECT for files at or above `direct_min_bytes`, the page cache below.
+    Auto,
+    Direct,
+    Buffered,
+}
+
+impl IoMode {
+    pub fn parse(s: &str) -> Option<IoMode> {
+        match s {
+            "auto" => Some(IoMode::Auto),
+            "direct" => Some(IoMode::Direct),
+            "buffered" => Some(IoMode::Buffered),
+            _ => None,
+        }
+    }
+}
+
+pub struct ServedVolume {
+    pub id: u32,
+    pub name: String,
+    pub brick: Arc<Brick>,
+    pub io_mode: IoMode,
+    pub direct_min_bytes: u64,
+}
+
+pub struct User {
+    pub key: [u8; 32],
+    pub admin: bool,
+}
+
+/// Everything a core needs to serve requests; replaced wholesale on every change.
+pub struct ServeState {
+    pub node: String,
+    pub volumes: HashMap<u32, Arc<ServedVolume>>,
+    pub users: HashMap<String, User>,
+}
+
+pub enum Control {
+    State(Arc<ServeState>),
+    Shutdown,
+}
+
+/// A management request handed from a core to the management plane.
+pub struct MgmtRequest {
+    pub user: String,
+    pub admin: bool,
+    pub doc: Vec<u8>,
+    pub reply: flume::Sender<Result<Vec<u8>, (ErrorCode, String)>>,
+}
+
+pub struct DataplaneConfig {
+    pub cores: usize,
+    /// Core 0 listens here; the other cores on ephemeral ports of the same host, announced to
+    /// clients in the handshake.
+    pub listen: SocketAddr,
+    pub pin: bool,
+}
+
+pub struct Dataplane {
+    pub shard_addrs: Vec<SocketAddr>,
+    controls: Vec<flume::Sender<Control>>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Dataplane {
+    pub fn start(
+        cfg: DataplaneConfig,
+        state: Arc<ServeState>,
+        mgmt: flume::Sender<MgmtRequest>,
+    ) -> std::io::Result<Dataplane> {
+        core::start(cfg, state, mgmt)
+    }
+
+    pub fn publish(&self, state: Arc<ServeState>) {
+        for c in &self.controls {
+            let _ = c.send(Control::State(state.clone()));
+        }
+    }
+
+    /// Stops accepting, closes connections, joins every core.
+    pub fn shutdown(self) {
+        for c in &self.controls {
+            let _ = c.send(Control::Shutdown);
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}

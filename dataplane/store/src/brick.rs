@@ -1,0 +1,610 @@
+//! A brick: `<brick>/data/` mirrors the volume namespace as plain files (recoverable with `cp`),
+//! `<brick>/.brickd/` holds the identity and the namespace index.
+//!
+//! Namespace operations are synchronous syscalls made under the brick's index lock, so the
+//! file-system change and its index record are one step for every core. Data I/O (read, write,
+//! fsync) does not come through here: the dataplane does it with io_uring on the owning core.
+
+use crate::index::{Index, ReplayReport};
+use brick_tuning::{NAME_BYTES_MAX, PATH_DEPTH_MAX};
+use brick_wire::{Attr, DirEntry, DirPage, ErrorCode, FileId, FileKind, SetAttr, StatFs, Time, TimeSet, ROOT_FILE_ID};
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub use brick_wire::{pg_of, FID_PG_SHIFT};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl FsError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> FsError {
+        FsError {
+            code,
+            message: message.into(),
+        }
+    }
+    fn io(what: &str, err: io::Error) -> FsError {
+        FsError::new(ErrorCode::from_io(&err), format!("{what}: {err}"))
+    }
+}
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for FsError {}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+/// FNV-1a: stable across processes and versions, which placement and cookies depend on.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Readdir cursor of an entry: its name hash, never 0 (0 means "from the start").
+pub fn dir_cookie(name: &str) -> u64 {
+    fnv1a(&[name.as_bytes()]).max(1)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrickIdentity {
+    pub format: u32,
+    pub brick_id: String,
+    pub volume: String,
+}
+
+pub struct Brick {
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub identity: BrickIdentity,
+    pub replay: ReplayReport,
+    index: Mutex<Index>,
+    pg_count: u32,
+    /// Bumped whenever a file id stops naming the file it named (unlink, rename over it), so
+    /// per-core open-file caches know to revalidate without taking the index lock per I/O.
+    generation: AtomicU64,
+}
+
+fn meta_dir(root: &Path) -> PathBuf {
+    root.join(".brickd")
+}
+
+impl Brick {
+    /// Opens (formatting on first use) the brick at `root` for `volume`.
+    pub fn open(root: &Path, volume: &str, pg_count: u32) -> FsResult<Brick> {
+        assert!(pg_count > 0 && pg_count < (1 << 16));
+        let data = root.join("data");
+        let meta = meta_dir(root);
+        fs::create_dir_all(&data).map_err(|e| FsError::io("creating data dir", e))?;
+        fs::create_dir_all(&meta).map_err(|e| FsError::io("creating .brickd dir", e))?;
+        let identity = load_or_create_identity(&meta, volume)?;
+        if identity.volume != volume {
+            return Err(FsError::new(
+                ErrorCode::Invalid,
+                format!("brick {} belongs to volume {:?}, not {volume:?}", root.display(), identity.volume),
+            ));
+        }
+        write_probe_file(&meta)?;
+        let (index, replay) = Index::open(&meta.join("index.log")).map_err(|e| FsError::io("opening index", e))?;
+        Ok(Brick {
+            root: root.to_path_buf(),
+            data,
+            identity,
+            replay,
+            index: Mutex::new(index),
+            pg_count,
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    /// A small non-empty file every core opens with O_DIRECT first (see docs/ARCHITECTURE.md,
+    /// glommio's io-poll probe).
+    pub fn probe_path(&self) -> PathBuf {
+        meta_dir(&self.root).join("probe")
+    }
+
+    pub fn pg_count(&self) -> u32 {
+        self.pg_count
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn path_in(&self, idx: &Index, fid: FileId) -> FsResult<PathBuf> {
+        let mut names = Vec::new();
+        let mut at = fid;
+        while at != ROOT_FILE_ID {
+            let loc = idx
+                .location(at)
+                .ok_or_else(|| FsError::new(ErrorCode::Stale, format!("file id {fid:#x} is not known to this brick")))?;
+            names.push(loc.name.as_str());
+            at = loc.parent;
+            if names.len() > PATH_DEPTH_MAX {
+                return Err(FsError::new(ErrorCode::Io, format!("file id {fid:#x}: parent chain too deep")));
+            }
+        }
+        let mut path = self.data.clone();
+        for name in names.iter().rev() {
+            path.push(name);
+        }
+        Ok(path)
+    }
+
+    pub fn path_of(&self, fid: FileId) -> FsResult<PathBuf> {
+        self.path_in(&self.lock(), fid)
+    }
+
+    fn mint_fid(&self, idx: &Index, parent: FileId, name: &str) -> FileId {
+        let pg = fnv1a(&[&parent.to_le_bytes(), name.as_bytes()]) % self.pg_count as u64;
+        loop {
+            let low = rand::random::<u64>() & ((1u64 << FID_PG_SHIFT) - 1);
+            let fid = (pg << FID_PG_SHIFT) | low;
+            if fid > ROOT_FILE_ID && !idx.contains(fid) {
+                return fid;
+            }
+        }
+    }
+
+    /// The id of (parent, name) if it exists on disk; ids are minted for entries that appear
+    /// on disk without one (copied in by hand, or created just before a crash).
+    fn child_in(&self, idx: &mut Index, parent: FileId, name: &str) -> FsResult<(FileId, fs::Metadata)> {
+        let path = self.path_in(idx, parent)?.join(name);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::NotFound {
+                    if let Some(stale) = idx.child(parent, name) {
+                        idx.unlink(stale).map_err(|e| FsError::io("index", e))?;
+                    }
+                }
+                return Err(FsError::io(&format!("lookup {name:?}"), e));
+            }
+        };
+        if let Some(fid) = idx.child(parent, name) {
+            return Ok((fid, meta));
+        }
+        let fid = self.mint_fid(idx, parent, name);
+        idx.link(fid, parent, name).map_err(|e| FsError::io("index", e))?;
+        Ok((fid, meta))
+    }
+
+    fn parent_dir(&self, idx: &Index, parent: FileId) -> FsResult<PathBuf> {
+        let path = self.path_in(idx, parent)?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| FsError::io("parent", e))?;
+        if !meta.is_dir() {
+            return Err(FsError::new(ErrorCode::NotDir, format!("{} is not a directory", path.display())));
+        }
+        Ok(path)
+    }
+
+    pub fn lookup(&self, parent: FileId, name: &str) -> FsResult<Attr> {
+        let mut idx = self.lock();
+        self.parent_dir(&idx, parent)?;
+        let (fid, meta) = self.child_in(&mut idx, parent, name)?;
+        Ok(attr_of(fid, &meta))
+    }
+
+    pub fn getattr(&self, fid: FileId) -> FsResult<Attr> {
+        let path = self.path_of(fid)?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| stale_if_missing(fid, e))?;
+        Ok(attr_of(fid, &meta))
+    }
+
+    pub fn setattr(&self, fid: FileId, set: &SetAttr) -> FsResult<Attr> {
+        let path = self.path_of(fid)?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| stale_if_missing(fid, e))?;
+        let is_symlink = meta.file_type().is_symlink();
+        if let Some(mode) = set.mode {
+            if !is_symlink {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(|e| FsError::io("chmod", e))?;
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            std::os::unix::fs::lchown(&path, set.uid, set.gid).map_err(|e| FsError::io("chown", e))?;
+        }
+        if let Some(size) = set.size {
+            if meta.is_dir() {
+                return Err(FsError::new(ErrorCode::IsDir, "cannot set the size of a directory"));
+            }
+            let f = fs::OpenOptions::new().write(true).open(&path).map_err(|e| FsError::io("truncate", e))?;
+            f.set_len(size).map_err(|e| FsError::io("truncate", e))?;
+        }
+        if set.atime != TimeSet::Keep || set.mtime != TimeSet::Keep {
+            set_times(&path, set.atime, set.mtime)?;
+        }
+        self.getattr(fid)
+    }
+
+    pub fn create(&self, parent: FileId, name: &str, mode: u32, exclusive: bool) -> FsResult<Attr> {
+        let mut idx = self.lock();
+        let path = self.parent_dir(&idx, parent)?.join(name);
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).mode(mode & 0o7777);
+        if exclusive {
+            opts.create_new(true);
+        } else {
+            opts.create(true);
+        }
+        opts.open(&path).map_err(|e| FsError::io(&format!("create {name:?}"), e))?;
+        let (fid, meta) = self.child_in(&mut idx, parent, name)?;
+        if !meta.is_file() {
+            return Err(FsError::new(ErrorCode::IsDir, format!("{name:?} exists and is not a file")));
+        }
+        Ok(attr_of(fid, &meta))
+    }
+
+    pub fn mkdir(&self, parent: FileId, name: &str, mode: u32) -> FsResult<Attr> {
+        let mut idx = self.lock();
+        let path = self.parent_dir(&idx, parent)?.join(name);
+        fs::DirBuilder::new()
+            .mode(mode & 0o7777)
+            .create(&path)
+            .map_err(|e| FsError::io(&format!("mkdir {name:?}"), e))?;
+        let (fid, meta) = self.child_in(&mut idx, parent, name)?;
+        Ok(attr_of(fid, &meta))
+    }
+
+    pub fn symlink(&self, parent: FileId, name: &str, target: &str) -> FsResult<Attr> {
+        let mut idx = self.lock();
+        let path = self.parent_dir(&idx, parent)?.join(name);
+        std::os::unix::fs::symlink(target, &path).map_err(|e| FsError::io(&format!("symlink {name:?}"), e))?;
+        let (fid, meta) = self.child_in(&mut idx, parent, name)?;
+        Ok(attr_of(fid, &meta))
+    }
+
+    pub fn readlink(&self, fid: FileId) -> FsResult<String> {
+        let path = self.path_of(fid)?;
+        let target = fs::read_link(&path).map_err(|e| FsError::io("readlink", e))?;
+        target
+            .into_os_string()
+            .into_string()
+            .map_err(|_| FsError::new(ErrorCode::Io, "symlink target is not UTF-8"))
+    }
+
+    /// Removes a file or symlink (`dir` false) or an empty directory (`dir` true).
+    pub fn remove(&self, parent: FileId, name: &str, dir: bool) -> FsResult<()> {
+        let mut idx = self.lock();
+        let path = self.parent_dir(&idx, parent)?.join(name);
+        let result = if dir { fs::remove_dir(&path) } else { fs::remove_file(&path) };
+        result.map_err(|e| FsError::io(&format!("remove {name:?}"), e))?;
+        if let Some(fid) = idx.child(parent, name) {
+            idx.unlink(fid).map_err(|e| FsError::io("index", e))?;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    pub fn rename(&self, src_parent: FileId, src_name: &str, dst_parent: FileId, dst_name: &str) -> FsResult<()> {
+        let mut idx = self.lock();
+        let src = self.parent_dir(&idx, src_parent)?.join(src_name);
+        let dst = self.parent_dir(&idx, dst_parent)?.join(dst_name);
+        let (fid, _) = self.child_in(&mut idx, src_parent, src_name)?;
+        fs::rename(&src, &dst).map_err(|e| FsError::io(&format!("rename {src_name:?} to {dst_name:?}"), e))?;
+        if let Some(replaced) = idx.child(dst_parent, dst_name) {
+            if replaced != fid {
+                idx.unlink(replaced).map_err(|e| FsError::io("index", e))?;
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        idx.link(fid, dst_parent, dst_name).map_err(|e| FsError::io("index", e))?;
+        Ok(())
+    }
+
+    /// Entries in cookie (name hash) order after `cookie`; stable under concurrent changes.
+    pub fn readdir(&self, fid: FileId, cookie: u64, max_entries: u32) -> FsResult<DirPage> {
+        let mut idx = self.lock();
+        let path = self.parent_dir(&idx, fid)?;
+        let mut names: Vec<(u64, String)> = Vec::new();
+        for entry in fs::read_dir(&path).map_err(|e| FsError::io("readdir", e))? {
+            let entry = entry.map_err(|e| FsError::io("readdir", e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue; // not representable on the wire; see docs/wire.md (names are UTF-8)
+            };
+            if name.len() > NAME_BYTES_MAX {
+                continue;
+            }
+            let c = dir_cookie(&name);
+            if c > cookie {
+                names.push((c, name));
+            }
+        }
+        names.sort_unstable();
+        let eof = names.len() <= max_entries as usize;
+        let mut entries = Vec::with_capacity(names.len().min(max_entries as usize));
+        for (c, name) in names.into_iter().take(max_entries as usize) {
+            match self.child_in(&mut idx, fid, &name) {
+                Ok((child, meta)) => entries.push(DirEntry {
+                    name,
+                    cookie: c,
+                    attr: attr_of(child, &meta),
+                }),
+                Err(e) if e.code == ErrorCode::NotFound => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(DirPage { entries, eof })
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let c = CString::new(self.data.as_os_str().as_bytes()).map_err(|_| FsError::new(ErrorCode::Invalid, "path"))?;
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is a valid NUL-terminated path and s a properly sized out-parameter.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return Err(FsError::io("statfs", io::Error::last_os_error()));
+        }
+        let frsize = s.f_frsize as u64;
+        Ok(StatFs {
+            total_bytes: s.f_blocks as u64 * frsize,
+            free_bytes: s.f_bfree as u64 * frsize,
+            avail_bytes: s.f_bavail as u64 * frsize,
+            total_files: s.f_files as u64,
+            free_files: s.f_ffree as u64,
+            block_bytes: s.f_bsize as u32,
+            name_bytes_max: NAME_BYTES_MAX as u32,
+        })
+    }
+
+    /// Makes the namespace around `fid` durable: the index log and the parent directory entry,
+    /// when any namespace change happened since the last sync.
+    pub fn sync_namespace(&self, fid: FileId) -> FsResult<()> {
+        let mut idx = self.lock();
+        if !idx.sync().map_err(|e| FsError::io("index sync", e))? {
+            return Ok(());
+        }
+        let path = self.path_in(&idx, fid)?;
+        drop(idx);
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| FsError::io("dir sync", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+fn stale_if_missing(fid: FileId, e: io::Error) -> FsError {
+    if e.kind() == io::ErrorKind::NotFound {
+        FsError::new(ErrorCode::Stale, format!("file id {fid:#x} no longer exists"))
+    } else {
+        FsError::io("stat", e)
+    }
+}
+
+pub fn attr_of(fid: FileId, m: &fs::Metadata) -> Attr {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::File
+    };
+    Attr {
+        fid,
+        kind,
+        mode: m.mode(),
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        size: m.size(),
+        used_bytes: m.blocks() * 512,
+        atime: Time {
+            sec: m.atime(),
+            nsec: m.atime_nsec() as u32,
+        },
+        mtime: Time {
+            sec: m.mtime(),
+            nsec: m.mtime_nsec() as u32,
+        },
+        ctime: Time {
+            sec: m.ctime(),
+            nsec: m.ctime_nsec() as u32,
+        },
+    }
+}
+
+fn set_times(path: &Path, atime: TimeSet, mtime: TimeSet) -> FsResult<()> {
+    fn spec(t: TimeSet) -> libc::timespec {
+        match t {
+            TimeSet::Keep => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            TimeSet::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            TimeSet::To(t) => libc::timespec {
+                tv_sec: t.sec as libc::time_t,
+                tv_nsec: t.nsec as libc::c_long,
+            },
+        }
+    }
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| FsError::new(ErrorCode::Invalid, "path"))?;
+    let times = [spec(atime), spec(mtime)];
+    // SAFETY: valid path and a two-element timespec array as utimensat requires.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        return Err(FsError::io("utimensat", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn write_probe_file(meta: &Path) -> FsResult<()> {
+    let path = meta.join("probe");
+    if fs::metadata(&path).map(|m| m.len() >= 4096).unwrap_or(false) {
+        return Ok(());
+    }
+    fs::write(&path, vec![0x5Au8; 4096]).map_err(|e| FsError::io("probe file", e))
+}
+
+/// `brick.json` is one JSON line followed by a `crc32c:XXXXXXXX` line over that JSON.
+fn load_or_create_identity(meta: &Path, volume: &str) -> FsResult<BrickIdentity> {
+    let path = meta.join("brick.json");
+    match fs::read_to_string(&path) {
+        Ok(text) => parse_identity(&text).map_err(|why| {
+            FsError::new(ErrorCode::Io, format!("{}: {why}; refusing to guess the brick's identity", path.display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let identity = BrickIdentity {
+                format: FORMAT_VERSION,
+                brick_id: format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()),
+                volume: volume.to_string(),
+            };
+            let json = serde_json::to_string(&identity).map_err(|e| FsError::new(ErrorCode::Internal, e.to_string()))?;
+            let text = format!("{json}\ncrc32c:{:08x}\n", crc32c::crc32c(json.as_bytes()));
+            let tmp = meta.join("brick.json.tmp");
+            let mut f = fs::File::create(&tmp).map_err(|e| FsError::io("identity", e))?;
+            f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| FsError::io("identity", e))?;
+            fs::rename(&tmp, &path).map_err(|e| FsError::io("identity", e))?;
+            fs::File::open(meta).and_then(|d| d.sync_all()).map_err(|e| FsError::io("identity", e))?;
+            Ok(identity)
+        }
+        Err(e) => Err(FsError::io("identity", e)),
+    }
+}
+
+fn parse_identity(text: &str) -> Result<BrickIdentity, String> {
+    let mut lines = text.lines();
+    let json = lines.next().ok_or("empty file")?;
+    let crc_line = lines.next().ok_or("missing crc line")?;
+    let crc_hex = crc_line.strip_prefix("crc32c:").ok_or("malformed crc line")?;
+    let crc = u32::from_str_radix(crc_hex, 16).map_err(|_| "malformed crc value")?;
+    if crc32c::crc32c(json.as_bytes()) != crc {
+        return Err("crc32c mismatch".into());
+    }
+    let identity: BrickIdentity = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if identity.format != FORMAT_VERSION {
+        return Err(format!("unsupported brick format {}", identity.format));
+    }
+    Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brick() -> (tempfile::TempDir, Brick) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Brick::open(dir.path(), "v", 64).unwrap();
+        (dir, b)
+    }
+
+    #[test]
+    fn ids_are_stable_across_reopen() {
+        let (dir, b) = brick();
+        let d = b.mkdir(ROOT_FILE_ID, "docs", 0o755).unwrap();
+        let f = b.create(d.fid, "a.txt", 0o644, true).unwrap();
+        b.rename(d.fid, "a.txt", ROOT_FILE_ID, "b.txt").unwrap();
+        b.sync_namespace(f.fid).unwrap();
+        drop(b);
+        let b = Brick::open(dir.path(), "v", 64).unwrap();
+        assert_eq!(b.lookup(ROOT_FILE_ID, "b.txt").unwrap().fid, f.fid);
+        assert_eq!(b.path_of(f.fid).unwrap(), dir.path().join("data/b.txt"));
+        assert_eq!(b.lookup(ROOT_FILE_ID, "docs").unwrap().fid, d.fid);
+    }
+
+    #[test]
+    fn errors_map_to_filesystem_codes() {
+        let (_dir, b) = brick();
+        let d = b.mkdir(ROOT_FILE_ID, "d", 0o755).unwrap();
+        let f = b.create(d.fid, "f", 0o644, true).unwrap();
+        assert_eq!(b.create(d.fid, "f", 0o644, true).unwrap_err().code, ErrorCode::Exists);
+        assert_eq!(b.create(d.fid, "f", 0o644, false).unwrap().fid, f.fid);
+        assert_eq!(b.lookup(ROOT_FILE_ID, "nope").unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(b.remove(ROOT_FILE_ID, "d", true).unwrap_err().code, ErrorCode::NotEmpty);
+        assert_eq!(b.lookup(f.fid, "x").unwrap_err().code, ErrorCode::NotDir);
+        assert_eq!(b.remove(ROOT_FILE_ID, "d", false).unwrap_err().code, ErrorCode::IsDir);
+        b.remove(d.fid, "f", false).unwrap();
+        assert_eq!(b.getattr(f.fid).unwrap_err().code, ErrorCode::Stale);
+        b.remove(ROOT_FILE_ID, "d", true).unwrap();
+    }
+
+    #[test]
+    fn readdir_pages_resume_from_the_cookie() {
+        let (_dir, b) = brick();
+        for i in 0..2500 {
+            b.create(ROOT_FILE_ID, &format!("file-{i}"), 0o644, true).unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut cookie = 0;
+        loop {
+            let page = b.readdir(ROOT_FILE_ID, cookie, 1000).unwrap();
+            for e in &page.entries {
+                assert!(seen.insert(e.name.clone()), "duplicate {}", e.name);
+                cookie = e.cookie;
+            }
+            if page.eof {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 2500);
+    }
+
+    #[test]
+    fn files_copied_in_by_hand_get_ids() {
+        let (dir, b) = brick();
+        fs::write(dir.path().join("data/manual"), b"hello").unwrap();
+        let a = b.lookup(ROOT_FILE_ID, "manual").unwrap();
+        assert_eq!(a.size, 5);
+        assert_eq!(b.lookup(ROOT_FILE_ID, "manual").unwrap().fid, a.fid);
+    }
+
+    #[test]
+    fn setattr_changes_size_mode_and_times() {
+        let (_dir, b) = brick();
+        let f = b.create(ROOT_FILE_ID, "f", 0o600, true).unwrap();
+        let a = b
+            .setattr(
+                f.fid,
+                &SetAttr {
+                    mode: Some(0o640),
+                    size: Some(5 << 30),
+                    mtime: TimeSet::To(Time { sec: 1000, nsec: 5 }),
+                    ..SetAttr::NONE
+                },
+            )
+            .unwrap();
+        assert_eq!(a.size, 5 << 30);
+        assert_eq!(a.mode & 0o7777, 0o640);
+        assert_eq!(a.mtime, Time { sec: 1000, nsec: 5 });
+    }
+
+    #[test]
+    fn corrupt_identity_is_refused() {
+        let (dir, b) = brick();
+        drop(b);
+        let p = dir.path().join(".brickd/brick.json");
+        let text = fs::read_to_string(&p).unwrap().replace("\"v\"", "\"w\"");
+        fs::write(&p, text).unwrap();
+        let err = Brick::open(dir.path(), "v", 64).err().unwrap();
+        assert!(err.message.contains("crc32c mismatch"), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The on-disk side of a brick (format: docs/disk-format.md).
+
+pub mod brick;
+pub mod index;
+
+pub use brick::{attr_of, dir_cookie, fnv1a, pg_of, Brick, BrickIdentity, FsError, FsResult, FID_PG_SHIFT};

@@ -1,0 +1,87 @@
+//! Every limit and default of brickd in one place (TigerBeetle style: a limit on everything,
+//! units last in names). Lower layers read these; nothing here depends on anything else.
+
+/// Largest frame payload accepted from the network. Big enough for one 4 MiB data chunk plus
+/// its request header; anything larger is refused before a single byte is allocated for it.
+pub const FRAME_PAYLOAD_BYTES_MAX: u32 = 4 * 1024 * 1024 + 4096;
+
+/// Largest data chunk of one READ or WRITE request.
+pub const IO_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
+/// Longest file or directory name (one path component), as on Linux.
+pub const NAME_BYTES_MAX: usize = 255;
+
+/// Longest symlink target.
+pub const SYMLINK_TARGET_BYTES_MAX: usize = 4096;
+
+/// Deepest directory nesting a brick resolves (guards the parent walk against cycles).
+pub const PATH_DEPTH_MAX: usize = 256;
+
+/// Requests a server keeps in flight per connection before it stops reading that socket.
+pub const CONNECTION_INFLIGHT_MAX: usize = 256;
+
+/// Connections one core accepts at once; further ones are closed right after accept.
+pub const CORE_CONNECTIONS_MAX: usize = 1024;
+
+/// Open files one core caches (each holds up to two descriptors).
+pub const CORE_OPEN_FILES_MAX: usize = 4096;
+
+/// Entries one READDIR reply carries at most.
+pub const READDIR_ENTRIES_MAX: u32 = 1024;
+
+/// Management (JSON) documents are small; cap them well below the frame limit.
+pub const MGMT_DOC_BYTES_MAX: usize = 1024 * 1024;
+
+/// Placement groups of a new volume unless `volume create` says otherwise.
+pub const VOLUME_PGS_DEFAULT: u32 = 64;
+pub const VOLUME_PGS_MAX: u32 = 4096;
+
+/// Bricks one volume may have.
+pub const VOLUME_BRICKS_MAX: usize = 256;
+
+/// Volumes one cluster may have.
+pub const CLUSTER_VOLUMES_MAX: usize = 1024;
+
+/// Replica count bounds.
+pub const REPLICA_COUNT_MAX: u32 = 5;
+
+/// Files at or above this size use O_DIRECT (glommio DmaFile) when a volume's `io.mode` is `auto`.
+pub const DIRECT_IO_SIZE_MIN_DEFAULT: u64 = 1024 * 1024;
+
+/// Alignment O_DIRECT needs on the brick filesystems we support.
+pub const DIRECT_IO_ALIGN_BYTES: u64 = 4096;
+
+/// How long the client waits for one reply before failing the request (and the connection).
+pub const CLIENT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// How long the client waits to connect to one server.
+pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+
+/// Requests the client keeps in flight per connection; callers beyond it wait.
+pub const CLIENT_INFLIGHT_MAX: usize = 1024;
+
+/// Times an idempotent request is retried across reconnects.
+pub const CLIENT_RETRIES_MAX: u32 = 5;
+
+/// Memory glommio pre-registers with io_uring per core. Small on purpose: the default exceeds an
+/// 8 MiB memlock limit for non-root users (see docs/ARCHITECTURE.md).
+pub const CORE_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Cross-core channel depth (requests forwarded to the owning core).
+pub const CORE_CHANNEL_DEPTH: usize = 1024;
+
+/// Embedded cluster store: largest single record, and log size that triggers compaction.
+pub const STORE_RECORD_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const STORE_LOG_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Brick namespace index: largest record and log size that triggers compaction on start.
+pub const INDEX_RECORD_BYTES_MAX: usize = 64 + NAME_BYTES_MAX;
+pub const INDEX_LOG_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bench limits: every load loop is bounded in count and time.
+pub const BENCH_SECONDS_MAX: u64 = 3600;
+pub const BENCH_QD_MAX: u32 = 1024;
+pub const BENCH_JOBS_MAX: u32 = 64;
+
+/// Default ports of `brickd dev`.
+pub const DEV_NATIVE_PORT: u16 = 7700;
