@@ -63,9 +63,13 @@ pub const CLIENT_INFLIGHT_MAX: usize = 1024;
 /// Times an idempotent request is retried across reconnects.
 pub const CLIENT_RETRIES_MAX: u32 = 5;
 
-/// Memory glommio pre-registers with io_uring per core. Small on purpose: the default exceeds an
-/// 8 MiB memlock limit for non-root users (see docs/ARCHITECTURE.md).
-pub const CORE_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
+/// Memory glommio pre-registers with io_uring per core when the memlock limit allows it: enough
+/// for 32 in-flight 1 MiB writes without touching the system allocator (whose fresh pages cost a
+/// page fault and a clear per 4 KiB).
+pub const CORE_IO_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+/// What a core registers when the memlock limit is low (non-root users often have 8 MiB in all;
+/// glommio's own default exceeds it, see docs/ARCHITECTURE.md).
+pub const CORE_IO_MEMORY_BYTES_MIN: usize = 1024 * 1024;
 
 /// Cross-core channel depth (requests forwarded to the owning core).
 pub const CORE_CHANNEL_DEPTH: usize = 1024;

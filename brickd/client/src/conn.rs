@@ -4,25 +4,42 @@
 use crate::ClientError;
 use brick_tuning::{CLIENT_CONNECT_TIMEOUT_MS, CLIENT_INFLIGHT_MAX};
 use brick_wire::frame::{verify_crc, VERSION_MAX, VERSION_MIN};
-use brick_wire::{auth, request_frame, ErrorCode, Header, HelloReply, Kind, Request, Welcome, HEADER_BYTES};
+use brick_wire::{auth, request_frame, write_frame_head, ErrorCode, Header, HelloReply, Kind, Request, Welcome, HEADER_BYTES};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 /// A reply frame: status 0 and its payload, or a server error.
 pub type ReplyResult = Result<Vec<u8>, ClientError>;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ReplyResult>>>>;
+struct Waiter {
+    tx: oneshot::Sender<ReplyResult>,
+    sent_at: Instant,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
+
+/// Frames waiting to be written, appended in place by callers; the writer task swaps the whole
+/// buffer out and writes it with one syscall, so many requests share one wakeup and one write.
+struct Outbox {
+    buf: Mutex<Vec<u8>>,
+    notify: Notify,
+    /// The socket, shared by the writer task and callers writing bulk data directly.
+    socket: tokio::sync::Mutex<OwnedWriteHalf>,
+}
+
+/// WRITE data at least this large is written to the socket straight from the caller's buffer.
+const DIRECT_WRITE_BYTES_MIN: usize = 64 * 1024;
 
 pub(crate) struct Conn {
     pub addr: String,
     pub core: u32,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    outbox: Arc<Outbox>,
     pending: Pending,
     alive: Arc<AtomicBool>,
     next_id: AtomicU64,
@@ -45,16 +62,21 @@ impl Conn {
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read_half);
         let welcome = handshake(&mut reader, &mut write_half, user, key).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Outbox {
+            buf: Mutex::new(Vec::with_capacity(256 * 1024)),
+            notify: Notify::new(),
+            socket: tokio::sync::Mutex::new(write_half),
+        });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
-        tokio::spawn(write_loop(write_half, rx, alive.clone(), pending.clone()));
+        tokio::spawn(write_loop(outbox.clone(), alive.clone(), pending.clone()));
         tokio::spawn(read_loop(reader, pending.clone(), alive.clone(), addr.to_string()));
+        tokio::spawn(watchdog(pending.clone(), alive.clone(), outbox.clone()));
         Ok((
             Conn {
                 addr: addr.to_string(),
                 core: welcome.core,
-                tx,
+                outbox,
                 pending,
                 alive,
                 next_id: AtomicU64::new(1),
@@ -64,7 +86,7 @@ impl Conn {
         ))
     }
 
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its reply (or the watchdog's timeout).
     pub async fn call(&self, req: &Request<'_>) -> ReplyResult {
         let _permit = self
             .inflight
@@ -75,22 +97,48 @@ impl Conn {
             return Err(ClientError::Disconnected(format!("connection to {} is closed", self.addr)));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = Vec::with_capacity(HEADER_BYTES + 64);
-        request_frame(&mut frame, id, req);
         let (reply_tx, reply_rx) = oneshot::channel();
-        lock(&self.pending).insert(id, reply_tx);
-        if self.tx.send(frame).is_err() {
-            lock(&self.pending).remove(&id);
-            return Err(ClientError::Disconnected(format!("connection to {} is closed", self.addr)));
-        }
-        let timeout = Duration::from_millis(brick_tuning::CLIENT_REQUEST_TIMEOUT_MS);
-        match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(ClientError::Disconnected(format!("connection to {} closed", self.addr))),
-            Err(_) => {
-                lock(&self.pending).remove(&id);
-                Err(ClientError::Timeout(format!("no reply from {} within {timeout:?}", self.addr)))
+        lock(&self.pending).insert(
+            id,
+            Waiter {
+                tx: reply_tx,
+                sent_at: Instant::now(),
+            },
+        );
+        match *req {
+            Request::Write {
+                vol,
+                fid,
+                offset,
+                flags,
+                data,
+            } if data.len() >= DIRECT_WRITE_BYTES_MIN => {
+                let head = write_frame_head(id, vol, fid, offset, flags, data);
+                let mut socket = self.outbox.socket.lock().await;
+                let sent = match socket.write_all(&head).await {
+                    Ok(()) => socket.write_all(data).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    self.alive.store(false, Ordering::Release);
+                    fail_all(&self.pending, &format!("write failed: {e}"));
+                }
             }
+            _ => {
+                let was_empty = {
+                    let mut buf = lock(&self.outbox.buf);
+                    let was_empty = buf.is_empty();
+                    request_frame(&mut buf, id, req);
+                    was_empty
+                };
+                if was_empty {
+                    self.outbox.notify.notify_one();
+                }
+            }
+        }
+        match reply_rx.await {
+            Ok(reply) => reply,
+            Err(_) => Err(ClientError::Disconnected(format!("connection to {} closed", self.addr))),
         }
     }
 }
@@ -98,6 +146,7 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.alive.store(false, Ordering::Release);
+        self.outbox.notify.notify_one();
     }
 }
 
@@ -106,44 +155,66 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn fail_all(pending: &Pending, why: &str) {
-    for (_, tx) in lock(pending).drain() {
-        let _ = tx.send(Err(ClientError::Disconnected(why.to_string())));
+    for (_, w) in lock(pending).drain() {
+        let _ = w.tx.send(Err(ClientError::Disconnected(why.to_string())));
     }
 }
 
-async fn write_loop(
-    mut w: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    alive: Arc<AtomicBool>,
-    pending: Pending,
-) {
-    let mut batch: Vec<u8> = Vec::with_capacity(256 * 1024);
-    while let Some(first) = rx.recv().await {
+async fn write_loop(outbox: Arc<Outbox>, alive: Arc<AtomicBool>, pending: Pending) {
+    let mut spare: Vec<u8> = Vec::with_capacity(256 * 1024);
+    loop {
+        outbox.notify.notified().await;
         if !alive.load(Ordering::Acquire) {
             break;
         }
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 1024 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+        loop {
+            {
+                let mut buf = lock(&outbox.buf);
+                if buf.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut *buf, &mut spare);
+            }
+            let mut w = outbox.socket.lock().await;
+            if let Err(e) = w.write_all(&spare).await {
+                alive.store(false, Ordering::Release);
+                fail_all(&pending, &format!("write failed: {e}"));
+                let _ = w.shutdown().await;
+                return;
+            }
+            drop(w);
+            spare.clear();
+            if spare.capacity() > 8 << 20 {
+                spare.shrink_to(256 * 1024);
             }
         }
-        if let Err(e) = w.write_all(&batch).await {
+    }
+    let _ = outbox.socket.lock().await.shutdown().await;
+}
+
+/// Fails requests that got no reply in time; a connection that leaves one unanswered that long
+/// is considered broken and closed, so callers reconnect.
+async fn watchdog(pending: Pending, alive: Arc<AtomicBool>, outbox: Arc<Outbox>) {
+    let timeout = Duration::from_millis(brick_tuning::CLIENT_REQUEST_TIMEOUT_MS);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    while alive.load(Ordering::Acquire) {
+        tick.tick().await;
+        let expired = lock(&pending).values().any(|w| w.sent_at.elapsed() > timeout);
+        if expired {
             alive.store(false, Ordering::Release);
-            fail_all(&pending, &format!("write failed: {e}"));
-            break;
+            for (_, w) in lock(&pending).drain() {
+                let _ = w.tx.send(Err(ClientError::Timeout(format!("no reply within {timeout:?}"))));
+            }
+            outbox.notify.notify_one();
         }
     }
-    let _ = w.shutdown().await;
 }
 
 async fn read_loop(mut r: BufReader<OwnedReadHalf>, pending: Pending, alive: Arc<AtomicBool>, addr: String) {
     let why = loop {
         match read_reply(&mut r).await {
             Ok((header, payload)) => {
-                let Some(tx) = lock(&pending).remove(&header.request_id) else {
+                let Some(w) = lock(&pending).remove(&header.request_id) else {
                     continue; // timed out meanwhile
                 };
                 let result = if header.status == 0 {
@@ -151,7 +222,7 @@ async fn read_loop(mut r: BufReader<OwnedReadHalf>, pending: Pending, alive: Arc
                 } else {
                     Err(server_error(header.status, &payload))
                 };
-                let _ = tx.send(result);
+                let _ = w.tx.send(result);
             }
             Err(e) => break e,
         }

@@ -3,15 +3,21 @@
 
 use crate::core::CoreCtx;
 use brick_tuning::CONNECTION_INFLIGHT_MAX;
-use brick_wire::frame::{verify_crc, VERSION_MAX, VERSION_MIN};
+use brick_wire::frame::{verify_crc, verify_crc_parts, VERSION_MAX, VERSION_MIN};
+use brick_wire::WRITE_FIELDS_BYTES;
+use brick_tuning::IO_BYTES_MAX;
+use glommio::io::DmaBuffer;
 use brick_wire::{auth, error_frame, op, response_frame, Enc, ErrorCode, Header, HelloReply, Kind, Request, Welcome, HEADER_BYTES};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
-/// Replies smaller than this are copied into one buffer and written together.
+/// Initial size of a connection's reply buffer.
 const COALESCE_BYTES_MAX: usize = 256 * 1024;
 
 pub(crate) struct Session {
@@ -31,62 +37,171 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
             return;
         }
     };
-    let (out_tx, out_rx) = flume::unbounded::<Vec<u8>>();
-    let writer_task = glommio::spawn_local(write_loop(writer, out_rx));
+    let outbox = Rc::new(Outbox::default());
+    let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone()));
     let inflight = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX as u64));
     loop {
-        let (header, header_bytes, payload) = match read_frame(&mut reader).await {
-            Ok(Some(frame)) => frame,
+        let (header, header_bytes) = match read_header(&mut reader).await {
+            Ok(Some(h)) => h,
             Ok(None) => break,
             Err(reply) => {
-                let _ = out_tx.send(reply);
+                outbox.push(reply);
                 break;
             }
         };
-        if let Err(e) = verify_crc(&header_bytes, &payload) {
+        let body = if is_bulk_write(&header) {
+            read_bulk_write(&mut reader, &header).await.map(Body::BulkWrite)
+        } else {
+            read_payload(&mut reader, &header).await.map(Body::Whole)
+        };
+        let Some(body) = body else { break };
+        if let Err(e) = body.verify_crc(&header_bytes) {
             let mut out = Vec::new();
             error_frame(&mut out, header.request_id, header.opcode, ErrorCode::Malformed, &e.to_string());
-            let _ = out_tx.send(out);
+            outbox.push(out);
             break; // the stream can no longer be trusted to be in frame
         }
         let Ok(permit) = inflight.acquire_static_permit(1).await else {
             break;
         };
-        let (ctx, session, out_tx) = (ctx.clone(), session.clone(), out_tx.clone());
+        let (ctx, session, outbox) = (ctx.clone(), session.clone(), outbox.clone());
         glommio::spawn_local(async move {
-            let frame = crate::exec::dispatch(&ctx, &session, header, payload).await;
-            let _ = out_tx.send(frame);
+            let frame = match body {
+                Body::Whole(payload) => crate::exec::dispatch(&ctx, &session, header, payload).await,
+                Body::BulkWrite((fields, data)) => crate::exec::dispatch_bulk_write(&ctx, header, fields, data).await,
+            };
+            outbox.push(frame);
             drop(permit);
         })
         .detach();
     }
-    drop(out_tx);
+    // Let in-flight requests finish and their replies go out, then close.
+    let _ = inflight.acquire(CONNECTION_INFLIGHT_MAX as u64).await;
+    outbox.close();
     let _ = writer_task.await;
 }
 
-/// Reads one frame. `Ok(None)`: the peer closed (or cut the connection mid-frame).
-/// `Err(reply)`: a header that must end the connection, with the error frame to send first.
-async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<(Header, [u8; HEADER_BYTES], Vec<u8>)>, Vec<u8>> {
+/// Replies waiting to be written. Small replies are appended to one buffer so that many go out
+/// in one write; large ones (read data) are queued as they are, never copied.
+#[derive(Default)]
+struct Outbox {
+    queue: RefCell<VecDeque<Vec<u8>>>,
+    closed: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+const SMALL_REPLY_BYTES_MAX: usize = 16 * 1024;
+
+impl Outbox {
+    fn push(&self, frame: Vec<u8>) {
+        {
+            let mut q = self.queue.borrow_mut();
+            match q.back_mut() {
+                Some(last) if frame.len() <= SMALL_REPLY_BYTES_MAX && last.len() < COALESCE_BYTES_MAX => {
+                    last.extend_from_slice(&frame)
+                }
+                _ => q.push_back(frame),
+            }
+        }
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until there is something to write (moved into `batch`) or the outbox is closed.
+    async fn take(&self, batch: &mut VecDeque<Vec<u8>>) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut q = self.queue.borrow_mut();
+            if !q.is_empty() {
+                std::mem::swap(&mut *q, batch);
+                return Poll::Ready(true);
+            }
+            if self.closed.get() {
+                return Poll::Ready(false);
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A request's payload as read from the socket.
+enum Body {
+    Whole(Vec<u8>),
+    /// WRITE fields and data read straight into a DMA buffer, so O_DIRECT needs no copy.
+    BulkWrite(([u8; WRITE_FIELDS_BYTES], DmaBuffer)),
+}
+
+impl Body {
+    fn verify_crc(&self, header_bytes: &[u8; HEADER_BYTES]) -> Result<(), brick_wire::FrameError> {
+        match self {
+            Body::Whole(payload) => verify_crc(header_bytes, payload),
+            Body::BulkWrite((fields, data)) => verify_crc_parts(header_bytes, &[fields, data.as_bytes()]),
+        }
+    }
+}
+
+const BULK_WRITE_BYTES_MIN: u32 = 64 * 1024;
+
+fn is_bulk_write(h: &Header) -> bool {
+    h.opcode == op::WRITE
+        && h.payload_len >= BULK_WRITE_BYTES_MIN + WRITE_FIELDS_BYTES as u32
+        && h.payload_len - WRITE_FIELDS_BYTES as u32 <= IO_BYTES_MAX
+}
+
+/// Reads and validates a request header. `Ok(None)`: the peer closed. `Err(reply)`: a header
+/// that must end the connection, with the error frame to send first.
+async fn read_header<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<(Header, [u8; HEADER_BYTES])>, Vec<u8>> {
     let mut header_bytes = [0u8; HEADER_BYTES];
     if reader.read_exact(&mut header_bytes).await.is_err() {
         return Ok(None);
     }
-    let header = match Header::parse(&header_bytes) {
-        Ok(h) if h.kind == Kind::Request => h,
-        Ok(h) => return Err(malformed(h.request_id, h.opcode, "a client sent a response frame")),
+    match Header::parse(&header_bytes) {
+        Ok(h) if h.kind == Kind::Request => Ok(Some((h, header_bytes))),
+        Ok(h) => Err(malformed(h.request_id, h.opcode, "a client sent a response frame")),
         Err(e) => {
             let request_id = u64::from_le_bytes(header_bytes[8..16].try_into().unwrap_or([0; 8]));
-            return Err(malformed(request_id, 0, &e.to_string()));
+            Err(malformed(request_id, 0, &e.to_string()))
         }
-    };
+    }
+}
+
+/// `None` when the connection was cut in the middle of the payload.
+async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, header: &Header) -> Option<Vec<u8>> {
     let mut payload = vec![0u8; header.payload_len as usize];
     if reader.read_exact(&mut payload).await.is_err() {
         tracing::info!("connection cut in the middle of a frame");
-        return Ok(None);
+        return None;
     }
-    Ok(Some((header, header_bytes, payload)))
+    Some(payload)
+}
+
+async fn read_bulk_write<R: AsyncRead + Unpin>(reader: &mut R, header: &Header) -> Option<([u8; WRITE_FIELDS_BYTES], DmaBuffer)> {
+    let mut fields = [0u8; WRITE_FIELDS_BYTES];
+    let mut data = glommio::allocate_dma_buffer(header.payload_len as usize - WRITE_FIELDS_BYTES);
+    if reader.read_exact(&mut fields).await.is_err() || reader.read_exact(data.as_bytes_mut()).await.is_err() {
+        tracing::info!("connection cut in the middle of a frame");
+        return None;
+    }
+    Some((fields, data))
+}
+
+/// Reads one whole frame (used by the handshake).
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<(Header, [u8; HEADER_BYTES], Vec<u8>)>, Vec<u8>> {
+    let Some((header, header_bytes)) = read_header(reader).await? else {
+        return Ok(None);
+    };
+    Ok(read_payload(reader, &header).await.map(|p| (header, header_bytes, p)))
 }
 
 fn malformed(request_id: u64, opcode: u16, why: &str) -> Vec<u8> {
@@ -95,28 +210,14 @@ fn malformed(request_id: u64, opcode: u16, why: &str) -> Vec<u8> {
     out
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out_rx: flume::Receiver<Vec<u8>>) {
-    let mut coalesced: Vec<u8> = Vec::with_capacity(COALESCE_BYTES_MAX);
-    while let Ok(first) = out_rx.recv_async().await {
-        let mut frames = vec![first];
-        frames.extend(out_rx.drain());
-        for frame in frames {
-            if frame.len() >= COALESCE_BYTES_MAX / 4 {
-                if !coalesced.is_empty() && writer.write_all(&coalesced).await.is_err() {
-                    return;
-                }
-                coalesced.clear();
-                if writer.write_all(&frame).await.is_err() {
-                    return;
-                }
-            } else {
-                coalesced.extend_from_slice(&frame);
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Rc<Outbox>) {
+    let mut batch = VecDeque::new();
+    while outbox.take(&mut batch).await {
+        for frame in batch.drain(..) {
+            if writer.write_all(&frame).await.is_err() {
+                return;
             }
         }
-        if !coalesced.is_empty() && writer.write_all(&coalesced).await.is_err() {
-            return;
-        }
-        coalesced.clear();
         if writer.flush().await.is_err() {
             return;
         }

@@ -2,7 +2,7 @@
 
 use crate::files::FileCache;
 use crate::{Control, Dataplane, DataplaneConfig, MgmtRequest, ServeState};
-use brick_tuning::{CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES};
+use brick_tuning::{CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN};
 use futures_lite::future;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -46,6 +46,7 @@ pub(crate) fn start(
 ) -> std::io::Result<Dataplane> {
     assert!(cfg.cores >= 1);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let io_memory = io_memory_per_core(cfg.cores);
     let (fwd_txs, fwd_rxs): (Vec<_>, Vec<_>) = (0..cfg.cores).map(|_| flume::bounded(CORE_CHANNEL_DEPTH)).unzip();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<SocketAddr>)>();
     let mut addr_txs = Vec::new();
@@ -70,7 +71,7 @@ pub(crate) fn start(
         let ncores = cfg.cores;
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("brick-core{core}"))
-            .io_memory(CORE_IO_MEMORY_BYTES)
+            .io_memory(io_memory)
             .spawn(move || async move {
                 let listener = match TcpListener::bind(listen) {
                     Ok(l) => l,
@@ -118,6 +119,37 @@ pub(crate) fn start(
         controls,
         handles,
     })
+}
+
+/// io_uring-registered memory per core: the full pool when the memlock limit allows it for
+/// every core, else a small one (glommio then allocates the rest from the heap, slower).
+fn io_memory_per_core(cores: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid out-parameter; raising the soft limit up to the
+    // hard limit needs no privilege.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    let privileged = unsafe { libc::geteuid() } == 0;
+    let wanted = (CORE_IO_MEMORY_BYTES * cores) as u64;
+    if privileged || limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= wanted * 2 {
+        CORE_IO_MEMORY_BYTES
+    } else {
+        tracing::warn!(
+            memlock_bytes = limit.rlim_cur,
+            "memlock limit too low for a {} MiB io_uring buffer pool per core; using {} KiB",
+            CORE_IO_MEMORY_BYTES >> 20,
+            CORE_IO_MEMORY_BYTES_MIN >> 10
+        );
+        CORE_IO_MEMORY_BYTES_MIN
+    }
 }
 
 enum Event {

@@ -6,9 +6,11 @@ use crate::files;
 use crate::{MgmtRequest, ServedVolume};
 use brick_store::FsError;
 use brick_wire::{
+    Dec, WRITE_FIELDS_BYTES,
     begin_response, core_of, error_frame, op, response_frame, seal_response, Enc, ErrorCode, Header, Request,
     WriteReply, WRITE_FLAG_FUA,
 };
+use glommio::io::DmaBuffer;
 use std::sync::Arc;
 
 
@@ -25,17 +27,56 @@ fn fs_error_reply(request_id: u64, opcode: u16, e: FsError) -> Vec<u8> {
 /// Entry point for requests read from a connection on this core.
 pub(crate) async fn dispatch(ctx: &CoreCtx, session: &Session, header: Header, payload: Vec<u8>) -> Vec<u8> {
     let (id, opcode) = (header.request_id, header.opcode);
-    let owner = match Request::decode(opcode, &payload) {
+    let req = match Request::decode(opcode, &payload) {
         Err(e) => return error_reply(id, opcode, ErrorCode::Malformed, &e.to_string()),
         Ok(Request::Hello { .. }) | Ok(Request::Auth { .. }) => {
             return error_reply(id, opcode, ErrorCode::Malformed, "handshake already completed")
         }
         Ok(Request::Mgmt { doc }) => return mgmt(ctx, session, id, doc.to_vec()).await,
-        Ok(req) => req.routing_fid().map(|fid| core_of(fid, ctx.ncores)),
+        Ok(req) => req,
     };
-    match owner {
-        Some(core) if core != ctx.core => forward(ctx, core, header, payload).await,
-        _ => execute_payload(ctx, opcode, id, &payload).await,
+    match req.routing_fid().map(|fid| core_of(fid, ctx.ncores)) {
+        Some(core) if core != ctx.core => {
+            drop(req);
+            forward(ctx, core, header, payload).await
+        }
+        _ => match execute(ctx, id, req).await {
+            Ok(frame) => frame,
+            Err(e) => fs_error_reply(id, opcode, e),
+        },
+    }
+}
+
+/// A WRITE whose data was read straight into a DMA buffer (see conn.rs).
+pub(crate) async fn dispatch_bulk_write(
+    ctx: &CoreCtx,
+    header: Header,
+    fields: [u8; WRITE_FIELDS_BYTES],
+    data: DmaBuffer,
+) -> Vec<u8> {
+    let (id, opcode) = (header.request_id, header.opcode);
+    let mut d = Dec::new(&fields);
+    let (Ok(vol), Ok(fid), Ok(offset), Ok(flags)) = (d.u32("volume"), d.u64("fid"), d.u64("offset"), d.u32("flags")) else {
+        return error_reply(id, opcode, ErrorCode::Malformed, "write fields");
+    };
+    let core = core_of(fid, ctx.ncores);
+    if core != ctx.core {
+        let mut payload = fields.to_vec();
+        payload.extend_from_slice(data.as_bytes());
+        return forward(ctx, core, header, payload).await;
+    }
+    let result = async {
+        let vol = volume(ctx, vol)?;
+        offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| FsError::new(ErrorCode::FileTooBig, "offset + length overflows"))?;
+        let f = files::open(&ctx.files, &vol, fid).await?;
+        files::write_dma(&f, offset, data, flags & WRITE_FLAG_FUA != 0).await
+    }
+    .await;
+    match result {
+        Ok(written) => ok_payload(id, opcode, |e| WriteReply { written }.encode(e)),
+        Err(e) => fs_error_reply(id, opcode, e),
     }
 }
 

@@ -5,7 +5,7 @@ use crate::{IoMode, ServeState, ServedVolume};
 use brick_store::{FsError, FsResult};
 use brick_tuning::{CORE_OPEN_FILES_MAX, DIRECT_IO_ALIGN_BYTES};
 use brick_wire::{ErrorCode, FileId};
-use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions};
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -152,6 +152,22 @@ pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool)
         _ => f
             .buffered
             .write_at(data.to_vec(), offset)
+            .await
+            .map_err(|e| io_err("write", e))?,
+    };
+    if durable {
+        sync(f).await?;
+    }
+    Ok(written as u32)
+}
+
+/// A write whose data already sits in a DMA buffer: handed to O_DIRECT as is when aligned.
+pub(crate) async fn write_dma(f: &OpenFile, offset: u64, data: DmaBuffer, durable: bool) -> FsResult<u32> {
+    let written = match &f.dma {
+        Some(dma) if aligned(offset, data.len()) => dma.write_at(data, offset).await.map_err(|e| io_err("write", e))?,
+        _ => f
+            .buffered
+            .write_at(data.as_bytes().to_vec(), offset)
             .await
             .map_err(|e| io_err("write", e))?,
     };

@@ -81,6 +81,16 @@ impl Header {
         out[20..24].copy_from_slice(&self.status.to_le_bytes());
     }
 
+    /// The header's first 24 bytes (everything but the crc), for senders that compute the crc
+    /// over a payload held in several pieces.
+    pub fn encode_fields(&self) -> [u8; 24] {
+        let mut out = [0u8; HEADER_BYTES];
+        self.write_fields(&mut out);
+        let mut fields = [0u8; 24];
+        fields.copy_from_slice(&out[..24]);
+        fields
+    }
+
     /// Encodes the header for `payload`, computing the crc over header fields and payload.
     pub fn encode(&self, payload: &[u8]) -> [u8; HEADER_BYTES] {
         assert_eq!(self.payload_len as usize, payload.len());
@@ -97,6 +107,18 @@ impl Header {
 pub fn verify_crc(header_bytes: &[u8; HEADER_BYTES], payload: &[u8]) -> Result<(), FrameError> {
     let expected = u32::from_le_bytes(le4(header_bytes, 24));
     let actual = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[0..24]), payload);
+    if expected != actual {
+        return Err(FrameError::BadCrc { expected, actual });
+    }
+    Ok(())
+}
+
+/// `verify_crc` for a payload held in several pieces, in order.
+pub fn verify_crc_parts(header_bytes: &[u8; HEADER_BYTES], parts: &[&[u8]]) -> Result<(), FrameError> {
+    let expected = u32::from_le_bytes(le4(header_bytes, 24));
+    let actual = parts
+        .iter()
+        .fold(crc32c::crc32c(&header_bytes[0..24]), |crc, part| crc32c::crc32c_append(crc, part));
     if expected != actual {
         return Err(FrameError::BadCrc { expected, actual });
     }

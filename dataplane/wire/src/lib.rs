@@ -14,19 +14,55 @@ pub use error::ErrorCode;
 pub use frame::{decode_frame, encode_frame, Frame, FrameError, Header, Kind, HEADER_BYTES};
 pub use msg::*;
 
-/// Builds a complete request frame.
+/// Appends a complete request frame to `out`, encoding the payload in place (one copy of
+/// write data, straight from the caller's buffer).
 pub fn request_frame(out: &mut Vec<u8>, request_id: u64, req: &Request) {
-    let mut e = Enc::with_capacity(64);
+    let start = out.len();
+    out.resize(start + HEADER_BYTES, 0);
+    let mut e = Enc {
+        buf: std::mem::take(out),
+    };
     req.encode(&mut e);
+    *out = e.buf;
+    let payload_len = out.len() - start - HEADER_BYTES;
+    assert!(payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize, "request exceeds the frame limit");
     let header = Header {
         version: frame::VERSION_MAX,
         kind: Kind::Request,
         opcode: req.opcode(),
         request_id,
-        payload_len: e.buf.len() as u32,
+        payload_len: payload_len as u32,
         status: 0,
     };
-    encode_frame(out, header, &e.buf);
+    let bytes = header.encode(&out[start + HEADER_BYTES..]);
+    out[start..start + HEADER_BYTES].copy_from_slice(&bytes);
+}
+
+/// Bytes of a WRITE request before its data: volume, file id, offset, flags.
+pub const WRITE_FIELDS_BYTES: usize = 24;
+
+/// Everything of a WRITE frame except its data, for senders that write the data straight from
+/// the caller's buffer (no copy). Byte-identical to what `request_frame` produces.
+pub fn write_frame_head(request_id: u64, vol: VolumeId, fid: FileId, offset: u64, flags: u32, data: &[u8]) -> [u8; HEADER_BYTES + WRITE_FIELDS_BYTES] {
+    let mut head = [0u8; HEADER_BYTES + WRITE_FIELDS_BYTES];
+    let mut e = Enc::with_capacity(WRITE_FIELDS_BYTES);
+    e.u32(vol).u64(fid).u64(offset).u32(flags);
+    head[HEADER_BYTES..].copy_from_slice(&e.buf);
+    let payload_len = WRITE_FIELDS_BYTES + data.len();
+    assert!(payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize, "write exceeds the frame limit");
+    let header = Header {
+        version: frame::VERSION_MAX,
+        kind: Kind::Request,
+        opcode: op::WRITE,
+        request_id,
+        payload_len: payload_len as u32,
+        status: 0,
+    };
+    let fields = header.encode_fields();
+    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&fields), &e.buf), data);
+    head[..24].copy_from_slice(&fields);
+    head[24..28].copy_from_slice(&crc.to_le_bytes());
+    head
 }
 
 /// Builds a complete response frame; `status` 0 means success.

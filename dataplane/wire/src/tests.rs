@@ -106,6 +106,23 @@ fn every_request_roundtrips_through_a_frame() {
 }
 
 #[test]
+fn split_write_head_matches_the_whole_frame() {
+    let data = vec![0x5Au8; 70_000];
+    let req = Request::Write {
+        vol: 7,
+        fid: 0x0003_0000_0000_0042,
+        offset: 1 << 20,
+        flags: WRITE_FLAG_FUA,
+        data: &data,
+    };
+    let mut whole = Vec::new();
+    request_frame(&mut whole, 99, &req);
+    let head = write_frame_head(99, 7, 0x0003_0000_0000_0042, 1 << 20, WRITE_FLAG_FUA, &data);
+    assert_eq!(&whole[..head.len()], &head[..]);
+    assert_eq!(&whole[head.len()..], &data[..]);
+}
+
+#[test]
 fn partial_frames_wait_for_more_bytes() {
     let mut buf = Vec::new();
     request_frame(&mut buf, 1, &Request::Statfs { vol: 3 });
