@@ -1,0 +1,166 @@
+//! Real `brickd dev` processes for tests: loopback only, a fresh directory each, stopped by
+//! PID when the test ends (also when it fails, through Drop).
+
+use brick_client::ClientConfig;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting daemon may take to write its endpoints file.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct DevServer {
+    brickd: PathBuf,
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub addr: String,
+    pub cores: usize,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+impl DevServer {
+    /// Starts `brickd dev` in a new temporary directory.
+    pub fn start(brickd: &Path, cores: usize) -> DevServer {
+        let tmp = tempfile::Builder::new().prefix("brickd-test").tempdir_in(scratch_root()).expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = DevServer {
+            brickd: brickd.to_path_buf(),
+            child: None,
+            dir,
+            _tmp: Some(tmp),
+            addr: format!("127.0.0.1:{}", free_port()),
+            cores,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.endpoints_path());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("brickd.log"))
+            .expect("log file");
+        let child = Command::new(&self.brickd)
+            .args(["dev", "--dir"])
+            .arg(&self.dir)
+            .args(["--listen", &self.addr, "--cores", &self.cores.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn brickd");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.endpoints_path().exists() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("brickd exited during start ({status}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "brickd did not start; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn endpoints_path(&self) -> PathBuf {
+        self.dir.join("endpoints.json")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("brickd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn password(&self) -> String {
+        let text = std::fs::read_to_string(self.endpoints_path()).expect("endpoints.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("endpoints.json is JSON");
+        v["password"].as_str().expect("password").to_string()
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            servers: vec![self.addr.clone()],
+            user: "dev".into(),
+            password: self.password(),
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("server is running");
+        // SAFETY: sending a signal to our own child by its PID.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("brickd did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts again on the same directory and address (after kill9 or terminate).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Test data lives on the same filesystem as the build (a real disk with O_DIRECT), not /tmp,
+/// which may be tmpfs.
+pub fn scratch_root() -> PathBuf {
+    let root = std::env::var_os("BRICK_TEST_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-scratch"));
+    std::fs::create_dir_all(&root).expect("scratch dir");
+    root
+}
+
+/// Deterministic bytes for (seed, offset): what a test wrote can be recomputed to check it.
+pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let skip = (offset % 8) as usize;
+    let mut out = Vec::with_capacity(len + skip);
+    let mut word = offset / 8;
+    while out.len() < len + skip {
+        let mut x = (seed ^ word.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x632B_E59B_D9B4_E019);
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 29;
+        out.extend_from_slice(&x.to_le_bytes());
+        word += 1;
+    }
+    out.drain(..skip);
+    out.truncate(len);
+    out
+}
