@@ -22,7 +22,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [Workload::Randwrite4k, Workload::Randread4k, Workload::Seqwrite1m, Workload::Seqread1m];
+    pub const ALL: [Workload; 4] = [
+        Workload::Randwrite4k,
+        Workload::Randread4k,
+        Workload::Seqwrite1m,
+        Workload::Seqread1m,
+    ];
 
     pub fn parse(s: &str) -> Option<Workload> {
         Workload::ALL.into_iter().find(|w| w.name() == s)
@@ -76,8 +81,11 @@ impl BenchOptions {
             return Err(format!("--seconds must be 1..={BENCH_SECONDS_MAX}"));
         }
         let block = self.workload.block_bytes();
-        if self.size_bytes < block * 4 || self.size_bytes % block != 0 {
-            return Err(format!("--size must be a multiple of {block} and at least {}", block * 4));
+        if self.size_bytes < block * 4 || !self.size_bytes.is_multiple_of(block) {
+            return Err(format!(
+                "--size must be a multiple of {block} and at least {}",
+                block * 4
+            ));
         }
         Ok(())
     }
@@ -112,13 +120,20 @@ const DIR: &str = ".brick-bench";
 async fn ensure_dir(vol: &Volume) -> ClientResult<FileId> {
     match vol.mkdir(ROOT_FILE_ID, DIR, 0o755).await {
         Ok(a) => Ok(a.fid),
-        Err(e) if e.code() == Some(ErrorCode::Exists) => Ok(vol.lookup(ROOT_FILE_ID, DIR).await?.fid),
+        Err(e) if e.code() == Some(ErrorCode::Exists) => {
+            Ok(vol.lookup(ROOT_FILE_ID, DIR).await?.fid)
+        }
         Err(e) => Err(e),
     }
 }
 
 /// Creates (or reuses) a job's file of exactly `size` bytes, written in full once.
-pub async fn prepare_file(vol: &Volume, job: u32, size: u64, progress: &dyn Fn(&str)) -> ClientResult<FileId> {
+pub async fn prepare_file(
+    vol: &Volume,
+    job: u32,
+    size: u64,
+    progress: &dyn Fn(&str),
+) -> ClientResult<FileId> {
     let dir = ensure_dir(vol).await?;
     let name = format!("job{job}.img");
     let ready = format!("job{job}.img.ready-{size}");
@@ -126,7 +141,14 @@ pub async fn prepare_file(vol: &Volume, job: u32, size: u64, progress: &dyn Fn(&
     if vol.lookup(dir, &ready).await.is_ok() && file.size == size {
         return Ok(file.fid);
     }
-    vol.setattr(file.fid, SetAttr { size: Some(size), ..SetAttr::NONE }).await?;
+    vol.setattr(
+        file.fid,
+        SetAttr {
+            size: Some(size),
+            ..SetAttr::NONE
+        },
+    )
+    .await?;
     let chunk: u64 = 1 << 20;
     let data = Arc::new(pattern(chunk as usize, job as u64));
     let mut inflight = std::collections::VecDeque::new();
@@ -135,14 +157,20 @@ pub async fn prepare_file(vol: &Volume, job: u32, size: u64, progress: &dyn Fn(&
         let len = chunk.min(size - offset) as usize;
         let (v, d) = (vol.clone(), data.clone());
         let fid = file.fid;
-        inflight.push_back(tokio::spawn(async move { v.write(fid, offset, &d[..len], false).await }));
+        inflight.push_back(tokio::spawn(async move {
+            v.write(fid, offset, &d[..len], false).await
+        }));
         if inflight.len() >= 8 {
             if let Some(h) = inflight.pop_front() {
                 join(h).await?;
             }
         }
         if last.elapsed() > Duration::from_secs(1) {
-            progress(&format!("laying out {name}: {} of {} MiB", offset >> 20, size >> 20));
+            progress(&format!(
+                "laying out {name}: {} of {} MiB",
+                offset >> 20,
+                size >> 20
+            ));
             last = Instant::now();
         }
     }
@@ -155,7 +183,8 @@ pub async fn prepare_file(vol: &Volume, job: u32, size: u64, progress: &dyn Fn(&
 }
 
 async fn join<T>(h: tokio::task::JoinHandle<ClientResult<T>>) -> ClientResult<T> {
-    h.await.map_err(|e| ClientError::Usage(format!("task failed: {e}")))?
+    h.await
+        .map_err(|e| ClientError::Usage(format!("task failed: {e}")))?
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -175,7 +204,11 @@ struct Shared {
     errors: AtomicU64,
 }
 
-pub async fn run(vol: &Volume, opts: &BenchOptions, progress: &dyn Fn(&str)) -> ClientResult<BenchReport> {
+pub async fn run(
+    vol: &Volume,
+    opts: &BenchOptions,
+    progress: &dyn Fn(&str),
+) -> ClientResult<BenchReport> {
     opts.validate().map_err(ClientError::Usage)?;
     let mut files = Vec::new();
     for job in 0..opts.jobs {
@@ -197,7 +230,8 @@ pub async fn run(vol: &Volume, opts: &BenchOptions, progress: &dyn Fn(&str)) -> 
             let (workload, ops_max) = (opts.workload, opts.ops_max);
             let data = pattern(block as usize, (job as u64) << 32 | w as u64);
             workers.push(tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                let mut hist =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
                 let mut rng = rand::random::<u64>() | 1;
                 while Instant::now() < deadline && sh.ops.load(Ordering::Relaxed) < ops_max {
                     let index = if workload.is_random() {
@@ -251,14 +285,20 @@ pub async fn run(vol: &Volume, opts: &BenchOptions, progress: &dyn Fn(&str)) -> 
         last_ops = ops;
     }
     for h in pending.by_ref() {
-        let hist = h.await.map_err(|e| ClientError::Usage(format!("bench worker failed: {e}")))?;
-        merged.add(&hist).map_err(|e| ClientError::Usage(e.to_string()))?;
+        let hist = h
+            .await
+            .map_err(|e| ClientError::Usage(format!("bench worker failed: {e}")))?;
+        merged
+            .add(&hist)
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
     }
     let seconds = start.elapsed().as_secs_f64();
     let ops = shared.ops.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     if ops == 0 {
-        return Err(ClientError::Usage(format!("no request succeeded ({errors} failed)")));
+        return Err(ClientError::Usage(format!(
+            "no request succeeded ({errors} failed)"
+        )));
     }
     Ok(BenchReport {
         workload: opts.workload,

@@ -84,7 +84,8 @@ async fn join<T>(h: tokio::task::JoinHandle<ClientResult<T>>) -> Result<T> {
 pub async fn put(client: &Client, out: &Out, local: &Path, remote: &str) -> Result<()> {
     let (vol_name, path) = split_remote(remote)?;
     let vol = client.open_volume(vol_name).await?;
-    let mut file = std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
+    let mut file =
+        std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
     let size = file.metadata()?.len();
     let (parent, name) = vol.resolve_parent(path).await?;
     let tmp_name = format!(".{name}.brick-put-{:08x}", rand_u32());
@@ -93,7 +94,14 @@ pub async fn put(client: &Client, out: &Out, local: &Path, remote: &str) -> Resu
     }
     let tmp = vol.create(parent.fid, &tmp_name, 0o644, true).await?;
     // Sizing first lets the brick pick O_DIRECT for large files (io.mode auto).
-    vol.setattr(tmp.fid, SetAttr { size: Some(size), ..SetAttr::NONE }).await?;
+    vol.setattr(
+        tmp.fid,
+        SetAttr {
+            size: Some(size),
+            ..SetAttr::NONE
+        },
+    )
+    .await?;
     let result = upload(&vol, out, &mut file, tmp.fid, size, remote).await;
     if let Err(e) = result {
         let _ = vol.unlink(parent.fid, &tmp_name).await;
@@ -103,25 +111,37 @@ pub async fn put(client: &Client, out: &Out, local: &Path, remote: &str) -> Resu
     vol.rename(parent.fid, &tmp_name, parent.fid, name).await?;
     vol.fsync(tmp.fid).await?;
     let attr = vol.getattr(tmp.fid).await?;
-    out.report(&json!({"put": remote, "bytes": size, "attr": attr_json(&attr)}), |d| {
-        format!("{} -> {} ({} bytes)", local.display(), remote, d["bytes"])
-    });
+    out.report(
+        &json!({"put": remote, "bytes": size, "attr": attr_json(&attr)}),
+        |d| format!("{} -> {} ({} bytes)", local.display(), remote, d["bytes"]),
+    );
     Ok(())
 }
 
 fn rand_u32() -> u32 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     t ^ std::process::id().rotate_left(16)
 }
 
-async fn upload(vol: &Volume, out: &Out, file: &mut std::fs::File, fid: FileId, size: u64, what: &str) -> Result<()> {
+async fn upload(
+    vol: &Volume,
+    out: &Out,
+    file: &mut std::fs::File,
+    fid: FileId,
+    size: u64,
+    what: &str,
+) -> Result<()> {
     let mut progress = Progress::new(out, format!("put {what}"), size);
     let mut inflight = VecDeque::new();
     let mut offset = 0u64;
     while offset < size {
         let len = CHUNK_BYTES.min((size - offset) as usize);
         let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf).context("reading the local file")?;
+        file.read_exact(&mut buf)
+            .context("reading the local file")?;
         let (v, data) = (vol.clone(), Arc::new(buf));
         let at = offset;
         inflight.push_back(tokio::spawn(async move {
@@ -139,7 +159,11 @@ async fn upload(vol: &Volume, out: &Out, file: &mut std::fs::File, fid: FileId, 
     while let Some(h) = inflight.pop_front() {
         check_written(join(h).await?)?;
     }
-    out.progress(&format!("put {what}: {} MiB at {:.0} MiB/s", size >> 20, progress.mib_s(size)));
+    out.progress(&format!(
+        "put {what}: {} MiB at {:.0} MiB/s",
+        size >> 20,
+        progress.mib_s(size)
+    ));
     Ok(())
 }
 
@@ -159,7 +183,10 @@ pub async fn get(client: &Client, out: &Out, remote: &str, local: &Path) -> Resu
     }
     let size = attr.size;
     let tmp = local.with_extension("brick-get-partial");
-    let mut file = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut file = std::io::BufWriter::with_capacity(
+        4 << 20,
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
     let mut progress = Progress::new(out, format!("get {remote}"), size);
     let mut inflight = VecDeque::new();
     let mut next = 0u64;
@@ -168,7 +195,9 @@ pub async fn get(client: &Client, out: &Out, remote: &str, local: &Path) -> Resu
         while next < size && inflight.len() < WINDOW {
             let len = CHUNK_BYTES.min((size - next) as usize) as u32;
             let (v, at) = (vol.clone(), next);
-            inflight.push_back(tokio::spawn(async move { v.read(attr.fid, at, len).await.map(|d| (d, len)) }));
+            inflight.push_back(tokio::spawn(async move {
+                v.read(attr.fid, at, len).await.map(|d| (d, len))
+            }));
             next += len as u64;
         }
         let Some(h) = inflight.pop_front() else { break };
@@ -184,10 +213,15 @@ pub async fn get(client: &Client, out: &Out, remote: &str, local: &Path) -> Resu
     file.get_ref().sync_all()?;
     drop(file);
     std::fs::rename(&tmp, local)?;
-    out.progress(&format!("get {remote}: {} MiB at {:.0} MiB/s", size >> 20, progress.mib_s(size)));
-    out.report(&json!({"get": remote, "bytes": size, "local": local.display().to_string()}), |d| {
-        format!("{remote} -> {} ({} bytes)", local.display(), d["bytes"])
-    });
+    out.progress(&format!(
+        "get {remote}: {} MiB at {:.0} MiB/s",
+        size >> 20,
+        progress.mib_s(size)
+    ));
+    out.report(
+        &json!({"get": remote, "bytes": size, "local": local.display().to_string()}),
+        |d| format!("{remote} -> {} ({} bytes)", local.display(), d["bytes"]),
+    );
     Ok(())
 }
 
@@ -267,10 +301,16 @@ async fn remove_tree(vol: &Volume, dir: FileId) -> Result<u64> {
     let mut stack = vec![(dir, false)];
     while let Some((d, expanded)) = stack.pop() {
         if stack.len() > brick_tuning::PATH_DEPTH_MAX {
-            bail!("directory tree deeper than {}", brick_tuning::PATH_DEPTH_MAX);
+            bail!(
+                "directory tree deeper than {}",
+                brick_tuning::PATH_DEPTH_MAX
+            );
         }
         let entries = vol.readdir_all(d).await?;
-        let subdirs: Vec<_> = entries.iter().filter(|e| e.attr.kind == FileKind::Dir).collect();
+        let subdirs: Vec<_> = entries
+            .iter()
+            .filter(|e| e.attr.kind == FileKind::Dir)
+            .collect();
         if !expanded && !subdirs.is_empty() {
             stack.push((d, true));
             for s in subdirs {
@@ -301,7 +341,10 @@ pub async fn mkdir(client: &Client, out: &Out, remote: &str, parents: bool) -> R
     for (i, name) in names.iter().enumerate() {
         let last = i + 1 == names.len();
         if !last && !parents {
-            at = vol.lookup(at.fid, name).await.with_context(|| format!("parent {name:?} of {remote} (use -p to create it)"))?;
+            at = vol
+                .lookup(at.fid, name)
+                .await
+                .with_context(|| format!("parent {name:?} of {remote} (use -p to create it)"))?;
             continue;
         }
         at = match vol.mkdir(at.fid, name, 0o755).await {
@@ -316,6 +359,8 @@ pub async fn mkdir(client: &Client, out: &Out, remote: &str, parents: bool) -> R
             Err(e) => return Err(e.into()),
         };
     }
-    out.report(&json!({"created": remote, "attr": attr_json(&at)}), |_| format!("created {remote}"));
+    out.report(&json!({"created": remote, "attr": attr_json(&at)}), |_| {
+        format!("created {remote}")
+    });
     Ok(())
 }

@@ -82,14 +82,28 @@ enum VolumeCmd {
         #[arg(long)]
         pgs: Option<u32>,
     },
-    Start { name: String },
-    Stop { name: String },
-    Delete { name: String },
-    Info { name: String },
-    Status { name: String },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    Info {
+        name: String,
+    },
+    Status {
+        name: String,
+    },
     List,
     /// set NAME KEY VALUE (keys: io.mode, io.direct_min_bytes)
-    Set { name: String, key: String, value: String },
+    Set {
+        name: String,
+        key: String,
+        value: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,7 +136,10 @@ struct BenchArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("brick: cannot start runtime: {e}");
@@ -149,12 +166,18 @@ fn client_config(cli: &Cli) -> Result<ClientConfig> {
     });
     let endpoints: Option<Value> = match &endpoints_path {
         Some(p) => Some(
-            serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-                .with_context(|| format!("parsing {}", p.display()))?,
+            serde_json::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing {}", p.display()))?,
         ),
         None => None,
     };
-    let from_endpoints = |key: &str| endpoints.as_ref().and_then(|e| e[key].as_str().map(str::to_string));
+    let from_endpoints = |key: &str| {
+        endpoints
+            .as_ref()
+            .and_then(|e| e[key].as_str().map(str::to_string))
+    };
     let servers = if !cli.servers.is_empty() {
         cli.servers.clone()
     } else if let Some(native) = from_endpoints("native") {
@@ -162,7 +185,11 @@ fn client_config(cli: &Cli) -> Result<ClientConfig> {
     } else {
         vec![format!("127.0.0.1:{DEV_NATIVE_PORT}")]
     };
-    let user = cli.user.clone().or_else(|| from_endpoints("user")).unwrap_or_else(|| "dev".into());
+    let user = cli
+        .user
+        .clone()
+        .or_else(|| from_endpoints("user"))
+        .unwrap_or_else(|| "dev".into());
     let password = cli
         .password
         .clone()
@@ -271,7 +298,11 @@ async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {
         anyhow!(
             "unknown workload {:?}; one of {}",
             a.workload,
-            Workload::ALL.iter().map(|w| w.name()).collect::<Vec<_>>().join(", ")
+            Workload::ALL
+                .iter()
+                .map(|w| w.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     let opts = BenchOptions {

@@ -13,7 +13,11 @@ fn brick_exe() -> PathBuf {
 /// brickd is built into the same directory by the same `cargo test` run.
 fn brickd_exe() -> PathBuf {
     let p = brick_exe().with_file_name("brickd");
-    assert!(p.exists(), "{} not built; run the workspace tests (cargo test --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built; run the workspace tests (cargo test --workspace)",
+        p.display()
+    );
     p
 }
 
@@ -42,7 +46,11 @@ fn json(server: &DevServer, args: &[&str]) -> Value {
     let mut with_json = vec!["--json"];
     with_json.extend_from_slice(args);
     let text = ok(server, &with_json);
-    assert_eq!(text.trim().lines().count(), 1, "--json prints exactly one document: {text}");
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "--json prints exactly one document: {text}"
+    );
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("brick {args:?}: not JSON ({e}): {text}"))
 }
 
@@ -58,8 +66,15 @@ fn write_random_file(path: &Path, size: u64, seed: u64) {
 }
 
 fn assert_same_file(a: &Path, b: &Path) {
-    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
-    assert_eq!(fa.metadata().unwrap().len(), fb.metadata().unwrap().len(), "sizes differ");
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    assert_eq!(
+        fa.metadata().unwrap().len(),
+        fb.metadata().unwrap().len(),
+        "sizes differ"
+    );
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     let mut offset = 0u64;
     loop {
@@ -81,9 +96,15 @@ fn one_gib_put_get_survives_sigkill_and_restart() {
     // 1 GiB plus a tail that is not a multiple of 4 KiB.
     write_random_file(&local, (1 << 30) + 12_345, 42);
     ok(&server, &["mkdir", "-p", "dev/images"]);
-    let put = json(&server, &["put", local.to_str().unwrap(), "dev/images/big.bin"]);
+    let put = json(
+        &server,
+        &["put", local.to_str().unwrap(), "dev/images/big.bin"],
+    );
     assert_eq!(put["bytes"], (1u64 << 30) + 12_345);
-    ok(&server, &["get", "dev/images/big.bin", back.to_str().unwrap()]);
+    ok(
+        &server,
+        &["get", "dev/images/big.bin", back.to_str().unwrap()],
+    );
     assert_same_file(&local, &back);
     // The brick holds the data as a plain file: recoverable with cp.
     assert_same_file(&local, &server.dir.join("bricks/b0/data/images/big.bin"));
@@ -91,7 +112,10 @@ fn one_gib_put_get_survives_sigkill_and_restart() {
     server.kill9();
     server.restart();
     std::fs::remove_file(&back).unwrap();
-    ok(&server, &["get", "dev/images/big.bin", back.to_str().unwrap()]);
+    ok(
+        &server,
+        &["get", "dev/images/big.bin", back.to_str().unwrap()],
+    );
     assert_same_file(&local, &back);
     assert!(server.terminate().success());
 }
@@ -102,20 +126,36 @@ fn volumes_files_and_bench_report_json() {
     let brick_dir = server.dir.join("extra-brick");
     let brick_arg = format!("dev:{}", brick_dir.display());
 
-    let created = json(&server, &["volume", "create", "one", "replica", "1", &brick_arg]);
+    let created = json(
+        &server,
+        &["volume", "create", "one", "replica", "1", &brick_arg],
+    );
     assert_eq!(created["replica"], 1);
     assert_eq!(created["status"], "created");
-    let bad = brick(&server, &["volume", "create", "two", "replica", "2", &brick_arg]);
-    assert!(!bad.status.success(), "a replica-2 volume with one brick must be refused");
+    let bad = brick(
+        &server,
+        &["volume", "create", "two", "replica", "2", &brick_arg],
+    );
+    assert!(
+        !bad.status.success(),
+        "a replica-2 volume with one brick must be refused"
+    );
     let started = json(&server, &["volume", "start", "one"]);
     assert_eq!(started["status"], "started");
     let info = json(&server, &["volume", "info", "dev"]);
     assert_eq!(info["replica"], 3);
-    assert_eq!(info["copies_stored"], 1, "volume info must say that one copy is stored for now");
+    assert_eq!(
+        info["copies_stored"], 1,
+        "volume info must say that one copy is stored for now"
+    );
     assert!(info["replication"].as_str().unwrap().contains("not active"));
     let set = json(&server, &["volume", "set", "one", "io.mode", "buffered"]);
     assert_eq!(set["options"]["io.mode"], "buffered");
-    assert!(!brick(&server, &["volume", "set", "one", "io.mode", "sideways"]).status.success());
+    assert!(
+        !brick(&server, &["volume", "set", "one", "io.mode", "sideways"])
+            .status
+            .success()
+    );
     let list = json(&server, &["volume", "list"]);
     assert_eq!(list["volumes"].as_array().unwrap().len(), 2);
     let status = json(&server, &["volume", "status", "one"]);
@@ -125,18 +165,39 @@ fn volumes_files_and_bench_report_json() {
 
     // Files on the new volume.
     json(&server, &["mkdir", "-p", "one/a/b/c"]);
-    assert!(!brick(&server, &["mkdir", "one/x/y"]).status.success(), "mkdir without -p needs the parent");
+    assert!(
+        !brick(&server, &["mkdir", "one/x/y"]).status.success(),
+        "mkdir without -p needs the parent"
+    );
     let small = server.dir.join("small.txt");
     std::fs::write(&small, b"hello brickd\n").unwrap();
-    json(&server, &["put", small.to_str().unwrap(), "one/a/b/c/hello.txt"]);
+    json(
+        &server,
+        &["put", small.to_str().unwrap(), "one/a/b/c/hello.txt"],
+    );
     let stat = json(&server, &["stat", "one/a/b/c/hello.txt"]);
     assert_eq!(stat["size"], 13);
     assert_eq!(stat["kind"], "file");
     let ls = json(&server, &["ls", "one/a/b/c"]);
-    let names: Vec<&str> = ls["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["hello.txt"], "no temporary upload names left behind");
-    assert_eq!(std::fs::read(brick_dir.join("data/a/b/c/hello.txt")).unwrap(), b"hello brickd\n");
-    assert!(!brick(&server, &["rm", "one/a"]).status.success(), "rm of a non-empty directory needs -r");
+    let names: Vec<&str> = ls["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["hello.txt"],
+        "no temporary upload names left behind"
+    );
+    assert_eq!(
+        std::fs::read(brick_dir.join("data/a/b/c/hello.txt")).unwrap(),
+        b"hello brickd\n"
+    );
+    assert!(
+        !brick(&server, &["rm", "one/a"]).status.success(),
+        "rm of a non-empty directory needs -r"
+    );
     let rm = json(&server, &["rm", "-r", "one/a"]);
     assert_eq!(rm["entries"], 4);
     assert!(!brick(&server, &["stat", "one/a"]).status.success());
@@ -145,7 +206,19 @@ fn volumes_files_and_bench_report_json() {
     for workload in ["randwrite-4k", "seqread-1m"] {
         let b = json(
             &server,
-            &["bench", "--volume", "one", "--workload", workload, "--qd", "4", "--seconds", "1", "--size", "8388608"],
+            &[
+                "bench",
+                "--volume",
+                "one",
+                "--workload",
+                workload,
+                "--qd",
+                "4",
+                "--seconds",
+                "1",
+                "--size",
+                "8388608",
+            ],
         );
         assert!(b["iops"].as_f64().unwrap() > 0.0, "{b}");
         assert!(b["mib_s"].as_f64().unwrap() > 0.0);
@@ -156,9 +229,15 @@ fn volumes_files_and_bench_report_json() {
     }
 
     json(&server, &["volume", "stop", "one"]);
-    assert!(!brick(&server, &["ls", "one/"]).status.success(), "a stopped volume is not served");
+    assert!(
+        !brick(&server, &["ls", "one/"]).status.success(),
+        "a stopped volume is not served"
+    );
     json(&server, &["volume", "delete", "one"]);
-    assert!(brick_dir.join("data").exists(), "deleting a volume leaves brick data on disk");
+    assert!(
+        brick_dir.join("data").exists(),
+        "deleting a volume leaves brick data on disk"
+    );
 
     // Errors are JSON too with --json, and exit non-zero.
     let out = brick(&server, &["--json", "stat", "dev/does-not-exist"]);

@@ -4,7 +4,10 @@
 use crate::ClientError;
 use brick_tuning::{CLIENT_CONNECT_TIMEOUT_MS, CLIENT_INFLIGHT_MAX};
 use brick_wire::frame::{verify_crc, VERSION_MAX, VERSION_MIN};
-use brick_wire::{auth, request_frame, write_frame_head, ErrorCode, Header, HelloReply, Kind, Request, Welcome, HEADER_BYTES};
+use brick_wire::{
+    auth, request_frame, write_frame_head, ErrorCode, Header, HelloReply, Kind, Request, Welcome,
+    HEADER_BYTES,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,12 +55,17 @@ impl Conn {
     }
 
     /// Connects, authenticates, and returns the connection with the server's shard list.
-    pub async fn open(addr: &str, user: &str, key: &[u8; 32]) -> Result<(Conn, Welcome), ClientError> {
+    pub async fn open(
+        addr: &str,
+        user: &str,
+        key: &[u8; 32],
+    ) -> Result<(Conn, Welcome), ClientError> {
         let connect = TcpStream::connect(addr);
-        let stream = tokio::time::timeout(Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS), connect)
-            .await
-            .map_err(|_| ClientError::Disconnected(format!("connect to {addr}: timed out")))?
-            .map_err(|e| ClientError::Disconnected(format!("connect to {addr}: {e}")))?;
+        let stream =
+            tokio::time::timeout(Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS), connect)
+                .await
+                .map_err(|_| ClientError::Disconnected(format!("connect to {addr}: timed out")))?
+                .map_err(|e| ClientError::Disconnected(format!("connect to {addr}: {e}")))?;
         stream.set_nodelay(true).ok();
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read_half);
@@ -70,7 +78,12 @@ impl Conn {
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(write_loop(outbox.clone(), alive.clone(), pending.clone()));
-        tokio::spawn(read_loop(reader, pending.clone(), alive.clone(), addr.to_string()));
+        tokio::spawn(read_loop(
+            reader,
+            pending.clone(),
+            alive.clone(),
+            addr.to_string(),
+        ));
         tokio::spawn(watchdog(pending.clone(), alive.clone(), outbox.clone()));
         Ok((
             Conn {
@@ -94,7 +107,10 @@ impl Conn {
             .await
             .map_err(|_| ClientError::Disconnected("connection closed".into()))?;
         if !self.is_alive() {
-            return Err(ClientError::Disconnected(format!("connection to {} is closed", self.addr)));
+            return Err(ClientError::Disconnected(format!(
+                "connection to {} is closed",
+                self.addr
+            )));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -138,7 +154,10 @@ impl Conn {
         }
         match reply_rx.await {
             Ok(reply) => reply,
-            Err(_) => Err(ClientError::Disconnected(format!("connection to {} closed", self.addr))),
+            Err(_) => Err(ClientError::Disconnected(format!(
+                "connection to {} closed",
+                self.addr
+            ))),
         }
     }
 }
@@ -199,18 +218,27 @@ async fn watchdog(pending: Pending, alive: Arc<AtomicBool>, outbox: Arc<Outbox>)
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     while alive.load(Ordering::Acquire) {
         tick.tick().await;
-        let expired = lock(&pending).values().any(|w| w.sent_at.elapsed() > timeout);
+        let expired = lock(&pending)
+            .values()
+            .any(|w| w.sent_at.elapsed() > timeout);
         if expired {
             alive.store(false, Ordering::Release);
             for (_, w) in lock(&pending).drain() {
-                let _ = w.tx.send(Err(ClientError::Timeout(format!("no reply within {timeout:?}"))));
+                let _ = w.tx.send(Err(ClientError::Timeout(format!(
+                    "no reply within {timeout:?}"
+                ))));
             }
             outbox.notify.notify_one();
         }
     }
 }
 
-async fn read_loop(mut r: BufReader<OwnedReadHalf>, pending: Pending, alive: Arc<AtomicBool>, addr: String) {
+async fn read_loop(
+    mut r: BufReader<OwnedReadHalf>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    addr: String,
+) {
     let why = loop {
         match read_reply(&mut r).await {
             Ok((header, payload)) => {
@@ -238,11 +266,16 @@ async fn read_loop(mut r: BufReader<OwnedReadHalf>, pending: Pending, alive: Arc
 pub(crate) fn server_error(status: u32, payload: &[u8]) -> ClientError {
     ClientError::Server {
         code: ErrorCode::from_code(status),
-        message: String::from_utf8_lossy(&payload[..payload.len().min(brick_wire::ERROR_MESSAGE_BYTES_MAX)]).into_owned(),
+        message: String::from_utf8_lossy(
+            &payload[..payload.len().min(brick_wire::ERROR_MESSAGE_BYTES_MAX)],
+        )
+        .into_owned(),
     }
 }
 
-async fn read_reply<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<(Header, Vec<u8>), String> {
+async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<(Header, Vec<u8>), String> {
     let mut hb = [0u8; HEADER_BYTES];
     r.read_exact(&mut hb).await.map_err(|e| e.to_string())?;
     let header = Header::parse(&hb).map_err(|e| e.to_string())?;
@@ -250,7 +283,9 @@ async fn read_reply<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<(Heade
         return Err("server sent a request frame".into());
     }
     let mut payload = vec![0u8; header.payload_len as usize];
-    r.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
+    r.read_exact(&mut payload)
+        .await
+        .map_err(|e| e.to_string())?;
     verify_crc(&hb, &payload).map_err(|e| e.to_string())?;
     Ok((header, payload))
 }
@@ -275,14 +310,23 @@ async fn handshake(
     .await?;
     let hello = HelloReply::decode(&hello).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let proof = auth::proof(key, user, &client_nonce, &hello.server_nonce);
-    let welcome = exchange(r, w, &Request::Auth { proof }).await.map_err(|e| match e {
-        ClientError::Server { code: ErrorCode::AuthFailed, message } => ClientError::Auth(message),
-        other => other,
-    })?;
+    let welcome = exchange(r, w, &Request::Auth { proof })
+        .await
+        .map_err(|e| match e {
+            ClientError::Server {
+                code: ErrorCode::AuthFailed,
+                message,
+            } => ClientError::Auth(message),
+            other => other,
+        })?;
     Welcome::decode(&welcome).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
-async fn exchange(r: &mut BufReader<OwnedReadHalf>, w: &mut OwnedWriteHalf, req: &Request<'_>) -> ReplyResult {
+async fn exchange(
+    r: &mut BufReader<OwnedReadHalf>,
+    w: &mut OwnedWriteHalf,
+    req: &Request<'_>,
+) -> ReplyResult {
     let mut frame = Vec::new();
     request_frame(&mut frame, 0, req);
     w.write_all(&frame)
@@ -294,7 +338,10 @@ async fn exchange(r: &mut BufReader<OwnedReadHalf>, w: &mut OwnedWriteHalf, req:
         .map_err(|_| ClientError::Timeout("handshake reply".into()))?
         .map_err(|e| ClientError::Disconnected(format!("handshake: {e}")))?;
     if header.opcode != req.opcode() && header.status == 0 {
-        return Err(ClientError::Protocol(format!("handshake reply for opcode 0x{:04x}", header.opcode)));
+        return Err(ClientError::Protocol(format!(
+            "handshake reply for opcode 0x{:04x}",
+            header.opcode
+        )));
     }
     if header.status != 0 {
         return Err(server_error(header.status, &payload));

@@ -9,8 +9,8 @@ mod conn;
 use brick_cluster::mgmt::{MgmtOp, VolumeHandle};
 use brick_tuning::{CLIENT_RETRIES_MAX, READDIR_ENTRIES_MAX};
 use brick_wire::{
-    auth, core_of, Attr, Dec, DirEntry, DirPage, ErrorCode, FileId, Request, SetAttr, StatFs, WriteReply, ROOT_FILE_ID,
-    WRITE_FLAG_FUA,
+    auth, core_of, Attr, Dec, DirEntry, DirPage, ErrorCode, FileId, Request, SetAttr, StatFs,
+    WriteReply, ROOT_FILE_ID, WRITE_FLAG_FUA,
 };
 use conn::Conn;
 use std::sync::Arc;
@@ -107,7 +107,8 @@ impl Client {
                         if core as u32 == first.core {
                             shards.push(first.clone());
                         } else {
-                            let (c, _) = Conn::open(addr, &self.inner.cfg.user, &self.inner.key).await?;
+                            let (c, _) =
+                                Conn::open(addr, &self.inner.cfg.user, &self.inner.key).await?;
                             shards.push(Arc::new(c));
                         }
                     }
@@ -143,7 +144,11 @@ impl Client {
 
     /// Sends a request to the core owning it; retries idempotent ones across reconnects.
     pub async fn call(&self, req: &Request<'_>) -> ClientResult<Vec<u8>> {
-        let retries = if req.is_idempotent() { CLIENT_RETRIES_MAX } else { 0 };
+        let retries = if req.is_idempotent() {
+            CLIENT_RETRIES_MAX
+        } else {
+            0
+        };
         let mut attempt = 0;
         loop {
             let result = match self.shard(req.routing_fid()).await {
@@ -162,19 +167,41 @@ impl Client {
 
     pub async fn mgmt(&self, op: &MgmtOp) -> ClientResult<serde_json::Value> {
         let doc = serde_json::to_vec(op).map_err(|e| ClientError::Usage(e.to_string()))?;
+        if doc.len() > brick_tuning::MGMT_DOC_BYTES_MAX {
+            return Err(ClientError::Usage(format!(
+                "management request of {} bytes exceeds the limit",
+                doc.len()
+            )));
+        }
         let reply = self.call(&Request::Mgmt { doc: &doc }).await?;
-        serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(format!("management reply: {e}")))
+        serde_json::from_slice(&reply)
+            .map_err(|e| ClientError::Protocol(format!("management reply: {e}")))
     }
 
     pub async fn open_volume(&self, name: &str) -> ClientResult<Volume> {
-        let v = self.mgmt(&MgmtOp::VolumeOpen { name: name.to_string() }).await?;
-        let handle: VolumeHandle = serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let v = self
+            .mgmt(&MgmtOp::VolumeOpen {
+                name: name.to_string(),
+            })
+            .await?;
+        let handle: VolumeHandle =
+            serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Volume {
             client: self.clone(),
             id: handle.id,
             name: handle.name,
         })
     }
+}
+
+fn check_io_len(len: usize) -> ClientResult<()> {
+    if len > brick_tuning::IO_BYTES_MAX as usize {
+        return Err(ClientError::Usage(format!(
+            "one request carries at most {} bytes, not {len}; split it",
+            brick_tuning::IO_BYTES_MAX
+        )));
+    }
+    Ok(())
 }
 
 fn decode<T>(r: Result<T, brick_wire::DecodeError>) -> ClientResult<T> {
@@ -212,10 +239,21 @@ impl Volume {
     }
 
     pub async fn setattr(&self, fid: FileId, attr: SetAttr) -> ClientResult<Attr> {
-        self.attr(Request::SetAttr { vol: self.id, fid, attr }).await
+        self.attr(Request::SetAttr {
+            vol: self.id,
+            fid,
+            attr,
+        })
+        .await
     }
 
-    pub async fn create(&self, parent: FileId, name: &str, mode: u32, exclusive: bool) -> ClientResult<Attr> {
+    pub async fn create(
+        &self,
+        parent: FileId,
+        name: &str,
+        mode: u32,
+        exclusive: bool,
+    ) -> ClientResult<Attr> {
         self.attr(Request::Create {
             vol: self.id,
             parent,
@@ -247,9 +285,15 @@ impl Volume {
     }
 
     pub async fn readlink(&self, fid: FileId) -> ClientResult<String> {
-        let reply = self.client.call(&Request::Readlink { vol: self.id, fid }).await?;
+        let reply = self
+            .client
+            .call(&Request::Readlink { vol: self.id, fid })
+            .await?;
         let mut d = Dec::new(&reply);
-        decode(d.str("target", brick_tuning::SYMLINK_TARGET_BYTES_MAX).map(str::to_string))
+        decode(
+            d.str("target", brick_tuning::SYMLINK_TARGET_BYTES_MAX)
+                .map(str::to_string),
+        )
     }
 
     pub async fn unlink(&self, parent: FileId, name: &str) -> ClientResult<()> {
@@ -270,7 +314,13 @@ impl Volume {
         .await
     }
 
-    pub async fn rename(&self, src_parent: FileId, src_name: &str, dst_parent: FileId, dst_name: &str) -> ClientResult<()> {
+    pub async fn rename(
+        &self,
+        src_parent: FileId,
+        src_name: &str,
+        dst_parent: FileId,
+        dst_name: &str,
+    ) -> ClientResult<()> {
         self.unit(Request::Rename {
             vol: self.id,
             src_parent,
@@ -281,7 +331,12 @@ impl Volume {
         .await
     }
 
-    pub async fn readdir(&self, fid: FileId, cookie: u64, max_entries: u32) -> ClientResult<DirPage> {
+    pub async fn readdir(
+        &self,
+        fid: FileId,
+        cookie: u64,
+        max_entries: u32,
+    ) -> ClientResult<DirPage> {
         let reply = self
             .client
             .call(&Request::ReadDir {
@@ -311,6 +366,7 @@ impl Volume {
     }
 
     pub async fn read(&self, fid: FileId, offset: u64, len: u32) -> ClientResult<Vec<u8>> {
+        check_io_len(len as usize)?;
         self.client
             .call(&Request::Read {
                 vol: self.id,
@@ -321,7 +377,13 @@ impl Volume {
             .await
     }
 
-    pub async fn write(&self, fid: FileId, offset: u64, data: &[u8], durable: bool) -> ClientResult<u32> {
+    pub async fn write(
+        &self,
+        fid: FileId,
+        offset: u64,
+        data: &[u8],
+        durable: bool,
+    ) -> ClientResult<u32> {
         let reply = self
             .client
             .call(&Request::Write {
@@ -340,7 +402,9 @@ impl Volume {
     }
 
     pub async fn statfs(&self) -> ClientResult<StatFs> {
-        decode(StatFs::decode(&self.client.call(&Request::Statfs { vol: self.id }).await?))
+        decode(StatFs::decode(
+            &self.client.call(&Request::Statfs { vol: self.id }).await?,
+        ))
     }
 
     /// Resolves a slash-separated path from the volume root.
@@ -360,7 +424,9 @@ impl Volume {
             None => ("", trimmed),
         };
         if name.is_empty() {
-            return Err(ClientError::Usage(format!("{path:?} names the volume root, not an entry")));
+            return Err(ClientError::Usage(format!(
+                "{path:?} names the volume root, not an entry"
+            )));
         }
         Ok((self.resolve(dir).await?, name))
     }

@@ -13,18 +13,39 @@ pub enum MgmtOp {
         #[serde(default)]
         pg_count: Option<u32>,
     },
-    VolumeStart { name: String },
-    VolumeStop { name: String },
-    VolumeDelete { name: String },
-    VolumeInfo { name: String },
-    VolumeStatus { name: String },
+    VolumeStart {
+        name: String,
+    },
+    VolumeStop {
+        name: String,
+    },
+    VolumeDelete {
+        name: String,
+    },
+    VolumeInfo {
+        name: String,
+    },
+    VolumeStatus {
+        name: String,
+    },
     VolumeList,
-    VolumeSet { name: String, key: String, value: String },
-    PeerAdd { name: String, addr: String },
+    VolumeSet {
+        name: String,
+        key: String,
+        value: String,
+    },
+    PeerAdd {
+        name: String,
+        addr: String,
+    },
     PeerList,
-    PeerRemove { name: String },
+    PeerRemove {
+        name: String,
+    },
     /// Resolves a volume name to the id data requests carry.
-    VolumeOpen { name: String },
+    VolumeOpen {
+        name: String,
+    },
 }
 
 /// Reply to `VolumeOpen`.

@@ -6,8 +6,8 @@
 
 use crate::store::{ClusterStore, StoreError, TxnOp};
 use brick_tuning::{
-    CLUSTER_VOLUMES_MAX, DIRECT_IO_SIZE_MIN_DEFAULT, REPLICA_COUNT_MAX, VOLUME_BRICKS_MAX, VOLUME_PGS_DEFAULT,
-    VOLUME_PGS_MAX,
+    CLUSTER_VOLUMES_MAX, DIRECT_IO_SIZE_MIN_DEFAULT, REPLICA_COUNT_MAX, VOLUME_BRICKS_MAX,
+    VOLUME_PGS_DEFAULT, VOLUME_PGS_MAX,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,7 +43,9 @@ impl BrickSpec {
             .ok_or_else(|| ClusterError::Invalid(format!("brick {s:?} is not NODE:DIR")))?;
         validate_name("node", node)?;
         if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
-            return Err(ClusterError::Invalid(format!("brick directory {path:?} must be an absolute path")));
+            return Err(ClusterError::Invalid(format!(
+                "brick directory {path:?} must be an absolute path"
+            )));
         }
         Ok(BrickSpec {
             node: node.to_string(),
@@ -80,10 +82,8 @@ pub struct Volume {
 }
 
 /// Options `volume set` accepts, with their defaults.
-pub const VOLUME_OPTIONS: &[(&str, &str)] = &[
-    ("io.mode", "auto"),
-    ("io.direct_min_bytes", "1048576"),
-];
+pub const VOLUME_OPTIONS: &[(&str, &str)] =
+    &[("io.mode", "auto"), ("io.direct_min_bytes", "1048576")];
 
 pub fn default_min_size(replica: u32) -> u32 {
     match replica {
@@ -113,14 +113,18 @@ impl Volume {
     }
 
     pub fn direct_min_bytes(&self) -> u64 {
-        self.option("io.direct_min_bytes").parse().unwrap_or(DIRECT_IO_SIZE_MIN_DEFAULT)
+        self.option("io.direct_min_bytes")
+            .parse()
+            .unwrap_or(DIRECT_IO_SIZE_MIN_DEFAULT)
     }
 }
 
 pub fn validate_name(what: &str, name: &str) -> ClusterResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !name.starts_with('.');
     if !ok {
         return Err(ClusterError::Invalid(format!(
@@ -133,14 +137,20 @@ pub fn validate_name(what: &str, name: &str) -> ClusterResult<()> {
 pub fn validate_option(key: &str, value: &str) -> ClusterResult<()> {
     match key {
         "io.mode" if ["auto", "direct", "buffered"].contains(&value) => Ok(()),
-        "io.mode" => Err(ClusterError::Invalid("io.mode must be auto, direct or buffered".into())),
+        "io.mode" => Err(ClusterError::Invalid(
+            "io.mode must be auto, direct or buffered".into(),
+        )),
         "io.direct_min_bytes" => value
             .parse::<u64>()
             .map(|_| ())
             .map_err(|_| ClusterError::Invalid("io.direct_min_bytes must be a byte count".into())),
         _ => Err(ClusterError::Invalid(format!(
             "unknown volume option {key:?}; known: {}",
-            VOLUME_OPTIONS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            VOLUME_OPTIONS
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -172,10 +182,13 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 }
 
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 const CAS_RETRIES_MAX: usize = 16;
@@ -207,12 +220,23 @@ impl Cluster {
         self.store.describe()
     }
 
-    pub async fn create_volume(&self, name: &str, replica: u32, bricks: Vec<BrickSpec>, pg_count: Option<u32>) -> ClusterResult<Volume> {
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        replica: u32,
+        bricks: Vec<BrickSpec>,
+        pg_count: Option<u32>,
+    ) -> ClusterResult<Volume> {
         validate_name("volume", name)?;
         if replica == 0 || replica > REPLICA_COUNT_MAX {
-            return Err(ClusterError::Invalid(format!("replica must be 1..={REPLICA_COUNT_MAX}")));
+            return Err(ClusterError::Invalid(format!(
+                "replica must be 1..={REPLICA_COUNT_MAX}"
+            )));
         }
-        if bricks.is_empty() || bricks.len() % replica as usize != 0 || bricks.len() > VOLUME_BRICKS_MAX {
+        if bricks.is_empty()
+            || !bricks.len().is_multiple_of(replica as usize)
+            || bricks.len() > VOLUME_BRICKS_MAX
+        {
             return Err(ClusterError::Invalid(format!(
                 "{} bricks given; a replica {replica} volume needs a non-zero multiple of {replica} (at most {VOLUME_BRICKS_MAX})",
                 bricks.len()
@@ -225,24 +249,34 @@ impl Cluster {
         }
         let pg_count = pg_count.unwrap_or(VOLUME_PGS_DEFAULT);
         if pg_count == 0 || pg_count > VOLUME_PGS_MAX {
-            return Err(ClusterError::Invalid(format!("pg count must be 1..={VOLUME_PGS_MAX}")));
+            return Err(ClusterError::Invalid(format!(
+                "pg count must be 1..={VOLUME_PGS_MAX}"
+            )));
         }
         if self.store.get(&vol_key(name)).await?.is_some() {
             return Err(ClusterError::Exists(format!("volume {name}")));
         }
         for other in self.list_volumes().await? {
             if let Some(b) = other.bricks.iter().find(|b| bricks.contains(b)) {
-                return Err(ClusterError::Invalid(format!("brick {b} already belongs to volume {}", other.name)));
+                return Err(ClusterError::Invalid(format!(
+                    "brick {b} already belongs to volume {}",
+                    other.name
+                )));
             }
         }
         for _ in 0..CAS_RETRIES_MAX {
             let volumes = self.list_volumes().await?;
             if volumes.len() >= CLUSTER_VOLUMES_MAX {
-                return Err(ClusterError::Invalid(format!("the cluster already has {CLUSTER_VOLUMES_MAX} volumes")));
+                return Err(ClusterError::Invalid(format!(
+                    "the cluster already has {CLUSTER_VOLUMES_MAX} volumes"
+                )));
             }
             let counter = self.store.get("meta/next_volume_id").await?;
             let id = match &counter {
-                Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(1),
+                Some(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1),
                 None => 1u32,
             };
             let vol = Volume {
@@ -259,10 +293,16 @@ impl Cluster {
             let ok = self
                 .store
                 .txn(
-                    &[(vol_key(name), None), ("meta/next_volume_id".into(), counter.clone())],
+                    &[
+                        (vol_key(name), None),
+                        ("meta/next_volume_id".into(), counter.clone()),
+                    ],
                     &[
                         TxnOp::Put(vol_key(name), to_json(&vol)),
-                        TxnOp::Put("meta/next_volume_id".into(), (id + 1).to_string().into_bytes()),
+                        TxnOp::Put(
+                            "meta/next_volume_id".into(),
+                            (id + 1).to_string().into_bytes(),
+                        ),
                     ],
                 )
                 .await?;
@@ -293,7 +333,11 @@ impl Cluster {
     }
 
     /// Read-modify-write of one volume with compare-and-set; bumps the epoch.
-    pub async fn update_volume(&self, name: &str, change: impl Fn(&mut Volume) -> ClusterResult<()>) -> ClusterResult<Volume> {
+    pub async fn update_volume(
+        &self,
+        name: &str,
+        change: impl Fn(&mut Volume) -> ClusterResult<()>,
+    ) -> ClusterResult<Volume> {
         let key = vol_key(name);
         for _ in 0..CAS_RETRIES_MAX {
             let Some(old) = self.store.get(&key).await? else {
@@ -304,7 +348,10 @@ impl Cluster {
             vol.epoch += 1;
             if self
                 .store
-                .txn(&[(key.clone(), Some(old))], &[TxnOp::Put(key.clone(), to_json(&vol))])
+                .txn(
+                    &[(key.clone(), Some(old))],
+                    &[TxnOp::Put(key.clone(), to_json(&vol))],
+                )
                 .await?
             {
                 return Ok(vol);
@@ -316,11 +363,17 @@ impl Cluster {
     pub async fn delete_volume(&self, name: &str) -> ClusterResult<()> {
         let vol = self.volume(name).await?;
         if vol.status == VolumeStatus::Started {
-            return Err(ClusterError::Invalid(format!("volume {name} is started; stop it first")));
+            return Err(ClusterError::Invalid(format!(
+                "volume {name} is started; stop it first"
+            )));
         }
         let key = vol_key(name);
         let old = to_json(&vol);
-        if !self.store.txn(&[(key.clone(), Some(old))], &[TxnOp::Delete(key)]).await? {
+        if !self
+            .store
+            .txn(&[(key.clone(), Some(old))], &[TxnOp::Delete(key)])
+            .await?
+        {
             return Err(ClusterError::Contended);
         }
         Ok(())
@@ -329,7 +382,10 @@ impl Cluster {
     pub async fn put_node(&self, node: &Node) -> ClusterResult<()> {
         validate_name("node", &node.name)?;
         self.store
-            .txn(&[], &[TxnOp::Put(format!("nodes/{}", node.name), to_json(node))])
+            .txn(
+                &[],
+                &[TxnOp::Put(format!("nodes/{}", node.name), to_json(node))],
+            )
             .await?;
         Ok(())
     }
@@ -345,7 +401,10 @@ impl Cluster {
     pub async fn remove_node(&self, name: &str) -> ClusterResult<()> {
         for v in self.list_volumes().await? {
             if v.bricks.iter().any(|b| b.node == name) {
-                return Err(ClusterError::Invalid(format!("node {name} holds bricks of volume {}", v.name)));
+                return Err(ClusterError::Invalid(format!(
+                    "node {name} holds bricks of volume {}",
+                    v.name
+                )));
             }
         }
         let key = format!("nodes/{name}");
@@ -359,7 +418,10 @@ impl Cluster {
     pub async fn put_user(&self, user: &UserRecord) -> ClusterResult<()> {
         validate_name("user", &user.name)?;
         self.store
-            .txn(&[], &[TxnOp::Put(format!("users/{}", user.name), to_json(user))])
+            .txn(
+                &[],
+                &[TxnOp::Put(format!("users/{}", user.name), to_json(user))],
+            )
             .await?;
         Ok(())
     }
@@ -387,7 +449,9 @@ mod tests {
     use crate::store::EmbeddedStore;
 
     fn bricks(n: usize) -> Vec<BrickSpec> {
-        (0..n).map(|i| BrickSpec::parse(&format!("n1:/b/{i}")).unwrap()).collect()
+        (0..n)
+            .map(|i| BrickSpec::parse(&format!("n1:/b/{i}")).unwrap())
+            .collect()
     }
 
     #[tokio::test]
@@ -395,12 +459,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Cluster::new(Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
         assert!(c.create_volume("v", 3, bricks(4), None).await.is_err());
-        assert!(c.create_volume("bad name", 1, bricks(1), None).await.is_err());
+        assert!(c
+            .create_volume("bad name", 1, bricks(1), None)
+            .await
+            .is_err());
         let v = c.create_volume("v", 3, bricks(6), None).await.unwrap();
         assert_eq!(v.replica_sets().len(), 2);
         assert_eq!(v.min_size, 2);
-        assert!(matches!(c.create_volume("v", 3, bricks(3), None).await, Err(ClusterError::Exists(_))));
-        assert!(c.create_volume("w", 1, bricks(1), None).await.is_err(), "brick reuse must be refused");
+        assert!(matches!(
+            c.create_volume("v", 3, bricks(3), None).await,
+            Err(ClusterError::Exists(_))
+        ));
+        assert!(
+            c.create_volume("w", 1, bricks(1), None).await.is_err(),
+            "brick reuse must be refused"
+        );
         let w = c
             .create_volume("w", 1, vec![BrickSpec::parse("n1:/other").unwrap()], None)
             .await
@@ -414,7 +487,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v2.epoch, v.epoch + 1);
-        assert!(c.delete_volume("v").await.is_err(), "started volumes are not deleted");
+        assert!(
+            c.delete_volume("v").await.is_err(),
+            "started volumes are not deleted"
+        );
         assert!(validate_option("io.mode", "sideways").is_err());
         assert!(validate_option("nope", "1").is_err());
     }

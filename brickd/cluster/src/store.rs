@@ -100,18 +100,32 @@ impl EmbeddedStore {
 
     fn compact(&self) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let ops: Vec<TxnOp> = inner.map.iter().map(|(k, v)| TxnOp::Put(k.clone(), v.clone())).collect();
-        let record = encode_record(&ops)?;
+        // Several records when the state outgrows one; the file is only renamed into place once
+        // complete, so the split does not weaken atomicity.
+        let mut snapshot = Vec::new();
+        let mut ops = Vec::new();
+        let mut ops_bytes = 0usize;
+        for (k, v) in &inner.map {
+            let op_bytes = 9 + k.len() + v.len();
+            if !ops.is_empty() && ops_bytes + op_bytes > STORE_RECORD_BYTES_MAX / 2 {
+                snapshot.extend_from_slice(&encode_record(&ops)?);
+                ops.clear();
+                ops_bytes = 0;
+            }
+            ops.push(TxnOp::Put(k.clone(), v.clone()));
+            ops_bytes += op_bytes;
+        }
+        snapshot.extend_from_slice(&encode_record(&ops)?);
         let tmp = self.path.with_extension("log.tmp");
         let mut f = File::create(&tmp)?;
-        f.write_all(&record)?;
+        f.write_all(&snapshot)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
         inner.log = OpenOptions::new().append(true).open(&self.path)?;
-        inner.log_bytes = record.len() as u64;
+        inner.log_bytes = snapshot.len() as u64;
         Ok(())
     }
 }
@@ -208,8 +222,16 @@ impl ClusterStore for EmbeddedStore {
             }
         }
         let record = encode_record(ops)?;
-        inner.log.write_all(&record)?;
-        inner.log.sync_data()?;
+        let written = inner
+            .log
+            .write_all(&record)
+            .and_then(|_| inner.log.sync_data());
+        if let Err(e) = written {
+            // Cut the partial record, or later transactions would sit behind it and be lost.
+            let len = inner.log_bytes;
+            let _ = inner.log.set_len(len);
+            return Err(e.into());
+        }
         inner.log_bytes += record.len() as u64;
         for op in ops {
             apply(&mut inner.map, op.clone());
@@ -231,16 +253,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = EmbeddedStore::open(dir.path()).unwrap();
-            assert!(s.txn(&[("a".into(), None)], &[TxnOp::Put("a".into(), b"1".to_vec())]).await.unwrap());
-            assert!(!s.txn(&[("a".into(), None)], &[TxnOp::Put("a".into(), b"2".to_vec())]).await.unwrap());
             assert!(s
                 .txn(
-                    &[("a".into(), Some(b"1".to_vec()))],
-                    &[TxnOp::Put("a".into(), b"3".to_vec()), TxnOp::Put("b/x".into(), b"4".to_vec())]
+                    &[("a".into(), None)],
+                    &[TxnOp::Put("a".into(), b"1".to_vec())]
                 )
                 .await
                 .unwrap());
-            s.txn(&[], &[TxnOp::Put("b/y".into(), b"5".to_vec()), TxnOp::Delete("a".into())]).await.unwrap();
+            assert!(!s
+                .txn(
+                    &[("a".into(), None)],
+                    &[TxnOp::Put("a".into(), b"2".to_vec())]
+                )
+                .await
+                .unwrap());
+            assert!(s
+                .txn(
+                    &[("a".into(), Some(b"1".to_vec()))],
+                    &[
+                        TxnOp::Put("a".into(), b"3".to_vec()),
+                        TxnOp::Put("b/x".into(), b"4".to_vec())
+                    ]
+                )
+                .await
+                .unwrap());
+            s.txn(
+                &[],
+                &[
+                    TxnOp::Put("b/y".into(), b"5".to_vec()),
+                    TxnOp::Delete("a".into()),
+                ],
+            )
+            .await
+            .unwrap();
         }
         let s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(s.get("a").await.unwrap(), None);
@@ -254,8 +299,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = EmbeddedStore::open(dir.path()).unwrap();
-            s.txn(&[], &[TxnOp::Put("k".into(), b"good".to_vec())]).await.unwrap();
-            s.txn(&[], &[TxnOp::Put("k".into(), b"later".to_vec())]).await.unwrap();
+            s.txn(&[], &[TxnOp::Put("k".into(), b"good".to_vec())])
+                .await
+                .unwrap();
+            s.txn(&[], &[TxnOp::Put("k".into(), b"later".to_vec())])
+                .await
+                .unwrap();
         }
         let path = dir.path().join("cluster.log");
         let mut bytes = std::fs::read(&path).unwrap();
@@ -265,7 +314,9 @@ mod tests {
         let s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(s.get("k").await.unwrap(), Some(b"good".to_vec()));
         // Appends after the cut tail still parse on the next open.
-        s.txn(&[], &[TxnOp::Put("k2".into(), b"v".to_vec())]).await.unwrap();
+        s.txn(&[], &[TxnOp::Put("k2".into(), b"v".to_vec())])
+            .await
+            .unwrap();
         drop(s);
         let s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(s.get("k2").await.unwrap(), Some(b"v".to_vec()));

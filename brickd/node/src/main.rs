@@ -5,7 +5,9 @@ mod mgmt;
 
 use anyhow::{bail, Context, Result};
 use brick_cluster::mgmt::MgmtOp;
-use brick_cluster::{hex_encode, BrickSpec, Cluster, ClusterError, EmbeddedStore, UserRecord, VolumeStatus};
+use brick_cluster::{
+    hex_encode, BrickSpec, Cluster, ClusterError, EmbeddedStore, UserRecord, VolumeStatus,
+};
 use brick_dataplane::{Dataplane, DataplaneConfig, MgmtRequest};
 use brick_tuning::{DEV_NATIVE_PORT, MGMT_DOC_BYTES_MAX};
 use brick_wire::{auth, ErrorCode};
@@ -34,6 +36,9 @@ enum Cmd {
         /// Dataplane cores (default: all).
         #[arg(long)]
         cores: Option<usize>,
+        /// Microseconds an idle core polls before sleeping (0: sleep at once).
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
     },
     /// One node of a cluster.
     Serve {
@@ -49,6 +54,9 @@ enum Cmd {
         brick: Vec<PathBuf>,
         #[arg(long)]
         cores: Option<usize>,
+        /// Microseconds an idle core polls before sleeping (0: sleep at once).
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
         /// Admin user created on first start if the store has no users.
         #[arg(long, default_value = "admin")]
         admin_user: String,
@@ -62,7 +70,8 @@ enum Cmd {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BRICKD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BRICKD_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -76,13 +85,19 @@ fn main() -> Result<()> {
         .thread_name("brickd-mgmt")
         .build()?;
     match cli.cmd {
-        Cmd::Dev { dir, listen, cores } => rt.block_on(run_dev(dir, listen, cores)),
+        Cmd::Dev {
+            dir,
+            listen,
+            cores,
+            spin_us,
+        } => rt.block_on(run_dev(dir, listen, Tuning { cores, spin_us })),
         Cmd::Serve {
             node,
             listen,
             store,
             brick: _,
             cores,
+            spin_us,
             admin_user,
             admin_password,
             config,
@@ -98,9 +113,22 @@ fn main() -> Result<()> {
                 ),
                 None => bail!("--store must be embedded://DIR or etcd://H:P[,H:P...]"),
             };
-            rt.block_on(run_serve(node, listen, dir, cores, admin_user, admin_password))
+            rt.block_on(run_serve(
+                node,
+                listen,
+                dir,
+                Tuning { cores, spin_us },
+                admin_user,
+                admin_password,
+            ))
         }
     }
+}
+
+/// Dataplane settings given on the command line.
+struct Tuning {
+    cores: Option<usize>,
+    spin_us: u64,
 }
 
 struct Running {
@@ -109,13 +137,26 @@ struct Running {
     mgmt_rx: flume::Receiver<MgmtRequest>,
 }
 
-async fn start_node(node: &str, listen: SocketAddr, store_dir: &Path, cores: Option<usize>) -> Result<Running> {
-    let store = EmbeddedStore::open(store_dir).with_context(|| format!("opening cluster store in {}", store_dir.display()))?;
+async fn start_node(
+    node: &str,
+    listen: SocketAddr,
+    store_dir: &Path,
+    tuning: Tuning,
+) -> Result<Running> {
+    let store = EmbeddedStore::open(store_dir)
+        .with_context(|| format!("opening cluster store in {}", store_dir.display()))?;
     let cluster = Cluster::new(Arc::new(store));
     let mgmt = Arc::new(Mgmt::new(cluster, node.to_string()));
     mgmt.register_self(&listen.to_string()).await?;
-    let state = mgmt.serve_state().await.map_err(|(_, why)| anyhow::anyhow!(why))?;
-    let cores = cores.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let state = mgmt
+        .serve_state()
+        .await
+        .map_err(|(_, why)| anyhow::anyhow!(why))?;
+    let cores = tuning.cores.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     if cores == 0 || cores > 256 {
         bail!("--cores must be 1..=256");
     }
@@ -125,6 +166,7 @@ async fn start_node(node: &str, listen: SocketAddr, store_dir: &Path, cores: Opt
             cores,
             listen,
             pin: true,
+            spin_before_park_us: tuning.spin_us,
         },
         Arc::new(state),
         mgmt_tx,
@@ -164,13 +206,19 @@ async fn serve_until_signal(running: Running) -> Result<()> {
 
 async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
     if req.doc.len() > MGMT_DOC_BYTES_MAX {
-        let _ = req.reply.send(Err((ErrorCode::Malformed, "management document too large".into())));
+        let _ = req.reply.send(Err((
+            ErrorCode::Malformed,
+            "management document too large".into(),
+        )));
         return;
     }
     let op: MgmtOp = match serde_json::from_slice(&req.doc) {
         Ok(op) => op,
         Err(e) => {
-            let _ = req.reply.send(Err((ErrorCode::Malformed, format!("management request: {e}"))));
+            let _ = req.reply.send(Err((
+                ErrorCode::Malformed,
+                format!("management request: {e}"),
+            )));
             return;
         }
     };
@@ -187,7 +235,12 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
 
 async fn ensure_user(cluster: &Cluster, user: &str, password: &str, admin: bool) -> Result<()> {
     let key = hex_encode(&auth::password_key(user, password));
-    if cluster.user(user).await?.map(|u| u.key_hex == key && u.admin == admin) != Some(true) {
+    if cluster
+        .user(user)
+        .await?
+        .map(|u| u.key_hex == key && u.admin == admin)
+        != Some(true)
+    {
         cluster
             .put_user(&UserRecord {
                 name: user.to_string(),
@@ -233,17 +286,21 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run_dev(dir: PathBuf, listen: SocketAddr, cores: Option<usize>) -> Result<()> {
+async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let password = kept_password(&dir.join("dev-password"))?;
-    let running = start_node("dev", listen, &dir.join("cluster"), cores).await?;
+    let running = start_node("dev", listen, &dir.join("cluster"), tuning).await?;
     let cluster = running.mgmt.cluster.clone();
     ensure_user(&cluster, "dev", &password, true).await?;
     let bricks: Vec<BrickSpec> = (0..3)
         .map(|i| BrickSpec {
             node: "dev".into(),
-            path: dir.join("bricks").join(format!("b{i}")).to_string_lossy().into_owned(),
+            path: dir
+                .join("bricks")
+                .join(format!("b{i}"))
+                .to_string_lossy()
+                .into_owned(),
         })
         .collect();
     match cluster.create_volume("dev", 3, bricks, None).await {
@@ -257,7 +314,11 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, cores: Option<usize>) -> Resu
             .await;
         r.map_err(|(_, why)| anyhow::anyhow!(why))?;
     }
-    let state = running.mgmt.serve_state().await.map_err(|(_, why)| anyhow::anyhow!(why))?;
+    let state = running
+        .mgmt
+        .serve_state()
+        .await
+        .map_err(|(_, why)| anyhow::anyhow!(why))?;
     running.dataplane.publish(Arc::new(state));
     let native = running.dataplane.shard_addrs[0].to_string();
     let endpoints = serde_json::json!({
@@ -267,11 +328,23 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, cores: Option<usize>) -> Resu
         "password": password,
         "cores": running.dataplane.shard_addrs.len(),
     });
-    write_private(&dir.join("endpoints.json"), &serde_json::to_string_pretty(&endpoints)?)?;
-    println!("brickd dev serving volume \"dev\" (replica 3) from {}", dir.display());
+    write_private(
+        &dir.join("endpoints.json"),
+        &serde_json::to_string_pretty(&endpoints)?,
+    )?;
+    println!(
+        "brickd dev serving volume \"dev\" (replica 3) from {}",
+        dir.display()
+    );
     println!("  native  {native}");
-    println!("  user    dev (password in {})", dir.join("endpoints.json").display());
-    println!("  try     brick --endpoints {} ls dev/", dir.join("endpoints.json").display());
+    println!(
+        "  user    dev (password in {})",
+        dir.join("endpoints.json").display()
+    );
+    println!(
+        "  try     brick --endpoints {} ls dev/",
+        dir.join("endpoints.json").display()
+    );
     serve_until_signal(running).await
 }
 
@@ -279,12 +352,12 @@ async fn run_serve(
     node: String,
     listen: SocketAddr,
     store_dir: PathBuf,
-    cores: Option<usize>,
+    tuning: Tuning,
     admin_user: String,
     admin_password: Option<String>,
 ) -> Result<()> {
     brick_cluster::validate_name("node", &node)?;
-    let running = start_node(&node, listen, &store_dir, cores).await?;
+    let running = start_node(&node, listen, &store_dir, tuning).await?;
     let cluster = running.mgmt.cluster.clone();
     if cluster.list_users().await?.is_empty() {
         let password = match admin_password {
@@ -296,9 +369,16 @@ async fn run_serve(
             }
         };
         ensure_user(&cluster, &admin_user, &password, true).await?;
-        let state = running.mgmt.serve_state().await.map_err(|(_, why)| anyhow::anyhow!(why))?;
+        let state = running
+            .mgmt
+            .serve_state()
+            .await
+            .map_err(|(_, why)| anyhow::anyhow!(why))?;
         running.dataplane.publish(Arc::new(state));
     }
-    println!("brickd node {node} serving on {}", running.dataplane.shard_addrs[0]);
+    println!(
+        "brickd node {node} serving on {}",
+        running.dataplane.shard_addrs[0]
+    );
     serve_until_signal(running).await
 }

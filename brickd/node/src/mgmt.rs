@@ -2,7 +2,9 @@
 //! state into what the dataplane serves (`ServeState`), published to every core on change.
 
 use brick_cluster::mgmt::{MgmtOp, VolumeHandle};
-use brick_cluster::{validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus, VOLUME_OPTIONS};
+use brick_cluster::{
+    validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus, VOLUME_OPTIONS,
+};
 use brick_dataplane::{IoMode, ServeState, ServedVolume, User};
 use brick_store::Brick;
 use brick_wire::ErrorCode;
@@ -42,7 +44,11 @@ impl Mgmt {
         }
     }
 
-    fn open_brick(&self, vol: &Volume, spec: &BrickSpec) -> Result<Arc<Brick>, (ErrorCode, String)> {
+    fn open_brick(
+        &self,
+        vol: &Volume,
+        spec: &BrickSpec,
+    ) -> Result<Arc<Brick>, (ErrorCode, String)> {
         let mut bricks = self.bricks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = bricks.get(&spec.path) {
             return Ok(b.clone());
@@ -84,7 +90,9 @@ impl Mgmt {
             if vol.status != VolumeStatus::Started {
                 continue;
             }
-            let Ok(spec) = self.serving_brick(&vol) else { continue };
+            let Ok(spec) = self.serving_brick(&vol) else {
+                continue;
+            };
             if spec.node != self.node {
                 continue;
             }
@@ -109,7 +117,13 @@ impl Mgmt {
         let mut users = HashMap::new();
         for u in self.cluster.list_users().await.map_err(cluster_err)? {
             if let Some(key) = u.key() {
-                users.insert(u.name.clone(), User { key, admin: u.admin });
+                users.insert(
+                    u.name.clone(),
+                    User {
+                        key,
+                        admin: u.admin,
+                    },
+                );
             }
         }
         Ok(ServeState {
@@ -130,7 +144,13 @@ impl Mgmt {
                 | MgmtOp::VolumeOpen { .. }
         );
         if mutating && !admin {
-            return (Err((ErrorCode::Access, "this operation needs an admin user".into())), false);
+            return (
+                Err((
+                    ErrorCode::Access,
+                    "this operation needs an admin user".into(),
+                )),
+                false,
+            );
         }
         (self.apply(op).await, mutating)
     }
@@ -265,7 +285,12 @@ impl Mgmt {
         let mut bricks = Vec::new();
         for b in &v.bricks {
             let is_serving = serving.as_ref() == Some(b);
-            let open = self.bricks.lock().unwrap_or_else(|p| p.into_inner()).get(&b.path).cloned();
+            let open = self
+                .bricks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&b.path)
+                .cloned();
             let mut entry = json!({
                 "brick": b.to_string(),
                 "role": if is_serving { "serving (holds the data)" } else { "reserved for a replica" },
@@ -295,7 +320,7 @@ impl Mgmt {
     /// Makes every open brick's index durable (clean shutdown).
     pub fn sync_bricks(&self) {
         for (path, b) in self.bricks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Err(e) = b.sync_namespace(brick_wire::ROOT_FILE_ID) {
+            if let Err(e) = b.sync_all() {
                 tracing::warn!("brick {path}: final sync failed: {e}");
             }
         }

@@ -4,7 +4,9 @@
 use brick_client::Client;
 use brick_testkit::DevServer;
 use brick_wire::frame::{verify_crc, VERSION_MAX};
-use brick_wire::{auth, op, request_frame, ErrorCode, Header, HelloReply, Kind, Request, StatFs, HEADER_BYTES};
+use brick_wire::{
+    auth, op, request_frame, ErrorCode, Header, HelloReply, Kind, Request, StatFs, HEADER_BYTES,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -34,9 +36,17 @@ fn read_frame(s: &mut TcpStream) -> Option<(Header, Vec<u8>)> {
 fn expect_error(s: &mut TcpStream, code: ErrorCode, needle: &str) {
     let (h, payload) = read_frame(s).expect("an error frame before the connection closes");
     assert_eq!(h.kind, Kind::Response);
-    assert_eq!(ErrorCode::from_code(h.status), code, "message: {}", String::from_utf8_lossy(&payload));
+    assert_eq!(
+        ErrorCode::from_code(h.status),
+        code,
+        "message: {}",
+        String::from_utf8_lossy(&payload)
+    );
     let msg = String::from_utf8_lossy(&payload);
-    assert!(msg.contains(needle), "error message {msg:?} does not mention {needle:?}");
+    assert!(
+        msg.contains(needle),
+        "error message {msg:?} does not mention {needle:?}"
+    );
 }
 
 fn expect_closed(s: &mut TcpStream) {
@@ -92,9 +102,14 @@ fn statfs_works(s: &mut TcpStream, id: u64) {
 }
 
 fn still_serving(server: &DevServer) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let client = Client::connect(server.client_config()).await.expect("server still accepts clients");
+        let client = Client::connect(server.client_config())
+            .await
+            .expect("server still accepts clients");
         let vol = client.open_volume("dev").await.expect("open");
         vol.statfs().await.expect("server still serves");
     });
@@ -109,7 +124,8 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
 
     // Not our protocol at all.
     let mut s = connect(&server);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: example.invalid\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: example.invalid\r\n\r\n")
+        .unwrap();
     expect_error(&mut s, ErrorCode::Malformed, "bad magic");
     expect_closed(&mut s);
 
@@ -152,7 +168,7 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
     };
     s.write_all(&h.encode(&garbage)).unwrap();
     s.write_all(&garbage).unwrap();
-    expect_error(&mut s, ErrorCode::Malformed, "unknown opcode");
+    expect_error(&mut s, ErrorCode::UnknownOp, "unknown opcode");
     let mut e = brick_wire::Enc::default();
     Request::Lookup {
         vol: 1,
@@ -192,15 +208,40 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
     s.shutdown(std::net::Shutdown::Write).unwrap();
     expect_closed(&mut s);
 
+    // A corrupt frame during the handshake gets an error frame too.
+    let mut s = connect(&server);
+    let mut buf = Vec::new();
+    request_frame(
+        &mut buf,
+        1,
+        &Request::Hello {
+            version_min: 1,
+            version_max: VERSION_MAX,
+            user: "dev",
+            client_nonce: [0; 16],
+        },
+    );
+    let last = buf.len() - 1;
+    buf[last] ^= 1;
+    s.write_all(&buf).unwrap();
+    expect_error(&mut s, ErrorCode::Malformed, "crc32c");
+    expect_closed(&mut s);
+
     // Operations before authentication, and a wrong password, are refused.
     let mut s = connect(&server);
     send(&mut s, 1, &Request::Statfs { vol: 1 });
     expect_error(&mut s, ErrorCode::AuthFailed, "before the handshake");
     expect_closed(&mut s);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut wrong = server.client_config();
     wrong.password = "not-the-password".into();
-    let err = rt.block_on(Client::connect(wrong)).err().expect("a wrong password is refused");
+    let err = rt
+        .block_on(Client::connect(wrong))
+        .err()
+        .expect("a wrong password is refused");
     assert!(err.to_string().contains("authentication failed"), "{err}");
 
     statfs_works(&mut bystander, 11);

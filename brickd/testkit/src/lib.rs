@@ -30,7 +30,10 @@ pub fn free_port() -> u16 {
 impl DevServer {
     /// Starts `brickd dev` in a new temporary directory.
     pub fn start(brickd: &Path, cores: usize) -> DevServer {
-        let tmp = tempfile::Builder::new().prefix("brickd-test").tempdir_in(scratch_root()).expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("brickd-test")
+            .tempdir_in(scratch_root())
+            .expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut s = DevServer {
             brickd: brickd.to_path_buf(),
@@ -63,10 +66,21 @@ impl DevServer {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while !self.endpoints_path().exists() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("brickd exited during start ({status}); log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "brickd exited during start ({status}); log:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "brickd did not start; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "brickd did not start; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -142,7 +156,9 @@ impl Drop for DevServer {
 pub fn scratch_root() -> PathBuf {
     let root = std::env::var_os("BRICK_TEST_SCRATCH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-scratch"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-scratch")
+        });
     std::fs::create_dir_all(&root).expect("scratch dir");
     root
 }
@@ -153,7 +169,8 @@ pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + skip);
     let mut word = offset / 8;
     while out.len() < len + skip {
-        let mut x = (seed ^ word.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x632B_E59B_D9B4_E019);
+        let mut x =
+            (seed ^ word.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x632B_E59B_D9B4_E019);
         x ^= x >> 31;
         x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         x ^= x >> 29;

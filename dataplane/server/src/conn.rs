@@ -3,13 +3,16 @@
 
 use crate::core::CoreCtx;
 use brick_tuning::CONNECTION_INFLIGHT_MAX;
+use brick_tuning::IO_BYTES_MAX;
 use brick_wire::frame::{verify_crc, verify_crc_parts, VERSION_MAX, VERSION_MIN};
 use brick_wire::WRITE_FIELDS_BYTES;
-use brick_tuning::IO_BYTES_MAX;
-use glommio::io::DmaBuffer;
-use brick_wire::{auth, error_frame, op, response_frame, Enc, ErrorCode, Header, HelloReply, Kind, Request, Welcome, HEADER_BYTES};
+use brick_wire::{
+    auth, error_frame, op, response_frame, Enc, ErrorCode, Header, HelloReply, Kind, Request,
+    Welcome, HEADER_BYTES,
+};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::io::DmaBuffer;
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
@@ -27,7 +30,10 @@ pub(crate) struct Session {
 
 pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let (reader, mut writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let session = match handshake(&ctx, &mut reader, &mut writer).await {
@@ -50,14 +56,22 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
             }
         };
         let body = if is_bulk_write(&header) {
-            read_bulk_write(&mut reader, &header).await.map(Body::BulkWrite)
+            read_bulk_write(&mut reader, &header)
+                .await
+                .map(Body::BulkWrite)
         } else {
             read_payload(&mut reader, &header).await.map(Body::Whole)
         };
         let Some(body) = body else { break };
         if let Err(e) = body.verify_crc(&header_bytes) {
             let mut out = Vec::new();
-            error_frame(&mut out, header.request_id, header.opcode, ErrorCode::Malformed, &e.to_string());
+            error_frame(
+                &mut out,
+                header.request_id,
+                header.opcode,
+                ErrorCode::Malformed,
+                &e.to_string(),
+            );
             outbox.push(out);
             break; // the stream can no longer be trusted to be in frame
         }
@@ -67,8 +81,12 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
         let (ctx, session, outbox) = (ctx.clone(), session.clone(), outbox.clone());
         glommio::spawn_local(async move {
             let frame = match body {
-                Body::Whole(payload) => crate::exec::dispatch(&ctx, &session, header, payload).await,
-                Body::BulkWrite((fields, data)) => crate::exec::dispatch_bulk_write(&ctx, header, fields, data).await,
+                Body::Whole(payload) => {
+                    crate::exec::dispatch(&ctx, &session, header, payload).await
+                }
+                Body::BulkWrite((fields, data)) => {
+                    crate::exec::dispatch_bulk_write(&ctx, header, fields, data).await
+                }
             };
             outbox.push(frame);
             drop(permit);
@@ -97,7 +115,9 @@ impl Outbox {
         {
             let mut q = self.queue.borrow_mut();
             match q.back_mut() {
-                Some(last) if frame.len() <= SMALL_REPLY_BYTES_MAX && last.len() < COALESCE_BYTES_MAX => {
+                Some(last)
+                    if frame.len() <= SMALL_REPLY_BYTES_MAX && last.len() < COALESCE_BYTES_MAX =>
+                {
                     last.extend_from_slice(&frame)
                 }
                 _ => q.push_back(frame),
@@ -144,7 +164,9 @@ impl Body {
     fn verify_crc(&self, header_bytes: &[u8; HEADER_BYTES]) -> Result<(), brick_wire::FrameError> {
         match self {
             Body::Whole(payload) => verify_crc(header_bytes, payload),
-            Body::BulkWrite((fields, data)) => verify_crc_parts(header_bytes, &[fields, data.as_bytes()]),
+            Body::BulkWrite((fields, data)) => {
+                verify_crc_parts(header_bytes, &[fields, data.as_bytes()])
+            }
         }
     }
 }
@@ -159,14 +181,20 @@ fn is_bulk_write(h: &Header) -> bool {
 
 /// Reads and validates a request header. `Ok(None)`: the peer closed. `Err(reply)`: a header
 /// that must end the connection, with the error frame to send first.
-async fn read_header<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<(Header, [u8; HEADER_BYTES])>, Vec<u8>> {
+async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<(Header, [u8; HEADER_BYTES])>, Vec<u8>> {
     let mut header_bytes = [0u8; HEADER_BYTES];
     if reader.read_exact(&mut header_bytes).await.is_err() {
         return Ok(None);
     }
     match Header::parse(&header_bytes) {
         Ok(h) if h.kind == Kind::Request => Ok(Some((h, header_bytes))),
-        Ok(h) => Err(malformed(h.request_id, h.opcode, "a client sent a response frame")),
+        Ok(h) => Err(malformed(
+            h.request_id,
+            h.opcode,
+            "a client sent a response frame",
+        )),
         Err(e) => {
             let request_id = u64::from_le_bytes(header_bytes[8..16].try_into().unwrap_or([0; 8]));
             Err(malformed(request_id, 0, &e.to_string()))
@@ -184,10 +212,15 @@ async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, header: &Header) -> 
     Some(payload)
 }
 
-async fn read_bulk_write<R: AsyncRead + Unpin>(reader: &mut R, header: &Header) -> Option<([u8; WRITE_FIELDS_BYTES], DmaBuffer)> {
+async fn read_bulk_write<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: &Header,
+) -> Option<([u8; WRITE_FIELDS_BYTES], DmaBuffer)> {
     let mut fields = [0u8; WRITE_FIELDS_BYTES];
     let mut data = glommio::allocate_dma_buffer(header.payload_len as usize - WRITE_FIELDS_BYTES);
-    if reader.read_exact(&mut fields).await.is_err() || reader.read_exact(data.as_bytes_mut()).await.is_err() {
+    if reader.read_exact(&mut fields).await.is_err()
+        || reader.read_exact(data.as_bytes_mut()).await.is_err()
+    {
         tracing::info!("connection cut in the middle of a frame");
         return None;
     }
@@ -201,7 +234,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
     let Some((header, header_bytes)) = read_header(reader).await? else {
         return Ok(None);
     };
-    Ok(read_payload(reader, &header).await.map(|p| (header, header_bytes, p)))
+    Ok(read_payload(reader, &header)
+        .await
+        .map(|p| (header, header_bytes, p)))
 }
 
 fn malformed(request_id: u64, opcode: u16, why: &str) -> Vec<u8> {
@@ -232,9 +267,8 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut R,
     writer: &mut W,
 ) -> Result<Session, String> {
-    let (h, hb, payload) = next_handshake_frame(reader, writer, op::HELLO).await?;
-    verify_crc(&hb, &payload).map_err(|e| e.to_string())?;
-    let (user, client_nonce) = match Request::decode(op::HELLO, &payload) {
+    let (h, payload) = next_handshake_frame(reader, writer, op::HELLO).await?;
+    let (user, client_nonce, version_max) = match Request::decode(op::HELLO, &payload) {
         Ok(Request::Hello {
             version_min,
             version_max,
@@ -246,35 +280,55 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 reply_error(writer, h.request_id, op::HELLO, ErrorCode::Malformed, &why).await;
                 return Err(why);
             }
-            (user.to_string(), client_nonce)
+            (user.to_string(), client_nonce, version_max)
         }
         Ok(_) => unreachable!("decode of HELLO yields HELLO"),
         Err(e) => {
-            reply_error(writer, h.request_id, op::HELLO, ErrorCode::Malformed, &e.to_string()).await;
+            reply_error(
+                writer,
+                h.request_id,
+                op::HELLO,
+                ErrorCode::Malformed,
+                &e.to_string(),
+            )
+            .await;
             return Err(e.to_string());
         }
     };
     let server_nonce: [u8; 16] = rand::random();
     let mut e = Enc::default();
     HelloReply {
-        version: VERSION_MAX.min(VERSION_MAX),
+        version: version_max.min(VERSION_MAX),
         server_nonce,
         node: ctx.state().node.clone(),
     }
     .encode(&mut e);
     send(writer, h.request_id, op::HELLO, &e.buf).await?;
 
-    let (h, hb, payload) = next_handshake_frame(reader, writer, op::AUTH).await?;
-    verify_crc(&hb, &payload).map_err(|e| e.to_string())?;
+    let (h, payload) = next_handshake_frame(reader, writer, op::AUTH).await?;
     let Ok(Request::Auth { proof }) = Request::decode(op::AUTH, &payload) else {
-        reply_error(writer, h.request_id, op::AUTH, ErrorCode::Malformed, "malformed AUTH").await;
+        reply_error(
+            writer,
+            h.request_id,
+            op::AUTH,
+            ErrorCode::Malformed,
+            "malformed AUTH",
+        )
+        .await;
         return Err("malformed AUTH".into());
     };
     let state = ctx.state();
     let admin = match state.users.get(&user) {
         Some(u) if auth::verify(&u.key, &user, &client_nonce, &server_nonce, &proof) => u.admin,
         _ => {
-            reply_error(writer, h.request_id, op::AUTH, ErrorCode::AuthFailed, "unknown user or wrong password").await;
+            reply_error(
+                writer,
+                h.request_id,
+                op::AUTH,
+                ErrorCode::AuthFailed,
+                "unknown user or wrong password",
+            )
+            .await;
             return Err(format!("authentication failed for user {user:?}"));
         }
     };
@@ -288,14 +342,29 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     Ok(Session { user, admin })
 }
 
+/// The next handshake frame, crc-checked, with the expected opcode; anything else is answered
+/// with an error frame and ends the handshake.
 async fn next_handshake_frame<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut R,
     writer: &mut W,
     expected: u16,
-) -> Result<(Header, [u8; HEADER_BYTES], Vec<u8>), String> {
+) -> Result<(Header, Vec<u8>), String> {
     match read_frame(reader).await {
-        Ok(Some((h, hb, p))) if h.opcode == expected => Ok((h, hb, p)),
-        Ok(Some((h, _, _))) => {
+        Ok(Some((h, hb, p))) => {
+            if let Err(e) = verify_crc(&hb, &p) {
+                reply_error(
+                    writer,
+                    h.request_id,
+                    h.opcode,
+                    ErrorCode::Malformed,
+                    &e.to_string(),
+                )
+                .await;
+                return Err(e.to_string());
+            }
+            if h.opcode == expected {
+                return Ok((h, p));
+            }
             let why = format!("opcode 0x{:04x} before the handshake completed", h.opcode);
             reply_error(writer, h.request_id, h.opcode, ErrorCode::AuthFailed, &why).await;
             Err(why)
@@ -309,14 +378,25 @@ async fn next_handshake_frame<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(writer: &mut W, request_id: u64, opcode: u16, payload: &[u8]) -> Result<(), String> {
+async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    request_id: u64,
+    opcode: u16,
+    payload: &[u8],
+) -> Result<(), String> {
     let mut out = Vec::new();
     response_frame(&mut out, request_id, opcode, 0, payload);
     writer.write_all(&out).await.map_err(|e| e.to_string())?;
     writer.flush().await.map_err(|e| e.to_string())
 }
 
-async fn reply_error<W: AsyncWrite + Unpin>(writer: &mut W, request_id: u64, opcode: u16, code: ErrorCode, why: &str) {
+async fn reply_error<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    request_id: u64,
+    opcode: u16,
+    code: ErrorCode,
+    why: &str,
+) {
     let mut out = Vec::new();
     error_frame(&mut out, request_id, opcode, code, why);
     let _ = writer.write_all(&out).await;

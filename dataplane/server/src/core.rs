@@ -2,7 +2,9 @@
 
 use crate::files::FileCache;
 use crate::{Control, Dataplane, DataplaneConfig, MgmtRequest, ServeState};
-use brick_tuning::{CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN};
+use brick_tuning::{
+    CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN,
+};
 use futures_lite::future;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -45,9 +47,13 @@ pub(crate) fn start(
     mgmt: flume::Sender<MgmtRequest>,
 ) -> std::io::Result<Dataplane> {
     assert!(cfg.cores >= 1);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let io_memory = io_memory_per_core(cfg.cores);
-    let (fwd_txs, fwd_rxs): (Vec<_>, Vec<_>) = (0..cfg.cores).map(|_| flume::bounded(CORE_CHANNEL_DEPTH)).unzip();
+    let (fwd_txs, fwd_rxs): (Vec<_>, Vec<_>) = (0..cfg.cores)
+        .map(|_| flume::bounded(CORE_CHANNEL_DEPTH))
+        .unzip();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<SocketAddr>)>();
     let mut addr_txs = Vec::new();
     let mut controls = Vec::new();
@@ -67,11 +73,18 @@ pub(crate) fn start(
         } else {
             Placement::Unbound
         };
-        let (peers, mgmt, state, bound_tx) = (fwd_txs.clone(), mgmt.clone(), state.clone(), bound_tx.clone());
+        let (peers, mgmt, state, bound_tx) = (
+            fwd_txs.clone(),
+            mgmt.clone(),
+            state.clone(),
+            bound_tx.clone(),
+        );
         let ncores = cfg.cores;
+        let spin_us = cfg.spin_before_park_us;
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("brick-core{core}"))
             .io_memory(io_memory)
+            .spin_before_park(std::time::Duration::from_micros(spin_us))
             .spawn(move || async move {
                 let listener = match TcpListener::bind(listen) {
                     Ok(l) => l,
@@ -107,7 +120,9 @@ pub(crate) fn start(
         let (core, addr) = bound_rx
             .recv()
             .map_err(|_| std::io::Error::other("a dataplane core exited before binding"))?;
-        shard_addrs[core] = Some(addr.map_err(|e| std::io::Error::new(e.kind(), format!("core {core}: bind: {e}")))?);
+        shard_addrs[core] = Some(
+            addr.map_err(|e| std::io::Error::new(e.kind(), format!("core {core}: bind: {e}")))?,
+        );
     }
     let shard_addrs: Vec<SocketAddr> = shard_addrs.into_iter().flatten().collect();
     let texts: Vec<String> = shard_addrs.iter().map(|a| a.to_string()).collect();
@@ -131,7 +146,8 @@ fn io_memory_per_core(cores: usize) -> usize {
     // SAFETY: getrlimit/setrlimit with a valid out-parameter; raising the soft limit up to the
     // hard limit needs no privilege.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
         }
@@ -168,7 +184,8 @@ async fn run_core(
         while let Ok(f) = fwd_rx.recv_async().await {
             let ctx = fwd_ctx.clone();
             glommio::spawn_local(async move {
-                let frame = crate::exec::execute_payload(&ctx, f.opcode, f.request_id, &f.payload).await;
+                let frame =
+                    crate::exec::execute_payload(&ctx, f.opcode, f.request_id, &f.payload).await;
                 let _ = f.reply.send(frame);
             })
             .detach();
@@ -183,7 +200,10 @@ async fn run_core(
         match event {
             Event::Accepted(Ok(stream)) => {
                 if ctx.connections.get() >= CORE_CONNECTIONS_MAX {
-                    tracing::warn!(core = ctx.core, "connection limit reached; closing new connection");
+                    tracing::warn!(
+                        core = ctx.core,
+                        "connection limit reached; closing new connection"
+                    );
                     continue;
                 }
                 ctx.connections.set(ctx.connections.get() + 1);
@@ -227,7 +247,11 @@ async fn probe_bricks(ctx: &CoreCtx, state: &ServeState) {
                 let _ = f.read_at(0, 4096).await;
                 let _ = f.close().await;
             }
-            Err(e) => tracing::warn!(core = ctx.core, "direct I/O probe on {} failed: {e}", probe.display()),
+            Err(e) => tracing::warn!(
+                core = ctx.core,
+                "direct I/O probe on {} failed: {e}",
+                probe.display()
+            ),
         }
     }
 }

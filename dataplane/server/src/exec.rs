@@ -6,13 +6,11 @@ use crate::files;
 use crate::{MgmtRequest, ServedVolume};
 use brick_store::FsError;
 use brick_wire::{
-    Dec, WRITE_FIELDS_BYTES,
-    begin_response, core_of, error_frame, op, response_frame, seal_response, Enc, ErrorCode, Header, Request,
-    WriteReply, WRITE_FLAG_FUA,
+    begin_response, core_of, error_frame, op, response_frame, seal_response, Dec, DecodeError, Enc,
+    ErrorCode, Header, Request, WriteReply, WRITE_FIELDS_BYTES, WRITE_FLAG_FUA,
 };
 use glommio::io::DmaBuffer;
 use std::sync::Arc;
-
 
 fn error_reply(request_id: u64, opcode: u16, code: ErrorCode, message: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -20,26 +18,40 @@ fn error_reply(request_id: u64, opcode: u16, code: ErrorCode, message: &str) -> 
     out
 }
 
+fn decode_error_code(e: &DecodeError) -> ErrorCode {
+    match e {
+        DecodeError::UnknownOpcode(_) => ErrorCode::UnknownOp,
+        _ => ErrorCode::Malformed,
+    }
+}
+
 fn fs_error_reply(request_id: u64, opcode: u16, e: FsError) -> Vec<u8> {
     error_reply(request_id, opcode, e.code, &e.message)
 }
 
 /// Entry point for requests read from a connection on this core.
-pub(crate) async fn dispatch(ctx: &CoreCtx, session: &Session, header: Header, payload: Vec<u8>) -> Vec<u8> {
+pub(crate) async fn dispatch(
+    ctx: &CoreCtx,
+    session: &Session,
+    header: Header,
+    payload: Vec<u8>,
+) -> Vec<u8> {
     let (id, opcode) = (header.request_id, header.opcode);
     let req = match Request::decode(opcode, &payload) {
-        Err(e) => return error_reply(id, opcode, ErrorCode::Malformed, &e.to_string()),
+        Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
         Ok(Request::Hello { .. }) | Ok(Request::Auth { .. }) => {
-            return error_reply(id, opcode, ErrorCode::Malformed, "handshake already completed")
+            return error_reply(
+                id,
+                opcode,
+                ErrorCode::Malformed,
+                "handshake already completed",
+            )
         }
         Ok(Request::Mgmt { doc }) => return mgmt(ctx, session, id, doc.to_vec()).await,
         Ok(req) => req,
     };
     match req.routing_fid().map(|fid| core_of(fid, ctx.ncores)) {
-        Some(core) if core != ctx.core => {
-            drop(req);
-            forward(ctx, core, header, payload).await
-        }
+        Some(core) if core != ctx.core => forward(ctx, core, header, payload).await,
         _ => match execute(ctx, id, req).await {
             Ok(frame) => frame,
             Err(e) => fs_error_reply(id, opcode, e),
@@ -56,7 +68,12 @@ pub(crate) async fn dispatch_bulk_write(
 ) -> Vec<u8> {
     let (id, opcode) = (header.request_id, header.opcode);
     let mut d = Dec::new(&fields);
-    let (Ok(vol), Ok(fid), Ok(offset), Ok(flags)) = (d.u32("volume"), d.u64("fid"), d.u64("offset"), d.u32("flags")) else {
+    let (Ok(vol), Ok(fid), Ok(offset), Ok(flags)) = (
+        d.u32("volume"),
+        d.u64("fid"),
+        d.u64("offset"),
+        d.u32("flags"),
+    ) else {
         return error_reply(id, opcode, ErrorCode::Malformed, "write fields");
     };
     let core = core_of(fid, ctx.ncores);
@@ -89,11 +106,21 @@ async fn forward(ctx: &CoreCtx, core: usize, header: Header, payload: Vec<u8>) -
         reply: reply_tx,
     };
     if ctx.peers[core].send_async(f).await.is_err() {
-        return error_reply(header.request_id, header.opcode, ErrorCode::Unavailable, "owning core is gone");
+        return error_reply(
+            header.request_id,
+            header.opcode,
+            ErrorCode::Unavailable,
+            "owning core is gone",
+        );
     }
     match reply_rx.recv_async().await {
         Ok(frame) => frame,
-        Err(_) => error_reply(header.request_id, header.opcode, ErrorCode::Unavailable, "owning core dropped the request"),
+        Err(_) => error_reply(
+            header.request_id,
+            header.opcode,
+            ErrorCode::Unavailable,
+            "owning core dropped the request",
+        ),
     }
 }
 
@@ -106,7 +133,12 @@ async fn mgmt(ctx: &CoreCtx, session: &Session, id: u64, doc: Vec<u8>) -> Vec<u8
         reply: reply_tx,
     };
     if ctx.mgmt.send_async(req).await.is_err() {
-        return error_reply(id, op::MGMT, ErrorCode::Unavailable, "management plane is shutting down");
+        return error_reply(
+            id,
+            op::MGMT,
+            ErrorCode::Unavailable,
+            "management plane is shutting down",
+        );
     }
     match reply_rx.recv_async().await {
         Ok(Ok(doc)) => {
@@ -115,22 +147,33 @@ async fn mgmt(ctx: &CoreCtx, session: &Session, id: u64, doc: Vec<u8>) -> Vec<u8
             out
         }
         Ok(Err((code, message))) => error_reply(id, op::MGMT, code, &message),
-        Err(_) => error_reply(id, op::MGMT, ErrorCode::Unavailable, "management plane dropped the request"),
+        Err(_) => error_reply(
+            id,
+            op::MGMT,
+            ErrorCode::Unavailable,
+            "management plane dropped the request",
+        ),
     }
 }
 
 fn volume(ctx: &CoreCtx, vol: u32) -> Result<Arc<ServedVolume>, FsError> {
-    ctx.state()
-        .volumes
-        .get(&vol)
-        .cloned()
-        .ok_or_else(|| FsError::new(ErrorCode::VolumeStopped, format!("volume {vol} is not served by this node (not started?)")))
+    ctx.state().volumes.get(&vol).cloned().ok_or_else(|| {
+        FsError::new(
+            ErrorCode::VolumeStopped,
+            format!("volume {vol} is not served by this node (not started?)"),
+        )
+    })
 }
 
-pub(crate) async fn execute_payload(ctx: &CoreCtx, opcode: u16, id: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) async fn execute_payload(
+    ctx: &CoreCtx,
+    opcode: u16,
+    id: u64,
+    payload: &[u8],
+) -> Vec<u8> {
     let req = match Request::decode(opcode, payload) {
         Ok(r) => r,
-        Err(e) => return error_reply(id, opcode, ErrorCode::Malformed, &e.to_string()),
+        Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
     };
     match execute(ctx, id, req).await {
         Ok(frame) => frame,
@@ -156,7 +199,9 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
     let attr_reply = |a: brick_wire::Attr| ok_payload(id, opcode, |e| a.encode(e));
     let empty = || ok_payload(id, opcode, |_| {});
     Ok(match req {
-        Request::Read { fid, offset, len, .. } => {
+        Request::Read {
+            fid, offset, len, ..
+        } => {
             let f = files::open(&ctx.files, &vol, fid).await?;
             let mut out = begin_response(len as usize);
             files::read(&f, offset, len, &mut out).await?;
@@ -164,7 +209,11 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
             out
         }
         Request::Write {
-            fid, offset, flags, data, ..
+            fid,
+            offset,
+            flags,
+            data,
+            ..
         } => {
             let f = files::open(&ctx.files, &vol, fid).await?;
             offset
@@ -193,9 +242,14 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
             exclusive,
             ..
         } => attr_reply(brick.create(parent, name, mode, exclusive)?),
-        Request::Mkdir { parent, name, mode, .. } => attr_reply(brick.mkdir(parent, name, mode)?),
+        Request::Mkdir {
+            parent, name, mode, ..
+        } => attr_reply(brick.mkdir(parent, name, mode)?),
         Request::Symlink {
-            parent, name, target, ..
+            parent,
+            name,
+            target,
+            ..
         } => attr_reply(brick.symlink(parent, name, target)?),
         Request::Readlink { fid, .. } => {
             let target = brick.readlink(fid)?;
@@ -222,7 +276,10 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
             empty()
         }
         Request::ReadDir {
-            fid, cookie, max_entries, ..
+            fid,
+            cookie,
+            max_entries,
+            ..
         } => {
             let page = brick.readdir(fid, cookie, max_entries)?;
             ok_payload(id, opcode, |e| page.encode(e))

@@ -27,8 +27,10 @@ pub(crate) struct FileCache {
 
 impl FileCache {
     pub fn retain_volumes(&mut self, state: &ServeState) {
-        self.map.retain(|(vol, _), _| state.volumes.contains_key(vol));
-        self.order.retain(|(vol, _)| state.volumes.contains_key(vol));
+        self.map
+            .retain(|(vol, _), _| state.volumes.contains_key(vol));
+        self.order
+            .retain(|(vol, _)| state.volumes.contains_key(vol));
     }
 
     fn get(&self, vol: u32, fid: FileId) -> Option<Rc<OpenFile>> {
@@ -59,7 +61,11 @@ fn io_err(what: &str, e: impl Into<std::io::Error>) -> FsError {
     FsError::new(ErrorCode::from_io(&e), format!("{what}: {e}"))
 }
 
-pub(crate) async fn open(cache: &std::cell::RefCell<FileCache>, vol: &ServedVolume, fid: FileId) -> FsResult<Rc<OpenFile>> {
+pub(crate) async fn open(
+    cache: &std::cell::RefCell<FileCache>,
+    vol: &ServedVolume,
+    fid: FileId,
+) -> FsResult<Rc<OpenFile>> {
     let generation = vol.brick.generation();
     let cached = cache.borrow().get(vol.id, fid);
     if let Some(f) = cached {
@@ -74,14 +80,20 @@ pub(crate) async fn open(cache: &std::cell::RefCell<FileCache>, vol: &ServedVolu
             }
             _ => {
                 cache.borrow_mut().remove(vol.id, fid);
-                return Err(FsError::new(ErrorCode::Stale, format!("file id {fid:#x} no longer exists")));
+                return Err(FsError::new(
+                    ErrorCode::Stale,
+                    format!("file id {fid:#x} no longer exists"),
+                ));
             }
         }
     }
     let path = vol.brick.path_of(fid)?;
     let meta = std::fs::symlink_metadata(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            FsError::new(ErrorCode::Stale, format!("file id {fid:#x} no longer exists"))
+            FsError::new(
+                ErrorCode::Stale,
+                format!("file id {fid:#x} no longer exists"),
+            )
         } else {
             io_err("stat", e)
         }
@@ -104,10 +116,18 @@ pub(crate) async fn open(cache: &std::cell::RefCell<FileCache>, vol: &ServedVolu
         .await
         .map_err(|e| io_err("open", e))?;
     let dma = if direct {
-        match OpenOptions::new().read(true).write(true).dma_open(&path).await {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(&path)
+            .await
+        {
             Ok(f) => Some(f),
             Err(e) => {
-                tracing::warn!("O_DIRECT open of {} failed ({e}); using the page cache", path.display());
+                tracing::warn!(
+                    "O_DIRECT open of {} failed ({e}); using the page cache",
+                    path.display()
+                );
                 None
             }
         }
@@ -124,7 +144,8 @@ pub(crate) async fn open(cache: &std::cell::RefCell<FileCache>, vol: &ServedVolu
 }
 
 fn aligned(offset: u64, len: usize) -> bool {
-    offset % DIRECT_IO_ALIGN_BYTES == 0 && (len as u64) % DIRECT_IO_ALIGN_BYTES == 0
+    offset.is_multiple_of(DIRECT_IO_ALIGN_BYTES)
+        && (len as u64).is_multiple_of(DIRECT_IO_ALIGN_BYTES)
 }
 
 /// Reads into `out` (appending); short at end of file.
@@ -146,7 +167,9 @@ pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool)
         Some(dma) if aligned(offset, data.len()) && !data.is_empty() => {
             let mut buf = dma.alloc_dma_buffer(data.len());
             buf.as_bytes_mut().copy_from_slice(data);
-            dma.write_at(buf, offset).await.map_err(|e| io_err("write", e))?
+            dma.write_at(buf, offset)
+                .await
+                .map_err(|e| io_err("write", e))?
         }
         _ if data.is_empty() => 0,
         _ => f
@@ -162,9 +185,17 @@ pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool)
 }
 
 /// A write whose data already sits in a DMA buffer: handed to O_DIRECT as is when aligned.
-pub(crate) async fn write_dma(f: &OpenFile, offset: u64, data: DmaBuffer, durable: bool) -> FsResult<u32> {
+pub(crate) async fn write_dma(
+    f: &OpenFile,
+    offset: u64,
+    data: DmaBuffer,
+    durable: bool,
+) -> FsResult<u32> {
     let written = match &f.dma {
-        Some(dma) if aligned(offset, data.len()) => dma.write_at(data, offset).await.map_err(|e| io_err("write", e))?,
+        Some(dma) if aligned(offset, data.len()) => dma
+            .write_at(data, offset)
+            .await
+            .map_err(|e| io_err("write", e))?,
         _ => f
             .buffered
             .write_at(data.as_bytes().to_vec(), offset)

@@ -77,6 +77,9 @@ pub struct DataplaneConfig {
     /// clients in the handshake.
     pub listen: SocketAddr,
     pub pin: bool,
+    /// How long an idle core polls before it sleeps. Spinning trades CPU for lower wake-up
+    /// latency (on VMs a halted vCPU takes long to wake for a completion).
+    pub spin_before_park_us: u64,
 }
 
 pub struct Dataplane {

@@ -7,7 +7,10 @@
 
 use crate::index::{Index, ReplayReport};
 use brick_tuning::{NAME_BYTES_MAX, PATH_DEPTH_MAX};
-use brick_wire::{Attr, DirEntry, DirPage, ErrorCode, FileId, FileKind, SetAttr, StatFs, Time, TimeSet, ROOT_FILE_ID};
+use brick_wire::{
+    Attr, DirEntry, DirPage, ErrorCode, FileId, FileKind, SetAttr, StatFs, Time, TimeSet,
+    ROOT_FILE_ID,
+};
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
@@ -100,11 +103,16 @@ impl Brick {
         if identity.volume != volume {
             return Err(FsError::new(
                 ErrorCode::Invalid,
-                format!("brick {} belongs to volume {:?}, not {volume:?}", root.display(), identity.volume),
+                format!(
+                    "brick {} belongs to volume {:?}, not {volume:?}",
+                    root.display(),
+                    identity.volume
+                ),
             ));
         }
         write_probe_file(&meta)?;
-        let (index, replay) = Index::open(&meta.join("index.log")).map_err(|e| FsError::io("opening index", e))?;
+        let (index, replay) =
+            Index::open(&meta.join("index.log")).map_err(|e| FsError::io("opening index", e))?;
         Ok(Brick {
             root: root.to_path_buf(),
             data,
@@ -131,20 +139,28 @@ impl Brick {
     }
 
     fn lock(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn path_in(&self, idx: &Index, fid: FileId) -> FsResult<PathBuf> {
         let mut names = Vec::new();
         let mut at = fid;
         while at != ROOT_FILE_ID {
-            let loc = idx
-                .location(at)
-                .ok_or_else(|| FsError::new(ErrorCode::Stale, format!("file id {fid:#x} is not known to this brick")))?;
+            let loc = idx.location(at).ok_or_else(|| {
+                FsError::new(
+                    ErrorCode::Stale,
+                    format!("file id {fid:#x} is not known to this brick"),
+                )
+            })?;
             names.push(loc.name.as_str());
             at = loc.parent;
             if names.len() > PATH_DEPTH_MAX {
-                return Err(FsError::new(ErrorCode::Io, format!("file id {fid:#x}: parent chain too deep")));
+                return Err(FsError::new(
+                    ErrorCode::Io,
+                    format!("file id {fid:#x}: parent chain too deep"),
+                ));
             }
         }
         let mut path = self.data.clone();
@@ -171,7 +187,12 @@ impl Brick {
 
     /// The id of (parent, name) if it exists on disk; ids are minted for entries that appear
     /// on disk without one (copied in by hand, or created just before a crash).
-    fn child_in(&self, idx: &mut Index, parent: FileId, name: &str) -> FsResult<(FileId, fs::Metadata)> {
+    fn child_in(
+        &self,
+        idx: &mut Index,
+        parent: FileId,
+        name: &str,
+    ) -> FsResult<(FileId, fs::Metadata)> {
         let path = self.path_in(idx, parent)?.join(name);
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -188,7 +209,8 @@ impl Brick {
             return Ok((fid, meta));
         }
         let fid = self.mint_fid(idx, parent, name);
-        idx.link(fid, parent, name).map_err(|e| FsError::io("index", e))?;
+        idx.link(fid, parent, name)
+            .map_err(|e| FsError::io("index", e))?;
         Ok((fid, meta))
     }
 
@@ -196,7 +218,10 @@ impl Brick {
         let path = self.path_in(idx, parent)?;
         let meta = fs::symlink_metadata(&path).map_err(|e| FsError::io("parent", e))?;
         if !meta.is_dir() {
-            return Err(FsError::new(ErrorCode::NotDir, format!("{} is not a directory", path.display())));
+            return Err(FsError::new(
+                ErrorCode::NotDir,
+                format!("{} is not a directory", path.display()),
+            ));
         }
         Ok(path)
     }
@@ -225,13 +250,20 @@ impl Brick {
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            std::os::unix::fs::lchown(&path, set.uid, set.gid).map_err(|e| FsError::io("chown", e))?;
+            std::os::unix::fs::lchown(&path, set.uid, set.gid)
+                .map_err(|e| FsError::io("chown", e))?;
         }
         if let Some(size) = set.size {
             if meta.is_dir() {
-                return Err(FsError::new(ErrorCode::IsDir, "cannot set the size of a directory"));
+                return Err(FsError::new(
+                    ErrorCode::IsDir,
+                    "cannot set the size of a directory",
+                ));
             }
-            let f = fs::OpenOptions::new().write(true).open(&path).map_err(|e| FsError::io("truncate", e))?;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| FsError::io("truncate", e))?;
             f.set_len(size).map_err(|e| FsError::io("truncate", e))?;
         }
         if set.atime != TimeSet::Keep || set.mtime != TimeSet::Keep {
@@ -250,10 +282,15 @@ impl Brick {
         } else {
             opts.create(true);
         }
-        opts.open(&path).map_err(|e| FsError::io(&format!("create {name:?}"), e))?;
+        opts.open(&path)
+            .map_err(|e| FsError::io(&format!("create {name:?}"), e))?;
+        idx.mark_dir_unsynced(parent);
         let (fid, meta) = self.child_in(&mut idx, parent, name)?;
         if !meta.is_file() {
-            return Err(FsError::new(ErrorCode::IsDir, format!("{name:?} exists and is not a file")));
+            return Err(FsError::new(
+                ErrorCode::IsDir,
+                format!("{name:?} exists and is not a file"),
+            ));
         }
         Ok(attr_of(fid, &meta))
     }
@@ -265,6 +302,7 @@ impl Brick {
             .mode(mode & 0o7777)
             .create(&path)
             .map_err(|e| FsError::io(&format!("mkdir {name:?}"), e))?;
+        idx.mark_dir_unsynced(parent);
         let (fid, meta) = self.child_in(&mut idx, parent, name)?;
         Ok(attr_of(fid, &meta))
     }
@@ -272,7 +310,9 @@ impl Brick {
     pub fn symlink(&self, parent: FileId, name: &str, target: &str) -> FsResult<Attr> {
         let mut idx = self.lock();
         let path = self.parent_dir(&idx, parent)?.join(name);
-        std::os::unix::fs::symlink(target, &path).map_err(|e| FsError::io(&format!("symlink {name:?}"), e))?;
+        std::os::unix::fs::symlink(target, &path)
+            .map_err(|e| FsError::io(&format!("symlink {name:?}"), e))?;
+        idx.mark_dir_unsynced(parent);
         let (fid, meta) = self.child_in(&mut idx, parent, name)?;
         Ok(attr_of(fid, &meta))
     }
@@ -290,8 +330,13 @@ impl Brick {
     pub fn remove(&self, parent: FileId, name: &str, dir: bool) -> FsResult<()> {
         let mut idx = self.lock();
         let path = self.parent_dir(&idx, parent)?.join(name);
-        let result = if dir { fs::remove_dir(&path) } else { fs::remove_file(&path) };
+        let result = if dir {
+            fs::remove_dir(&path)
+        } else {
+            fs::remove_file(&path)
+        };
         result.map_err(|e| FsError::io(&format!("remove {name:?}"), e))?;
+        idx.mark_dir_unsynced(parent);
         if let Some(fid) = idx.child(parent, name) {
             idx.unlink(fid).map_err(|e| FsError::io("index", e))?;
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -299,19 +344,29 @@ impl Brick {
         Ok(())
     }
 
-    pub fn rename(&self, src_parent: FileId, src_name: &str, dst_parent: FileId, dst_name: &str) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        src_parent: FileId,
+        src_name: &str,
+        dst_parent: FileId,
+        dst_name: &str,
+    ) -> FsResult<()> {
         let mut idx = self.lock();
         let src = self.parent_dir(&idx, src_parent)?.join(src_name);
         let dst = self.parent_dir(&idx, dst_parent)?.join(dst_name);
         let (fid, _) = self.child_in(&mut idx, src_parent, src_name)?;
-        fs::rename(&src, &dst).map_err(|e| FsError::io(&format!("rename {src_name:?} to {dst_name:?}"), e))?;
+        fs::rename(&src, &dst)
+            .map_err(|e| FsError::io(&format!("rename {src_name:?} to {dst_name:?}"), e))?;
+        idx.mark_dir_unsynced(src_parent);
+        idx.mark_dir_unsynced(dst_parent);
         if let Some(replaced) = idx.child(dst_parent, dst_name) {
             if replaced != fid {
                 idx.unlink(replaced).map_err(|e| FsError::io("index", e))?;
                 self.generation.fetch_add(1, Ordering::AcqRel);
             }
         }
-        idx.link(fid, dst_parent, dst_name).map_err(|e| FsError::io("index", e))?;
+        idx.link(fid, dst_parent, dst_name)
+            .map_err(|e| FsError::io("index", e))?;
         Ok(())
     }
 
@@ -351,7 +406,8 @@ impl Brick {
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let c = CString::new(self.data.as_os_str().as_bytes()).map_err(|_| FsError::new(ErrorCode::Invalid, "path"))?;
+        let c = CString::new(self.data.as_os_str().as_bytes())
+            .map_err(|_| FsError::new(ErrorCode::Invalid, "path"))?;
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: c is a valid NUL-terminated path and s a properly sized out-parameter.
         if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
@@ -369,19 +425,49 @@ impl Brick {
         })
     }
 
-    /// Makes the namespace around `fid` durable: the index log and the parent directory entry,
-    /// when any namespace change happened since the last sync.
+    /// Makes `fid` reachable after a crash: the index log, and every directory on its path
+    /// (itself included) whose entries changed since it was last fsynced. Done under the
+    /// namespace lock so that a concurrent caller cannot return before the fsync it relies on.
     pub fn sync_namespace(&self, fid: FileId) -> FsResult<()> {
         let mut idx = self.lock();
-        if !idx.sync().map_err(|e| FsError::io("index sync", e))? {
-            return Ok(());
-        }
-        let path = self.path_in(&idx, fid)?;
-        drop(idx);
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| FsError::io("dir sync", e))?;
+        idx.sync().map_err(|e| FsError::io("index sync", e))?;
+        let mut at = fid;
+        for _ in 0..=PATH_DEPTH_MAX {
+            if idx.take_dir_unsynced(at) {
+                let path = self.path_in(&idx, at)?;
+                if let Err(e) = fs::File::open(&path).and_then(|d| d.sync_all()) {
+                    idx.mark_dir_unsynced(at);
+                    return Err(FsError::io("dir sync", e));
+                }
+            }
+            if at == ROOT_FILE_ID {
+                break;
+            }
+            match idx.location(at) {
+                Some(loc) => at = loc.parent,
+                None => break,
+            }
         }
         Ok(())
+    }
+
+    /// Makes every pending namespace change durable (clean shutdown).
+    pub fn sync_all(&self) -> FsResult<()> {
+        let mut idx = self.lock();
+        idx.sync().map_err(|e| FsError::io("index sync", e))?;
+        for dir in idx.drain_unsynced_dirs() {
+            if let Ok(path) = self.path_in(&idx, dir) {
+                fs::File::open(&path)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| FsError::io("dir sync", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Directories with entry changes not yet fsynced.
+    pub fn unsynced_dir_count(&self) -> usize {
+        self.lock().unsynced_dir_count()
     }
 
     pub fn file_count(&self) -> usize {
@@ -391,7 +477,10 @@ impl Brick {
 
 fn stale_if_missing(fid: FileId, e: io::Error) -> FsError {
     if e.kind() == io::ErrorKind::NotFound {
-        FsError::new(ErrorCode::Stale, format!("file id {fid:#x} no longer exists"))
+        FsError::new(
+            ErrorCode::Stale,
+            format!("file id {fid:#x} no longer exists"),
+        )
     } else {
         FsError::io("stat", e)
     }
@@ -447,10 +536,18 @@ fn set_times(path: &Path, atime: TimeSet, mtime: TimeSet) -> FsResult<()> {
             },
         }
     }
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| FsError::new(ErrorCode::Invalid, "path"))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| FsError::new(ErrorCode::Invalid, "path"))?;
     let times = [spec(atime), spec(mtime)];
     // SAFETY: valid path and a two-element timespec array as utimensat requires.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if rc != 0 {
         return Err(FsError::io("utimensat", io::Error::last_os_error()));
     }
@@ -459,7 +556,10 @@ fn set_times(path: &Path, atime: TimeSet, mtime: TimeSet) -> FsResult<()> {
 
 fn write_probe_file(meta: &Path) -> FsResult<()> {
     let path = meta.join("probe");
-    if fs::metadata(&path).map(|m| m.len() >= 4096).unwrap_or(false) {
+    if fs::metadata(&path)
+        .map(|m| m.len() >= 4096)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     fs::write(&path, vec![0x5Au8; 4096]).map_err(|e| FsError::io("probe file", e))
@@ -470,21 +570,36 @@ fn load_or_create_identity(meta: &Path, volume: &str) -> FsResult<BrickIdentity>
     let path = meta.join("brick.json");
     match fs::read_to_string(&path) {
         Ok(text) => parse_identity(&text).map_err(|why| {
-            FsError::new(ErrorCode::Io, format!("{}: {why}; refusing to guess the brick's identity", path.display()))
+            FsError::new(
+                ErrorCode::Io,
+                format!(
+                    "{}: {why}; refusing to guess the brick's identity",
+                    path.display()
+                ),
+            )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let identity = BrickIdentity {
                 format: FORMAT_VERSION,
-                brick_id: format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()),
+                brick_id: format!(
+                    "{:016x}{:016x}",
+                    rand::random::<u64>(),
+                    rand::random::<u64>()
+                ),
                 volume: volume.to_string(),
             };
-            let json = serde_json::to_string(&identity).map_err(|e| FsError::new(ErrorCode::Internal, e.to_string()))?;
+            let json = serde_json::to_string(&identity)
+                .map_err(|e| FsError::new(ErrorCode::Internal, e.to_string()))?;
             let text = format!("{json}\ncrc32c:{:08x}\n", crc32c::crc32c(json.as_bytes()));
             let tmp = meta.join("brick.json.tmp");
             let mut f = fs::File::create(&tmp).map_err(|e| FsError::io("identity", e))?;
-            f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| FsError::io("identity", e))?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| FsError::io("identity", e))?;
             fs::rename(&tmp, &path).map_err(|e| FsError::io("identity", e))?;
-            fs::File::open(meta).and_then(|d| d.sync_all()).map_err(|e| FsError::io("identity", e))?;
+            fs::File::open(meta)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| FsError::io("identity", e))?;
             Ok(identity)
         }
         Err(e) => Err(FsError::io("identity", e)),
@@ -495,7 +610,9 @@ fn parse_identity(text: &str) -> Result<BrickIdentity, String> {
     let mut lines = text.lines();
     let json = lines.next().ok_or("empty file")?;
     let crc_line = lines.next().ok_or("missing crc line")?;
-    let crc_hex = crc_line.strip_prefix("crc32c:").ok_or("malformed crc line")?;
+    let crc_hex = crc_line
+        .strip_prefix("crc32c:")
+        .ok_or("malformed crc line")?;
     let crc = u32::from_str_radix(crc_hex, 16).map_err(|_| "malformed crc value")?;
     if crc32c::crc32c(json.as_bytes()) != crc {
         return Err("crc32c mismatch".into());
@@ -532,16 +649,54 @@ mod tests {
     }
 
     #[test]
+    fn fsync_makes_every_changed_directory_on_the_path_durable() {
+        let (_dir, b) = brick();
+        let a = b.mkdir(ROOT_FILE_ID, "a", 0o755).unwrap();
+        let ab = b.mkdir(a.fid, "b", 0o755).unwrap();
+        let f = b.create(ab.fid, "f", 0o644, true).unwrap();
+        assert_eq!(b.unsynced_dir_count(), 3, "root, a and a/b changed");
+        let c = b.mkdir(ROOT_FILE_ID, "c", 0o755).unwrap();
+        b.create(c.fid, "g", 0o644, true).unwrap();
+        b.sync_namespace(f.fid).unwrap();
+        assert_eq!(
+            b.unsynced_dir_count(),
+            1,
+            "only c, off the path of a/b/f, stays pending"
+        );
+        b.rename(c.fid, "g", ab.fid, "g2").unwrap();
+        b.sync_namespace(ab.fid).unwrap();
+        assert_eq!(
+            b.unsynced_dir_count(),
+            1,
+            "the rename source c is not on the path of a/b"
+        );
+        b.sync_all().unwrap();
+        assert_eq!(b.unsynced_dir_count(), 0);
+    }
+
+    #[test]
     fn errors_map_to_filesystem_codes() {
         let (_dir, b) = brick();
         let d = b.mkdir(ROOT_FILE_ID, "d", 0o755).unwrap();
         let f = b.create(d.fid, "f", 0o644, true).unwrap();
-        assert_eq!(b.create(d.fid, "f", 0o644, true).unwrap_err().code, ErrorCode::Exists);
+        assert_eq!(
+            b.create(d.fid, "f", 0o644, true).unwrap_err().code,
+            ErrorCode::Exists
+        );
         assert_eq!(b.create(d.fid, "f", 0o644, false).unwrap().fid, f.fid);
-        assert_eq!(b.lookup(ROOT_FILE_ID, "nope").unwrap_err().code, ErrorCode::NotFound);
-        assert_eq!(b.remove(ROOT_FILE_ID, "d", true).unwrap_err().code, ErrorCode::NotEmpty);
+        assert_eq!(
+            b.lookup(ROOT_FILE_ID, "nope").unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            b.remove(ROOT_FILE_ID, "d", true).unwrap_err().code,
+            ErrorCode::NotEmpty
+        );
         assert_eq!(b.lookup(f.fid, "x").unwrap_err().code, ErrorCode::NotDir);
-        assert_eq!(b.remove(ROOT_FILE_ID, "d", false).unwrap_err().code, ErrorCode::IsDir);
+        assert_eq!(
+            b.remove(ROOT_FILE_ID, "d", false).unwrap_err().code,
+            ErrorCode::IsDir
+        );
         b.remove(d.fid, "f", false).unwrap();
         assert_eq!(b.getattr(f.fid).unwrap_err().code, ErrorCode::Stale);
         b.remove(ROOT_FILE_ID, "d", true).unwrap();
@@ -551,7 +706,8 @@ mod tests {
     fn readdir_pages_resume_from_the_cookie() {
         let (_dir, b) = brick();
         for i in 0..2500 {
-            b.create(ROOT_FILE_ID, &format!("file-{i}"), 0o644, true).unwrap();
+            b.create(ROOT_FILE_ID, &format!("file-{i}"), 0o644, true)
+                .unwrap();
         }
         let mut seen = std::collections::HashSet::new();
         let mut cookie = 0;

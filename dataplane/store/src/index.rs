@@ -6,7 +6,7 @@
 
 use brick_tuning::{INDEX_LOG_COMPACT_BYTES, INDEX_RECORD_BYTES_MAX, NAME_BYTES_MAX};
 use brick_wire::{FileId, ROOT_FILE_ID};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,17 +39,24 @@ pub struct Index {
     by_name: HashMap<(FileId, String), FileId>,
     /// Records appended since the last `sync`.
     dirty: bool,
+    /// Directories whose entries changed since they were last fsynced.
+    unsynced_dirs: HashSet<FileId>,
 }
 
 impl Index {
     pub fn open(path: &Path) -> io::Result<(Index, ReplayReport)> {
         let mut index = Index {
             path: path.to_path_buf(),
-            log: OpenOptions::new().create(true).append(true).read(true).open(path)?,
+            log: OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(path)?,
             log_bytes: 0,
             by_id: HashMap::new(),
             by_name: HashMap::new(),
             dirty: false,
+            unsynced_dirs: HashSet::new(),
         };
         let report = index.replay()?;
         if index.log_bytes > INDEX_LOG_COMPACT_BYTES {
@@ -138,10 +145,33 @@ impl Index {
 
     fn append(&mut self, kind: u8, fid: FileId, parent: FileId, name: &str) -> io::Result<()> {
         let record = encode_record(kind, fid, parent, name);
-        self.log.write_all(&record)?;
+        if let Err(e) = self.log.write_all(&record) {
+            // Cut a partial record now, or every later record would sit behind garbage and be
+            // dropped at the next replay.
+            let _ = self.log.set_len(self.log_bytes);
+            return Err(e);
+        }
         self.log_bytes += record.len() as u64;
         self.dirty = true;
         Ok(())
+    }
+
+    /// Notes that a directory's entries changed and are not yet durable.
+    pub fn mark_dir_unsynced(&mut self, dir: FileId) {
+        self.unsynced_dirs.insert(dir);
+    }
+
+    /// Whether `dir` had unsynced entry changes; clears the mark.
+    pub fn take_dir_unsynced(&mut self, dir: FileId) -> bool {
+        self.unsynced_dirs.remove(&dir)
+    }
+
+    pub fn unsynced_dir_count(&self) -> usize {
+        self.unsynced_dirs.len()
+    }
+
+    pub fn drain_unsynced_dirs(&mut self) -> Vec<FileId> {
+        self.unsynced_dirs.drain().collect()
     }
 
     /// Makes every appended record durable. Cheap when nothing changed.
@@ -168,7 +198,10 @@ impl Index {
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        self.log = OpenOptions::new().append(true).read(true).open(&self.path)?;
+        self.log = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
         self.log_bytes = out.len() as u64;
         self.dirty = false;
         Ok(())

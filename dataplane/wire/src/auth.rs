@@ -15,7 +15,12 @@ pub fn password_key(user: &str, password: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-pub fn proof(key: &[u8; 32], user: &str, client_nonce: &[u8; 16], server_nonce: &[u8; 16]) -> [u8; 32] {
+pub fn proof(
+    key: &[u8; 32],
+    user: &str,
+    client_nonce: &[u8; 16],
+    server_nonce: &[u8; 16],
+) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
     mac.update(b"brickd-auth-v1\0");
     mac.update(user.as_bytes());
@@ -26,7 +31,13 @@ pub fn proof(key: &[u8; 32], user: &str, client_nonce: &[u8; 16], server_nonce: 
 }
 
 /// Constant-time comparison of a received proof against the expected one.
-pub fn verify(key: &[u8; 32], user: &str, client_nonce: &[u8; 16], server_nonce: &[u8; 16], received: &[u8; 32]) -> bool {
+pub fn verify(
+    key: &[u8; 32],
+    user: &str,
+    client_nonce: &[u8; 16],
+    server_nonce: &[u8; 16],
+    received: &[u8; 32],
+) -> bool {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
     mac.update(b"brickd-auth-v1\0");
     mac.update(user.as_bytes());

@@ -32,7 +32,10 @@ impl<'a> Dec<'a> {
 
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let end = self.at.checked_add(n).ok_or(DecodeError::Truncated(what))?;
-        let bytes = self.buf.get(self.at..end).ok_or(DecodeError::Truncated(what))?;
+        let bytes = self
+            .buf
+            .get(self.at..end)
+            .ok_or(DecodeError::Truncated(what))?;
         self.at = end;
         Ok(bytes)
     }

@@ -114,11 +114,16 @@ pub fn verify_crc(header_bytes: &[u8; HEADER_BYTES], payload: &[u8]) -> Result<(
 }
 
 /// `verify_crc` for a payload held in several pieces, in order.
-pub fn verify_crc_parts(header_bytes: &[u8; HEADER_BYTES], parts: &[&[u8]]) -> Result<(), FrameError> {
+pub fn verify_crc_parts(
+    header_bytes: &[u8; HEADER_BYTES],
+    parts: &[&[u8]],
+) -> Result<(), FrameError> {
     let expected = u32::from_le_bytes(le4(header_bytes, 24));
     let actual = parts
         .iter()
-        .fold(crc32c::crc32c(&header_bytes[0..24]), |crc, part| crc32c::crc32c_append(crc, part));
+        .fold(crc32c::crc32c(&header_bytes[0..24]), |crc, part| {
+            crc32c::crc32c_append(crc, part)
+        });
     if expected != actual {
         return Err(FrameError::BadCrc { expected, actual });
     }

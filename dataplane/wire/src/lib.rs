@@ -9,7 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod msg;
 
-pub use codec::{DecodeError, Dec, Enc};
+pub use codec::{Dec, DecodeError, Enc};
 pub use error::ErrorCode;
 pub use frame::{decode_frame, encode_frame, Frame, FrameError, Header, Kind, HEADER_BYTES};
 pub use msg::*;
@@ -25,7 +25,10 @@ pub fn request_frame(out: &mut Vec<u8>, request_id: u64, req: &Request) {
     req.encode(&mut e);
     *out = e.buf;
     let payload_len = out.len() - start - HEADER_BYTES;
-    assert!(payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize, "request exceeds the frame limit");
+    assert!(
+        payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize,
+        "request exceeds the frame limit"
+    );
     let header = Header {
         version: frame::VERSION_MAX,
         kind: Kind::Request,
@@ -43,13 +46,23 @@ pub const WRITE_FIELDS_BYTES: usize = 24;
 
 /// Everything of a WRITE frame except its data, for senders that write the data straight from
 /// the caller's buffer (no copy). Byte-identical to what `request_frame` produces.
-pub fn write_frame_head(request_id: u64, vol: VolumeId, fid: FileId, offset: u64, flags: u32, data: &[u8]) -> [u8; HEADER_BYTES + WRITE_FIELDS_BYTES] {
+pub fn write_frame_head(
+    request_id: u64,
+    vol: VolumeId,
+    fid: FileId,
+    offset: u64,
+    flags: u32,
+    data: &[u8],
+) -> [u8; HEADER_BYTES + WRITE_FIELDS_BYTES] {
     let mut head = [0u8; HEADER_BYTES + WRITE_FIELDS_BYTES];
     let mut e = Enc::with_capacity(WRITE_FIELDS_BYTES);
     e.u32(vol).u64(fid).u64(offset).u32(flags);
     head[HEADER_BYTES..].copy_from_slice(&e.buf);
     let payload_len = WRITE_FIELDS_BYTES + data.len();
-    assert!(payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize, "write exceeds the frame limit");
+    assert!(
+        payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize,
+        "write exceeds the frame limit"
+    );
     let header = Header {
         version: frame::VERSION_MAX,
         kind: Kind::Request,
@@ -66,7 +79,13 @@ pub fn write_frame_head(request_id: u64, vol: VolumeId, fid: FileId, offset: u64
 }
 
 /// Builds a complete response frame; `status` 0 means success.
-pub fn response_frame(out: &mut Vec<u8>, request_id: u64, opcode: u16, status: u32, payload: &[u8]) {
+pub fn response_frame(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    opcode: u16,
+    status: u32,
+    payload: &[u8],
+) {
     let header = Header {
         version: frame::VERSION_MAX,
         kind: Kind::Response,
@@ -103,12 +122,24 @@ pub fn seal_response(out: &mut [u8], request_id: u64, opcode: u16) {
 /// Error replies carry a short UTF-8 message after the status code.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 
-pub fn error_frame(out: &mut Vec<u8>, request_id: u64, opcode: u16, code: ErrorCode, message: &str) {
+pub fn error_frame(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    opcode: u16,
+    code: ErrorCode,
+    message: &str,
+) {
     let mut end = message.len().min(ERROR_MESSAGE_BYTES_MAX);
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    response_frame(out, request_id, opcode, code.code(), &message.as_bytes()[..end]);
+    response_frame(
+        out,
+        request_id,
+        opcode,
+        code.code(),
+        &message.as_bytes()[..end],
+    );
 }
 
 #[cfg(test)]

@@ -291,7 +291,10 @@ impl<'a> Request<'a> {
                 user,
                 client_nonce,
             } => {
-                e.u8(version_min).u8(version_max).str(user).raw(&client_nonce);
+                e.u8(version_min)
+                    .u8(version_max)
+                    .str(user)
+                    .raw(&client_nonce);
             }
             Request::Auth { proof } => {
                 e.raw(&proof);
@@ -397,7 +400,11 @@ impl<'a> Request<'a> {
             op::MGMT => {
                 let doc = d.rest();
                 if doc.len() > MGMT_DOC_BYTES_MAX {
-                    return Err(DecodeError::TooLong("mgmt document", doc.len(), MGMT_DOC_BYTES_MAX));
+                    return Err(DecodeError::TooLong(
+                        "mgmt document",
+                        doc.len(),
+                        MGMT_DOC_BYTES_MAX,
+                    ));
                 }
                 Request::Mgmt { doc }
             }
@@ -472,7 +479,11 @@ impl<'a> Request<'a> {
                 let flags = d.u32("flags")?;
                 let data = d.rest();
                 if data.len() > IO_BYTES_MAX as usize {
-                    return Err(DecodeError::TooLong("write data", data.len(), IO_BYTES_MAX as usize));
+                    return Err(DecodeError::TooLong(
+                        "write data",
+                        data.len(),
+                        IO_BYTES_MAX as usize,
+                    ));
                 }
                 Request::Write {
                     vol,
@@ -656,7 +667,11 @@ impl DirPage {
         let mut d = Dec::new(payload);
         let n = d.u32("entry count")?;
         if n > READDIR_ENTRIES_MAX {
-            return Err(DecodeError::TooLong("entries", n as usize, READDIR_ENTRIES_MAX as usize));
+            return Err(DecodeError::TooLong(
+                "entries",
+                n as usize,
+                READDIR_ENTRIES_MAX as usize,
+            ));
         }
         let eof = d.bool("eof")?;
         let mut entries = Vec::with_capacity(n as usize);

@@ -174,7 +174,10 @@ fn names_are_validated() {
             name: bad,
         }
         .encode(&mut e);
-        assert!(Request::decode(op::LOOKUP, &e.buf).is_err(), "{bad:?} accepted");
+        assert!(
+            Request::decode(op::LOOKUP, &e.buf).is_err(),
+            "{bad:?} accepted"
+        );
     }
     let long = "x".repeat(256);
     let mut e = Enc::default();
@@ -231,7 +234,13 @@ fn auth_proof_depends_on_password_and_nonces() {
     let key = auth::password_key("dev", "secret");
     let p = auth::proof(&key, "dev", &[1; 16], &[2; 16]);
     assert!(auth::verify(&key, "dev", &[1; 16], &[2; 16], &p));
-    assert!(!auth::verify(&auth::password_key("dev", "wrong"), "dev", &[1; 16], &[2; 16], &p));
+    assert!(!auth::verify(
+        &auth::password_key("dev", "wrong"),
+        "dev",
+        &[1; 16],
+        &[2; 16],
+        &p
+    ));
     assert!(!auth::verify(&key, "dev", &[1; 16], &[3; 16], &p));
     assert!(!auth::verify(&key, "other", &[1; 16], &[2; 16], &p));
 }
@@ -347,7 +356,10 @@ fn fuzz_decoder_with_a_million_frames() {
             Ok(true) => decoded += 1,
             Ok(false) => incomplete += 1,
             Err(msg) => {
-                assert!(!msg.is_empty(), "iteration {iteration}: empty error message");
+                assert!(
+                    !msg.is_empty(),
+                    "iteration {iteration}: empty error message"
+                );
                 rejected += 1;
             }
         }
