@@ -101,11 +101,14 @@ impl Conn {
 
     /// Sends one request and waits for its reply (or the watchdog's timeout).
     pub async fn call(&self, req: &Request<'_>) -> ReplyResult {
-        let _permit = self
-            .inflight
-            .acquire()
-            .await
-            .map_err(|_| ClientError::Disconnected("connection closed".into()))?;
+        let _permit = match self.inflight.try_acquire() {
+            Ok(p) => p,
+            Err(_) => self
+                .inflight
+                .acquire()
+                .await
+                .map_err(|_| ClientError::Disconnected("connection closed".into()))?,
+        };
         if !self.is_alive() {
             return Err(ClientError::Disconnected(format!(
                 "connection to {} is closed",

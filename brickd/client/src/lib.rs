@@ -14,8 +14,8 @@ use brick_wire::{
 };
 use conn::Conn;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::Duration;
-use tokio::sync::RwLock;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -112,7 +112,7 @@ impl Client {
                             shards.push(Arc::new(c));
                         }
                     }
-                    *self.inner.shards.write().await = shards;
+                    *self.inner.shards.write().unwrap_or_else(|p| p.into_inner()) = shards;
                     return Ok(());
                 }
                 Err(e @ ClientError::Auth(_)) => return Err(e),
@@ -122,21 +122,20 @@ impl Client {
         Err(ClientError::NoServer(errors.join("; ")))
     }
 
+    /// The connection to the core owning `fid` (core 0 for requests without one), if known.
+    fn shard_now(&self, fid: Option<FileId>) -> Option<Arc<Conn>> {
+        let shards = self.inner.shards.read().unwrap_or_else(|p| p.into_inner());
+        let core = fid.map(|f| core_of(f, shards.len())).unwrap_or(0);
+        shards.get(core).cloned()
+    }
+
     async fn shard(&self, fid: Option<FileId>) -> ClientResult<Arc<Conn>> {
-        let conn = {
-            let shards = self.inner.shards.read().await;
-            let core = fid.map(|f| core_of(f, shards.len())).unwrap_or(0);
-            shards.get(core).cloned()
-        };
+        let conn = self.shard_now(fid);
         match conn {
             Some(c) if c.is_alive() => Ok(c),
             _ => {
                 self.bootstrap().await?;
-                let shards = self.inner.shards.read().await;
-                let core = fid.map(|f| core_of(f, shards.len())).unwrap_or(0);
-                shards
-                    .get(core)
-                    .cloned()
+                self.shard_now(fid)
                     .ok_or_else(|| ClientError::NoServer("server announced no cores".into()))
             }
         }
