@@ -224,13 +224,22 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
     };
     let (result, changed) = mgmt.handle(op, req.admin).await;
     if changed {
-        match mgmt.serve_state().await {
-            Ok(state) => dataplane.publish(Arc::new(state)),
-            Err((_, why)) => tracing::error!("cannot rebuild the served state: {why}"),
+        if let Err(e) = republish(mgmt, dataplane).await {
+            tracing::error!("cannot rebuild the served state: {e:#}");
         }
     }
     let reply = result.map(|v| serde_json::to_vec(&v).unwrap_or_default());
     let _ = req.reply.send(reply);
+}
+
+/// Rebuilds what the dataplane serves from the cluster state and hands it to every core.
+async fn republish(mgmt: &Mgmt, dataplane: &Dataplane) -> Result<()> {
+    let state = mgmt
+        .serve_state()
+        .await
+        .map_err(|(_, why)| anyhow::anyhow!(why))?;
+    dataplane.publish(Arc::new(state));
+    Ok(())
 }
 
 async fn ensure_user(cluster: &Cluster, user: &str, password: &str, admin: bool) -> Result<()> {
@@ -314,12 +323,7 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()>
             .await;
         r.map_err(|(_, why)| anyhow::anyhow!(why))?;
     }
-    let state = running
-        .mgmt
-        .serve_state()
-        .await
-        .map_err(|(_, why)| anyhow::anyhow!(why))?;
-    running.dataplane.publish(Arc::new(state));
+    republish(&running.mgmt, &running.dataplane).await?;
     let native = running.dataplane.shard_addrs[0].to_string();
     let endpoints = serde_json::json!({
         "native": native,
@@ -369,12 +373,7 @@ async fn run_serve(
             }
         };
         ensure_user(&cluster, &admin_user, &password, true).await?;
-        let state = running
-            .mgmt
-            .serve_state()
-            .await
-            .map_err(|(_, why)| anyhow::anyhow!(why))?;
-        running.dataplane.publish(Arc::new(state));
+        republish(&running.mgmt, &running.dataplane).await?;
     }
     println!(
         "brickd node {node} serving on {}",

@@ -15,19 +15,31 @@ pub fn password_key(user: &str, password: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-pub fn proof(
+fn mac(
     key: &[u8; 32],
     user: &str,
     client_nonce: &[u8; 16],
     server_nonce: &[u8; 16],
-) -> [u8; 32] {
+) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
     mac.update(b"brickd-auth-v1\0");
     mac.update(user.as_bytes());
     mac.update(b"\0");
     mac.update(client_nonce);
     mac.update(server_nonce);
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+pub fn proof(
+    key: &[u8; 32],
+    user: &str,
+    client_nonce: &[u8; 16],
+    server_nonce: &[u8; 16],
+) -> [u8; 32] {
+    mac(key, user, client_nonce, server_nonce)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Constant-time comparison of a received proof against the expected one.
@@ -38,11 +50,7 @@ pub fn verify(
     server_nonce: &[u8; 16],
     received: &[u8; 32],
 ) -> bool {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length");
-    mac.update(b"brickd-auth-v1\0");
-    mac.update(user.as_bytes());
-    mac.update(b"\0");
-    mac.update(client_nonce);
-    mac.update(server_nonce);
-    mac.verify_slice(received).is_ok()
+    mac(key, user, client_nonce, server_nonce)
+        .verify_slice(received)
+        .is_ok()
 }
