@@ -247,3 +247,29 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
     statfs_works(&mut bystander, 11);
     still_serving(&server);
 }
+
+#[test]
+fn a_second_daemon_on_the_same_address_refuses_to_start() {
+    let first = DevServer::start(brickd(), 1);
+    let other_dir = tempfile::Builder::new()
+        .prefix("brickd-second")
+        .tempdir_in(brick_testkit::scratch_root())
+        .unwrap();
+    let out = std::process::Command::new(brickd())
+        .args(["dev", "--dir"])
+        .arg(other_dir.path())
+        .args(["--listen", &first.addr, "--cores", "1"])
+        .output()
+        .expect("run a second brickd");
+    assert!(
+        !out.status.success(),
+        "a second daemon must not share the address"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    assert!(
+        !stderr.contains("Stack backtrace"),
+        "errors are one clear line, not a backtrace: {stderr}"
+    );
+    still_serving(&first);
+}

@@ -86,10 +86,10 @@ pub(crate) fn start(
             .io_memory(io_memory)
             .spin_before_park(std::time::Duration::from_micros(spin_us))
             .spawn(move || async move {
-                let listener = match TcpListener::bind(listen) {
+                let listener = match bind_exclusive(listen) {
                     Ok(l) => l,
                     Err(e) => {
-                        let _ = bound_tx.send((core, Err(e.into())));
+                        let _ = bound_tx.send((core, Err(e)));
                         return;
                     }
                 };
@@ -166,6 +166,17 @@ fn io_memory_per_core(cores: usize) -> usize {
         );
         CORE_IO_MEMORY_BYTES_MIN
     }
+}
+
+/// Binds without SO_REUSEPORT (which glommio's own `bind` always sets): a second daemon on
+/// the same address must fail to start, not silently receive half of the connections.
+fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::IntoRawFd;
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let fd = std_listener.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening socket we own; ownership moves into the listener.
+    Ok(unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 enum Event {
