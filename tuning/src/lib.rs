@@ -20,6 +20,16 @@ pub const PATH_DEPTH_MAX: usize = 256;
 /// Requests a server keeps in flight per connection before it stops reading that socket.
 pub const CONNECTION_INFLIGHT_MAX: usize = 256;
 
+/// Bytes one connection may have in flight: request payloads read plus replies not yet
+/// written. A peer that stops reading its replies stalls itself, not the server's memory.
+pub const CONNECTION_INFLIGHT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// HELLO and AUTH are small; anything bigger before authentication is refused unread.
+pub const HANDSHAKE_PAYLOAD_BYTES_MAX: u32 = 1024;
+
+/// How long a peer may take to complete the handshake.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
 /// Connections one core accepts at once; further ones are closed right after accept.
 pub const CORE_CONNECTIONS_MAX: usize = 1024;
 

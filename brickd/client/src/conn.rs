@@ -25,7 +25,15 @@ struct Waiter {
     sent_at: Instant,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
+/// Requests waiting for their reply. Once `closed` is set (under the same lock) no waiter is
+/// added any more, so none can be left behind by the final `fail_all`.
+#[derive(Default)]
+struct PendingMap {
+    waiters: HashMap<u64, Waiter>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<PendingMap>>;
 
 /// Frames waiting to be written, appended in place by callers; the writer task swaps the whole
 /// buffer out and writes it with one syscall, so many requests share one wakeup and one write.
@@ -75,7 +83,7 @@ impl Conn {
             notify: Notify::new(),
             socket: tokio::sync::Mutex::new(write_half),
         });
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending = Arc::new(Mutex::new(PendingMap::default()));
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(write_loop(outbox.clone(), alive.clone(), pending.clone()));
         tokio::spawn(read_loop(
@@ -117,13 +125,22 @@ impl Conn {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
-        lock(&self.pending).insert(
-            id,
-            Waiter {
-                tx: reply_tx,
-                sent_at: Instant::now(),
-            },
-        );
+        {
+            let mut pending = lock(&self.pending);
+            if pending.closed {
+                return Err(ClientError::Disconnected(format!(
+                    "connection to {} is closed",
+                    self.addr
+                )));
+            }
+            pending.waiters.insert(
+                id,
+                Waiter {
+                    tx: reply_tx,
+                    sent_at: Instant::now(),
+                },
+            );
+        }
         match *req {
             Request::Write {
                 vol,
@@ -177,7 +194,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn fail_all(pending: &Pending, why: &str) {
-    for (_, w) in lock(pending).drain() {
+    let mut pending = lock(pending);
+    pending.closed = true;
+    for (_, w) in pending.waiters.drain() {
         let _ = w.tx.send(Err(ClientError::Disconnected(why.to_string())));
     }
 }
@@ -222,11 +241,14 @@ async fn watchdog(pending: Pending, alive: Arc<AtomicBool>, outbox: Arc<Outbox>)
     while alive.load(Ordering::Acquire) {
         tick.tick().await;
         let expired = lock(&pending)
+            .waiters
             .values()
             .any(|w| w.sent_at.elapsed() > timeout);
         if expired {
             alive.store(false, Ordering::Release);
-            for (_, w) in lock(&pending).drain() {
+            let mut pending = lock(&pending);
+            pending.closed = true;
+            for (_, w) in pending.waiters.drain() {
                 let _ = w.tx.send(Err(ClientError::Timeout(format!(
                     "no reply within {timeout:?}"
                 ))));
@@ -245,7 +267,7 @@ async fn read_loop(
     let why = loop {
         match read_reply(&mut r).await {
             Ok((header, payload)) => {
-                let Some(w) = lock(&pending).remove(&header.request_id) else {
+                let Some(w) = lock(&pending).waiters.remove(&header.request_id) else {
                     continue; // timed out meanwhile
                 };
                 let result = if header.status == 0 {

@@ -43,16 +43,20 @@ impl ClientError {
         }
     }
 
-    fn is_retriable(&self) -> bool {
-        matches!(
-            self,
+    /// Whether `req` may be sent again after this error. A timed-out request may still be
+    /// executing on the server, so only requests that change nothing are retried after a
+    /// timeout: a late WRITE must not land after a newer one. (Retrying a write after a lost
+    /// connection has the same window in principle; epoch fencing closes it with replication.)
+    fn is_retriable_for(&self, req: &Request<'_>) -> bool {
+        match self {
             ClientError::Disconnected(_)
-                | ClientError::Timeout(_)
-                | ClientError::Server {
-                    code: ErrorCode::Unavailable,
-                    ..
-                }
-        )
+            | ClientError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            } => req.is_idempotent(),
+            ClientError::Timeout(_) => req.is_read_only(),
+            _ => false,
+        }
     }
 }
 
@@ -155,7 +159,7 @@ impl Client {
                 Err(e) => Err(e),
             };
             match result {
-                Err(e) if e.is_retriable() && attempt < retries => {
+                Err(e) if e.is_retriable_for(req) && attempt < retries => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
                 }
@@ -383,6 +387,7 @@ impl Volume {
         data: &[u8],
         durable: bool,
     ) -> ClientResult<u32> {
+        check_io_len(data.len())?;
         let reply = self
             .client
             .call(&Request::Write {

@@ -9,6 +9,7 @@ use brick_tuning::{STORE_LOG_COMPACT_BYTES, STORE_RECORD_BYTES_MAX};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -60,7 +61,11 @@ const OP_DELETE: u8 = 2;
 
 impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir)?;
+        // The store holds password-equivalent keys: the daemon's alone (it runs with umask 0).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let path = dir.join("cluster.log");
         let mut bytes = Vec::new();
         if path.exists() {
@@ -74,7 +79,11 @@ impl EmbeddedStore {
             }
             at += used;
         }
-        let log = OpenOptions::new().create(true).append(true).open(&path)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
         if at < bytes.len() {
             // A torn tail from a crash mid-append: never applied, cut so appends stay parseable.
             log.set_len(at as u64)?;
@@ -117,7 +126,12 @@ impl EmbeddedStore {
         }
         snapshot.extend_from_slice(&encode_record(&ops)?);
         let tmp = self.path.with_extension("log.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&snapshot)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;

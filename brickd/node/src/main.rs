@@ -85,6 +85,7 @@ fn run() -> Result<()> {
     // Modes from clients (NFS, SMB, create) must land as given, not filtered by our umask.
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe { libc::umask(0) };
+    raise_open_files_limit();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -237,6 +238,26 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
     }
     let reply = result.map(|v| serde_json::to_vec(&v).unwrap_or_default());
     let _ = req.reply.send(reply);
+}
+
+/// Every core caches up to `CORE_OPEN_FILES_MAX` files with two descriptors each; the usual
+/// soft limit of 1024 descriptors would run out long before. Raise it to the hard limit.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a valid out-parameter; raising the soft limit up to the hard
+    // limit needs no privilege.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!("brickd: could not raise the open-file limit; many open files may fail with EMFILE");
+            }
+        }
+    }
 }
 
 /// Rebuilds what the dataplane serves from the cluster state and hands it to every core.

@@ -51,7 +51,11 @@ impl Mgmt {
     ) -> Result<Arc<Brick>, (ErrorCode, String)> {
         let mut bricks = self.bricks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = bricks.get(&spec.path) {
-            return Ok(b.clone());
+            if b.identity.volume == vol.name {
+                return Ok(b.clone());
+            }
+            // The directory was reused for another volume: Brick::open checks its identity.
+            bricks.remove(&spec.path);
         }
         let brick = Brick::open(std::path::Path::new(&spec.path), &vol.name, vol.pg_count)
             .map_err(|e| (e.code, format!("brick {spec}: {}", e.message)))?;

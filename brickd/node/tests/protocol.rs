@@ -227,6 +227,22 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
     expect_error(&mut s, ErrorCode::Malformed, "crc32c");
     expect_closed(&mut s);
 
+    // Before authentication only small frames are read at all.
+    let mut s = connect(&server);
+    let big_hello = Header {
+        version: VERSION_MAX,
+        kind: Kind::Request,
+        opcode: op::HELLO,
+        request_id: 1,
+        payload_len: 0,
+        status: 0,
+    };
+    let mut hb = big_hello.encode(&[]);
+    hb[16..20].copy_from_slice(&(64u32 * 1024).to_le_bytes());
+    s.write_all(&hb).unwrap();
+    expect_error(&mut s, ErrorCode::Malformed, "before authentication");
+    expect_closed(&mut s);
+
     // Operations before authentication, and a wrong password, are refused.
     let mut s = connect(&server);
     send(&mut s, 1, &Request::Statfs { vol: 1 });

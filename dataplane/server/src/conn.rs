@@ -3,7 +3,9 @@
 
 use crate::core::CoreCtx;
 use brick_tuning::CONNECTION_INFLIGHT_MAX;
-use brick_tuning::IO_BYTES_MAX;
+use brick_tuning::{
+    CONNECTION_INFLIGHT_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, IO_BYTES_MAX,
+};
 use brick_wire::frame::{verify_crc, verify_crc_parts, VERSION_MAX, VERSION_MIN};
 use brick_wire::WRITE_FIELDS_BYTES;
 use brick_wire::{
@@ -15,10 +17,12 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::io::DmaBuffer;
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
+use glommio::sync::StaticPermit;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 /// Initial size of a connection's reply buffer.
 const COALESCE_BYTES_MAX: usize = 256 * 1024;
@@ -36,7 +40,13 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
         .unwrap_or_default();
     let (reader, mut writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let session = match handshake(&ctx, &mut reader, &mut writer).await {
+    let handshake_limit = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let handshake = glommio::timer::timeout(handshake_limit, async {
+        Ok(handshake(&ctx, &mut reader, &mut writer).await)
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no handshake within {handshake_limit:?}")));
+    let session = match handshake {
         Ok(s) => Rc::new(s),
         Err(why) => {
             tracing::info!(core = ctx.core, %peer, "handshake refused: {why}");
@@ -45,7 +55,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
     };
     let outbox = Rc::new(Outbox::default());
     let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone()));
-    let inflight = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX as u64));
+    let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX));
     loop {
         let (header, header_bytes) = match read_header(&mut reader).await {
             Ok(Some(h)) => h,
@@ -54,6 +64,14 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
                 outbox.push(reply);
                 break;
             }
+        };
+        // The budget is taken before the payload is allocated and given back only once the
+        // reply has been written: it bounds this connection's memory whatever the peer does.
+        // Every request costs at least 1/CONNECTION_INFLIGHT_MAX of it, which caps their count.
+        let request_cost =
+            (header.payload_len as u64 + REQUEST_OVERHEAD_BYTES).max(REQUEST_COST_MIN);
+        let Ok(request_permit) = budget.acquire_static_permit(request_cost).await else {
+            break;
         };
         let body = if is_bulk_write(&header) {
             read_bulk_write(&mut reader, &header)
@@ -75,9 +93,16 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
             outbox.push(out);
             break; // the stream can no longer be trusted to be in frame
         }
-        let Ok(permit) = inflight.acquire_static_permit(1).await else {
-            break;
+        let needed =
+            header.payload_len as u64 + REQUEST_OVERHEAD_BYTES + body.read_reply_bytes(&header);
+        let reply_permit = match needed.saturating_sub(request_cost) {
+            0 => None,
+            extra => match budget.acquire_static_permit(extra).await {
+                Ok(p) => Some(p),
+                Err(_) => break,
+            },
         };
+        let permits = (request_permit, reply_permit);
         let (ctx, session, outbox) = (ctx.clone(), session.clone(), outbox.clone());
         glommio::spawn_local(async move {
             let frame = match body {
@@ -88,29 +113,43 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
                     crate::exec::dispatch_bulk_write(&ctx, header, fields, data).await
                 }
             };
-            outbox.push(frame);
-            drop(permit);
+            outbox.push_with(frame, permits);
         })
         .detach();
     }
     // Let in-flight requests finish and their replies go out, then close.
-    let _ = inflight.acquire(CONNECTION_INFLIGHT_MAX as u64).await;
+    let _ = budget.acquire(CONNECTION_INFLIGHT_BYTES_MAX).await;
     outbox.close();
     let _ = writer_task.await;
 }
 
 /// Replies waiting to be written. Small replies are appended to one buffer so that many go out
-/// in one write; large ones (read data) are queued as they are, never copied.
+/// in one write; large ones (read data) are queued as they are, never copied. The budget
+/// permits of each reply travel with it and are released once it is written.
 #[derive(Default)]
 struct Outbox {
     queue: RefCell<VecDeque<Vec<u8>>>,
+    permits: RefCell<Vec<StaticPermit>>,
     closed: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
 const SMALL_REPLY_BYTES_MAX: usize = 16 * 1024;
 
+/// Budget charged per request beyond its payload (header, task, bookkeeping).
+const REQUEST_OVERHEAD_BYTES: u64 = 256;
+/// The least a request costs, so that at most CONNECTION_INFLIGHT_MAX are in flight.
+const REQUEST_COST_MIN: u64 = CONNECTION_INFLIGHT_BYTES_MAX / CONNECTION_INFLIGHT_MAX as u64;
+
 impl Outbox {
+    fn push_with(&self, frame: Vec<u8>, (request, reply): (StaticPermit, Option<StaticPermit>)) {
+        let mut permits = self.permits.borrow_mut();
+        permits.push(request);
+        permits.extend(reply);
+        drop(permits);
+        self.push(frame);
+    }
+
     fn push(&self, frame: Vec<u8>) {
         {
             let mut q = self.queue.borrow_mut();
@@ -135,12 +174,14 @@ impl Outbox {
         }
     }
 
-    /// Waits until there is something to write (moved into `batch`) or the outbox is closed.
-    async fn take(&self, batch: &mut VecDeque<Vec<u8>>) -> bool {
+    /// Waits until there is something to write (moved into `batch`, with its permits) or the
+    /// outbox is closed.
+    async fn take(&self, batch: &mut VecDeque<Vec<u8>>, permits: &mut Vec<StaticPermit>) -> bool {
         std::future::poll_fn(|cx| {
             let mut q = self.queue.borrow_mut();
             if !q.is_empty() {
                 std::mem::swap(&mut *q, batch);
+                std::mem::swap(&mut *self.permits.borrow_mut(), permits);
                 return Poll::Ready(true);
             }
             if self.closed.get() {
@@ -161,6 +202,17 @@ enum Body {
 }
 
 impl Body {
+    /// Bytes a READ's reply will need (the length it asks for); 0 for everything else.
+    fn read_reply_bytes(&self, header: &Header) -> u64 {
+        match self {
+            Body::Whole(p) if header.opcode == op::READ && p.len() == 24 => {
+                let len = u32::from_le_bytes([p[20], p[21], p[22], p[23]]);
+                len.min(IO_BYTES_MAX) as u64
+            }
+            _ => 0,
+        }
+    }
+
     fn verify_crc(&self, header_bytes: &[u8; HEADER_BYTES]) -> Result<(), brick_wire::FrameError> {
         match self {
             Body::Whole(payload) => verify_crc(header_bytes, payload),
@@ -227,13 +279,23 @@ async fn read_bulk_write<R: AsyncRead + Unpin>(
     Some((fields, data))
 }
 
-/// Reads one whole frame (used by the handshake).
+/// Reads one whole handshake frame; payloads above the handshake limit are refused unread.
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<(Header, [u8; HEADER_BYTES], Vec<u8>)>, Vec<u8>> {
     let Some((header, header_bytes)) = read_header(reader).await? else {
         return Ok(None);
     };
+    if header.payload_len > HANDSHAKE_PAYLOAD_BYTES_MAX {
+        return Err(malformed(
+            header.request_id,
+            header.opcode,
+            &format!(
+                "{} payload bytes before authentication; at most {HANDSHAKE_PAYLOAD_BYTES_MAX}",
+                header.payload_len
+            ),
+        ));
+    }
     Ok(read_payload(reader, &header)
         .await
         .map(|p| (header, header_bytes, p)))
@@ -247,7 +309,8 @@ fn malformed(request_id: u64, opcode: u16, why: &str) -> Vec<u8> {
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Rc<Outbox>) {
     let mut batch = VecDeque::new();
-    while outbox.take(&mut batch).await {
+    let mut permits = Vec::new();
+    while outbox.take(&mut batch, &mut permits).await {
         for frame in batch.drain(..) {
             if writer.write_all(&frame).await.is_err() {
                 return;
@@ -256,6 +319,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Rc<Outbox>) {
         if writer.flush().await.is_err() {
             return;
         }
+        permits.clear(); // written: give the budget back
     }
     let _ = writer.close().await;
 }

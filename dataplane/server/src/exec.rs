@@ -226,7 +226,8 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
             let f = files::open(&ctx.files, &vol, fid).await;
             match f {
                 Ok(f) => files::sync(&f).await?,
-                Err(e) if e.code == ErrorCode::IsDir => {}
+                // Directories and symlinks have no data to sync; their namespace is synced below.
+                Err(e) if e.code == ErrorCode::IsDir || e.code == ErrorCode::Invalid => {}
                 Err(e) => return Err(e),
             }
             brick.sync_namespace(fid)?;

@@ -38,7 +38,9 @@ impl FileCache {
     }
 
     fn remove(&mut self, vol: u32, fid: FileId) {
-        self.map.remove(&(vol, fid));
+        if self.map.remove(&(vol, fid)).is_some() {
+            self.order.retain(|key| *key != (vol, fid));
+        }
     }
 
     fn insert(&mut self, vol: u32, fid: FileId, f: Rc<OpenFile>) {
@@ -134,6 +136,14 @@ pub(crate) async fn open(
     } else {
         None
     };
+    if vol.brick.generation() != generation {
+        // Something was unlinked or renamed over while we opened: the path may now name
+        // another file. Resolve again rather than risk writing into the wrong one.
+        return Err(FsError::new(
+            ErrorCode::Unavailable,
+            "namespace changed while opening; retry",
+        ));
+    }
     let f = Rc::new(OpenFile {
         dma,
         buffered,

@@ -97,8 +97,17 @@ impl Brick {
         assert!(pg_count > 0 && pg_count < (1 << 16));
         let data = root.join("data");
         let meta = meta_dir(root);
-        fs::create_dir_all(&data).map_err(|e| FsError::io("creating data dir", e))?;
-        fs::create_dir_all(&meta).map_err(|e| FsError::io("creating .brickd dir", e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&data)
+            .map_err(|e| FsError::io("creating data dir", e))?;
+        // Metadata is the daemon's alone: the process runs with umask 0, so say so explicitly.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&meta)
+            .map_err(|e| FsError::io("creating .brickd dir", e))?;
         let identity = load_or_create_identity(&meta, volume)?;
         if identity.volume != volume {
             return Err(FsError::new(
@@ -239,8 +248,11 @@ impl Brick {
         Ok(attr_of(fid, &meta))
     }
 
+    /// Under the namespace lock, so that a concurrent rename cannot swap another file in
+    /// between resolving the id and changing the file; never follows a symlink.
     pub fn setattr(&self, fid: FileId, set: &SetAttr) -> FsResult<Attr> {
-        let path = self.path_of(fid)?;
+        let idx = self.lock();
+        let path = self.path_in(&idx, fid)?;
         let meta = fs::symlink_metadata(&path).map_err(|e| stale_if_missing(fid, e))?;
         let is_symlink = meta.file_type().is_symlink();
         if let Some(mode) = set.mode {
@@ -260,8 +272,15 @@ impl Brick {
                     "cannot set the size of a directory",
                 ));
             }
+            if !meta.is_file() {
+                return Err(FsError::new(
+                    ErrorCode::Invalid,
+                    "only regular files have a size to set",
+                ));
+            }
             let f = fs::OpenOptions::new()
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .map_err(|e| FsError::io("truncate", e))?;
             f.set_len(size).map_err(|e| FsError::io("truncate", e))?;
@@ -269,14 +288,19 @@ impl Brick {
         if set.atime != TimeSet::Keep || set.mtime != TimeSet::Keep {
             set_times(&path, set.atime, set.mtime)?;
         }
-        self.getattr(fid)
+        let meta = fs::symlink_metadata(&path).map_err(|e| stale_if_missing(fid, e))?;
+        Ok(attr_of(fid, &meta))
     }
 
     pub fn create(&self, parent: FileId, name: &str, mode: u32, exclusive: bool) -> FsResult<Attr> {
         let mut idx = self.lock();
         let path = self.parent_dir(&idx, parent)?.join(name);
         let mut opts = fs::OpenOptions::new();
-        opts.write(true).mode(mode & 0o7777);
+        // O_NOFOLLOW: a symlink planted under this name must not make us create or open a
+        // file somewhere else on the host.
+        opts.write(true)
+            .mode(mode & 0o7777)
+            .custom_flags(libc::O_NOFOLLOW);
         if exclusive {
             opts.create_new(true);
         } else {
@@ -425,43 +449,29 @@ impl Brick {
         })
     }
 
-    /// Makes `fid` reachable after a crash: the index log, and every directory on its path
-    /// (itself included) whose entries changed since it was last fsynced. Done under the
-    /// namespace lock so that a concurrent caller cannot return before the fsync it relies on.
-    pub fn sync_namespace(&self, fid: FileId) -> FsResult<()> {
-        let mut idx = self.lock();
-        idx.sync().map_err(|e| FsError::io("index sync", e))?;
-        let mut at = fid;
-        for _ in 0..=PATH_DEPTH_MAX {
-            if idx.take_dir_unsynced(at) {
-                let path = self.path_in(&idx, at)?;
-                if let Err(e) = fs::File::open(&path).and_then(|d| d.sync_all()) {
-                    idx.mark_dir_unsynced(at);
-                    return Err(FsError::io("dir sync", e));
-                }
-            }
-            if at == ROOT_FILE_ID {
-                break;
-            }
-            match idx.location(at) {
-                Some(loc) => at = loc.parent,
-                None => break,
-            }
-        }
-        Ok(())
+    /// Makes `fid` reachable after a crash, with the id it has now. Every directory whose
+    /// entries changed is fsynced before the index log, so the index is never durable ahead of
+    /// the directory state it describes (a rename recorded but lost would otherwise point an id
+    /// at the old file). On ext4 and XFS one journal commit covers most of these fsyncs. Done
+    /// under the namespace lock so a concurrent caller cannot return before the fsync it
+    /// relies on.
+    pub fn sync_namespace(&self, _fid: FileId) -> FsResult<()> {
+        self.sync_all()
     }
 
-    /// Makes every pending namespace change durable (clean shutdown).
+    /// Makes every pending namespace change durable: changed directories first, then the index.
     pub fn sync_all(&self) -> FsResult<()> {
         let mut idx = self.lock();
-        idx.sync().map_err(|e| FsError::io("index sync", e))?;
         for dir in idx.drain_unsynced_dirs() {
-            if let Ok(path) = self.path_in(&idx, dir) {
-                fs::File::open(&path)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| FsError::io("dir sync", e))?;
+            let Ok(path) = self.path_in(&idx, dir) else {
+                continue; // removed since; its parent carries the change
+            };
+            if let Err(e) = fs::File::open(&path).and_then(|d| d.sync_all()) {
+                idx.mark_dir_unsynced(dir);
+                return Err(FsError::io("dir sync", e));
             }
         }
+        idx.sync().map_err(|e| FsError::io("index sync", e))?;
         Ok(())
     }
 
@@ -592,7 +602,13 @@ fn load_or_create_identity(meta: &Path, volume: &str) -> FsResult<BrickIdentity>
                 .map_err(|e| FsError::new(ErrorCode::Internal, e.to_string()))?;
             let text = format!("{json}\ncrc32c:{:08x}\n", crc32c::crc32c(json.as_bytes()));
             let tmp = meta.join("brick.json.tmp");
-            let mut f = fs::File::create(&tmp).map_err(|e| FsError::io("identity", e))?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| FsError::io("identity", e))?;
             f.write_all(text.as_bytes())
                 .and_then(|_| f.sync_all())
                 .map_err(|e| FsError::io("identity", e))?;
@@ -649,7 +665,7 @@ mod tests {
     }
 
     #[test]
-    fn fsync_makes_every_changed_directory_on_the_path_durable() {
+    fn fsync_makes_every_changed_directory_durable_before_the_index() {
         let (_dir, b) = brick();
         let a = b.mkdir(ROOT_FILE_ID, "a", 0o755).unwrap();
         let ab = b.mkdir(a.fid, "b", 0o755).unwrap();
@@ -657,21 +673,51 @@ mod tests {
         assert_eq!(b.unsynced_dir_count(), 3, "root, a and a/b changed");
         let c = b.mkdir(ROOT_FILE_ID, "c", 0o755).unwrap();
         b.create(c.fid, "g", 0o644, true).unwrap();
-        b.sync_namespace(f.fid).unwrap();
-        assert_eq!(
-            b.unsynced_dir_count(),
-            1,
-            "only c, off the path of a/b/f, stays pending"
-        );
         b.rename(c.fid, "g", ab.fid, "g2").unwrap();
-        b.sync_namespace(ab.fid).unwrap();
-        assert_eq!(
-            b.unsynced_dir_count(),
-            1,
-            "the rename source c is not on the path of a/b"
-        );
-        b.sync_all().unwrap();
+        assert_eq!(b.unsynced_dir_count(), 4, "root, a, a/b and c changed");
+        // Any fsync makes every recorded change durable, the rename's source directory c too,
+        // because the index records describing them become durable with it.
+        b.sync_namespace(f.fid).unwrap();
         assert_eq!(b.unsynced_dir_count(), 0);
+    }
+
+    #[test]
+    fn symlinks_never_redirect_create_or_truncate() {
+        let (dir, b) = brick();
+        let outside = dir.path().join("outside.txt");
+        fs::write(&outside, b"precious").unwrap();
+        let link = b
+            .symlink(ROOT_FILE_ID, "link", outside.to_str().unwrap())
+            .unwrap();
+        let err = b
+            .setattr(
+                link.fid,
+                &SetAttr {
+                    size: Some(0),
+                    ..SetAttr::NONE
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid);
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        let target = dir.path().join("created-through-link");
+        b.symlink(ROOT_FILE_ID, "dangling", target.to_str().unwrap())
+            .unwrap();
+        assert!(b.create(ROOT_FILE_ID, "dangling", 0o4777, false).is_err());
+        assert!(
+            !target.exists(),
+            "create followed a symlink out of the brick"
+        );
+    }
+
+    #[test]
+    fn metadata_is_private_to_the_daemon() {
+        let (dir, b) = brick();
+        b.create(ROOT_FILE_ID, "f", 0o644, true).unwrap();
+        let mode = |p: &str| fs::metadata(dir.path().join(p)).unwrap().mode() & 0o777;
+        assert_eq!(mode(".brickd"), 0o700);
+        assert_eq!(mode(".brickd/brick.json"), 0o600);
+        assert_eq!(mode(".brickd/index.log"), 0o600);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use brick_wire::{FileId, ROOT_FILE_ID};
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const RECORD_LINK: u8 = 1;
@@ -51,6 +52,7 @@ impl Index {
                 .create(true)
                 .append(true)
                 .read(true)
+                .mode(0o600)
                 .open(path)?,
             log_bytes: 0,
             by_id: HashMap::new(),
@@ -191,7 +193,12 @@ impl Index {
         for (fid, loc) in &self.by_id {
             out.extend_from_slice(&encode_record(RECORD_LINK, *fid, loc.parent, &loc.name));
         }
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&out)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;

@@ -267,6 +267,19 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Requests that change nothing on the server.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Lookup { .. }
+                | Request::GetAttr { .. }
+                | Request::ReadDir { .. }
+                | Request::Read { .. }
+                | Request::Readlink { .. }
+                | Request::Statfs { .. }
+        )
+    }
+
     /// Requests that can be sent again after a lost connection without changing the outcome.
     pub fn is_idempotent(&self) -> bool {
         matches!(
