@@ -289,3 +289,81 @@ fn a_second_daemon_on_the_same_address_refuses_to_start() {
     );
     still_serving(&first);
 }
+
+/// Requests that reach a core which does not own the file's placement group are forwarded
+/// over the explicit cross-core channel and answered as if they had been routed right.
+#[test]
+fn misrouted_requests_are_forwarded_to_the_owning_core() {
+    let server = DevServer::start(brickd(), 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Find files whose placement group core 1 owns (odd PG with two cores).
+    let fids: Vec<u64> = rt.block_on(async {
+        let client = Client::connect(server.client_config()).await.unwrap();
+        let vol = client.open_volume("dev").await.unwrap();
+        let mut out = Vec::new();
+        for i in 0..64 {
+            let a = vol.create(1, &format!("f{i}"), 0o644, true).await.unwrap();
+            if brick_wire::core_of(a.fid, 2) == 1 {
+                out.push(a.fid);
+            }
+        }
+        out
+    });
+    assert!(
+        fids.len() >= 2,
+        "64 names should hash to core 1 at least twice"
+    );
+    // The raw connection is to the bootstrap address: core 0.
+    let mut s = authenticated(&server);
+    let small = vec![0x11u8; 4096];
+    let bulk = brick_testkit::pattern(9, 0, 256 * 1024); // takes the direct-to-DMA read path
+    for (i, (fid, data)) in [(fids[0], &small), (fids[1], &bulk)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = 100 + i as u64 * 10;
+        send(
+            &mut s,
+            id,
+            &Request::Write {
+                vol: 1,
+                fid,
+                offset: 0,
+                flags: brick_wire::WRITE_FLAG_FUA,
+                data,
+            },
+        );
+        let (h, payload) = read_frame(&mut s).expect("write reply");
+        assert_eq!(
+            (h.request_id, h.status),
+            (id, 0),
+            "{}",
+            String::from_utf8_lossy(&payload)
+        );
+        send(
+            &mut s,
+            id + 1,
+            &Request::Read {
+                vol: 1,
+                fid,
+                offset: 0,
+                len: data.len() as u32,
+            },
+        );
+        let (h, payload) = read_frame(&mut s).expect("read reply");
+        assert_eq!((h.request_id, h.status), (id + 1, 0));
+        assert!(
+            payload == *data,
+            "data written through core 0 for a core-1 file differs"
+        );
+    }
+    // And the normally routed client sees the same bytes.
+    rt.block_on(async {
+        let client = Client::connect(server.client_config()).await.unwrap();
+        let vol = client.open_volume("dev").await.unwrap();
+        assert_eq!(vol.read(fids[1], 0, bulk.len() as u32).await.unwrap(), bulk);
+    });
+}

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Ports tried before giving up when a parallel test takes the one picked.
+const PORT_ATTEMPTS: usize = 5;
+
 /// How long a starting daemon may take to write its endpoints file.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,11 +46,27 @@ impl DevServer {
             addr: format!("127.0.0.1:{}", free_port()),
             cores,
         };
-        s.spawn();
-        s
+        // The port was free a moment ago; a test running in parallel may have taken it since.
+        for _ in 0..PORT_ATTEMPTS {
+            match s.try_spawn() {
+                Ok(()) => return s,
+                Err(log) if log.contains("Address already in use") => {
+                    s.addr = format!("127.0.0.1:{}", free_port());
+                }
+                Err(log) => panic!("brickd exited during start; log:\n{log}"),
+            }
+        }
+        panic!("no free loopback port after {PORT_ATTEMPTS} attempts");
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("brickd exited during start; log:\n{log}");
+        }
+    }
+
+    /// Starts brickd and waits for its endpoints file; `Err(log)` if it exited instead.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let _ = std::fs::remove_file(self.endpoints_path());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,10 +90,8 @@ impl DevServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "brickd exited during start ({status}); log:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                return Err(format!("exit status {status}\n{}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -83,6 +100,7 @@ impl DevServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     pub fn endpoints_path(&self) -> PathBuf {
