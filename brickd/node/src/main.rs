@@ -243,20 +243,13 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
 /// Every core caches up to `CORE_OPEN_FILES_MAX` files with two descriptors each; the usual
 /// soft limit of 1024 descriptors would run out long before. Raise it to the hard limit.
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: get/setrlimit with a valid out-parameter; raising the soft limit up to the hard
-    // limit needs no privilege.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                eprintln!("brickd: could not raise the open-file limit; many open files may fail with EMFILE");
-            }
-        }
+    match brick_dataplane::raise_soft_limit(libc::RLIMIT_NOFILE) {
+        Some(l) if l.rlim_cur >= 16 * 1024 || l.rlim_cur == libc::RLIM_INFINITY => {}
+        Some(l) => eprintln!(
+            "brickd: only {} open files allowed; caching many files may fail with EMFILE",
+            l.rlim_cur
+        ),
+        None => eprintln!("brickd: cannot read the open-file limit"),
     }
 }
 

@@ -139,19 +139,10 @@ pub(crate) fn start(
 /// io_uring-registered memory per core: the full pool when the memlock limit allows it for
 /// every core, else a small one (glommio then allocates the rest from the heap, slower).
 fn io_memory_per_core(cores: usize) -> usize {
-    let mut limit = libc::rlimit {
+    let limit = crate::raise_soft_limit(libc::RLIMIT_MEMLOCK).unwrap_or(libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid out-parameter; raising the soft limit up to the
-    // hard limit needs no privilege.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
-        }
-    }
+    });
     // SAFETY: geteuid has no preconditions.
     let privileged = unsafe { libc::geteuid() } == 0;
     let wanted = (CORE_IO_MEMORY_BYTES * cores) as u64;

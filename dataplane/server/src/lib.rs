@@ -82,6 +82,31 @@ pub struct DataplaneConfig {
     pub spin_before_park_us: u64,
 }
 
+/// Raises a resource's soft limit to its hard limit (no privilege needed) and returns the limit
+/// now in force, or `None` if it cannot be read.
+pub fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, properly sized out-parameter.
+    unsafe {
+        if libc::getrlimit(resource, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(resource, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit)
+}
+
 pub struct Dataplane {
     pub shard_addrs: Vec<SocketAddr>,
     controls: Vec<flume::Sender<Control>>,

@@ -282,18 +282,11 @@ impl<'a> Request<'a> {
 
     /// Requests that can be sent again after a lost connection without changing the outcome.
     pub fn is_idempotent(&self) -> bool {
-        matches!(
-            self,
-            Request::Lookup { .. }
-                | Request::GetAttr { .. }
-                | Request::ReadDir { .. }
-                | Request::Read { .. }
-                | Request::Write { .. }
-                | Request::Fsync { .. }
-                | Request::Readlink { .. }
-                | Request::Statfs { .. }
-                | Request::SetAttr { .. }
-        )
+        self.is_read_only()
+            || matches!(
+                self,
+                Request::Write { .. } | Request::Fsync { .. } | Request::SetAttr { .. }
+            )
     }
 
     pub fn encode(&self, e: &mut Enc) {
