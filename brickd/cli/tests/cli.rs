@@ -243,5 +243,6 @@ fn volumes_files_and_bench_report_json() {
     let out = brick(&server, &["--json", "stat", "dev/does-not-exist"]);
     assert!(!out.status.success());
     let err: Value = serde_json::from_slice(&out.stdout).expect("error as JSON");
-    assert!(err["error"].as_str().unwrap().contains("no such file"));
+    let message = err["error"].as_str().expect("error is a string");
+    assert!(message.contains("no such file"), "{message}");
 }

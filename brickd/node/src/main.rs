@@ -259,7 +259,7 @@ async fn republish(mgmt: &Mgmt, dataplane: &Dataplane) -> Result<()> {
         .serve_state()
         .await
         .map_err(|(_, why)| anyhow::anyhow!(why))?;
-    dataplane.publish(Arc::new(state));
+    dataplane.publish(Arc::new(state)).await;
     Ok(())
 }
 

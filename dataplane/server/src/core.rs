@@ -220,10 +220,11 @@ async fn run_core(
                 tracing::warn!(core = ctx.core, "accept failed: {e}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
-            Event::Control(Ok(Control::State(state))) => {
+            Event::Control(Ok(Control::State(state, applied))) => {
                 probe_bricks(&ctx, &state).await;
                 ctx.files.borrow_mut().retain_volumes(&state);
                 *ctx.state.borrow_mut() = state;
+                let _ = applied.send(());
             }
             Event::Control(Ok(Control::Shutdown)) | Event::Control(Err(_)) => break,
         }

@@ -59,7 +59,8 @@ pub struct ServeState {
 }
 
 pub enum Control {
-    State(Arc<ServeState>),
+    /// Serve this state from now on; the sender is told once the core has switched.
+    State(Arc<ServeState>, flume::Sender<()>),
     Shutdown,
 }
 
@@ -122,9 +123,23 @@ impl Dataplane {
         core::start(cfg, state, mgmt)
     }
 
-    pub fn publish(&self, state: Arc<ServeState>) {
+    /// Hands `state` to every core and returns once all of them serve it, so that a reply
+    /// sent after publishing (a started volume, a new user) holds on every core.
+    pub async fn publish(&self, state: Arc<ServeState>) {
+        let (ack_tx, ack_rx) = flume::bounded(self.controls.len());
+        let mut sent = 0;
         for c in &self.controls {
-            let _ = c.send(Control::State(state.clone()));
+            if c.send(Control::State(state.clone(), ack_tx.clone()))
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        drop(ack_tx);
+        for _ in 0..sent {
+            if ack_rx.recv_async().await.is_err() {
+                break; // a core is gone (shutting down)
+            }
         }
     }
 
