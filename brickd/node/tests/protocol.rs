@@ -131,14 +131,7 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
 
     // Oversized: refused from the header alone.
     let mut s = authenticated(&server);
-    let header = Header {
-        version: VERSION_MAX,
-        kind: Kind::Request,
-        opcode: op::WRITE,
-        request_id: 77,
-        payload_len: 0,
-        status: 0,
-    };
+    let header = Header::new(Kind::Request, op::WRITE, 77, 0, 0);
     let mut hb = header.encode(&[]);
     hb[16..20].copy_from_slice(&(brick_tuning::FRAME_PAYLOAD_BYTES_MAX + 1).to_le_bytes());
     s.write_all(&hb).unwrap();
@@ -158,14 +151,7 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
     // Well-framed but undecodable: an error reply, and the connection keeps working.
     let mut s = authenticated(&server);
     let garbage = [0xFFu8; 7];
-    let h = Header {
-        version: VERSION_MAX,
-        kind: Kind::Request,
-        opcode: 0x7777,
-        request_id: 6,
-        payload_len: garbage.len() as u32,
-        status: 0,
-    };
+    let h = Header::new(Kind::Request, 0x7777, 6, garbage.len() as u32, 0);
     s.write_all(&h.encode(&garbage)).unwrap();
     s.write_all(&garbage).unwrap();
     expect_error(&mut s, ErrorCode::UnknownOp, "unknown opcode");
@@ -177,14 +163,7 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
     }
     .encode(&mut e);
     e.buf.truncate(e.buf.len() - 2); // name shorter than its length says
-    let h = Header {
-        version: VERSION_MAX,
-        kind: Kind::Request,
-        opcode: op::LOOKUP,
-        request_id: 7,
-        payload_len: e.buf.len() as u32,
-        status: 0,
-    };
+    let h = Header::new(Kind::Request, op::LOOKUP, 7, e.buf.len() as u32, 0);
     s.write_all(&h.encode(&e.buf)).unwrap();
     s.write_all(&e.buf).unwrap();
     expect_error(&mut s, ErrorCode::Malformed, "truncated");
@@ -229,14 +208,7 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
 
     // Before authentication only small frames are read at all.
     let mut s = connect(&server);
-    let big_hello = Header {
-        version: VERSION_MAX,
-        kind: Kind::Request,
-        opcode: op::HELLO,
-        request_id: 1,
-        payload_len: 0,
-        status: 0,
-    };
+    let big_hello = Header::new(Kind::Request, op::HELLO, 1, 0, 0);
     let mut hb = big_hello.encode(&[]);
     hb[16..20].copy_from_slice(&(64u32 * 1024).to_le_bytes());
     s.write_all(&hb).unwrap();

@@ -42,6 +42,18 @@ pub enum FrameError {
 }
 
 impl Header {
+    /// A header of the version this build sends.
+    pub fn new(kind: Kind, opcode: u16, request_id: u64, payload_len: u32, status: u32) -> Header {
+        Header {
+            version: VERSION_MAX,
+            kind,
+            opcode,
+            request_id,
+            payload_len,
+            status,
+        }
+    }
+
     /// Parses and validates a header. Only the crc needs the payload, see `verify_crc`.
     pub fn parse(bytes: &[u8; HEADER_BYTES]) -> Result<Header, FrameError> {
         let magic = u32::from_le_bytes(le4(bytes, 0));

@@ -24,21 +24,27 @@ pub fn request_frame(out: &mut Vec<u8>, request_id: u64, req: &Request) {
     };
     req.encode(&mut e);
     *out = e.buf;
-    let payload_len = out.len() - start - HEADER_BYTES;
+    seal_frame(
+        &mut out[start..],
+        Kind::Request,
+        req.opcode(),
+        request_id,
+        0,
+    );
+}
+
+/// Writes the header (with its crc) into the first `HEADER_BYTES` of `frame`, whose payload
+/// follows in place.
+fn seal_frame(frame: &mut [u8], kind: Kind, opcode: u16, request_id: u64, status: u32) {
+    assert!(frame.len() >= HEADER_BYTES);
+    let payload_len = frame.len() - HEADER_BYTES;
     assert!(
         payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize,
-        "request exceeds the frame limit"
+        "frame exceeds the payload limit"
     );
-    let header = Header {
-        version: frame::VERSION_MAX,
-        kind: Kind::Request,
-        opcode: req.opcode(),
-        request_id,
-        payload_len: payload_len as u32,
-        status: 0,
-    };
-    let bytes = header.encode(&out[start + HEADER_BYTES..]);
-    out[start..start + HEADER_BYTES].copy_from_slice(&bytes);
+    let header = Header::new(kind, opcode, request_id, payload_len as u32, status);
+    let bytes = header.encode(&frame[HEADER_BYTES..]);
+    frame[..HEADER_BYTES].copy_from_slice(&bytes);
 }
 
 /// Bytes of a WRITE request before its data: volume, file id, offset, flags.
@@ -63,14 +69,7 @@ pub fn write_frame_head(
         payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize,
         "write exceeds the frame limit"
     );
-    let header = Header {
-        version: frame::VERSION_MAX,
-        kind: Kind::Request,
-        opcode: op::WRITE,
-        request_id,
-        payload_len: payload_len as u32,
-        status: 0,
-    };
+    let header = Header::new(Kind::Request, op::WRITE, request_id, payload_len as u32, 0);
     let fields = header.encode_fields();
     let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&fields), &e.buf), data);
     head[..24].copy_from_slice(&fields);
@@ -86,14 +85,13 @@ pub fn response_frame(
     status: u32,
     payload: &[u8],
 ) {
-    let header = Header {
-        version: frame::VERSION_MAX,
-        kind: Kind::Response,
+    let header = Header::new(
+        Kind::Response,
         opcode,
         request_id,
-        payload_len: payload.len() as u32,
+        payload.len() as u32,
         status,
-    };
+    );
     encode_frame(out, header, payload);
 }
 
@@ -106,17 +104,7 @@ pub fn begin_response(capacity: usize) -> Vec<u8> {
 }
 
 pub fn seal_response(out: &mut [u8], request_id: u64, opcode: u16) {
-    assert!(out.len() >= HEADER_BYTES);
-    let header = Header {
-        version: frame::VERSION_MAX,
-        kind: Kind::Response,
-        opcode,
-        request_id,
-        payload_len: (out.len() - HEADER_BYTES) as u32,
-        status: 0,
-    };
-    let bytes = header.encode(&out[HEADER_BYTES..]);
-    out[..HEADER_BYTES].copy_from_slice(&bytes);
+    seal_frame(out, Kind::Response, opcode, request_id, 0);
 }
 
 /// Error replies carry a short UTF-8 message after the status code.
