@@ -1,0 +1,121 @@
+//! The placement-group map: which members of a replica set hold every acknowledged write (up to
+//! date) and which one is the primary, numbered by an epoch that only ever grows.
+
+use serde::{Deserialize, Serialize};
+
+/// The position of a brick in its replica set.
+pub type Member = u8;
+pub type Epoch = u64;
+
+/// Replica sets hold at most this many members (the members are a bit mask).
+pub const MEMBERS_MAX: u8 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgMap {
+    pub epoch: Epoch,
+    /// Members of the replica set (R).
+    pub members: u8,
+    /// Bit i set: member i holds every acknowledged write and takes part in new ones.
+    /// A member whose bit is clear is absent: it missed writes and needs healing.
+    pub up_to_date: u8,
+    /// The PG refuses writes while fewer members than this are up to date.
+    pub min_size: u8,
+    /// The member asked to be primary while it is up to date (spreads primaries over a set).
+    pub preferred: Member,
+}
+
+impl PgMap {
+    /// The first map of a PG: every member up to date.
+    pub fn initial(members: u8, min_size: u8, preferred: Member) -> PgMap {
+        assert!((1..=MEMBERS_MAX).contains(&members));
+        assert!((1..=members).contains(&min_size));
+        PgMap {
+            epoch: 1,
+            members,
+            up_to_date: mask_of(members),
+            min_size,
+            preferred: preferred % members,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.members >= 1
+            && self.members <= MEMBERS_MAX
+            && self.min_size >= 1
+            && self.min_size <= self.members
+            && self.preferred < self.members
+            && self.up_to_date & !mask_of(self.members) == 0
+            && self.up_to_date != 0
+    }
+
+    pub fn is_up_to_date(&self, m: Member) -> bool {
+        m < self.members && self.up_to_date & (1 << m) != 0
+    }
+
+    pub fn up_to_date_count(&self) -> u8 {
+        self.up_to_date.count_ones() as u8
+    }
+
+    /// The primary: the first up-to-date member at or after `preferred`.
+    pub fn primary(&self) -> Option<Member> {
+        (0..self.members)
+            .map(|i| (self.preferred + i) % self.members)
+            .find(|&m| self.is_up_to_date(m))
+    }
+
+    pub fn writable(&self) -> bool {
+        self.up_to_date_count() >= self.min_size
+    }
+
+    /// Members that are up to date, in member order.
+    pub fn acting(&self) -> impl Iterator<Item = Member> + '_ {
+        (0..self.members).filter(|&m| self.is_up_to_date(m))
+    }
+
+    /// Bit mask of the absent members (what a write made now must be remembered for).
+    pub fn absent(&self) -> u8 {
+        mask_of(self.members) & !self.up_to_date
+    }
+
+    /// The next map without the members in `gone`; `None` if nobody would be left.
+    pub fn without(&self, gone: u8) -> Option<PgMap> {
+        let up_to_date = self.up_to_date & !gone;
+        if up_to_date == 0 || up_to_date == self.up_to_date {
+            return None;
+        }
+        Some(PgMap {
+            epoch: self.epoch + 1,
+            up_to_date,
+            ..*self
+        })
+    }
+}
+
+pub fn mask_of(members: u8) -> u8 {
+    if members >= 8 {
+        0xff
+    } else {
+        (1u8 << members) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primary_rotates_and_skips_absent_members() {
+        let m = PgMap::initial(3, 2, 1);
+        assert_eq!(m.primary(), Some(1));
+        let m2 = m.without(0b010).unwrap();
+        assert_eq!(m2.epoch, 2);
+        assert_eq!(m2.primary(), Some(2));
+        assert!(m2.writable());
+        let m3 = m2.without(0b100).unwrap();
+        assert_eq!(m3.primary(), Some(0));
+        assert!(!m3.writable());
+        assert!(m3.without(0b001).is_none(), "never remove the last member");
+        assert_eq!(m3.absent(), 0b110);
+        assert!(m3.is_valid());
+    }
+}

@@ -1,0 +1,984 @@
+//! One member's replication state for one placement group.
+//!
+//! Sans-IO: every input is a method call with the current time in milliseconds, every effect is
+//! an [`Output`] pushed to the caller's vector. The caller owns the operations' payloads (keyed
+//! by [`OpId`]), the disk, the sockets and the cluster store. The glommio dataplane drives it in
+//! production; `tests/sim.rs` drives it under a seeded simulator that injects faults.
+//!
+//! The rules that keep replicas identical and acknowledged writes safe:
+//! - Only the map's primary starts operations; every message carries the map epoch and a member
+//!   refuses forwards of any other epoch (fencing).
+//! - The primary holds a lock on each operation's range until every up-to-date member has
+//!   applied it, so overlapping operations reach all members in the same order.
+//! - An operation is acknowledged only when every up-to-date member of the current map has it.
+//!   A member that does not answer, fails, or disagrees is removed by a new map (compare-and-set
+//!   on the epoch) before the operation completes without it; the new map is what makes the
+//!   member absent, and absent members record nothing until they are healed.
+//! - Members only ever leave the up-to-date set here, and every map change is proposed by a
+//!   member of the current up-to-date set, which adopts the new epoch at once. So a deposed
+//!   primary can never again collect acknowledgements from all of its old set.
+
+use crate::map::{Epoch, Member, PgMap, MEMBERS_MAX};
+use std::collections::{BTreeMap, HashMap};
+
+/// Operation ids are assigned by the primary, increasing, unique per primary incarnation.
+pub type OpId = u64;
+
+/// The part of the data an operation changes. Overlapping operations never run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockKey {
+    pub fid: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl LockKey {
+    /// Namespace operations (create, unlink, rename...) run one at a time per PG.
+    pub const NAMESPACE: LockKey = LockKey {
+        fid: 0,
+        start: 0,
+        end: u64::MAX,
+    };
+
+    pub fn whole_file(fid: u64) -> LockKey {
+        LockKey {
+            fid,
+            start: 0,
+            end: u64::MAX,
+        }
+    }
+
+    pub fn range(fid: u64, offset: u64, len: u64) -> LockKey {
+        LockKey {
+            fid,
+            start: offset,
+            end: offset.saturating_add(len.max(1)),
+        }
+    }
+
+    pub fn conflicts(&self, other: &LockKey) -> bool {
+        self.fid == other.fid && self.start < other.end && other.start < self.end
+    }
+}
+
+/// What applying an operation on one member gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// A deterministic refusal (an errno: the entry exists, is not empty...). Every member
+    /// refuses alike, so the state stays identical.
+    Refused(u32),
+    /// The member could not apply it (I/O error, no space): the member is unhealthy.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpError {
+    NotPrimary {
+        epoch: Epoch,
+        primary: Option<Member>,
+    },
+    BelowMinSize {
+        up_to_date: u8,
+        min_size: u8,
+    },
+    /// Too many operations in flight; retry shortly.
+    Busy,
+    Refused(u32),
+    /// The primary's own disk failed; it steps down, retry on the next primary.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Forward {
+        epoch: Epoch,
+        op: OpId,
+        lock: LockKey,
+        /// Every op below this one is complete on all members: forget them.
+        watermark: OpId,
+    },
+    Ack {
+        epoch: Epoch,
+        op: OpId,
+        outcome: Outcome,
+    },
+    /// The receiver is at another epoch (`epoch` is the receiver's).
+    Nack {
+        epoch: Epoch,
+        op: OpId,
+    },
+    Heartbeat {
+        epoch: Epoch,
+        watermark: OpId,
+    },
+    HeartbeatAck {
+        epoch: Epoch,
+    },
+    /// A new primary asks what its members applied that may not be everywhere.
+    Query {
+        epoch: Epoch,
+    },
+    /// The ranges of forwards this member applied that were not yet known complete.
+    InDoubt {
+        epoch: Epoch,
+        keys: Vec<LockKey>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Apply the operation `op` (submitted here) to the local copy, then `on_local_done`.
+    ApplyLocal {
+        op: OpId,
+    },
+    /// A new primary makes a range that may differ between members identical again: read
+    /// `lock`'s range of the local copy as the payload of `op` (forwarded as a write), then
+    /// `on_local_done`. `Reply` for such an op has no client.
+    ReadForResync {
+        op: OpId,
+        lock: LockKey,
+    },
+    /// Apply the operation `op` forwarded by `from`, then `on_forward_applied`.
+    ApplyForwarded {
+        from: Member,
+        op: OpId,
+    },
+    Send {
+        to: Member,
+        msg: Msg,
+    },
+    /// The operation is finished; the driver answers its client and drops its payload.
+    Reply {
+        op: OpId,
+        result: Result<(), OpError>,
+    },
+    /// Absent members miss this operation: record its extents durably before it is
+    /// acknowledged (the heal source of the next issue).
+    RecordDirty {
+        op: OpId,
+        absent: u8,
+    },
+    /// Compare-and-set the cluster store from epoch `map.epoch - 1` to `map`, then
+    /// `on_proposal_result`.
+    Propose {
+        map: PgMap,
+    },
+    /// A peer knows a newer map: read it from the cluster store, then `on_map`.
+    FetchMap,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// A forward not acknowledged within this leaves the write path.
+    pub replica_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    /// A member not heard from within this is suspected (a silent primary is replaced).
+    pub failover_ms: u64,
+    /// Unacknowledged forwards are sent again this often (lost messages).
+    pub resend_ms: u64,
+    /// Operations in flight or remembered for de-duplication, per PG.
+    pub window_ops_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            replica_timeout_ms: 1000,
+            heartbeat_ms: 150,
+            failover_ms: 1000,
+            resend_ms: 250,
+            window_ops_max: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpState {
+    Waiting,
+    Running,
+}
+
+#[derive(Debug)]
+struct Pending {
+    lock: LockKey,
+    local_first: bool,
+    state: OpState,
+    local: Option<Outcome>,
+    acks: [Option<Outcome>; MEMBERS_MAX as usize],
+    forwarded_at_ms: u64,
+    last_send_ms: u64,
+    forwarded: bool,
+    resync: bool,
+}
+
+/// A new primary's first job: learn which ranges may differ between members.
+#[derive(Debug)]
+struct Recovery {
+    waiting: u8,
+    keys: Vec<LockKey>,
+    started_ms: u64,
+    last_send_ms: u64,
+}
+
+/// How a member starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Boot {
+    /// Op ids of this incarnation start here (distinct from any earlier incarnation's).
+    pub op_base: OpId,
+    /// This member lost its memory (process restart); it may have missed forwards, so it
+    /// leaves the up-to-date set if anybody else is in it.
+    pub restarted: bool,
+}
+
+/// One member of one PG.
+pub struct Replica {
+    pub pg: u32,
+    me: Member,
+    cfg: Config,
+    map: PgMap,
+    /// Set when this member must leave the up-to-date set (restarted, or its disk failed): it
+    /// serves nothing until a map without it (or a refusal) arrives.
+    retiring: bool,
+    proposing: Option<PgMap>,
+    // primary side
+    next_op: OpId,
+    pending: BTreeMap<OpId, Pending>,
+    last_heard_ms: [u64; MEMBERS_MAX as usize],
+    suspect: u8,
+    suspect_since_ms: u64,
+    last_heartbeat_ms: u64,
+    // member side
+    last_heard_primary_ms: u64,
+    recovery: Option<Recovery>,
+    /// Forwards seen, by (sender, op), with their range: outcome `None` while being applied.
+    seen: HashMap<(Member, OpId), (LockKey, Option<Outcome>)>,
+    seen_watermark: [OpId; MEMBERS_MAX as usize],
+}
+
+impl Replica {
+    pub fn new(
+        pg: u32,
+        me: Member,
+        map: PgMap,
+        cfg: Config,
+        now_ms: u64,
+        boot: Boot,
+        out: &mut Vec<Output>,
+    ) -> Replica {
+        let Boot { op_base, restarted } = boot;
+        assert!(map.is_valid(), "invalid map {map:?}");
+        assert!(me < map.members);
+        let mut r = Replica {
+            pg,
+            me,
+            cfg,
+            map,
+            retiring: false,
+            proposing: None,
+            next_op: op_base.max(1),
+            pending: BTreeMap::new(),
+            last_heard_ms: [now_ms; MEMBERS_MAX as usize],
+            suspect: 0,
+            suspect_since_ms: now_ms,
+            last_heartbeat_ms: 0,
+            last_heard_primary_ms: now_ms,
+            recovery: None,
+            seen: HashMap::new(),
+            seen_watermark: [0; MEMBERS_MAX as usize],
+        };
+        if restarted && map.is_up_to_date(me) && map.up_to_date_count() > 1 {
+            r.retire(out);
+        }
+        r
+    }
+
+    pub fn map(&self) -> &PgMap {
+        &self.map
+    }
+
+    pub fn me(&self) -> Member {
+        self.me
+    }
+
+    /// Whether this member serves as primary right now (reads and writes go here).
+    pub fn is_primary(&self) -> bool {
+        !self.retiring && self.map.primary() == Some(self.me)
+    }
+
+    pub fn pending_ops(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn serving(&self) -> bool {
+        !self.retiring && self.map.is_up_to_date(self.me)
+    }
+
+    fn watermark(&self) -> OpId {
+        self.pending.keys().next().copied().unwrap_or(self.next_op)
+    }
+
+    /// Starts a client operation on the primary. `local_first`: apply locally before
+    /// forwarding (namespace operations, whose result decides what is forwarded).
+    pub fn submit(
+        &mut self,
+        now_ms: u64,
+        lock: LockKey,
+        local_first: bool,
+        out: &mut Vec<Output>,
+    ) -> Result<OpId, OpError> {
+        if !self.is_primary() {
+            return Err(OpError::NotPrimary {
+                epoch: self.map.epoch,
+                primary: self.map.primary(),
+            });
+        }
+        if !self.map.writable() {
+            return Err(OpError::BelowMinSize {
+                up_to_date: self.map.up_to_date_count(),
+                min_size: self.map.min_size,
+            });
+        }
+        if self.recovery.is_some() || self.next_op - self.watermark() >= self.cfg.window_ops_max {
+            return Err(OpError::Busy);
+        }
+        Ok(self.start_op(now_ms, lock, local_first, false, out))
+    }
+
+    fn start_op(
+        &mut self,
+        now_ms: u64,
+        lock: LockKey,
+        local_first: bool,
+        resync: bool,
+        out: &mut Vec<Output>,
+    ) -> OpId {
+        let op = self.next_op;
+        self.next_op += 1;
+        self.pending.insert(
+            op,
+            Pending {
+                lock,
+                local_first,
+                state: OpState::Waiting,
+                local: None,
+                acks: [None; MEMBERS_MAX as usize],
+                forwarded_at_ms: now_ms,
+                last_send_ms: now_ms,
+                forwarded: false,
+                resync,
+            },
+        );
+        self.try_start(now_ms, op, out);
+        op
+    }
+
+    fn try_start(&mut self, now_ms: u64, op: OpId, out: &mut Vec<Output>) {
+        let Some(p) = self.pending.get(&op) else {
+            return;
+        };
+        if p.state != OpState::Waiting {
+            return;
+        }
+        let lock = p.lock;
+        let blocked = self
+            .pending
+            .range(..op)
+            .any(|(_, earlier)| earlier.lock.conflicts(&lock));
+        if blocked {
+            return;
+        }
+        let absent = self.map.absent();
+        let p = self.pending.get_mut(&op).expect("checked above");
+        p.state = OpState::Running;
+        if absent != 0 {
+            out.push(Output::RecordDirty { op, absent });
+        }
+        if p.resync {
+            out.push(Output::ReadForResync { op, lock });
+        } else {
+            out.push(Output::ApplyLocal { op });
+        }
+        if !p.local_first {
+            self.forward(now_ms, op, out);
+        }
+    }
+
+    fn forward(&mut self, now_ms: u64, op: OpId, out: &mut Vec<Output>) {
+        let (epoch, watermark, me) = (self.map.epoch, self.watermark(), self.me);
+        let members: Vec<Member> = self.map.acting().filter(|&m| m != me).collect();
+        let Some(p) = self.pending.get_mut(&op) else {
+            return;
+        };
+        let lock = p.lock;
+        p.forwarded = true;
+        p.forwarded_at_ms = now_ms;
+        p.last_send_ms = now_ms;
+        for m in members {
+            if p.acks[m as usize].is_none() {
+                out.push(Output::Send {
+                    to: m,
+                    msg: Msg::Forward {
+                        epoch,
+                        op,
+                        lock,
+                        watermark,
+                    },
+                });
+            }
+        }
+    }
+
+    /// The local copy applied `op`.
+    pub fn on_local_done(
+        &mut self,
+        now_ms: u64,
+        op: OpId,
+        outcome: Outcome,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(p) = self.pending.get_mut(&op) else {
+            return; // the op was already answered (the map changed under it)
+        };
+        p.local = Some(outcome);
+        match outcome {
+            Outcome::Failed if self.map.up_to_date_count() > 1 => {
+                self.retire(out);
+                self.fail_all(OpError::Unavailable, out);
+            }
+            Outcome::Failed => {
+                // The only copy: it cannot step down; this op fails, the next may succeed.
+                self.finish(now_ms, op, Err(OpError::Unavailable), out);
+            }
+            Outcome::Refused(code) if p.local_first => {
+                self.finish(now_ms, op, Err(OpError::Refused(code)), out);
+            }
+            Outcome::Ok if p.local_first && !p.forwarded => {
+                self.forward(now_ms, op, out);
+                self.check_done(now_ms, op, out);
+            }
+            _ => self.check_done(now_ms, op, out),
+        }
+    }
+
+    /// Leaves the up-to-date set: proposes a map without this member. The last up-to-date
+    /// member never leaves (it holds the only complete copy).
+    fn retire(&mut self, out: &mut Vec<Output>) {
+        if self.map.without(1 << self.me).is_none() {
+            self.retiring = false;
+            return;
+        }
+        self.retiring = true;
+        if let Some(next) = self.map.without(1 << self.me) {
+            if self.proposing.is_none() {
+                self.proposing = Some(next);
+                out.push(Output::Propose { map: next });
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: OpError, out: &mut Vec<Output>) {
+        for (op, _) in std::mem::take(&mut self.pending) {
+            out.push(Output::Reply {
+                op,
+                result: Err(err),
+            });
+        }
+    }
+
+    fn check_done(&mut self, now_ms: u64, op: OpId, out: &mut Vec<Output>) {
+        let Some(p) = self.pending.get(&op) else {
+            return;
+        };
+        if p.state != OpState::Running || !p.forwarded {
+            return;
+        }
+        let Some(local) = p.local else { return };
+        let mut disagree = 0u8;
+        for m in self.map.acting().filter(|&m| m != self.me) {
+            match p.acks[m as usize] {
+                None => return, // still waiting for this member
+                Some(o) if o != local => disagree |= 1 << m,
+                Some(_) => {}
+            }
+        }
+        if disagree != 0 {
+            // A member that failed or disagrees leaves before the op completes without it.
+            self.suspect_members(now_ms, disagree);
+            self.maybe_propose(now_ms, true, out);
+            return;
+        }
+        let result = if !self.map.writable() {
+            Err(OpError::BelowMinSize {
+                up_to_date: self.map.up_to_date_count(),
+                min_size: self.map.min_size,
+            })
+        } else {
+            match local {
+                Outcome::Ok => Ok(()),
+                Outcome::Refused(code) => Err(OpError::Refused(code)),
+                Outcome::Failed => Err(OpError::Unavailable),
+            }
+        };
+        self.finish(now_ms, op, result, out);
+    }
+
+    fn finish(
+        &mut self,
+        now_ms: u64,
+        op: OpId,
+        result: Result<(), OpError>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(done) = self.pending.remove(&op) else {
+            return;
+        };
+        out.push(Output::Reply { op, result });
+        let unblocked: Vec<OpId> = self
+            .pending
+            .range(op..)
+            .filter(|(_, p)| p.state == OpState::Waiting && p.lock.conflicts(&done.lock))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in unblocked {
+            self.try_start(now_ms, id, out);
+        }
+    }
+
+    fn suspect_members(&mut self, now_ms: u64, members: u8) {
+        let members = members & self.map.up_to_date & !(1 << self.me);
+        if members & !self.suspect != 0 && self.suspect == 0 {
+            self.suspect_since_ms = now_ms;
+        }
+        self.suspect |= members;
+    }
+
+    /// Proposes removing the suspected members. A removal that leaves the PG below min_size
+    /// waits longer: the silent side may be this primary, and the others should get the
+    /// chance to replace it first (their map keeps the PG writable).
+    fn maybe_propose(&mut self, now_ms: u64, definite: bool, out: &mut Vec<Output>) {
+        if self.suspect == 0 || self.proposing.is_some() || !self.serving() {
+            return;
+        }
+        let Some(next) = self.map.without(self.suspect) else {
+            return;
+        };
+        let grace_ms = 2 * self.cfg.failover_ms;
+        if !next.writable() && !definite && now_ms < self.suspect_since_ms + grace_ms {
+            return;
+        }
+        self.proposing = Some(next);
+        out.push(Output::Propose { map: next });
+    }
+
+    /// A message from member `from`.
+    pub fn on_message(&mut self, now_ms: u64, from: Member, msg: Msg, out: &mut Vec<Output>) {
+        if from >= self.map.members || from == self.me {
+            return;
+        }
+        match msg {
+            Msg::Forward {
+                epoch,
+                op,
+                lock,
+                watermark,
+            } => self.on_forward(now_ms, from, epoch, op, lock, watermark, out),
+            Msg::Ack { epoch, op, outcome } => {
+                self.heard(now_ms, from, epoch, out);
+                if let Some(p) = self.pending.get_mut(&op) {
+                    if p.state == OpState::Running {
+                        p.acks[from as usize] = Some(outcome);
+                        self.check_done(now_ms, op, out);
+                    }
+                }
+            }
+            Msg::Nack { epoch, .. } | Msg::HeartbeatAck { epoch } => {
+                self.heard(now_ms, from, epoch, out)
+            }
+            Msg::Heartbeat { epoch, watermark } => {
+                if epoch > self.map.epoch {
+                    out.push(Output::FetchMap);
+                }
+                if epoch == self.map.epoch && self.map.primary() == Some(from) {
+                    self.last_heard_primary_ms = now_ms;
+                    self.forget_below(from, watermark);
+                }
+                out.push(Output::Send {
+                    to: from,
+                    msg: Msg::HeartbeatAck {
+                        epoch: self.map.epoch,
+                    },
+                });
+            }
+            Msg::Query { epoch } => {
+                if epoch > self.map.epoch {
+                    out.push(Output::FetchMap);
+                }
+                if epoch != self.map.epoch || self.map.primary() != Some(from) || !self.serving() {
+                    out.push(Output::Send {
+                        to: from,
+                        msg: Msg::Nack {
+                            epoch: self.map.epoch,
+                            op: 0,
+                        },
+                    });
+                    return;
+                }
+                self.last_heard_primary_ms = now_ms;
+                if self.applying() {
+                    // Forwards of the old primary are still being applied here: answer once
+                    // they are done (the primary asks again), so that nothing of the old epoch
+                    // lands after the new primary's first write.
+                    return;
+                }
+                out.push(Output::Send {
+                    to: from,
+                    msg: Msg::InDoubt {
+                        epoch,
+                        keys: self.in_doubt_keys(),
+                    },
+                });
+            }
+            Msg::InDoubt { epoch, keys } => {
+                self.heard(now_ms, from, epoch, out);
+                if epoch != self.map.epoch {
+                    return;
+                }
+                if let Some(rec) = self.recovery.as_mut() {
+                    if rec.waiting & (1 << from) != 0 {
+                        rec.waiting &= !(1 << from);
+                        rec.keys.extend(keys);
+                    }
+                }
+                self.maybe_finish_recovery(now_ms, out);
+            }
+        }
+    }
+
+    fn forget_below(&mut self, from: Member, watermark: OpId) {
+        let wm = &mut self.seen_watermark[from as usize];
+        if watermark > *wm {
+            *wm = watermark;
+            self.seen.retain(|&(f, o), _| f != from || o >= watermark);
+        }
+    }
+
+    /// Whether a forwarded op is still being applied here.
+    fn applying(&self) -> bool {
+        self.seen.values().any(|(_, outcome)| outcome.is_none())
+    }
+
+    /// Ranges of forwards seen here that are not known to be on every member.
+    fn in_doubt_keys(&self) -> Vec<LockKey> {
+        let mut keys: Vec<LockKey> = self.seen.values().map(|(k, _)| *k).collect();
+        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.dedup();
+        keys
+    }
+
+    /// Becoming primary in a new epoch: ask every member for its in-doubt ranges first.
+    fn begin_recovery(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let me = self.me;
+        let others: Vec<Member> = self.map.acting().filter(|&m| m != me).collect();
+        let mut waiting = 0u8;
+        for &m in &others {
+            waiting |= 1 << m;
+            out.push(Output::Send {
+                to: m,
+                msg: Msg::Query {
+                    epoch: self.map.epoch,
+                },
+            });
+        }
+        self.recovery = Some(Recovery {
+            waiting,
+            keys: self.in_doubt_keys(),
+            started_ms: now_ms,
+            last_send_ms: now_ms,
+        });
+        self.maybe_finish_recovery(now_ms, out);
+    }
+
+    /// Once every member answered (or left), every in-doubt range is copied from this
+    /// member to all others, before any client op (the ops queue behind them by their locks).
+    fn maybe_finish_recovery(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(rec) = self.recovery.as_ref() else {
+            return;
+        };
+        if rec.waiting & self.map.up_to_date != 0 || self.applying() {
+            return;
+        }
+        let mut keys = self.recovery.take().map(|r| r.keys).unwrap_or_default();
+        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.dedup();
+        for lock in keys {
+            self.start_op(now_ms, lock, true, true, out);
+        }
+    }
+
+    fn heard(&mut self, now_ms: u64, from: Member, epoch: Epoch, out: &mut Vec<Output>) {
+        self.last_heard_ms[from as usize] = now_ms;
+        if epoch > self.map.epoch {
+            out.push(Output::FetchMap);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_forward(
+        &mut self,
+        now_ms: u64,
+        from: Member,
+        epoch: Epoch,
+        op: OpId,
+        lock: LockKey,
+        watermark: OpId,
+        out: &mut Vec<Output>,
+    ) {
+        let fenced = epoch != self.map.epoch || !self.serving() || self.map.primary() != Some(from);
+        if fenced {
+            if epoch > self.map.epoch {
+                out.push(Output::FetchMap);
+            }
+            out.push(Output::Send {
+                to: from,
+                msg: Msg::Nack {
+                    epoch: self.map.epoch,
+                    op,
+                },
+            });
+            return;
+        }
+        self.last_heard_primary_ms = now_ms;
+        self.forget_below(from, watermark);
+        if op < self.seen_watermark[from as usize] {
+            return; // a late duplicate of an op every member has
+        }
+        match self.seen.get(&(from, op)) {
+            Some((_, Some(outcome))) => out.push(Output::Send {
+                to: from,
+                msg: Msg::Ack {
+                    epoch,
+                    op,
+                    outcome: *outcome,
+                },
+            }),
+            Some((_, None)) => {} // being applied; its ack follows
+            None => {
+                if self.seen.len() as u64 >= self.cfg.window_ops_max {
+                    // The primary bounds its window, so this is a peer breaking the protocol:
+                    // refuse rather than grow without limit.
+                    out.push(Output::Send {
+                        to: from,
+                        msg: Msg::Ack {
+                            epoch,
+                            op,
+                            outcome: Outcome::Failed,
+                        },
+                    });
+                    return;
+                }
+                self.seen.insert((from, op), (lock, None));
+                out.push(Output::ApplyForwarded { from, op });
+            }
+        }
+    }
+
+    /// A forwarded op finished applying on this member.
+    pub fn on_forward_applied(
+        &mut self,
+        now_ms: u64,
+        from: Member,
+        op: OpId,
+        outcome: Outcome,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some((_, slot)) = self.seen.get_mut(&(from, op)) {
+            *slot = Some(outcome);
+        }
+        if outcome == Outcome::Failed {
+            self.retire(out);
+        }
+        if self.recovery.is_some() {
+            self.maybe_finish_recovery(now_ms, out);
+        }
+        out.push(Output::Send {
+            to: from,
+            msg: Msg::Ack {
+                epoch: self.map.epoch,
+                op,
+                outcome,
+            },
+        });
+    }
+
+    /// Time passes: heartbeats, resends, timeouts, failover.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.is_primary() {
+            self.tick_primary(now_ms, out);
+        } else if self.serving() {
+            let silent_ms = now_ms.saturating_sub(self.last_heard_primary_ms);
+            if silent_ms > self.cfg.failover_ms {
+                if let Some(p) = self.map.primary() {
+                    let since = self.last_heard_primary_ms + self.cfg.failover_ms;
+                    if self.suspect & (1 << p) == 0 {
+                        self.suspect = 1 << p;
+                        self.suspect_since_ms = since;
+                    }
+                    self.maybe_propose(now_ms, false, out);
+                }
+            }
+        }
+    }
+
+    fn tick_primary(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let me = self.me;
+        let others: Vec<Member> = self.map.acting().filter(|&m| m != me).collect();
+        if now_ms >= self.last_heartbeat_ms + self.cfg.heartbeat_ms {
+            self.last_heartbeat_ms = now_ms;
+            let watermark = self.watermark();
+            for &m in &others {
+                out.push(Output::Send {
+                    to: m,
+                    msg: Msg::Heartbeat {
+                        epoch: self.map.epoch,
+                        watermark,
+                    },
+                });
+            }
+        }
+        if let Some(rec) = self.recovery.as_mut() {
+            let waiting = rec.waiting & self.map.up_to_date;
+            if now_ms.saturating_sub(rec.started_ms) > self.cfg.replica_timeout_ms {
+                let since = rec.started_ms;
+                self.suspect_members(since, waiting);
+            } else if now_ms.saturating_sub(rec.last_send_ms) >= self.cfg.resend_ms {
+                rec.last_send_ms = now_ms;
+                for m in (0..self.map.members).filter(|m| waiting & (1 << m) != 0) {
+                    out.push(Output::Send {
+                        to: m,
+                        msg: Msg::Query {
+                            epoch: self.map.epoch,
+                        },
+                    });
+                }
+            }
+        }
+        let mut silent = 0u8;
+        for &m in &others {
+            if now_ms.saturating_sub(self.last_heard_ms[m as usize]) > self.cfg.failover_ms {
+                silent |= 1 << m;
+            }
+        }
+        let (epoch, watermark) = (self.map.epoch, self.watermark());
+        for (&op, p) in self.pending.iter_mut() {
+            if p.state != OpState::Running || !p.forwarded {
+                continue;
+            }
+            let overdue = now_ms.saturating_sub(p.forwarded_at_ms) > self.cfg.replica_timeout_ms;
+            let resend = now_ms.saturating_sub(p.last_send_ms) >= self.cfg.resend_ms;
+            let lock = p.lock;
+            for &m in &others {
+                if p.acks[m as usize].is_some() {
+                    continue;
+                }
+                if overdue {
+                    silent |= 1 << m;
+                } else if resend {
+                    out.push(Output::Send {
+                        to: m,
+                        msg: Msg::Forward {
+                            epoch,
+                            op,
+                            lock,
+                            watermark,
+                        },
+                    });
+                }
+            }
+            if resend {
+                p.last_send_ms = now_ms;
+            }
+        }
+        if silent != 0 {
+            self.suspect_members(now_ms, silent);
+        }
+        self.maybe_propose(now_ms, false, out);
+    }
+
+    /// The result of a `Propose`: `Ok(map)` if it was installed, `Err(current)` with the map
+    /// that is installed instead, or `Err(None)` if the store could not be reached.
+    pub fn on_proposal_result(
+        &mut self,
+        now_ms: u64,
+        result: Result<PgMap, Option<PgMap>>,
+        out: &mut Vec<Output>,
+    ) {
+        self.proposing = None;
+        match result {
+            Ok(map) | Err(Some(map)) => self.on_map(now_ms, map, out),
+            Err(None) => {
+                if self.retiring {
+                    self.retire(out); // keep trying to leave
+                }
+            }
+        }
+    }
+
+    /// A map read from the cluster store (watch, fetch or proposal result).
+    pub fn on_map(&mut self, now_ms: u64, map: PgMap, out: &mut Vec<Output>) {
+        if map.epoch <= self.map.epoch || !map.is_valid() || map.members != self.map.members {
+            return;
+        }
+        let was_primary = self.is_primary();
+        self.map = map;
+        self.suspect &= map.up_to_date;
+        if !map.is_up_to_date(self.me) {
+            self.retiring = false; // done: absent until healed
+        } else if self.retiring {
+            self.proposing = None;
+            self.retire(out); // still listed: propose again against the new epoch
+        }
+        if self.is_primary() {
+            if !was_primary {
+                self.last_heard_ms = [now_ms; MEMBERS_MAX as usize];
+                self.last_heartbeat_ms = 0;
+                self.begin_recovery(now_ms, out);
+            } else {
+                self.maybe_finish_recovery(now_ms, out);
+            }
+            // Ops in flight continue in the new epoch: members that left are no longer
+            // waited for, the others get the forward again with the new epoch.
+            let running: Vec<OpId> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.state == OpState::Running && p.forwarded)
+                .map(|(&id, _)| id)
+                .collect();
+            for op in running {
+                self.forward(now_ms, op, out);
+                self.check_done(now_ms, op, out);
+            }
+            self.tick_primary(now_ms, out);
+        } else {
+            let applied_here = self
+                .pending
+                .values()
+                .any(|p| p.local.is_some() || (p.state == OpState::Running && !p.local_first));
+            self.fail_all(
+                OpError::NotPrimary {
+                    epoch: map.epoch,
+                    primary: map.primary(),
+                },
+                out,
+            );
+            if applied_here && self.serving() {
+                // Ops applied here may be missing elsewhere: this copy may differ from the
+                // others, so it must not stay listed as identical.
+                self.retire(out);
+            }
+            self.recovery = None;
+            self.last_heard_primary_ms = now_ms;
+            self.suspect = 0;
+        }
+    }
+}
