@@ -98,4 +98,7 @@ pub const BENCH_QD_MAX: u32 = 1024;
 pub const BENCH_JOBS_MAX: u32 = 64;
 
 /// Default ports of `brickd dev`.
+/// A node whose liveness lease is not renewed for this long is considered down.
+pub const NODE_LIVENESS_TTL_MS: u64 = 2000;
+
 pub const DEV_NATIVE_PORT: u16 = 7700;

@@ -5,6 +5,7 @@
 //! volume bumps its epoch (the map epoch that fencing will use).
 
 use crate::store::{ClusterStore, StoreError, TxnOp};
+pub use brick_replication::PgMap;
 use brick_tuning::{
     CLUSTER_VOLUMES_MAX, DIRECT_IO_SIZE_MIN_DEFAULT, REPLICA_COUNT_MAX, VOLUME_BRICKS_MAX,
     VOLUME_PGS_DEFAULT, VOLUME_PGS_MAX,
@@ -201,6 +202,10 @@ pub struct Cluster {
 
 fn vol_key(name: &str) -> String {
     format!("volumes/{name}")
+}
+
+fn pg_key(volume: &str, pg: u32) -> String {
+    format!("pgmaps/{volume}/{pg:05}")
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -412,6 +417,119 @@ impl Cluster {
             return Err(ClusterError::NotFound(format!("node {name}")));
         }
         self.store.txn(&[], &[TxnOp::Delete(key)]).await?;
+        Ok(())
+    }
+
+    /// Marks `node` alive for as long as this process runs (etcd: a lease of `ttl_ms`).
+    pub async fn register_alive(&self, node: &str, ttl_ms: u64) -> ClusterResult<()> {
+        validate_name("node", node)?;
+        self.store
+            .put_alive(&format!("alive/{node}"), node.as_bytes().to_vec(), ttl_ms)
+            .await?;
+        Ok(())
+    }
+
+    /// Names of the nodes whose liveness key is present.
+    pub async fn alive_nodes(&self) -> ClusterResult<Vec<String>> {
+        Ok(self
+            .store
+            .list("alive/")
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix("alive/").map(str::to_string))
+            .collect())
+    }
+
+    pub async fn watch(&self, prefix: &str) -> ClusterResult<tokio::sync::watch::Receiver<u64>> {
+        Ok(self.store.watch(prefix).await?)
+    }
+
+    /// Creates the first map of every PG of a volume that has none yet: every member up to
+    /// date, primaries spread over the set (`pg % R`). Idempotent.
+    pub async fn ensure_pg_maps(&self, vol: &Volume) -> ClusterResult<Vec<PgMap>> {
+        let existing = self.pg_maps(vol).await?;
+        let members = vol.replica as u8;
+        let min_size = vol.min_size.min(vol.replica) as u8;
+        let mut out = Vec::with_capacity(vol.pg_count as usize);
+        for pg in 0..vol.pg_count {
+            if let Some(m) = existing.get(pg as usize).copied().flatten() {
+                out.push(m);
+                continue;
+            }
+            let map = PgMap::initial(members, min_size.max(1), (pg % vol.replica) as u8);
+            let key = pg_key(&vol.name, pg);
+            let created = self
+                .store
+                .txn(
+                    &[(key.clone(), None)],
+                    &[TxnOp::Put(key.clone(), to_json(&map))],
+                )
+                .await?;
+            if created {
+                out.push(map);
+            } else {
+                let bytes = self.store.get(&key).await?.ok_or(ClusterError::Contended)?;
+                out.push(from_json(&key, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The map of every PG of a volume, by PG number (`None`: not created yet).
+    pub async fn pg_maps(&self, vol: &Volume) -> ClusterResult<Vec<Option<PgMap>>> {
+        let mut out = vec![None; vol.pg_count as usize];
+        for (k, v) in self.store.list(&format!("pgmaps/{}/", vol.name)).await? {
+            let Some(pg) = k.rsplit('/').next().and_then(|p| p.parse::<usize>().ok()) else {
+                continue;
+            };
+            let map: PgMap = from_json(&k, &v)?;
+            if !map.is_valid() || map.members as u32 != vol.replica {
+                return Err(StoreError::Corrupt(format!("{k}: invalid map {map:?}")).into());
+            }
+            if let Some(slot) = out.get_mut(pg) {
+                *slot = Some(map);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs `next` as the map of one PG if the installed one is still `next.epoch - 1`
+    /// (the epoch change is one etcd transaction). Returns the map installed afterwards and
+    /// whether it is `next`.
+    pub async fn propose_pg_map(
+        &self,
+        volume: &str,
+        pg: u32,
+        next: &PgMap,
+    ) -> ClusterResult<(PgMap, bool)> {
+        let key = pg_key(volume, pg);
+        let Some(bytes) = self.store.get(&key).await? else {
+            return Err(ClusterError::NotFound(format!(
+                "map of pg {pg} of volume {volume}"
+            )));
+        };
+        let current: PgMap = from_json(&key, &bytes)?;
+        if current.epoch + 1 != next.epoch || !next.is_valid() {
+            return Ok((current, false));
+        }
+        let ok = self
+            .store
+            .txn(
+                &[(key.clone(), Some(bytes))],
+                &[TxnOp::Put(key.clone(), to_json(next))],
+            )
+            .await?;
+        if ok {
+            return Ok((*next, true));
+        }
+        let bytes = self.store.get(&key).await?.ok_or(ClusterError::Contended)?;
+        Ok((from_json(&key, &bytes)?, false))
+    }
+
+    pub async fn delete_pg_maps(&self, vol: &Volume) -> ClusterResult<()> {
+        for (k, _) in self.store.list(&format!("pgmaps/{}/", vol.name)).await? {
+            self.store.txn(&[], &[TxnOp::Delete(k)]).await?;
+        }
         Ok(())
     }
 

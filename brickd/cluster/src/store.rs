@@ -39,6 +39,12 @@ pub trait ClusterStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Applies `ops` atomically and durably if every check holds; returns whether it did.
     async fn txn(&self, checks: &[Check], ops: &[TxnOp]) -> Result<bool, StoreError>;
+    /// Puts `key` for as long as this process lives: etcd keeps it under a lease of
+    /// `ttl_ms`, renewed in the background, so it vanishes when the process dies or hangs.
+    /// The embedded store puts it plainly (its only node is alive while it runs).
+    async fn put_alive(&self, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<(), StoreError>;
+    /// A counter that moves (coalesced) after keys under `prefix` changed.
+    async fn watch(&self, prefix: &str) -> Result<tokio::sync::watch::Receiver<u64>, StoreError>;
     /// What backs this store, for `volume info` and logs.
     fn describe(&self) -> String;
 }
@@ -48,6 +54,7 @@ pub trait ClusterStore: Send + Sync {
 pub struct EmbeddedStore {
     path: PathBuf,
     inner: Mutex<Inner>,
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 struct Inner {
@@ -90,6 +97,7 @@ impl EmbeddedStore {
             log.sync_all()?;
         }
         let store = EmbeddedStore {
+            changed: tokio::sync::watch::channel(0).0,
             path,
             inner: Mutex::new(Inner {
                 map,
@@ -250,7 +258,18 @@ impl ClusterStore for EmbeddedStore {
         for op in ops {
             apply(&mut inner.map, op.clone());
         }
+        drop(inner);
+        self.changed.send_modify(|n| *n += 1);
         Ok(true)
+    }
+
+    async fn put_alive(&self, key: &str, value: Vec<u8>, _ttl_ms: u64) -> Result<(), StoreError> {
+        self.txn(&[], &[TxnOp::Put(key.to_string(), value)]).await?;
+        Ok(())
+    }
+
+    async fn watch(&self, _prefix: &str) -> Result<tokio::sync::watch::Receiver<u64>, StoreError> {
+        Ok(self.changed.subscribe())
     }
 
     fn describe(&self) -> String {

@@ -6,7 +6,8 @@ mod mgmt;
 use anyhow::{bail, Context, Result};
 use brick_cluster::mgmt::MgmtOp;
 use brick_cluster::{
-    hex_encode, BrickSpec, Cluster, ClusterError, EmbeddedStore, UserRecord, VolumeStatus,
+    hex_encode, BrickSpec, Cluster, ClusterError, ClusterStore, EmbeddedStore, EtcdStore,
+    UserRecord, VolumeStatus,
 };
 use brick_dataplane::{Dataplane, DataplaneConfig, MgmtRequest};
 use brick_tuning::{DEV_NATIVE_PORT, MGMT_DOC_BYTES_MAX};
@@ -113,23 +114,46 @@ fn run() -> Result<()> {
             if config.is_some() {
                 bail!("--config is reserved for node tuning files and not read by this build");
             }
-            let dir = match store.strip_prefix("embedded://") {
-                Some(dir) => PathBuf::from(dir),
-                None if store.starts_with("etcd://") => bail!(
-                    "the etcd cluster store lands with multi-node clusters; this build runs single-node clusters on \
-                     --store embedded://DIR"
-                ),
-                None => bail!("--store must be embedded://DIR or etcd://H:P[,H:P...]"),
-            };
+            let store = StoreSpec::parse(&store)?;
             rt.block_on(run_serve(
                 node,
                 listen,
-                dir,
+                store,
                 Tuning { cores, spin_us },
                 admin_user,
                 admin_password,
             ))
         }
+    }
+}
+
+/// Where the cluster state lives.
+enum StoreSpec {
+    Embedded(PathBuf),
+    Etcd(String),
+}
+
+impl StoreSpec {
+    fn parse(s: &str) -> Result<StoreSpec> {
+        if let Some(dir) = s.strip_prefix("embedded://") {
+            return Ok(StoreSpec::Embedded(PathBuf::from(dir)));
+        }
+        if let Some(eps) = s.strip_prefix("etcd://") {
+            return Ok(StoreSpec::Etcd(eps.to_string()));
+        }
+        bail!("--store must be embedded://DIR or etcd://H:P[,H:P...]")
+    }
+
+    async fn open(&self) -> Result<Arc<dyn ClusterStore>> {
+        Ok(match self {
+            StoreSpec::Embedded(dir) => Arc::new(
+                EmbeddedStore::open(dir)
+                    .with_context(|| format!("opening cluster store in {}", dir.display()))?,
+            ),
+            StoreSpec::Etcd(eps) => EtcdStore::connect(eps)
+                .await
+                .with_context(|| format!("connecting to etcd at {eps}"))?,
+        })
     }
 }
 
@@ -148,14 +172,16 @@ struct Running {
 async fn start_node(
     node: &str,
     listen: SocketAddr,
-    store_dir: &Path,
+    store: &StoreSpec,
     tuning: Tuning,
 ) -> Result<Running> {
-    let store = EmbeddedStore::open(store_dir)
-        .with_context(|| format!("opening cluster store in {}", store_dir.display()))?;
-    let cluster = Cluster::new(Arc::new(store));
+    let cluster = Cluster::new(store.open().await?);
     let mgmt = Arc::new(Mgmt::new(cluster, node.to_string()));
     mgmt.register_self(&listen.to_string()).await?;
+    mgmt.cluster
+        .register_alive(node, brick_tuning::NODE_LIVENESS_TTL_MS)
+        .await
+        .context("registering this node's liveness")?;
     let state = mgmt
         .serve_state()
         .await
@@ -195,11 +221,24 @@ async fn serve_until_signal(running: Running) -> Result<()> {
         mgmt_rx,
     } = running;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Other nodes change the cluster state too (a volume started, a user added): follow it.
+    let mut changes = mgmt.cluster.watch("").await?;
     loop {
         tokio::select! {
             req = mgmt_rx.recv_async() => {
                 let Ok(req) = req else { break };
                 handle_mgmt(&mgmt, &dataplane, req).await;
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // Coalesce a burst of changes into one republish.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                changes.borrow_and_update();
+                if let Err(e) = republish(&mgmt, &dataplane).await {
+                    tracing::warn!("cannot follow the cluster state: {e:#}");
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -320,7 +359,8 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()>
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let password = kept_password(&dir.join("dev-password"))?;
-    let running = start_node("dev", listen, &dir.join("cluster"), tuning).await?;
+    let store = StoreSpec::Embedded(dir.join("cluster"));
+    let running = start_node("dev", listen, &store, tuning).await?;
     let cluster = running.mgmt.cluster.clone();
     ensure_user(&cluster, "dev", &password, true).await?;
     let bricks: Vec<BrickSpec> = (0..3)
@@ -376,13 +416,13 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()>
 async fn run_serve(
     node: String,
     listen: SocketAddr,
-    store_dir: PathBuf,
+    store: StoreSpec,
     tuning: Tuning,
     admin_user: String,
     admin_password: Option<String>,
 ) -> Result<()> {
     brick_cluster::validate_name("node", &node)?;
-    let running = start_node(&node, listen, &store_dir, tuning).await?;
+    let running = start_node(&node, listen, &store, tuning).await?;
     let cluster = running.mgmt.cluster.clone();
     if cluster.list_users().await?.is_empty() {
         let password = match admin_password {

@@ -168,14 +168,24 @@ impl Mgmt {
                 bricks,
                 pg_count,
             } => {
-                let specs = bricks.iter().map(|b| BrickSpec::parse(b)).collect::<Result<Vec<_>, _>>().map_err(cluster_err)?;
+                let specs = bricks
+                    .iter()
+                    .map(|b| BrickSpec::parse(b))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(cluster_err)?;
                 let nodes = c.list_nodes().await.map_err(cluster_err)?;
                 for s in &specs {
                     if !nodes.iter().any(|n| n.name == s.node) {
-                        return Err((ErrorCode::Invalid, format!("brick {s}: node {:?} is not a peer of this cluster", s.node)));
+                        return Err((
+                            ErrorCode::Invalid,
+                            format!("brick {s}: node {:?} is not a peer of this cluster", s.node),
+                        ));
                     }
                 }
-                let vol = c.create_volume(&name, replica, specs, pg_count).await.map_err(cluster_err)?;
+                let vol = c
+                    .create_volume(&name, replica, specs, pg_count)
+                    .await
+                    .map_err(cluster_err)?;
                 Ok(self.info(&vol))
             }
             MgmtOp::VolumeStart { name } => {
@@ -184,6 +194,7 @@ impl Mgmt {
                 if spec.node == self.node {
                     self.open_brick(&vol, &spec)?;
                 }
+                c.ensure_pg_maps(&vol).await.map_err(cluster_err)?;
                 let vol = c
                     .update_volume(&name, |v| {
                         v.status = VolumeStatus::Started;
@@ -204,11 +215,21 @@ impl Mgmt {
                 Ok(self.info(&vol))
             }
             MgmtOp::VolumeDelete { name } => {
+                let vol = c.volume(&name).await.map_err(cluster_err)?;
                 c.delete_volume(&name).await.map_err(cluster_err)?;
+                c.delete_pg_maps(&vol).await.map_err(cluster_err)?;
                 Ok(json!({"deleted": name, "note": "brick directories are left on disk untouched"}))
             }
-            MgmtOp::VolumeInfo { name } => Ok(self.info(&c.volume(&name).await.map_err(cluster_err)?)),
-            MgmtOp::VolumeStatus { name } => self.status(&c.volume(&name).await.map_err(cluster_err)?).await,
+            MgmtOp::VolumeInfo { name } => {
+                let vol = c.volume(&name).await.map_err(cluster_err)?;
+                let mut info = self.info(&vol);
+                info["pgs"] = pg_summary(&vol, &c.pg_maps(&vol).await.map_err(cluster_err)?);
+                Ok(info)
+            }
+            MgmtOp::VolumeStatus { name } => {
+                self.status(&c.volume(&name).await.map_err(cluster_err)?)
+                    .await
+            }
             MgmtOp::VolumeList => {
                 let vols = c.list_volumes().await.map_err(cluster_err)?;
                 Ok(json!({"volumes": vols.iter().map(|v| json!({
@@ -226,19 +247,42 @@ impl Mgmt {
                     .map_err(cluster_err)?;
                 Ok(self.info(&vol))
             }
-            MgmtOp::PeerAdd { name, .. } => Err((
-                ErrorCode::NotSupported,
-                format!(
-                    "cannot add peer {name:?}: this node runs on the embedded single-node store ({}); \
-                     multi-node clusters use `brickd serve --store etcd://...`",
-                    c.describe_store()
-                ),
-            )),
+            MgmtOp::PeerAdd { name, addr } => {
+                if !c.describe_store().starts_with("etcd") {
+                    return Err((
+                        ErrorCode::NotSupported,
+                        format!(
+                            "cannot add peer {name:?}: this node runs on the embedded single-node store ({}); \
+                             multi-node clusters use `brickd serve --store etcd://...`",
+                            c.describe_store()
+                        ),
+                    ));
+                }
+                addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                    (
+                        ErrorCode::Invalid,
+                        format!("peer address {addr:?} is not HOST:PORT"),
+                    )
+                })?;
+                // The node registers itself (and its current address) when it starts; adding it
+                // first lets volumes name it before it has joined.
+                c.put_node(&Node {
+                    name: name.clone(),
+                    addr: addr.clone(),
+                })
+                .await
+                .map_err(cluster_err)?;
+                Ok(json!({"added": name, "addr": addr}))
+            }
             MgmtOp::PeerList => {
                 let nodes = c.list_nodes().await.map_err(cluster_err)?;
-                Ok(json!({"peers": nodes.iter().map(|n| json!({
-                    "name": n.name, "addr": n.addr, "self": n.name == self.node
-                })).collect::<Vec<_>>()}))
+                let alive = c.alive_nodes().await.map_err(cluster_err)?;
+                Ok(
+                    json!({"store": c.describe_store(), "peers": nodes.iter().map(|n| json!({
+                    "name": n.name, "addr": n.addr, "self": n.name == self.node,
+                    "alive": alive.contains(&n.name),
+                })).collect::<Vec<_>>()}),
+                )
             }
             MgmtOp::PeerRemove { name } => {
                 if name == self.node {
@@ -250,7 +294,10 @@ impl Mgmt {
             MgmtOp::VolumeOpen { name } => {
                 let vol = c.volume(&name).await.map_err(cluster_err)?;
                 if vol.status != VolumeStatus::Started {
-                    return Err((ErrorCode::VolumeStopped, format!("volume {name} is not started")));
+                    return Err((
+                        ErrorCode::VolumeStopped,
+                        format!("volume {name} is not started"),
+                    ));
                 }
                 let handle = VolumeHandle {
                     id: vol.id,
@@ -329,4 +376,33 @@ impl Mgmt {
             }
         }
     }
+}
+
+/// Each PG's map epoch, primary and up-to-date bricks, as `volume info` shows them.
+fn pg_summary(vol: &Volume, maps: &[Option<brick_cluster::PgMap>]) -> Value {
+    let set = vol
+        .replica_sets()
+        .first()
+        .map(|s| s.to_vec())
+        .unwrap_or_default();
+    let brick = |m: u8| {
+        set.get(m as usize)
+            .map(|b| b.to_string())
+            .unwrap_or_default()
+    };
+    Value::Array(
+        maps.iter()
+            .enumerate()
+            .map(|(pg, m)| match m {
+                None => json!({"pg": pg, "map": null}),
+                Some(m) => json!({
+                    "pg": pg,
+                    "epoch": m.epoch,
+                    "primary": m.primary().map(brick),
+                    "up_to_date": m.acting().map(brick).collect::<Vec<_>>(),
+                    "writable": m.writable(),
+                }),
+            })
+            .collect(),
+    )
 }

@@ -199,3 +199,213 @@ pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A real etcd (Debian's etcd-server) on loopback ports, with its data in a scratch directory;
+/// killed by PID when dropped. Election timings are shortened so that 1-2 s leases work.
+pub struct Etcd {
+    child: Option<Child>,
+    pub endpoint: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let tmp = tempfile::Builder::new()
+            .prefix("etcd-test")
+            .tempdir_in(scratch_root())
+            .expect("tempdir");
+        for _ in 0..PORT_ATTEMPTS {
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("127.0.0.1:{client}");
+            let log = std::fs::File::create(tmp.path().join("etcd.log")).expect("log");
+            let spawned = Command::new("etcd")
+                .args(["--name", "test", "--data-dir"])
+                .arg(tmp.path().join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://{endpoint}"),
+                    "--advertise-client-urls",
+                    &format!("http://{endpoint}"),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster",
+                    &format!("test=http://127.0.0.1:{peer}"),
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "500",
+                ])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn();
+            let mut child = match spawned {
+                Ok(c) => c,
+                Err(e) => {
+                    panic!("cannot run etcd ({e}): install Debian's etcd-server (.ci/run does)")
+                }
+            };
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try others
+                }
+                if etcd_answers(&endpoint) {
+                    return Etcd {
+                        child: Some(child),
+                        endpoint,
+                        _tmp: tmp,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "etcd did not answer on {endpoint}; log:\n{}",
+                        std::fs::read_to_string(tmp.path().join("etcd.log")).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("etcd did not start after {PORT_ATTEMPTS} attempts");
+    }
+
+    pub fn store_url(&self) -> String {
+        format!("etcd://{}", self.endpoint)
+    }
+}
+
+fn etcd_answers(endpoint: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(endpoint) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /health HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains("\"health\":\"true\"")
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One `brickd serve` node of a multi-node cluster; killed by PID when dropped.
+pub struct ServeNode {
+    brickd: PathBuf,
+    child: Option<Child>,
+    pub name: String,
+    pub addr: String,
+    pub dir: PathBuf,
+    store: String,
+    password: String,
+}
+
+impl ServeNode {
+    /// Starts node `name` with its bricks under `dir/<name>/`; waits until it serves.
+    pub fn start(brickd: &Path, name: &str, dir: &Path, store: &str, password: &str) -> ServeNode {
+        let mut n = ServeNode {
+            brickd: brickd.to_path_buf(),
+            child: None,
+            name: name.to_string(),
+            addr: String::new(),
+            dir: dir.join(name),
+            store: store.to_string(),
+            password: password.to_string(),
+        };
+        std::fs::create_dir_all(&n.dir).expect("node dir");
+        for _ in 0..PORT_ATTEMPTS {
+            n.addr = format!("127.0.0.1:{}", free_port());
+            match n.try_spawn() {
+                Ok(()) => return n,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("brickd serve {name} exited during start; log:\n{log}"),
+            }
+        }
+        panic!("no free loopback port after {PORT_ATTEMPTS} attempts");
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let started_before = self.log().matches("serving on").count();
+        let log_path = self.dir.join("brickd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = Command::new(&self.brickd)
+            .args(["serve", "--node", &self.name, "--listen", &self.addr])
+            .args(["--store", &self.store, "--cores", "1"])
+            .env("BRICKD_ADMIN_PASSWORD", &self.password)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn brickd serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("exit status {status}\n{}", self.log()));
+            }
+            if self.log().matches("serving on").count() > started_before {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "brickd serve did not start; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("brickd.log")).unwrap_or_default()
+    }
+
+    pub fn brick_dir(&self, brick: &str) -> PathBuf {
+        self.dir.join(brick)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        if let Err(log) = self.try_spawn() {
+            panic!("brickd serve {} did not restart; log:\n{log}", self.name);
+        }
+    }
+}
+
+impl Drop for ServeNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
