@@ -32,8 +32,8 @@ fn cluster_err(e: ClusterError) -> (ErrorCode, String) {
     (code, e.to_string())
 }
 
-const REPLICATION_NOTE: &str = "replication is not active yet: each replica set stores one copy, on its first brick; \
-the other bricks are reserved for replicas (primary-copy replication lands with the multi-node issue)";
+const REPLICATION_NOTE: &str = "replication is not active on the data path yet: each replica set stores one copy, on its \
+first brick. The placement-group maps (pgs) and the replication protocol exist; the dataplane does not drive them yet";
 
 impl Mgmt {
     pub fn new(cluster: Cluster, node: String) -> Mgmt {
