@@ -23,6 +23,37 @@ pub struct DevServer {
 }
 
 /// A loopback port that was free a moment ago.
+/// Waits until `ready()`; `Err(log)` if the process exits first (the caller may retry on
+/// another port), a panic if it neither exits nor gets ready within START_TIMEOUT.
+fn wait_started(
+    child: &mut Option<Child>,
+    what: &str,
+    log_path: &Path,
+    ready: impl Fn() -> bool,
+) -> Result<(), String> {
+    let log = || read_log(log_path);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            *child = None;
+            return Err(format!("exit status {status}\n{}", log()));
+        }
+        if ready() {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -83,24 +114,11 @@ impl DevServer {
             .spawn()
             .expect("spawn brickd");
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !self.endpoints_path().exists() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(format!("exit status {status}\n{}", self.log()));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "brickd did not start; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        let endpoints = self.endpoints_path();
+        let log_path = self.dir.join("brickd.log");
+        wait_started(&mut self.child, "brickd dev", &log_path, || {
+            endpoints.exists()
+        })
     }
 
     pub fn endpoints_path(&self) -> PathBuf {
@@ -355,26 +373,9 @@ impl ServeNode {
             .spawn()
             .expect("spawn brickd serve");
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(format!("exit status {status}\n{}", self.log()));
-            }
-            if self.log().matches("serving on").count() > started_before {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "brickd serve did not start; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_started(&mut self.child, "brickd serve", &log_path, || {
+            read_log(&log_path).matches("serving on").count() > started_before
+        })
     }
 
     pub fn log(&self) -> String {
