@@ -97,8 +97,16 @@ pub const BENCH_SECONDS_MAX: u64 = 3600;
 pub const BENCH_QD_MAX: u32 = 1024;
 pub const BENCH_JOBS_MAX: u32 = 64;
 
-/// Default ports of `brickd dev`.
+/// How often each dataplane core gives its replicas the time (timeouts, heartbeats, resends).
+pub const REPL_TICK_MS: u64 = 10;
+/// Replication frames queued per peer link; beyond it messages are dropped (the protocol
+/// resends what matters) rather than letting a frozen peer grow a queue without bound.
+pub const PEER_QUEUE_FRAMES: usize = 8192;
+/// How long a node waits for a peer's TCP connect and handshake.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+
 /// A node whose liveness lease is not renewed for this long is considered down.
 pub const NODE_LIVENESS_TTL_MS: u64 = 2000;
 
+/// Default ports of `brickd dev`.
 pub const DEV_NATIVE_PORT: u16 = 7700;

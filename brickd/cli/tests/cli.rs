@@ -144,11 +144,8 @@ fn volumes_files_and_bench_report_json() {
     assert_eq!(started["status"], "started");
     let info = json(&server, &["volume", "info", "dev"]);
     assert_eq!(info["replica"], 3);
-    assert_eq!(
-        info["copies_stored"], 1,
-        "volume info must say that one copy is stored for now"
-    );
-    assert!(info["replication"].as_str().unwrap().contains("not active"));
+    assert_eq!(info["copies_stored"], 3, "replica 3 stores three copies");
+    assert!(info["replication"].as_str().unwrap().contains("primary"));
     let set = json(&server, &["volume", "set", "one", "io.mode", "buffered"]);
     assert_eq!(set["options"]["io.mode"], "buffered");
     assert!(
@@ -194,6 +191,16 @@ fn volumes_files_and_bench_report_json() {
         std::fs::read(brick_dir.join("data/a/b/c/hello.txt")).unwrap(),
         b"hello brickd\n"
     );
+    // The dev volume keeps three copies: a file put through the client lands on every brick.
+    json(&server, &["put", small.to_str().unwrap(), "dev/copied.txt"]);
+    for b in 0..3 {
+        let copy = server.dir.join(format!("bricks/b{b}/data/copied.txt"));
+        assert_eq!(
+            std::fs::read(&copy).unwrap_or_else(|e| panic!("{}: {e}", copy.display())),
+            b"hello brickd\n",
+            "brick b{b} holds the replica"
+        );
+    }
     assert!(
         !brick(&server, &["rm", "one/a"]).status.success(),
         "rm of a non-empty directory needs -r"

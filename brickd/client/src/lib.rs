@@ -6,16 +6,18 @@
 
 mod conn;
 
-use brick_cluster::mgmt::{MgmtOp, VolumeHandle};
+use brick_cluster::mgmt::{MemberRoute, MgmtOp, VolumeHandle};
+use brick_cluster::PgMap;
 use brick_tuning::{CLIENT_RETRIES_MAX, READDIR_ENTRIES_MAX};
 use brick_wire::{
     auth, core_of, Attr, Dec, DirEntry, DirPage, ErrorCode, FileId, Request, SetAttr, StatFs,
     WriteReply, ROOT_FILE_ID, WRITE_FLAG_FUA,
 };
 use conn::Conn;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -73,8 +75,22 @@ pub struct ClientConfig {
 struct Inner {
     cfg: ClientConfig,
     key: [u8; 32],
+    /// The cores of the node bootstrap reached (management requests go there first).
     shards: RwLock<Vec<Arc<Conn>>>,
+    /// Every node's cores, by the node's address: volume requests go to their PG's primary.
+    nodes: Mutex<HashMap<String, Vec<Arc<Conn>>>>,
+    /// One reconnect at a time per node address.
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// How often a request waiting on a silent primary checks whether its PG moved.
+const STALL_CHECK_MS: u64 = 250;
+/// How long one node gets to connect and answer a map refresh before the next is tried.
+const NODE_ATTEMPT_MS: u64 = 700;
+/// How long a volume request keeps following failovers before giving up.
+const FAILOVER_WAIT_MS: u64 = 30_000;
+/// Map refreshes closer together than this are served by the last one.
+const REFRESH_INTERVAL_MS: u64 = 50;
 
 /// A handle to the cluster; cheap to clone, safe to share between tasks.
 #[derive(Clone)]
@@ -93,6 +109,8 @@ impl Client {
                 cfg,
                 key,
                 shards: RwLock::new(Vec::new()),
+                nodes: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
             }),
         };
         client.bootstrap().await?;
@@ -103,19 +121,8 @@ impl Client {
     async fn bootstrap(&self) -> ClientResult<()> {
         let mut errors = Vec::new();
         for server in &self.inner.cfg.servers {
-            match Conn::open(server, &self.inner.cfg.user, &self.inner.key).await {
-                Ok((first, welcome)) => {
-                    let first = Arc::new(first);
-                    let mut shards = Vec::with_capacity(welcome.shard_addrs.len());
-                    for (core, addr) in welcome.shard_addrs.iter().enumerate() {
-                        if core as u32 == first.core {
-                            shards.push(first.clone());
-                        } else {
-                            let (c, _) =
-                                Conn::open(addr, &self.inner.cfg.user, &self.inner.key).await?;
-                            shards.push(Arc::new(c));
-                        }
-                    }
+            match self.open_node(server).await {
+                Ok(shards) => {
                     *self.inner.shards.write().unwrap_or_else(|p| p.into_inner()) = shards;
                     return Ok(());
                 }
@@ -124,6 +131,64 @@ impl Client {
             }
         }
         Err(ClientError::NoServer(errors.join("; ")))
+    }
+
+    /// Connects to one node and every one of its cores.
+    async fn open_node(&self, addr: &str) -> ClientResult<Vec<Arc<Conn>>> {
+        let (first, welcome) = Conn::open(addr, &self.inner.cfg.user, &self.inner.key).await?;
+        let first = Arc::new(first);
+        let mut shards = Vec::with_capacity(welcome.shard_addrs.len());
+        for (core, shard_addr) in welcome.shard_addrs.iter().enumerate() {
+            if core as u32 == first.core {
+                shards.push(first.clone());
+            } else {
+                let (c, _) = Conn::open(shard_addr, &self.inner.cfg.user, &self.inner.key).await?;
+                shards.push(Arc::new(c));
+            }
+        }
+        Ok(shards)
+    }
+
+    fn cached_conn(&self, addr: &str, pg: u32) -> Option<Arc<Conn>> {
+        let nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let shards = nodes.get(addr)?;
+        let conn = shards.get(pg as usize % shards.len().max(1))?;
+        conn.is_alive().then(|| conn.clone())
+    }
+
+    /// The connection to the core of node `addr` that owns `pg`, (re)connecting if needed.
+    async fn node_conn(&self, addr: &str, pg: u32) -> ClientResult<Arc<Conn>> {
+        if let Some(c) = self.cached_conn(addr, pg) {
+            return Ok(c);
+        }
+        let gate = self
+            .inner
+            .connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().await;
+        if let Some(c) = self.cached_conn(addr, pg) {
+            return Ok(c);
+        }
+        let limit = Duration::from_millis(NODE_ATTEMPT_MS);
+        let shards = tokio::time::timeout(limit, self.open_node(addr))
+            .await
+            .map_err(|_| {
+                ClientError::Disconnected(format!("{addr}: no handshake within {limit:?}"))
+            })??;
+        let conn = shards
+            .get(pg as usize % shards.len().max(1))
+            .cloned()
+            .ok_or_else(|| ClientError::NoServer(format!("{addr} announced no cores")))?;
+        self.inner
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), shards);
+        Ok(conn)
     }
 
     /// The connection to the core owning `fid` (core 0 for requests without one), if known.
@@ -192,8 +257,33 @@ impl Client {
         Ok(Volume {
             client: self.clone(),
             id: handle.id,
-            name: handle.name,
+            name: handle.name.clone(),
+            routes: Arc::new(Routes::new(handle)),
         })
+    }
+
+    /// A management request to the first node of `addrs` that answers within
+    /// `NODE_ATTEMPT_MS` (a frozen node must not stall a client that needs a fresh map).
+    async fn mgmt_any(&self, op: &MgmtOp, addrs: &[String]) -> ClientResult<serde_json::Value> {
+        let doc = serde_json::to_vec(op).map_err(|e| ClientError::Usage(e.to_string()))?;
+        let limit = Duration::from_millis(NODE_ATTEMPT_MS);
+        let mut errors = Vec::new();
+        for addr in addrs {
+            let attempt = async {
+                let conn = self.node_conn(addr, 0).await?;
+                conn.call(&Request::Mgmt { doc: &doc }).await
+            };
+            match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(reply)) => {
+                    return serde_json::from_slice(&reply)
+                        .map_err(|e| ClientError::Protocol(format!("management reply: {e}")))
+                }
+                Ok(Err(e @ ClientError::Server { .. })) => return Err(e),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: no answer within {limit:?}")),
+            }
+        }
+        Err(ClientError::NoServer(errors.join("; ")))
     }
 }
 
@@ -211,21 +301,199 @@ fn decode<T>(r: Result<T, brick_wire::DecodeError>) -> ClientResult<T> {
     r.map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// Where a volume's requests go: each PG's map and the members' node addresses, refreshed
+/// from any reachable node when a primary stops answering or says it is not the primary.
+struct Routes {
+    state: RwLock<(Vec<MemberRoute>, Vec<PgMap>)>,
+    /// When the last refresh ran and whether it reached a node.
+    refresh_gate: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl Routes {
+    fn new(handle: VolumeHandle) -> Routes {
+        Routes {
+            state: RwLock::new((handle.members, handle.pg_maps)),
+            refresh_gate: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The primary's node address and the map epoch for `pg` (`None`: no map, or no primary).
+    fn primary(&self, pg: u32) -> Option<(String, u64)> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let map = state.1.get(pg as usize)?;
+        let member = state.0.get(map.primary()? as usize)?;
+        Some((member.addr.clone(), map.epoch))
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut addrs: Vec<String> = state.0.iter().map(|m| m.addr.clone()).collect();
+        addrs.dedup();
+        addrs
+    }
+}
+
+/// Why a volume request is sent again.
+enum Retry {
+    /// The request may have been executed (connection lost, primary replaced under it):
+    /// changes that cannot simply be repeated are checked by the caller.
+    Ambiguous,
+    /// Certainly not executed (the server is not the primary).
+    NotExecuted,
+}
+
 /// Operations on one volume, by file id.
 #[derive(Clone)]
 pub struct Volume {
     pub client: Client,
     pub id: u32,
     pub name: String,
+    routes: Arc<Routes>,
 }
 
 impl Volume {
     async fn attr(&self, req: Request<'_>) -> ClientResult<Attr> {
-        decode(Attr::decode_whole(&self.client.call(&req).await?))
+        decode(Attr::decode_whole(&self.call(&req).await?))
     }
 
     async fn unit(&self, req: Request<'_>) -> ClientResult<()> {
-        self.client.call(&req).await.map(|_| ())
+        self.call(&req).await.map(|_| ())
+    }
+
+    async fn call(&self, req: &Request<'_>) -> ClientResult<Vec<u8>> {
+        self.call_tracked(req).await.0
+    }
+
+    /// Reads the maps again from any node that answers, avoiding `avoid` (a node that stopped
+    /// answering). Concurrent callers share one refresh. False when no node answered.
+    async fn refresh(&self, avoid: Option<&str>) -> bool {
+        let mut last = self.routes.refresh_gate.lock().await;
+        if let Some((at, reached)) = *last {
+            if at.elapsed() < Duration::from_millis(REFRESH_INTERVAL_MS) {
+                return reached;
+            }
+        }
+        let mut addrs: Vec<String> = self
+            .routes
+            .addrs()
+            .into_iter()
+            .chain(self.client.inner.cfg.servers.iter().cloned())
+            .filter(|a| Some(a.as_str()) != avoid && !a.is_empty())
+            .collect();
+        addrs.dedup();
+        if let Some(a) = avoid {
+            addrs.push(a.to_string()); // last resort
+        }
+        let op = MgmtOp::VolumeOpen {
+            name: self.name.clone(),
+        };
+        let reached = match self.client.mgmt_any(&op, &addrs).await {
+            Ok(v) => match serde_json::from_value::<VolumeHandle>(v) {
+                Ok(h) => {
+                    *self.routes.state.write().unwrap_or_else(|p| p.into_inner()) =
+                        (h.members, h.pg_maps);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("volume {}: bad map reply: {e}", self.name);
+                    true
+                }
+            },
+            Err(e) => {
+                tracing::debug!("volume {}: map refresh failed: {e}", self.name);
+                !matches!(e, ClientError::NoServer(_))
+            }
+        };
+        *last = Some((Instant::now(), reached));
+        reached
+    }
+
+    /// Sends a request to its PG's primary and follows failovers: on "not the primary", a
+    /// lost connection, or a primary silent for `STALL_CHECK_MS` whose PG has meanwhile moved,
+    /// the maps are refreshed and the request goes to the new primary. A request is never
+    /// sent twice to the same primary in the same epoch. Returns the result and whether an
+    /// earlier attempt may have been executed.
+    async fn call_tracked(&self, req: &Request<'_>) -> (ClientResult<Vec<u8>>, bool) {
+        let pg = req.pg();
+        let deadline = Instant::now() + Duration::from_millis(FAILOVER_WAIT_MS);
+        let mut ambiguous = false;
+        let mut attempt = 0u64;
+        loop {
+            let Some((addr, epoch)) = self.routes.primary(pg) else {
+                // No map (an older server) or no primary yet: the bootstrap node routes.
+                return (self.client.call(req).await, ambiguous);
+            };
+            let retry = match self.call_at(&addr, epoch, pg, req).await {
+                Ok(reply) => return (Ok(reply), ambiguous),
+                Err((e, retry)) if Instant::now() < deadline => match retry {
+                    Some(r) => r,
+                    None => return (Err(e), ambiguous),
+                },
+                Err((e, _)) => return (Err(e), ambiguous),
+            };
+            ambiguous |= matches!(retry, Retry::Ambiguous);
+            attempt += 1;
+            let reached = self.refresh(Some(&addr)).await;
+            if !reached && attempt > CLIENT_RETRIES_MAX as u64 {
+                // No node of the cluster answers at all: not a failover, an outage.
+                return (
+                    Err(ClientError::NoServer(format!(
+                        "no node of volume {} answers (last tried {addr})",
+                        self.name
+                    ))),
+                    ambiguous,
+                );
+            }
+            if self.routes.primary(pg) == Some((addr.clone(), epoch)) {
+                // Nothing moved yet: wait before asking again.
+                tokio::time::sleep(Duration::from_millis((20 * attempt).min(STALL_CHECK_MS))).await;
+            }
+        }
+    }
+
+    /// One attempt at the primary `addr` (map `epoch`). The error comes with how to retry
+    /// (`None`: do not).
+    async fn call_at(
+        &self,
+        addr: &str,
+        epoch: u64,
+        pg: u32,
+        req: &Request<'_>,
+    ) -> Result<Vec<u8>, (ClientError, Option<Retry>)> {
+        let conn = match self.client.node_conn(addr, pg).await {
+            Ok(c) => c,
+            Err(e @ ClientError::Auth(_)) => return Err((e, None)),
+            Err(e) => return Err((e, Some(Retry::NotExecuted))),
+        };
+        let call = conn.call(req);
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                result = &mut call => {
+                    return result.map_err(|e| {
+                        let retry = match e.code() {
+                            Some(ErrorCode::NotPrimary) => Some(Retry::NotExecuted),
+                            Some(ErrorCode::Unavailable) => Some(Retry::Ambiguous),
+                            Some(_) => None,
+                            None => match e {
+                                ClientError::Disconnected(_) | ClientError::Timeout(_) => {
+                                    Some(Retry::Ambiguous)
+                                }
+                                _ => None,
+                            },
+                        };
+                        (e, retry)
+                    });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(STALL_CHECK_MS)) => {
+                    self.refresh(Some(addr)).await;
+                    if self.routes.primary(pg) != Some((addr.to_string(), epoch)) {
+                        let why = format!("PG {pg} moved away from {addr} (epoch {epoch})");
+                        return Err((ClientError::Timeout(why), Some(Retry::Ambiguous)));
+                    }
+                }
+            }
+        }
     }
 
     pub async fn lookup(&self, parent: FileId, name: &str) -> ClientResult<Attr> {
@@ -257,41 +525,60 @@ impl Volume {
         mode: u32,
         exclusive: bool,
     ) -> ClientResult<Attr> {
-        self.attr(Request::Create {
+        let req = Request::Create {
             vol: self.id,
             parent,
             name,
             mode,
             exclusive,
-        })
-        .await
+        };
+        self.creating(req, parent, name).await
+    }
+
+    /// A create-like request; if an attempt that may have run was retried and the retry
+    /// finds the entry, the entry is the one the first attempt made.
+    async fn creating(&self, req: Request<'_>, parent: FileId, name: &str) -> ClientResult<Attr> {
+        match self.call_tracked(&req).await {
+            (Ok(reply), _) => decode(Attr::decode_whole(&reply)),
+            (Err(e), true) if e.code() == Some(ErrorCode::Exists) => {
+                self.lookup(parent, name).await
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// A removing request; if an attempt that may have run was retried and the retry finds
+    /// nothing to remove, the first attempt removed it.
+    async fn removing(&self, req: Request<'_>) -> ClientResult<()> {
+        match self.call_tracked(&req).await {
+            (Ok(_), _) => Ok(()),
+            (Err(e), true) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
+            (Err(e), _) => Err(e),
+        }
     }
 
     pub async fn mkdir(&self, parent: FileId, name: &str, mode: u32) -> ClientResult<Attr> {
-        self.attr(Request::Mkdir {
+        let req = Request::Mkdir {
             vol: self.id,
             parent,
             name,
             mode,
-        })
-        .await
+        };
+        self.creating(req, parent, name).await
     }
 
     pub async fn symlink(&self, parent: FileId, name: &str, target: &str) -> ClientResult<Attr> {
-        self.attr(Request::Symlink {
+        let req = Request::Symlink {
             vol: self.id,
             parent,
             name,
             target,
-        })
-        .await
+        };
+        self.creating(req, parent, name).await
     }
 
     pub async fn readlink(&self, fid: FileId) -> ClientResult<String> {
-        let reply = self
-            .client
-            .call(&Request::Readlink { vol: self.id, fid })
-            .await?;
+        let reply = self.call(&Request::Readlink { vol: self.id, fid }).await?;
         let mut d = Dec::new(&reply);
         decode(
             d.str("target", brick_tuning::SYMLINK_TARGET_BYTES_MAX)
@@ -300,7 +587,7 @@ impl Volume {
     }
 
     pub async fn unlink(&self, parent: FileId, name: &str) -> ClientResult<()> {
-        self.unit(Request::Unlink {
+        self.removing(Request::Unlink {
             vol: self.id,
             parent,
             name,
@@ -309,7 +596,7 @@ impl Volume {
     }
 
     pub async fn rmdir(&self, parent: FileId, name: &str) -> ClientResult<()> {
-        self.unit(Request::Rmdir {
+        self.removing(Request::Rmdir {
             vol: self.id,
             parent,
             name,
@@ -324,7 +611,7 @@ impl Volume {
         dst_parent: FileId,
         dst_name: &str,
     ) -> ClientResult<()> {
-        self.unit(Request::Rename {
+        self.removing(Request::Rename {
             vol: self.id,
             src_parent,
             src_name,
@@ -341,7 +628,6 @@ impl Volume {
         max_entries: u32,
     ) -> ClientResult<DirPage> {
         let reply = self
-            .client
             .call(&Request::ReadDir {
                 vol: self.id,
                 fid,
@@ -370,14 +656,13 @@ impl Volume {
 
     pub async fn read(&self, fid: FileId, offset: u64, len: u32) -> ClientResult<Vec<u8>> {
         check_io_len(len as usize)?;
-        self.client
-            .call(&Request::Read {
-                vol: self.id,
-                fid,
-                offset,
-                len,
-            })
-            .await
+        self.call(&Request::Read {
+            vol: self.id,
+            fid,
+            offset,
+            len,
+        })
+        .await
     }
 
     pub async fn write(
@@ -389,7 +674,6 @@ impl Volume {
     ) -> ClientResult<u32> {
         check_io_len(data.len())?;
         let reply = self
-            .client
             .call(&Request::Write {
                 vol: self.id,
                 fid,
@@ -407,7 +691,7 @@ impl Volume {
 
     pub async fn statfs(&self) -> ClientResult<StatFs> {
         decode(StatFs::decode(
-            &self.client.call(&Request::Statfs { vol: self.id }).await?,
+            &self.call(&Request::Statfs { vol: self.id }).await?,
         ))
     }
 

@@ -48,11 +48,24 @@ pub enum MgmtOp {
     },
 }
 
-/// Reply to `VolumeOpen`.
+/// Reply to `VolumeOpen`: what a client needs to send each request to its PG's primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeHandle {
     pub id: u32,
     pub name: String,
     pub pg_count: u32,
     pub epoch: u64,
+    /// The replica set's members, by member index.
+    #[serde(default)]
+    pub members: Vec<MemberRoute>,
+    /// Every PG's map, by PG number.
+    #[serde(default)]
+    pub pg_maps: Vec<crate::PgMap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRoute {
+    pub node: String,
+    /// The node's dataplane address (core 0; the handshake names the other cores).
+    pub addr: String,
 }

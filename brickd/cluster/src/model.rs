@@ -526,6 +526,36 @@ impl Cluster {
         Ok((from_json(&key, &bytes)?, false))
     }
 
+    /// The map of one PG (`None`: not created).
+    pub async fn pg_map(&self, volume: &str, pg: u32) -> ClusterResult<Option<PgMap>> {
+        let key = pg_key(volume, pg);
+        match self.store.get(&key).await? {
+            Some(bytes) => Ok(Some(from_json(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The key nodes authenticate to each other with (user `@node`), created on first use.
+    pub async fn node_key(&self) -> ClusterResult<[u8; 32]> {
+        let key = "secrets/node-key".to_string();
+        if self.store.get(&key).await?.is_none() {
+            let fresh: [u8; 32] = rand::random();
+            // Loses to a concurrent creator; everybody then reads the winner's key.
+            self.store
+                .txn(
+                    &[(key.clone(), None)],
+                    &[TxnOp::Put(key.clone(), hex_encode(&fresh).into_bytes())],
+                )
+                .await?;
+        }
+        let bytes = self.store.get(&key).await?.ok_or(ClusterError::Contended)?;
+        let decoded = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(hex_decode)
+            .and_then(|v| <[u8; 32]>::try_from(v).ok());
+        decoded.ok_or_else(|| StoreError::Corrupt(format!("{key}: not a 32-byte hex key")).into())
+    }
+
     pub async fn delete_pg_maps(&self, vol: &Volume) -> ClusterResult<()> {
         for (k, _) in self.store.list(&format!("pgmaps/{}/", vol.name)).await? {
             self.store.txn(&[], &[TxnOp::Delete(k)]).await?;

@@ -9,7 +9,7 @@ use brick_cluster::{
     hex_encode, BrickSpec, Cluster, ClusterError, ClusterStore, EmbeddedStore, EtcdStore,
     UserRecord, VolumeStatus,
 };
-use brick_dataplane::{Dataplane, DataplaneConfig, MgmtRequest};
+use brick_dataplane::{Dataplane, DataplaneConfig, MapRequest, MgmtRequest};
 use brick_tuning::{DEV_NATIVE_PORT, MGMT_DOC_BYTES_MAX};
 use brick_wire::{auth, ErrorCode};
 use clap::{Parser, Subcommand};
@@ -167,6 +167,7 @@ struct Running {
     mgmt: Arc<Mgmt>,
     dataplane: Dataplane,
     mgmt_rx: flume::Receiver<MgmtRequest>,
+    maps_rx: flume::Receiver<MapRequest>,
 }
 
 async fn start_node(
@@ -195,6 +196,7 @@ async fn start_node(
         bail!("--cores must be 1..=256");
     }
     let (mgmt_tx, mgmt_rx) = flume::bounded(1024);
+    let (maps_tx, maps_rx) = flume::bounded(4096);
     let dataplane = Dataplane::start(
         DataplaneConfig {
             cores,
@@ -204,12 +206,14 @@ async fn start_node(
         },
         Arc::new(state),
         mgmt_tx,
+        maps_tx,
     )
     .with_context(|| format!("starting the dataplane on {listen}"))?;
     Ok(Running {
         mgmt,
         dataplane,
         mgmt_rx,
+        maps_rx,
     })
 }
 
@@ -219,6 +223,7 @@ async fn serve_until_signal(running: Running) -> Result<()> {
         mgmt,
         dataplane,
         mgmt_rx,
+        maps_rx,
     } = running;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Other nodes change the cluster state too (a volume started, a user added): follow it.
@@ -228,6 +233,12 @@ async fn serve_until_signal(running: Running) -> Result<()> {
             req = mgmt_rx.recv_async() => {
                 let Ok(req) = req else { break };
                 handle_mgmt(&mgmt, &dataplane, req).await;
+            }
+            req = maps_rx.recv_async() => {
+                let Ok(req) = req else { break };
+                // Concurrently: a failover proposes for many PGs at once.
+                let mgmt = mgmt.clone();
+                tokio::spawn(async move { mgmt.map_request(req).await });
             }
             changed = changes.changed() => {
                 if changed.is_err() {

@@ -1,11 +1,11 @@
 //! The management plane of one node: applies MGMT requests to the cluster state and turns the
 //! state into what the dataplane serves (`ServeState`), published to every core on change.
 
-use brick_cluster::mgmt::{MgmtOp, VolumeHandle};
+use brick_cluster::mgmt::{MemberRoute, MgmtOp, VolumeHandle};
 use brick_cluster::{
     validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus, VOLUME_OPTIONS,
 };
-use brick_dataplane::{IoMode, ServeState, ServedVolume, User};
+use brick_dataplane::{IoMode, MemberSpec, ServeState, ServedVolume, User, NODE_USER};
 use brick_store::Brick;
 use brick_wire::ErrorCode;
 use serde_json::{json, Value};
@@ -17,6 +17,9 @@ pub struct Mgmt {
     pub node: String,
     /// Bricks opened by this node, by directory; kept open across stop/start.
     bricks: Mutex<HashMap<String, Arc<Brick>>>,
+    /// Whether each brick's copy was complete when this process first opened it: new, or
+    /// left by a clean shutdown. A brick that went through a crash may have missed writes.
+    clean_start: Mutex<HashMap<String, bool>>,
 }
 
 pub type MgmtResult = Result<Value, (ErrorCode, String)>;
@@ -32,8 +35,9 @@ fn cluster_err(e: ClusterError) -> (ErrorCode, String) {
     (code, e.to_string())
 }
 
-const REPLICATION_NOTE: &str = "replication is not active on the data path yet: each replica set stores one copy, on its \
-first brick. The placement-group maps (pgs) and the replication protocol exist; the dataplane does not drive them yet";
+const REPLICATION_NOTE: &str = "primary-copy replication per placement group: writes and namespace changes go to the PG's \
+primary, which applies them and forwards them to every up-to-date member before answering. A member that fails or stops \
+answering leaves the PG's up-to-date set (see pgs); bringing it back up to date (heal) is not built yet";
 
 impl Mgmt {
     pub fn new(cluster: Cluster, node: String) -> Mgmt {
@@ -41,6 +45,7 @@ impl Mgmt {
             cluster,
             node,
             bricks: Mutex::new(HashMap::new()),
+            clean_start: Mutex::new(HashMap::new()),
         }
     }
 
@@ -57,8 +62,16 @@ impl Mgmt {
             // The directory was reused for another volume: Brick::open checks its identity.
             bricks.remove(&spec.path);
         }
-        let brick = Brick::open(std::path::Path::new(&spec.path), &vol.name, vol.pg_count)
+        let root = std::path::Path::new(&spec.path);
+        let existed = Brick::is_formatted(root);
+        let brick = Brick::open(root, &vol.name, vol.pg_count)
             .map_err(|e| (e.code, format!("brick {spec}: {}", e.message)))?;
+        let clean = !existed || brick.take_clean_shutdown();
+        self.clean_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(spec.path.clone())
+            .or_insert(clean);
         if brick.replay.torn_tail_bytes > 0 {
             tracing::warn!(
                 "brick {spec}: cut {} bytes of torn index records left by a crash",
@@ -70,8 +83,8 @@ impl Mgmt {
         Ok(brick)
     }
 
-    /// The brick of this node that serves a volume: the first brick of its (single) replica set.
-    fn serving_brick<'v>(&self, vol: &'v Volume) -> Result<&'v BrickSpec, (ErrorCode, String)> {
+    /// The volume's replica set (this build serves volumes of one replica set).
+    fn replica_set<'v>(&self, vol: &'v Volume) -> Result<&'v [BrickSpec], (ErrorCode, String)> {
         let sets = vol.replica_sets();
         if sets.len() != 1 {
             return Err((
@@ -84,37 +97,90 @@ impl Mgmt {
                 ),
             ));
         }
-        Ok(&sets[0][0])
+        Ok(sets[0])
+    }
+
+    fn is_clean_start(&self, path: &str) -> bool {
+        self.clean_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// The replica set as the dataplane serves it: local members with their open bricks.
+    fn members(
+        &self,
+        vol: &Volume,
+        nodes: &[Node],
+    ) -> Result<Vec<MemberSpec>, (ErrorCode, String)> {
+        let mut members = Vec::new();
+        for spec in self.replica_set(vol)? {
+            let brick = if spec.node == self.node {
+                match self.open_brick(vol, spec) {
+                    Ok(b) => Some(b),
+                    Err((_, why)) => {
+                        tracing::error!(
+                            "volume {}: brick {spec} cannot be served: {why}",
+                            vol.name
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            members.push(MemberSpec {
+                node: spec.node.clone(),
+                addr: nodes
+                    .iter()
+                    .find(|n| n.name == spec.node)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default(),
+                clean_start: self.is_clean_start(&spec.path),
+                brick,
+            });
+        }
+        Ok(members)
     }
 
     /// What the dataplane should serve now, from the cluster state.
     pub async fn serve_state(&self) -> Result<ServeState, (ErrorCode, String)> {
+        let nodes = self.cluster.list_nodes().await.map_err(cluster_err)?;
         let mut volumes = HashMap::new();
         for vol in self.cluster.list_volumes().await.map_err(cluster_err)? {
             if vol.status != VolumeStatus::Started {
                 continue;
             }
-            let Ok(spec) = self.serving_brick(&vol) else {
+            let Ok(set) = self.replica_set(&vol) else {
                 continue;
             };
-            if spec.node != self.node {
+            if !set.iter().any(|b| b.node == self.node) {
                 continue;
             }
-            let brick = match self.open_brick(&vol, spec) {
-                Ok(b) => b,
-                Err((_, why)) => {
-                    tracing::error!("volume {} cannot be served: {why}", vol.name);
-                    continue;
-                }
+            let members = self.members(&vol, &nodes)?;
+            if members.iter().all(|m| m.brick.is_none()) {
+                continue;
+            }
+            let maps = self.cluster.pg_maps(&vol).await.map_err(cluster_err)?;
+            let pg_maps = if maps.iter().all(Option::is_some) {
+                maps.into_iter().flatten().collect()
+            } else {
+                self.cluster
+                    .ensure_pg_maps(&vol)
+                    .await
+                    .map_err(cluster_err)?
             };
             volumes.insert(
                 vol.id,
                 Arc::new(ServedVolume {
                     id: vol.id,
                     name: vol.name.clone(),
-                    brick,
                     io_mode: IoMode::parse(&vol.option("io.mode")).unwrap_or(IoMode::Auto),
                     direct_min_bytes: vol.direct_min_bytes(),
+                    members,
+                    pg_maps,
                 }),
             );
         }
@@ -126,14 +192,25 @@ impl Mgmt {
                     User {
                         key,
                         admin: u.admin,
+                        peer: false,
                     },
                 );
             }
         }
+        let node_key = self.cluster.node_key().await.map_err(cluster_err)?;
+        users.insert(
+            NODE_USER.to_string(),
+            User {
+                key: node_key,
+                admin: false,
+                peer: true,
+            },
+        );
         Ok(ServeState {
             node: self.node.clone(),
             volumes,
             users,
+            node_key,
         })
     }
 
@@ -190,9 +267,10 @@ impl Mgmt {
             }
             MgmtOp::VolumeStart { name } => {
                 let vol = c.volume(&name).await.map_err(cluster_err)?;
-                let spec = self.serving_brick(&vol)?.clone();
-                if spec.node == self.node {
-                    self.open_brick(&vol, &spec)?;
+                for spec in self.replica_set(&vol)? {
+                    if spec.node == self.node {
+                        self.open_brick(&vol, spec)?;
+                    }
                 }
                 c.ensure_pg_maps(&vol).await.map_err(cluster_err)?;
                 let vol = c
@@ -299,11 +377,26 @@ impl Mgmt {
                         format!("volume {name} is not started"),
                     ));
                 }
+                let nodes = c.list_nodes().await.map_err(cluster_err)?;
+                let members = self
+                    .replica_set(&vol)?
+                    .iter()
+                    .map(|b| MemberRoute {
+                        node: b.node.clone(),
+                        addr: nodes
+                            .iter()
+                            .find(|n| n.name == b.node)
+                            .map(|n| n.addr.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
                 let handle = VolumeHandle {
                     id: vol.id,
                     name: vol.name.clone(),
                     pg_count: vol.pg_count,
                     epoch: vol.epoch,
+                    members,
+                    pg_maps: c.ensure_pg_maps(&vol).await.map_err(cluster_err)?,
                 };
                 serde_json::to_value(handle).map_err(|e| (ErrorCode::Internal, e.to_string()))
             }
@@ -324,7 +417,7 @@ impl Mgmt {
             "pg_count": v.pg_count,
             "epoch": v.epoch,
             "replica_sets": v.replica_sets().iter().map(|set| set.iter().map(|b| b.to_string()).collect::<Vec<_>>()).collect::<Vec<_>>(),
-            "copies_stored": 1,
+            "copies_stored": v.replica,
             "replication": REPLICATION_NOTE,
             "options": options,
             "store": self.cluster.describe_store(),
@@ -332,22 +425,34 @@ impl Mgmt {
     }
 
     async fn status(&self, v: &Volume) -> MgmtResult {
-        let serving = self.serving_brick(v).ok().cloned();
+        let alive = self.cluster.alive_nodes().await.map_err(cluster_err)?;
+        let maps = self.cluster.pg_maps(v).await.map_err(cluster_err)?;
         let mut bricks = Vec::new();
-        for b in &v.bricks {
-            let is_serving = serving.as_ref() == Some(b);
+        for (m, b) in v.bricks.iter().enumerate() {
             let open = self
                 .bricks
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&b.path)
                 .cloned();
+            let primary_of = maps
+                .iter()
+                .flatten()
+                .filter(|map| map.primary() == Some(m as u8))
+                .count();
+            let up_to_date_in = maps
+                .iter()
+                .flatten()
+                .filter(|map| map.is_up_to_date(m as u8))
+                .count();
             let mut entry = json!({
                 "brick": b.to_string(),
-                "role": if is_serving { "serving (holds the data)" } else { "reserved for a replica" },
-                "online": is_serving && v.status == VolumeStatus::Started && open.is_some() && b.node == self.node,
+                "member": m,
+                "online": v.status == VolumeStatus::Started && alive.contains(&b.node),
+                "primary_of_pgs": primary_of,
+                "up_to_date_in_pgs": up_to_date_in,
             });
-            if let Some(brick) = open.filter(|_| is_serving) {
+            if let Some(brick) = open.filter(|_| b.node == self.node) {
                 if let Ok(s) = brick.statfs() {
                     entry["total_bytes"] = json!(s.total_bytes);
                     entry["avail_bytes"] = json!(s.avail_bytes);
@@ -356,7 +461,9 @@ impl Mgmt {
             }
             bricks.push(entry);
         }
-        Ok(json!({"name": v.name, "status": v.status, "epoch": v.epoch, "bricks": bricks}))
+        Ok(
+            json!({"name": v.name, "status": v.status, "epoch": v.epoch, "pg_count": v.pg_count, "bricks": bricks}),
+        )
     }
 
     pub async fn register_self(&self, addr: &str) -> Result<(), ClusterError> {
@@ -368,11 +475,53 @@ impl Mgmt {
             .await
     }
 
-    /// Makes every open brick's index durable (clean shutdown).
+    /// Makes every open brick's index durable and marks it cleanly stopped (shutdown, after
+    /// the dataplane stopped writing).
     pub fn sync_bricks(&self) {
         for (path, b) in self.bricks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             if let Err(e) = b.sync_all() {
                 tracing::warn!("brick {path}: final sync failed: {e}");
+                continue;
+            }
+            if let Err(e) = b.mark_clean_shutdown() {
+                tracing::warn!("brick {path}: {e}");
+            }
+        }
+    }
+
+    /// Serves a replication core's request for the cluster store.
+    pub async fn map_request(&self, req: brick_dataplane::MapRequest) {
+        use brick_dataplane::MapRequest;
+        match req {
+            MapRequest::Propose {
+                volume,
+                pg,
+                map,
+                reply,
+            } => {
+                let result = match self.cluster.propose_pg_map(&volume, pg, &map).await {
+                    Ok((installed, true)) => Ok(installed),
+                    Ok((current, false)) => Err(Some(current)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "volume {volume} pg {pg}: proposing epoch {}: {e}",
+                            map.epoch
+                        );
+                        Err(None)
+                    }
+                };
+                if result.is_ok() {
+                    tracing::info!(
+                        "volume {volume} pg {pg}: epoch {} installed (up to date: {:#b})",
+                        map.epoch,
+                        map.up_to_date
+                    );
+                }
+                let _ = reply.send(result);
+            }
+            MapRequest::Fetch { volume, pg, reply } => {
+                let map = self.cluster.pg_map(&volume, pg).await.ok().flatten();
+                let _ = reply.send(map);
             }
         }
     }

@@ -2,6 +2,8 @@
 //! PID when the test ends (also when it fails, through Drop).
 
 use brick_client::ClientConfig;
+
+pub mod failover;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -394,6 +396,23 @@ impl ServeNode {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the process hangs with its sockets open (what a stuck disk or VM looks like).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on the PID of a child this handle owns and has not reaped.
+            unsafe { libc::kill(pid as i32, sig) };
         }
     }
 

@@ -30,6 +30,8 @@ const COALESCE_BYTES_MAX: usize = 256 * 1024;
 pub(crate) struct Session {
     pub user: String,
     pub admin: bool,
+    /// Another node: may send replication traffic (REPL).
+    pub peer: bool,
 }
 
 pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
@@ -382,8 +384,10 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         return Err("malformed AUTH".into());
     };
     let state = ctx.state();
-    let admin = match state.users.get(&user) {
-        Some(u) if auth::verify(&u.key, &user, &client_nonce, &server_nonce, &proof) => u.admin,
+    let (admin, peer) = match state.users.get(&user) {
+        Some(u) if auth::verify(&u.key, &user, &client_nonce, &server_nonce, &proof) => {
+            (u.admin, u.peer)
+        }
         _ => {
             reply_error(
                 writer,
@@ -403,7 +407,7 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
     .encode(&mut e);
     send(writer, h.request_id, op::AUTH, &e.buf).await?;
-    Ok(Session { user, admin })
+    Ok(Session { user, admin, peer })
 }
 
 /// The next handshake frame, crc-checked, with the expected opcode; anything else is answered

@@ -1,7 +1,7 @@
 //! Starting the per-core executors and each core's accept / control / forward loops.
 
 use crate::files::FileCache;
-use crate::{Control, Dataplane, DataplaneConfig, MgmtRequest, ServeState};
+use crate::{Control, Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeState};
 use brick_tuning::{
     CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN,
 };
@@ -29,9 +29,12 @@ pub(crate) struct CoreCtx {
     pub state: RefCell<Arc<ServeState>>,
     pub peers: Vec<flume::Sender<Forward>>,
     pub mgmt: flume::Sender<MgmtRequest>,
+    pub maps: flume::Sender<MapRequest>,
     pub shard_addrs: Vec<String>,
     pub files: RefCell<FileCache>,
     pub connections: Cell<usize>,
+    pub repl: crate::repl::ReplCore,
+    pub links: crate::peer::PeerLinks,
     probed_devices: RefCell<HashSet<u64>>,
 }
 
@@ -45,6 +48,7 @@ pub(crate) fn start(
     cfg: DataplaneConfig,
     state: Arc<ServeState>,
     mgmt: flume::Sender<MgmtRequest>,
+    maps: flume::Sender<MapRequest>,
 ) -> std::io::Result<Dataplane> {
     assert!(cfg.cores >= 1);
     let cpus = std::thread::available_parallelism()
@@ -73,9 +77,10 @@ pub(crate) fn start(
         } else {
             Placement::Unbound
         };
-        let (peers, mgmt, state, bound_tx) = (
+        let (peers, mgmt, maps, state, bound_tx) = (
             fwd_txs.clone(),
             mgmt.clone(),
+            maps.clone(),
             state.clone(),
             bound_tx.clone(),
         );
@@ -103,12 +108,17 @@ pub(crate) fn start(
                     state: RefCell::new(state),
                     peers,
                     mgmt,
+                    maps,
                     shard_addrs,
                     files: RefCell::new(FileCache::default()),
                     connections: Cell::new(0),
+                    repl: Default::default(),
+                    links: Default::default(),
                     probed_devices: RefCell::new(HashSet::new()),
                 });
                 probe_bricks(&ctx, &ctx.state()).await;
+                crate::repl::sync_slots(&ctx, &ctx.state());
+                glommio::spawn_local(crate::repl::tick_loop(ctx.clone())).detach();
                 run_core(ctx, listener, control_rx, fwd_rx).await;
             })
             .map_err(std::io::Error::from)?;
@@ -187,7 +197,7 @@ async fn run_core(
             let ctx = fwd_ctx.clone();
             glommio::spawn_local(async move {
                 let frame =
-                    crate::exec::execute_payload(&ctx, f.opcode, f.request_id, &f.payload).await;
+                    crate::exec::execute_payload(&ctx, f.opcode, f.request_id, f.payload).await;
                 let _ = f.reply.send(frame);
             })
             .detach();
@@ -223,7 +233,8 @@ async fn run_core(
             Event::Control(Ok(Control::State(state, applied))) => {
                 probe_bricks(&ctx, &state).await;
                 ctx.files.borrow_mut().retain_volumes(&state);
-                *ctx.state.borrow_mut() = state;
+                *ctx.state.borrow_mut() = state.clone();
+                crate::repl::sync_slots(&ctx, &state);
                 let _ = applied.send(());
             }
             Event::Control(Ok(Control::Shutdown)) | Event::Control(Err(_)) => break,
@@ -237,8 +248,12 @@ async fn run_core(
 /// core opens each brick's non-empty probe file first.
 async fn probe_bricks(ctx: &CoreCtx, state: &ServeState) {
     use std::os::unix::fs::MetadataExt;
-    for vol in state.volumes.values() {
-        let probe = vol.brick.probe_path();
+    for brick in state
+        .volumes
+        .values()
+        .flat_map(|v| v.local_members().map(|(_, b)| b.clone()))
+    {
+        let probe = brick.probe_path();
         let Ok(meta) = std::fs::metadata(&probe) else {
             continue;
         };

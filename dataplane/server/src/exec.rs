@@ -3,13 +3,18 @@
 use crate::conn::Session;
 use crate::core::{CoreCtx, Forward};
 use crate::files;
+use crate::repl;
 use crate::{MgmtRequest, ServedVolume};
-use brick_store::FsError;
+use brick_replication::LockKey;
+use brick_store::{Brick, FsError};
+use brick_tuning::IO_BYTES_MAX;
 use brick_wire::{
-    begin_response, core_of, error_frame, op, response_frame, seal_response, Dec, DecodeError, Enc,
-    ErrorCode, Header, Request, WriteReply, WRITE_FIELDS_BYTES, WRITE_FLAG_FUA,
+    begin_response, error_frame, op, pg_of, response_frame, seal_response, Dec, DecodeError, Enc,
+    ErrorCode, FileId, FileKind, Header, Request, SetAttr, TimeSet, WriteReply, WRITE_FIELDS_BYTES,
+    WRITE_FLAG_FUA,
 };
 use glommio::io::DmaBuffer;
+use std::rc::Rc;
 use std::sync::Arc;
 
 fn error_reply(request_id: u64, opcode: u16, code: ErrorCode, message: &str) -> Vec<u8> {
@@ -31,13 +36,27 @@ fn fs_error_reply(request_id: u64, opcode: u16, e: FsError) -> Vec<u8> {
 
 /// Entry point for requests read from a connection on this core.
 pub(crate) async fn dispatch(
-    ctx: &CoreCtx,
+    ctx: &Rc<CoreCtx>,
     session: &Session,
     header: Header,
     payload: Vec<u8>,
 ) -> Vec<u8> {
     let (id, opcode) = (header.request_id, header.opcode);
-    let req = match Request::decode(opcode, &payload) {
+    if opcode == op::REPL {
+        if !session.peer {
+            return error_reply(
+                id,
+                opcode,
+                ErrorCode::AuthFailed,
+                "only nodes may send REPL",
+            );
+        }
+        let Some(pg) = repl::repl_pg(&payload) else {
+            return error_reply(id, opcode, ErrorCode::Malformed, "short REPL frame");
+        };
+        return route(ctx, pg, header, payload).await;
+    }
+    let pg = match Request::decode(opcode, &payload) {
         Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
         Ok(Request::Hello { .. }) | Ok(Request::Auth { .. }) => {
             return error_reply(
@@ -48,53 +67,42 @@ pub(crate) async fn dispatch(
             )
         }
         Ok(Request::Mgmt { doc }) => return mgmt(ctx, session, id, doc.to_vec()).await,
-        Ok(req) => req,
+        Ok(req) => req.pg(),
     };
-    match req.routing_fid().map(|fid| core_of(fid, ctx.ncores)) {
-        Some(core) if core != ctx.core => forward(ctx, core, header, payload).await,
-        _ => match execute(ctx, id, req).await {
-            Ok(frame) => frame,
-            Err(e) => fs_error_reply(id, opcode, e),
-        },
+    route(ctx, pg, header, payload).await
+}
+
+/// Serves a request on the core owning its PG (here, or through that core's channel).
+async fn route(ctx: &Rc<CoreCtx>, pg: u32, header: Header, payload: Vec<u8>) -> Vec<u8> {
+    let core = pg as usize % ctx.ncores.max(1);
+    if core != ctx.core {
+        return forward(ctx, core, header, payload).await;
     }
+    serve(ctx, header.request_id, header.opcode, payload).await
 }
 
 /// A WRITE whose data was read straight into a DMA buffer (see conn.rs).
 pub(crate) async fn dispatch_bulk_write(
-    ctx: &CoreCtx,
+    ctx: &Rc<CoreCtx>,
     header: Header,
     fields: [u8; WRITE_FIELDS_BYTES],
     data: DmaBuffer,
 ) -> Vec<u8> {
-    let (id, opcode) = (header.request_id, header.opcode);
     let mut d = Dec::new(&fields);
-    let (Ok(vol), Ok(fid), Ok(offset), Ok(flags)) = (
-        d.u32("volume"),
-        d.u64("fid"),
-        d.u64("offset"),
-        d.u32("flags"),
-    ) else {
-        return error_reply(id, opcode, ErrorCode::Malformed, "write fields");
+    let (Ok(_vol), Ok(fid)) = (d.u32("volume"), d.u64("fid")) else {
+        return error_reply(
+            header.request_id,
+            header.opcode,
+            ErrorCode::Malformed,
+            "write fields",
+        );
     };
-    let core = core_of(fid, ctx.ncores);
-    if core != ctx.core {
-        let mut payload = fields.to_vec();
-        payload.extend_from_slice(data.as_bytes());
-        return forward(ctx, core, header, payload).await;
-    }
-    let result = async {
-        let vol = volume(ctx, vol)?;
-        offset
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| FsError::new(ErrorCode::FileTooBig, "offset + length overflows"))?;
-        let f = files::open(&ctx.files, &vol, fid).await?;
-        files::write_dma(&f, offset, data, flags & WRITE_FLAG_FUA != 0).await
-    }
-    .await;
-    match result {
-        Ok(written) => ok_payload(id, opcode, |e| WriteReply { written }.encode(e)),
-        Err(e) => fs_error_reply(id, opcode, e),
-    }
+    // Replication forwards the bytes to the other members, so they are needed as a plain
+    // buffer anyway; the local write copies them into an aligned one.
+    let mut payload = Vec::with_capacity(fields.len() + data.len());
+    payload.extend_from_slice(&fields);
+    payload.extend_from_slice(data.as_bytes());
+    route(ctx, pg_of(fid), header, payload).await
 }
 
 async fn forward(ctx: &CoreCtx, core: usize, header: Header, payload: Vec<u8>) -> Vec<u8> {
@@ -165,20 +173,188 @@ fn volume(ctx: &CoreCtx, vol: u32) -> Result<Arc<ServedVolume>, FsError> {
     })
 }
 
+/// A request handed over by another core (it owns this request's PG here).
 pub(crate) async fn execute_payload(
-    ctx: &CoreCtx,
+    ctx: &Rc<CoreCtx>,
     opcode: u16,
     id: u64,
-    payload: &[u8],
+    payload: Vec<u8>,
 ) -> Vec<u8> {
-    let req = match Request::decode(opcode, payload) {
+    serve(ctx, id, opcode, payload).await
+}
+
+/// Serves one request on the core that owns its PG: replication traffic, reads on the PG's
+/// primary, and writes and namespace changes through the replication core.
+async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Vec<u8>) -> Vec<u8> {
+    if opcode == op::REPL {
+        return match repl::on_peer_frame(ctx, &payload) {
+            Ok(()) => Vec::new(), // one-way: no reply
+            Err(e) => error_reply(id, opcode, ErrorCode::Malformed, &e.to_string()),
+        };
+    }
+    let req = match Request::decode(opcode, &payload) {
         Ok(r) => r,
         Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
     };
-    match execute(ctx, id, req).await {
-        Ok(frame) => frame,
-        Err(e) => fs_error_reply(id, opcode, e),
+    let Some(vol_id) = req.volume() else {
+        return error_reply(id, opcode, ErrorCode::UnknownOp, "not a volume operation");
+    };
+    let vol = match volume(ctx, vol_id) {
+        Ok(v) => v,
+        Err(e) => return fs_error_reply(id, opcode, e),
+    };
+    let pg = req.pg();
+    if req.is_read_only() {
+        let member = match repl::local_primary(ctx, &vol, pg) {
+            Ok(m) => m,
+            Err(why) => return error_reply(id, opcode, ErrorCode::NotPrimary, &why),
+        };
+        return match execute(ctx, id, &vol, member, req, None).await {
+            Ok(frame) => frame,
+            Err(e) => fs_error_reply(id, opcode, e),
+        };
     }
+    let lock = lock_of(&req);
+    let local_first = req.is_namespace_change();
+    let sub = repl::Submission {
+        request_id: id,
+        body: repl::Body {
+            opcode,
+            minted: 0,
+            payload: Rc::new(payload),
+        },
+        lock,
+        local_first,
+    };
+    repl::submit(ctx, &vol, pg, sub).await
+}
+
+/// What a change excludes while it runs: its byte range, its whole file, or the namespace.
+fn lock_of(req: &Request<'_>) -> LockKey {
+    match *req {
+        Request::Write {
+            fid, offset, data, ..
+        } => LockKey::range(fid, offset, data.len() as u64),
+        Request::SetAttr { fid, .. } | Request::Fsync { fid, .. } => LockKey::whole_file(fid),
+        _ => LockKey::NAMESPACE,
+    }
+}
+
+/// Applies a replicated operation to one local member's copy; returns its reply frame.
+pub(crate) async fn apply(
+    ctx: &CoreCtx,
+    vol: &ServedVolume,
+    member: u8,
+    id: u64,
+    body: &repl::Body,
+) -> Vec<u8> {
+    if body.opcode == repl::NOOP {
+        return ok_payload(id, body.opcode, |_| {});
+    }
+    let minted = (body.minted != 0).then_some(body.minted);
+    for attempt in 0.. {
+        let req = match Request::decode(body.opcode, &body.payload) {
+            Ok(r) => r,
+            Err(e) => return error_reply(id, body.opcode, decode_error_code(&e), &e.to_string()),
+        };
+        match execute(ctx, id, vol, member, req, minted).await {
+            Ok(frame) => return frame,
+            // The namespace changed while a file was being opened: resolve it again.
+            Err(e) if e.code == ErrorCode::Unavailable && attempt < APPLY_ATTEMPTS_MAX => {}
+            Err(e) => return fs_error_reply(id, body.opcode, e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+const APPLY_ATTEMPTS_MAX: u32 = 5;
+
+/// What a new primary forwards to make an in-doubt range identical on every member: the
+/// range's bytes as a WRITE, a whole file's attributes as a SETATTR, nothing for the namespace
+/// (docs/replication.md lists that as a known gap).
+pub(crate) async fn resync_body(
+    ctx: &CoreCtx,
+    vol: &ServedVolume,
+    member: u8,
+    lock: LockKey,
+) -> Result<repl::Body, String> {
+    let noop = || repl::Body {
+        opcode: repl::NOOP,
+        minted: 0,
+        payload: Rc::new(Vec::new()),
+    };
+    let gone = |e: &FsError| {
+        matches!(
+            e.code,
+            ErrorCode::Stale | ErrorCode::NotFound | ErrorCode::IsDir | ErrorCode::Invalid
+        )
+    };
+    if lock.fid == LockKey::NAMESPACE.fid {
+        return Ok(noop());
+    }
+    let brick = local_brick(vol, member).map_err(|e| e.message)?;
+    let mut e = Enc::default();
+    if lock.end == u64::MAX {
+        let a = match brick.getattr(lock.fid) {
+            Ok(a) => a,
+            Err(err) if gone(&err) => return Ok(noop()),
+            Err(err) => return Err(err.message),
+        };
+        let attr = SetAttr {
+            mode: Some(a.mode & 0o7777),
+            uid: Some(a.uid),
+            gid: Some(a.gid),
+            size: (a.kind == FileKind::File).then_some(a.size),
+            atime: TimeSet::To(a.atime),
+            mtime: TimeSet::To(a.mtime),
+        };
+        Request::SetAttr {
+            vol: vol.id,
+            fid: lock.fid,
+            attr,
+        }
+        .encode(&mut e);
+        return Ok(repl::Body {
+            opcode: op::SETATTR,
+            minted: 0,
+            payload: Rc::new(e.buf),
+        });
+    }
+    let len = (lock.end - lock.start).min(IO_BYTES_MAX as u64) as u32;
+    let f = match files::open(&ctx.files, vol, member, &brick, lock.fid).await {
+        Ok(f) => f,
+        Err(err) if gone(&err) => return Ok(noop()),
+        Err(err) => return Err(err.message),
+    };
+    let mut data = Vec::with_capacity(len as usize);
+    files::read(&f, lock.start, len, &mut data)
+        .await
+        .map_err(|e| e.message)?;
+    Request::Write {
+        vol: vol.id,
+        fid: lock.fid,
+        offset: lock.start,
+        flags: 0,
+        data: &data,
+    }
+    .encode(&mut e);
+    Ok(repl::Body {
+        opcode: op::WRITE,
+        minted: 0,
+        payload: Rc::new(e.buf),
+    })
+}
+
+fn local_brick(vol: &ServedVolume, member: u8) -> Result<Arc<Brick>, FsError> {
+    vol.members
+        .get(member as usize)
+        .and_then(|m| m.brick.clone())
+        .ok_or_else(|| {
+            FsError::new(
+                ErrorCode::VolumeStopped,
+                format!("member {member} of volume {} is not on this node", vol.name),
+            )
+        })
 }
 
 fn ok_payload(id: u64, opcode: u16, encode: impl FnOnce(&mut Enc)) -> Vec<u8> {
@@ -189,20 +365,25 @@ fn ok_payload(id: u64, opcode: u16, encode: impl FnOnce(&mut Enc)) -> Vec<u8> {
     out
 }
 
-async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, FsError> {
+/// Executes a request on one local member's copy. `minted`: the id a new entry gets (the
+/// primary's choice, on the other members).
+async fn execute(
+    ctx: &CoreCtx,
+    id: u64,
+    vol: &ServedVolume,
+    member: u8,
+    req: Request<'_>,
+    minted: Option<FileId>,
+) -> Result<Vec<u8>, FsError> {
     let opcode = req.opcode();
-    let Some(vol_id) = req.volume() else {
-        return Err(FsError::new(ErrorCode::UnknownOp, "not a volume operation"));
-    };
-    let vol = volume(ctx, vol_id)?;
-    let brick = &vol.brick;
+    let brick = &local_brick(vol, member)?;
     let attr_reply = |a: brick_wire::Attr| ok_payload(id, opcode, |e| a.encode(e));
     let empty = || ok_payload(id, opcode, |_| {});
     Ok(match req {
         Request::Read {
             fid, offset, len, ..
         } => {
-            let f = files::open(&ctx.files, &vol, fid).await?;
+            let f = files::open(&ctx.files, vol, member, brick, fid).await?;
             let mut out = begin_response(len as usize);
             files::read(&f, offset, len, &mut out).await?;
             seal_response(&mut out, id, opcode);
@@ -215,7 +396,7 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
             data,
             ..
         } => {
-            let f = files::open(&ctx.files, &vol, fid).await?;
+            let f = files::open(&ctx.files, vol, member, brick, fid).await?;
             offset
                 .checked_add(data.len() as u64)
                 .ok_or_else(|| FsError::new(ErrorCode::FileTooBig, "offset + length overflows"))?;
@@ -223,7 +404,7 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
             ok_payload(id, opcode, |e| WriteReply { written }.encode(e))
         }
         Request::Fsync { fid, .. } => {
-            let f = files::open(&ctx.files, &vol, fid).await;
+            let f = files::open(&ctx.files, vol, member, brick, fid).await;
             match f {
                 Ok(f) => files::sync(&f).await?,
                 // Directories and symlinks have no data to sync; their namespace is synced below.
@@ -242,16 +423,16 @@ async fn execute(ctx: &CoreCtx, id: u64, req: Request<'_>) -> Result<Vec<u8>, Fs
             mode,
             exclusive,
             ..
-        } => attr_reply(brick.create(parent, name, mode, exclusive)?),
+        } => attr_reply(brick.create_as(parent, name, mode, exclusive, minted)?),
         Request::Mkdir {
             parent, name, mode, ..
-        } => attr_reply(brick.mkdir(parent, name, mode)?),
+        } => attr_reply(brick.mkdir_as(parent, name, mode, minted)?),
         Request::Symlink {
             parent,
             name,
             target,
             ..
-        } => attr_reply(brick.symlink(parent, name, target)?),
+        } => attr_reply(brick.symlink_as(parent, name, target, minted)?),
         Request::Readlink { fid, .. } => {
             let target = brick.readlink(fid)?;
             ok_payload(id, opcode, |e| {

@@ -2,10 +2,10 @@
 //! BufferedFile for the page cache).
 
 use crate::{IoMode, ServeState, ServedVolume};
-use brick_store::{FsError, FsResult};
+use brick_store::{Brick, FsError, FsResult};
 use brick_tuning::{CORE_OPEN_FILES_MAX, DIRECT_IO_ALIGN_BYTES};
 use brick_wire::{ErrorCode, FileId};
-use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -19,31 +19,34 @@ pub(crate) struct OpenFile {
     generation: Cell<u64>,
 }
 
+/// (volume, member, file): on one node several members of a volume may share a core.
+type CacheKey = (u32, u8, FileId);
+
 #[derive(Default)]
 pub(crate) struct FileCache {
-    map: HashMap<(u32, FileId), Rc<OpenFile>>,
-    order: VecDeque<(u32, FileId)>,
+    map: HashMap<CacheKey, Rc<OpenFile>>,
+    order: VecDeque<CacheKey>,
 }
 
 impl FileCache {
     pub fn retain_volumes(&mut self, state: &ServeState) {
         self.map
-            .retain(|(vol, _), _| state.volumes.contains_key(vol));
+            .retain(|(vol, _, _), _| state.volumes.contains_key(vol));
         self.order
-            .retain(|(vol, _)| state.volumes.contains_key(vol));
+            .retain(|(vol, _, _)| state.volumes.contains_key(vol));
     }
 
-    fn get(&self, vol: u32, fid: FileId) -> Option<Rc<OpenFile>> {
-        self.map.get(&(vol, fid)).cloned()
+    fn get(&self, key: CacheKey) -> Option<Rc<OpenFile>> {
+        self.map.get(&key).cloned()
     }
 
-    fn remove(&mut self, vol: u32, fid: FileId) {
-        if self.map.remove(&(vol, fid)).is_some() {
-            self.order.retain(|key| *key != (vol, fid));
+    fn remove(&mut self, key: CacheKey) {
+        if self.map.remove(&key).is_some() {
+            self.order.retain(|k| *k != key);
         }
     }
 
-    fn insert(&mut self, vol: u32, fid: FileId, f: Rc<OpenFile>) {
+    fn insert(&mut self, key: CacheKey, f: Rc<OpenFile>) {
         while self.map.len() >= CORE_OPEN_FILES_MAX {
             match self.order.pop_front() {
                 Some(key) => {
@@ -52,8 +55,8 @@ impl FileCache {
                 None => break,
             }
         }
-        if self.map.insert((vol, fid), f).is_none() {
-            self.order.push_back((vol, fid));
+        if self.map.insert(key, f).is_none() {
+            self.order.push_back(key);
         }
     }
 }
@@ -66,22 +69,25 @@ fn io_err(what: &str, e: impl Into<std::io::Error>) -> FsError {
 pub(crate) async fn open(
     cache: &std::cell::RefCell<FileCache>,
     vol: &ServedVolume,
+    member: u8,
+    brick: &Brick,
     fid: FileId,
 ) -> FsResult<Rc<OpenFile>> {
-    let generation = vol.brick.generation();
-    let cached = cache.borrow().get(vol.id, fid);
+    let key = (vol.id, member, fid);
+    let generation = brick.generation();
+    let cached = cache.borrow().get(key);
     if let Some(f) = cached {
         if f.generation.get() == generation {
             return Ok(f);
         }
         // Something was unlinked or replaced since: make sure this id still names a file.
-        match vol.brick.path_of(fid) {
+        match brick.path_of(fid) {
             Ok(path) if path.exists() => {
                 f.generation.set(generation);
                 return Ok(f);
             }
             _ => {
-                cache.borrow_mut().remove(vol.id, fid);
+                cache.borrow_mut().remove(key);
                 return Err(FsError::new(
                     ErrorCode::Stale,
                     format!("file id {fid:#x} no longer exists"),
@@ -89,7 +95,7 @@ pub(crate) async fn open(
             }
         }
     }
-    let path = vol.brick.path_of(fid)?;
+    let path = brick.path_of(fid)?;
     let meta = std::fs::symlink_metadata(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             FsError::new(
@@ -136,7 +142,7 @@ pub(crate) async fn open(
     } else {
         None
     };
-    if vol.brick.generation() != generation {
+    if brick.generation() != generation {
         // Something was unlinked or renamed over while we opened: the path may now name
         // another file. Resolve again rather than risk writing into the wrong one.
         return Err(FsError::new(
@@ -149,7 +155,7 @@ pub(crate) async fn open(
         buffered,
         generation: Cell::new(generation),
     });
-    cache.borrow_mut().insert(vol.id, fid, f.clone());
+    cache.borrow_mut().insert(key, f.clone());
     Ok(f)
 }
 
@@ -185,30 +191,6 @@ pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool)
         _ => f
             .buffered
             .write_at(data.to_vec(), offset)
-            .await
-            .map_err(|e| io_err("write", e))?,
-    };
-    if durable {
-        sync(f).await?;
-    }
-    Ok(written as u32)
-}
-
-/// A write whose data already sits in a DMA buffer: handed to O_DIRECT as is when aligned.
-pub(crate) async fn write_dma(
-    f: &OpenFile,
-    offset: u64,
-    data: DmaBuffer,
-    durable: bool,
-) -> FsResult<u32> {
-    let written = match &f.dma {
-        Some(dma) if aligned(offset, data.len()) => dma
-            .write_at(data, offset)
-            .await
-            .map_err(|e| io_err("write", e))?,
-        _ => f
-            .buffered
-            .write_at(data.as_bytes().to_vec(), offset)
             .await
             .map_err(|e| io_err("write", e))?,
     };

@@ -10,7 +10,10 @@ mod conn;
 mod core;
 mod exec;
 mod files;
+mod peer;
+mod repl;
 
+use brick_replication::PgMap;
 use brick_store::Brick;
 use brick_wire::ErrorCode;
 use std::collections::HashMap;
@@ -38,24 +41,72 @@ impl IoMode {
     }
 }
 
+/// One replica of a volume's (single) replica set, by member index.
+pub struct MemberSpec {
+    pub node: String,
+    /// The member's node's dataplane address (its core 0).
+    pub addr: String,
+    /// Present when the member's brick is on this node.
+    pub brick: Option<Arc<Brick>>,
+    /// The brick's copy was complete when this process started it: the daemon stopped cleanly
+    /// before, or the brick is new. A member that crashed may have missed writes.
+    pub clean_start: bool,
+}
+
 pub struct ServedVolume {
     pub id: u32,
     pub name: String,
-    pub brick: Arc<Brick>,
     pub io_mode: IoMode,
     pub direct_min_bytes: u64,
+    pub members: Vec<MemberSpec>,
+    /// The map of every PG, by PG number, as last read from the cluster store.
+    pub pg_maps: Vec<PgMap>,
+}
+
+impl ServedVolume {
+    pub fn local_members(&self) -> impl Iterator<Item = (u8, &Arc<Brick>)> + '_ {
+        self.members
+            .iter()
+            .enumerate()
+            .filter_map(|(m, spec)| spec.brick.as_ref().map(|b| (m as u8, b)))
+    }
 }
 
 pub struct User {
     pub key: [u8; 32],
     pub admin: bool,
+    /// A brickd node (replication traffic), not a person.
+    pub peer: bool,
 }
+
+/// The user name nodes authenticate as to each other; user names cannot start with '@'.
+pub const NODE_USER: &str = "@node";
 
 /// Everything a core needs to serve requests; replaced wholesale on every change.
 pub struct ServeState {
     pub node: String,
     pub volumes: HashMap<u32, Arc<ServedVolume>>,
     pub users: HashMap<String, User>,
+    /// The key this node proves itself with to other nodes (user `NODE_USER`).
+    pub node_key: [u8; 32],
+}
+
+/// A request from a core's replication driver to the management plane, which owns the
+/// cluster store.
+pub enum MapRequest {
+    /// Compare-and-set the map of one PG from `map.epoch - 1` to `map`. The reply is the
+    /// installed map, or the current one (`None`: the store could not be read).
+    Propose {
+        volume: String,
+        pg: u32,
+        map: PgMap,
+        reply: flume::Sender<Result<PgMap, Option<PgMap>>>,
+    },
+    Fetch {
+        volume: String,
+        pg: u32,
+        reply: flume::Sender<Option<PgMap>>,
+    },
 }
 
 pub enum Control {
@@ -119,8 +170,9 @@ impl Dataplane {
         cfg: DataplaneConfig,
         state: Arc<ServeState>,
         mgmt: flume::Sender<MgmtRequest>,
+        maps: flume::Sender<MapRequest>,
     ) -> std::io::Result<Dataplane> {
-        core::start(cfg, state, mgmt)
+        core::start(cfg, state, mgmt, maps)
     }
 
     /// Hands `state` to every core and returns once all of them serve it, so that a reply

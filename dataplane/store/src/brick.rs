@@ -133,6 +133,33 @@ impl Brick {
         })
     }
 
+    /// Whether `root` already holds a brick (it was opened before, by any process).
+    pub fn is_formatted(root: &Path) -> bool {
+        meta_dir(root).is_dir()
+    }
+
+    /// Records that the daemon stopped cleanly after its last write to this brick: on the next
+    /// start its copy counts as complete (a crashed member's copy may have missed writes).
+    pub fn mark_clean_shutdown(&self) -> FsResult<()> {
+        let path = meta_dir(&self.root).join("clean-shutdown");
+        fs::write(&path, b"clean\n").map_err(|e| FsError::io("clean-shutdown mark", e))?;
+        fs::File::open(meta_dir(&self.root))
+            .and_then(|d| d.sync_all())
+            .map_err(|e| FsError::io("clean-shutdown mark", e))
+    }
+
+    /// Whether the last run ended with `mark_clean_shutdown`; removes the mark (durably), so a
+    /// crash of this run is not mistaken for a clean stop.
+    pub fn take_clean_shutdown(&self) -> bool {
+        let path = meta_dir(&self.root).join("clean-shutdown");
+        if fs::remove_file(&path).is_err() {
+            return false;
+        }
+        fs::File::open(meta_dir(&self.root))
+            .and_then(|d| d.sync_all())
+            .is_ok()
+    }
+
     /// A small non-empty file every core opens with O_DIRECT first (see docs/ARCHITECTURE.md,
     /// glommio's io-poll probe).
     pub fn probe_path(&self) -> PathBuf {
@@ -202,6 +229,18 @@ impl Brick {
         parent: FileId,
         name: &str,
     ) -> FsResult<(FileId, fs::Metadata)> {
+        self.child_as(idx, parent, name, None)
+    }
+
+    /// Like `child_in`, but an entry without an id gets `wanted` if it is usable: replicas
+    /// give a new entry the id its primary minted.
+    fn child_as(
+        &self,
+        idx: &mut Index,
+        parent: FileId,
+        name: &str,
+        wanted: Option<FileId>,
+    ) -> FsResult<(FileId, fs::Metadata)> {
         let path = self.path_in(idx, parent)?.join(name);
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -217,7 +256,10 @@ impl Brick {
         if let Some(fid) = idx.child(parent, name) {
             return Ok((fid, meta));
         }
-        let fid = self.mint_fid(idx, parent, name);
+        let fid = match wanted {
+            Some(w) if w > ROOT_FILE_ID && pg_of(w) < self.pg_count && !idx.contains(w) => w,
+            _ => self.mint_fid(idx, parent, name),
+        };
         idx.link(fid, parent, name)
             .map_err(|e| FsError::io("index", e))?;
         Ok((fid, meta))
@@ -293,6 +335,19 @@ impl Brick {
     }
 
     pub fn create(&self, parent: FileId, name: &str, mode: u32, exclusive: bool) -> FsResult<Attr> {
+        self.create_as(parent, name, mode, exclusive, None)
+    }
+
+    /// `create` giving a new file the id `fid` (minted by the primary copy), if still free.
+    pub fn create_as(
+        &self,
+        parent: FileId,
+        name: &str,
+        mode: u32,
+        exclusive: bool,
+        fid: Option<FileId>,
+    ) -> FsResult<Attr> {
+        let wanted = fid;
         let mut idx = self.lock();
         let path = self.parent_dir(&idx, parent)?.join(name);
         let mut opts = fs::OpenOptions::new();
@@ -309,7 +364,7 @@ impl Brick {
         opts.open(&path)
             .map_err(|e| FsError::io(&format!("create {name:?}"), e))?;
         idx.mark_dir_unsynced(parent);
-        let (fid, meta) = self.child_in(&mut idx, parent, name)?;
+        let (fid, meta) = self.child_as(&mut idx, parent, name, wanted)?;
         if !meta.is_file() {
             return Err(FsError::new(
                 ErrorCode::IsDir,
@@ -320,6 +375,16 @@ impl Brick {
     }
 
     pub fn mkdir(&self, parent: FileId, name: &str, mode: u32) -> FsResult<Attr> {
+        self.mkdir_as(parent, name, mode, None)
+    }
+
+    pub fn mkdir_as(
+        &self,
+        parent: FileId,
+        name: &str,
+        mode: u32,
+        wanted: Option<FileId>,
+    ) -> FsResult<Attr> {
         let mut idx = self.lock();
         let path = self.parent_dir(&idx, parent)?.join(name);
         fs::DirBuilder::new()
@@ -327,17 +392,27 @@ impl Brick {
             .create(&path)
             .map_err(|e| FsError::io(&format!("mkdir {name:?}"), e))?;
         idx.mark_dir_unsynced(parent);
-        let (fid, meta) = self.child_in(&mut idx, parent, name)?;
+        let (fid, meta) = self.child_as(&mut idx, parent, name, wanted)?;
         Ok(attr_of(fid, &meta))
     }
 
     pub fn symlink(&self, parent: FileId, name: &str, target: &str) -> FsResult<Attr> {
+        self.symlink_as(parent, name, target, None)
+    }
+
+    pub fn symlink_as(
+        &self,
+        parent: FileId,
+        name: &str,
+        target: &str,
+        wanted: Option<FileId>,
+    ) -> FsResult<Attr> {
         let mut idx = self.lock();
         let path = self.parent_dir(&idx, parent)?.join(name);
         std::os::unix::fs::symlink(target, &path)
             .map_err(|e| FsError::io(&format!("symlink {name:?}"), e))?;
         idx.mark_dir_unsynced(parent);
-        let (fid, meta) = self.child_in(&mut idx, parent, name)?;
+        let (fid, meta) = self.child_as(&mut idx, parent, name, wanted)?;
         Ok(attr_of(fid, &meta))
     }
 

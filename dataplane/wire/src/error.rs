@@ -31,6 +31,12 @@ pub enum ErrorCode {
     /// Operation code not known to this server.
     UnknownOp,
     Internal,
+    /// The server does not hold the primary copy of the request's placement group (or no
+    /// longer: the map changed). Fetch the volume's maps and retry at the primary.
+    NotPrimary,
+    /// Fewer up-to-date replicas than the volume's `min_size`: writes are refused rather than
+    /// accepted with too few copies.
+    BelowMinSize,
     /// A code this build does not know (from a newer peer).
     Other(u32),
 }
@@ -61,6 +67,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 1005,
             ErrorCode::UnknownOp => 1006,
             ErrorCode::Internal => 1007,
+            ErrorCode::NotPrimary => 1008,
+            ErrorCode::BelowMinSize => 1009,
             ErrorCode::Other(code) => code,
         }
     }
@@ -90,6 +98,8 @@ impl ErrorCode {
             1005 => ErrorCode::Unavailable,
             1006 => ErrorCode::UnknownOp,
             1007 => ErrorCode::Internal,
+            1008 => ErrorCode::NotPrimary,
+            1009 => ErrorCode::BelowMinSize,
             other => ErrorCode::Other(other),
         }
     }
@@ -138,6 +148,8 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Unavailable => "server unavailable",
             ErrorCode::UnknownOp => "unknown operation",
             ErrorCode::Internal => "internal server error",
+            ErrorCode::NotPrimary => "not the primary of this placement group",
+            ErrorCode::BelowMinSize => "too few up-to-date replicas to accept writes",
             ErrorCode::Other(_) => "unknown error",
         };
         write!(f, "{text} ({})", self.code())

@@ -41,6 +41,8 @@ pub mod op {
     pub const SYMLINK: u16 = 0x010C;
     pub const READLINK: u16 = 0x010D;
     pub const STATFS: u16 = 0x010E;
+    /// Replication traffic between nodes (docs/replication.md); only nodes may send it.
+    pub const REPL: u16 = 0x0200;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +246,35 @@ impl<'a> Request<'a> {
             | Request::Readlink { fid, .. } => Some(fid),
             _ => None,
         }
+    }
+
+    /// The placement group whose primary executes the request. Namespace operations all go
+    /// through PG 0, so that every replica applies them in one order; file operations go to
+    /// the file's own PG.
+    pub fn pg(&self) -> u32 {
+        match *self {
+            Request::GetAttr { fid, .. }
+            | Request::SetAttr { fid, .. }
+            | Request::Read { fid, .. }
+            | Request::Write { fid, .. }
+            | Request::Fsync { fid, .. }
+            | Request::Readlink { fid, .. } => pg_of(fid),
+            _ => 0,
+        }
+    }
+
+    /// Operations that change the namespace (serialized through PG 0, applied on the primary
+    /// first so that what is forwarded carries the file id it minted).
+    pub fn is_namespace_change(&self) -> bool {
+        matches!(
+            self,
+            Request::Create { .. }
+                | Request::Mkdir { .. }
+                | Request::Symlink { .. }
+                | Request::Unlink { .. }
+                | Request::Rmdir { .. }
+                | Request::Rename { .. }
+        )
     }
 
     pub fn volume(&self) -> Option<VolumeId> {

@@ -1,0 +1,851 @@
+//! Drives the replication core (`brick_replication::Replica`, a sans-IO state machine) on one
+//! dataplane core: one `Replica` per (volume, PG owned by this core, local member). Client
+//! writes and namespace changes are submitted to the PG's primary; the driver turns the
+//! machine's outputs into disk I/O (io_uring, through `exec`), peer messages (`peer`, or a
+//! direct call when the member is on this node) and cluster-store requests (`MapRequest`, to
+//! the management plane), and feeds the results back in. Nothing here blocks: every disk or
+//! store action is a spawned task whose completion is one more input.
+
+use crate::core::CoreCtx;
+use crate::{exec, peer, MapRequest, ServeState, ServedVolume};
+use brick_replication::{
+    Boot, Config, LockKey, Member, Msg, OpError, OpId, Outcome, Output, PgMap, Replica, MEMBERS_MAX,
+};
+use brick_tuning::{FRAME_PAYLOAD_BYTES_MAX, REPL_TICK_MS};
+use brick_wire::{
+    encode_frame, error_frame, op, Dec, DecodeError, Enc, ErrorCode, Header, Kind, HEADER_BYTES,
+};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// (volume, PG, local member).
+type SlotKey = (u32, u32, Member);
+
+/// What a replicated operation applies on every member: a request as a client sent it, plus
+/// the file id the primary minted for a new entry (0: none). Opcode 0 is a no-op (the resync
+/// of an in-doubt namespace change, see docs/replication.md).
+#[derive(Clone)]
+pub(crate) struct Body {
+    pub opcode: u16,
+    pub minted: u64,
+    pub payload: Rc<Vec<u8>>,
+}
+
+pub(crate) const NOOP: u16 = 0;
+
+struct PrimaryOp {
+    request_id: u64,
+    body: Body,
+    /// The frame the local apply produced (the client's reply when the op succeeds).
+    local_reply: Option<Vec<u8>>,
+    /// `None` for resync ops, which have no client.
+    waiter: Option<flume::Sender<Vec<u8>>>,
+}
+
+struct Slot {
+    replica: Replica,
+    vol: Arc<ServedVolume>,
+    ops: HashMap<OpId, PrimaryOp>,
+    /// Forwarded bodies received and not yet applied, by (sender, op).
+    inbox: HashMap<(Member, OpId), Body>,
+}
+
+pub(crate) struct ReplCore {
+    slots: RefCell<HashMap<SlotKey, Slot>>,
+    started: Instant,
+}
+
+impl Default for ReplCore {
+    fn default() -> ReplCore {
+        ReplCore {
+            slots: RefCell::new(HashMap::new()),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl ReplCore {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// Op ids of a new `Replica` start at the wall clock in ms << 20: distinct from any earlier
+/// incarnation's unless that one issued a million ops per millisecond.
+fn op_base() -> OpId {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    ms << 20
+}
+
+/// Creates, updates and drops this core's replicas to match a newly published state.
+pub(crate) fn sync_slots(ctx: &Rc<CoreCtx>, state: &ServeState) {
+    let now = ctx.repl.now_ms();
+    let mut started: Vec<(SlotKey, Vec<Output>)> = Vec::new();
+    {
+        let mut slots = ctx.repl.slots.borrow_mut();
+        slots.retain(|&(vol, _, m), _| {
+            state
+                .volumes
+                .get(&vol)
+                .and_then(|v| v.members.get(m as usize))
+                .is_some_and(|spec| spec.brick.is_some())
+        });
+        for vol in state.volumes.values() {
+            let pgs = (ctx.core..vol.pg_maps.len()).step_by(ctx.ncores);
+            for pg in pgs {
+                let map = vol.pg_maps[pg];
+                for (m, _) in vol.local_members() {
+                    if m >= map.members {
+                        continue;
+                    }
+                    let key = (vol.id, pg as u32, m);
+                    let mut out = Vec::new();
+                    match slots.get_mut(&key) {
+                        Some(slot) => {
+                            slot.vol = vol.clone();
+                            if map.epoch > slot.replica.map().epoch {
+                                slot.replica.on_map(now, map, &mut out);
+                            }
+                        }
+                        None => {
+                            // A member that crashed may have missed writes that members on
+                            // other nodes took; when every up-to-date member is on this node
+                            // they all crashed together and none is behind another.
+                            let elsewhere = map.acting().any(|o| {
+                                vol.members
+                                    .get(o as usize)
+                                    .is_some_and(|s| s.brick.is_none())
+                            });
+                            let boot = Boot {
+                                op_base: op_base(),
+                                restarted: !vol.members[m as usize].clean_start && elsewhere,
+                            };
+                            let cfg = Config::default();
+                            let replica = Replica::new(pg as u32, m, map, cfg, now, boot, &mut out);
+                            slots.insert(
+                                key,
+                                Slot {
+                                    replica,
+                                    vol: vol.clone(),
+                                    ops: HashMap::new(),
+                                    inbox: HashMap::new(),
+                                },
+                            );
+                        }
+                    }
+                    if !out.is_empty() {
+                        started.push((key, out));
+                    }
+                }
+            }
+        }
+    }
+    for (key, out) in started {
+        drive(ctx, key, out);
+    }
+}
+
+/// Gives every replica of this core the time, every `REPL_TICK_MS`.
+pub(crate) async fn tick_loop(ctx: Rc<CoreCtx>) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(REPL_TICK_MS)).await;
+        let keys: Vec<SlotKey> = ctx.repl.slots.borrow().keys().copied().collect();
+        for key in keys {
+            feed(&ctx, key, |slot, now, out| slot.replica.tick(now, out));
+        }
+    }
+}
+
+/// Runs `f` on one replica with the time, then acts on what it asked for.
+fn feed(ctx: &Rc<CoreCtx>, key: SlotKey, f: impl FnOnce(&mut Slot, u64, &mut Vec<Output>)) {
+    let now = ctx.repl.now_ms();
+    let mut out = Vec::new();
+    {
+        let mut slots = ctx.repl.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(&key) else {
+            return; // the volume stopped meanwhile
+        };
+        f(slot, now, &mut out);
+    }
+    drive(ctx, key, out);
+}
+
+fn with_slot<R>(ctx: &CoreCtx, key: SlotKey, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+    ctx.repl.slots.borrow_mut().get_mut(&key).map(f)
+}
+
+/// The local member holding the primary copy of a PG, or the error to answer with.
+pub(crate) fn local_primary(ctx: &CoreCtx, vol: &ServedVolume, pg: u32) -> Result<Member, String> {
+    let slots = ctx.repl.slots.borrow();
+    let mut known: Option<PgMap> = vol.pg_maps.get(pg as usize).copied();
+    for (m, _) in vol.local_members() {
+        if let Some(slot) = slots.get(&(vol.id, pg, m)) {
+            if slot.replica.is_primary() {
+                return Ok(m);
+            }
+            let map = *slot.replica.map();
+            if known.is_none_or(|k| map.epoch > k.epoch) {
+                known = Some(map);
+            }
+        }
+    }
+    Err(match known {
+        Some(map) => match map.primary() {
+            Some(p) => format!(
+                "PG {pg} of volume {} is served by member {p} ({}) in epoch {}",
+                vol.name,
+                vol.members.get(p as usize).map_or("?", |s| s.node.as_str()),
+                map.epoch
+            ),
+            None => format!("PG {pg} of volume {} has no up-to-date member", vol.name),
+        },
+        None => format!("PG {pg} of volume {} is not held by this node", vol.name),
+    })
+}
+
+pub(crate) struct Submission {
+    pub request_id: u64,
+    pub body: Body,
+    pub lock: LockKey,
+    pub local_first: bool,
+}
+
+/// Runs one client write or namespace change through its PG's primary on this core and
+/// returns the reply frame once every up-to-date member has it (or it failed).
+pub(crate) async fn submit(
+    ctx: &Rc<CoreCtx>,
+    vol: &ServedVolume,
+    pg: u32,
+    sub: Submission,
+) -> Vec<u8> {
+    let (id, opcode) = (sub.request_id, sub.body.opcode);
+    let member = match local_primary(ctx, vol, pg) {
+        Ok(m) => m,
+        Err(why) => return error_reply(id, opcode, ErrorCode::NotPrimary, &why),
+    };
+    let key = (vol.id, pg, member);
+    let (tx, rx) = flume::bounded(1);
+    let now = ctx.repl.now_ms();
+    let mut out = Vec::new();
+    let submitted = with_slot(ctx, key, |slot| {
+        let op = slot
+            .replica
+            .submit(now, sub.lock, sub.local_first, &mut out)?;
+        slot.ops.insert(
+            op,
+            PrimaryOp {
+                request_id: id,
+                body: sub.body,
+                local_reply: None,
+                waiter: Some(tx),
+            },
+        );
+        Ok(())
+    });
+    match submitted {
+        None => return error_reply(id, opcode, ErrorCode::NotPrimary, "the PG moved meanwhile"),
+        Some(Err(e)) => return op_error_reply(id, opcode, e),
+        Some(Ok(())) => {}
+    }
+    drive(ctx, key, out);
+    rx.recv_async().await.unwrap_or_else(|_| {
+        error_reply(
+            id,
+            opcode,
+            ErrorCode::Unavailable,
+            "the volume stopped while the operation ran",
+        )
+    })
+}
+
+/// Acts on a replica's outputs, and on what acting on them makes other local replicas output.
+fn drive(ctx: &Rc<CoreCtx>, key: SlotKey, outputs: Vec<Output>) {
+    let mut work: VecDeque<(SlotKey, Output)> = outputs.into_iter().map(|o| (key, o)).collect();
+    while let Some((key, output)) = work.pop_front() {
+        match output {
+            Output::ApplyLocal { op } => spawn_apply_local(ctx, key, op),
+            Output::ReadForResync { op, lock } => spawn_resync_read(ctx, key, op, lock),
+            Output::ApplyForwarded { from, op } => spawn_apply_forwarded(ctx, key, from, op),
+            Output::Send { to, msg } => send(ctx, key, to, msg, &mut work),
+            Output::Reply { op, result } => reply(ctx, key, op, result),
+            // Dirty-extent tracking for heal is the next step (issue 4); until then a member
+            // that was absent is healed by a full copy.
+            Output::RecordDirty { .. } => {}
+            Output::Propose { map } => spawn_propose(ctx, key, map),
+            Output::FetchMap => spawn_fetch(ctx, key),
+        }
+    }
+}
+
+fn spawn_apply_local(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId) {
+    let found = with_slot(ctx, key, |slot| {
+        let p = slot.ops.get(&op)?;
+        Some((slot.vol.clone(), p.request_id, p.body.clone()))
+    })
+    .flatten();
+    let Some((vol, request_id, body)) = found else {
+        return;
+    };
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let frame = exec::apply(&ctx, &vol, key.2, request_id, &body).await;
+        let outcome = outcome_of(&frame);
+        let minted = minted_fid(body.opcode, &frame);
+        feed(&ctx, key, |slot, now, out| {
+            if let Some(p) = slot.ops.get_mut(&op) {
+                p.local_reply = Some(frame);
+                if let Some(fid) = minted {
+                    p.body.minted = fid;
+                }
+            }
+            slot.replica.on_local_done(now, op, outcome, out);
+        });
+    })
+    .detach();
+}
+
+fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
+    let Some(vol) = with_slot(ctx, key, |slot| slot.vol.clone()) else {
+        return;
+    };
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let (body, outcome) = match exec::resync_body(&ctx, &vol, key.2, lock).await {
+            Ok(body) => (body, Outcome::Ok),
+            Err(e) => {
+                tracing::warn!(vol = vol.id, pg = key.1, "resync read failed: {e}");
+                let noop = Body {
+                    opcode: NOOP,
+                    minted: 0,
+                    payload: Rc::new(Vec::new()),
+                };
+                (noop, Outcome::Failed)
+            }
+        };
+        feed(&ctx, key, |slot, now, out| {
+            slot.ops.insert(
+                op,
+                PrimaryOp {
+                    request_id: 0,
+                    body,
+                    local_reply: None,
+                    waiter: None,
+                },
+            );
+            slot.replica.on_local_done(now, op, outcome, out);
+        });
+    })
+    .detach();
+}
+
+fn spawn_apply_forwarded(ctx: &Rc<CoreCtx>, key: SlotKey, from: Member, op: OpId) {
+    let found = with_slot(ctx, key, |slot| {
+        (slot.vol.clone(), slot.inbox.remove(&(from, op)))
+    });
+    let Some((vol, body)) = found else {
+        return;
+    };
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let outcome = match body {
+            Some(body) => outcome_of(&exec::apply(&ctx, &vol, key.2, 0, &body).await),
+            None => {
+                tracing::error!(vol = vol.id, pg = key.1, op, "forward without its body");
+                Outcome::Failed
+            }
+        };
+        feed(&ctx, key, |slot, now, out| {
+            slot.replica.on_forward_applied(now, from, op, outcome, out)
+        });
+    })
+    .detach();
+}
+
+fn send(
+    ctx: &Rc<CoreCtx>,
+    key: SlotKey,
+    to: Member,
+    msg: Msg,
+    work: &mut VecDeque<(SlotKey, Output)>,
+) {
+    let (vol_id, pg, from) = key;
+    let found = with_slot(ctx, key, |slot| {
+        let body = match &msg {
+            Msg::Forward { op, .. } => Some(slot.ops.get(op).map(|p| p.body.clone())),
+            _ => None,
+        };
+        (slot.vol.clone(), body)
+    });
+    let Some((vol, body)) = found else { return };
+    let body = match body {
+        Some(None) => return, // its resync read is still running; the resend timer retries
+        Some(Some(b)) => Some(b),
+        None => None,
+    };
+    let Some(spec) = vol.members.get(to as usize) else {
+        return;
+    };
+    if spec.brick.is_some() {
+        let target = (vol_id, pg, to);
+        let now = ctx.repl.now_ms();
+        let mut out = Vec::new();
+        with_slot(ctx, target, |t| deliver(t, now, from, msg, body, &mut out));
+        work.extend(out.into_iter().map(|o| (target, o)));
+    } else {
+        let frame = encode_repl(vol_id, pg, from, to, &msg, body.as_ref());
+        peer::send(ctx, &spec.addr, frame);
+    }
+}
+
+/// Hands a message to a replica, keeping a forward's body until it is applied.
+fn deliver(
+    slot: &mut Slot,
+    now: u64,
+    from: Member,
+    msg: Msg,
+    body: Option<Body>,
+    out: &mut Vec<Output>,
+) {
+    let forwarded = match (&msg, body) {
+        (Msg::Forward { op, .. }, Some(body)) => {
+            slot.inbox.insert((from, *op), body);
+            Some(*op)
+        }
+        _ => None,
+    };
+    slot.replica.on_message(now, from, msg, out);
+    if let Some(op) = forwarded {
+        let applying = out.iter().any(
+            |o| matches!(o, Output::ApplyForwarded { from: f, op: o } if *f == from && *o == op),
+        );
+        if !applying {
+            slot.inbox.remove(&(from, op)); // a duplicate, or refused
+        }
+    }
+}
+
+fn reply(ctx: &CoreCtx, key: SlotKey, op: OpId, result: Result<(), OpError>) {
+    let Some(Some(p)) = with_slot(ctx, key, |slot| slot.ops.remove(&op)) else {
+        return;
+    };
+    let Some(waiter) = p.waiter else { return };
+    let (id, opcode) = (p.request_id, p.body.opcode);
+    let frame = match (result, p.local_reply) {
+        (Ok(()), Some(frame)) | (Err(OpError::Refused(_)), Some(frame)) => frame,
+        (Ok(()), None) => error_reply(id, opcode, ErrorCode::Internal, "no local result"),
+        (Err(e), _) => op_error_reply(id, opcode, e),
+    };
+    let _ = waiter.send(frame);
+}
+
+fn spawn_propose(ctx: &Rc<CoreCtx>, key: SlotKey, map: PgMap) {
+    let Some(volume) = with_slot(ctx, key, |slot| slot.vol.name.clone()) else {
+        return;
+    };
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let (tx, rx) = flume::bounded(1);
+        let request = MapRequest::Propose {
+            volume,
+            pg: key.1,
+            map,
+            reply: tx,
+        };
+        let result = match ctx.maps.send_async(request).await {
+            Ok(()) => rx.recv_async().await.unwrap_or(Err(None)),
+            Err(_) => Err(None),
+        };
+        feed(&ctx, key, |slot, now, out| {
+            slot.replica.on_proposal_result(now, result, out)
+        });
+    })
+    .detach();
+}
+
+fn spawn_fetch(ctx: &Rc<CoreCtx>, key: SlotKey) {
+    let Some(volume) = with_slot(ctx, key, |slot| slot.vol.name.clone()) else {
+        return;
+    };
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let (tx, rx) = flume::bounded(1);
+        let request = MapRequest::Fetch {
+            volume,
+            pg: key.1,
+            reply: tx,
+        };
+        if ctx.maps.send_async(request).await.is_err() {
+            return;
+        }
+        let Ok(Some(map)) = rx.recv_async().await else {
+            return;
+        };
+        feed(&ctx, key, |slot, now, out| {
+            if map.epoch > slot.replica.map().epoch {
+                slot.replica.on_map(now, map, out);
+            }
+        });
+    })
+    .detach();
+}
+
+/// A replication message from another node (opcode REPL), on the core owning its PG.
+pub(crate) fn on_peer_frame(ctx: &Rc<CoreCtx>, payload: &[u8]) -> Result<(), DecodeError> {
+    let m = decode_repl(payload)?;
+    let key = (m.vol, m.pg, m.to);
+    let now = ctx.repl.now_ms();
+    let mut out = Vec::new();
+    with_slot(ctx, key, |slot| {
+        deliver(slot, now, m.from, m.msg, m.body, &mut out)
+    });
+    drive(ctx, key, out);
+    Ok(())
+}
+
+/// The PG a REPL payload is about (it decides the core), if the payload is long enough.
+pub(crate) fn repl_pg(payload: &[u8]) -> Option<u32> {
+    let bytes = payload.get(4..8)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+fn outcome_of(frame: &[u8]) -> Outcome {
+    let Some(head) = frame.get(..HEADER_BYTES) else {
+        return Outcome::Failed;
+    };
+    let Ok(header) = Header::parse(head.try_into().unwrap_or(&[0; HEADER_BYTES])) else {
+        return Outcome::Failed;
+    };
+    match ErrorCode::from_code(header.status) {
+        _ if header.status == 0 => Outcome::Ok,
+        ErrorCode::Perm
+        | ErrorCode::NotFound
+        | ErrorCode::Access
+        | ErrorCode::Exists
+        | ErrorCode::CrossDevice
+        | ErrorCode::NotDir
+        | ErrorCode::IsDir
+        | ErrorCode::Invalid
+        | ErrorCode::FileTooBig
+        | ErrorCode::NameTooLong
+        | ErrorCode::NotEmpty
+        | ErrorCode::NotSupported
+        | ErrorCode::Stale
+        | ErrorCode::Malformed => Outcome::Refused(header.status),
+        _ => Outcome::Failed,
+    }
+}
+
+/// The id of the entry a successful CREATE, MKDIR or SYMLINK made, from its reply.
+fn minted_fid(opcode: u16, frame: &[u8]) -> Option<u64> {
+    if !matches!(opcode, op::CREATE | op::MKDIR | op::SYMLINK) || outcome_of(frame) != Outcome::Ok {
+        return None;
+    }
+    brick_wire::Attr::decode_whole(frame.get(HEADER_BYTES..)?)
+        .ok()
+        .map(|a| a.fid)
+}
+
+pub(crate) fn error_reply(id: u64, opcode: u16, code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    error_frame(&mut out, id, opcode, code, message);
+    out
+}
+
+fn op_error_reply(id: u64, opcode: u16, e: OpError) -> Vec<u8> {
+    let (code, why) = match e {
+        OpError::NotPrimary { epoch, primary } => (
+            ErrorCode::NotPrimary,
+            format!("not the primary in epoch {epoch} (primary: member {primary:?})"),
+        ),
+        OpError::BelowMinSize {
+            up_to_date,
+            min_size,
+        } => (
+            ErrorCode::BelowMinSize,
+            format!(
+                "{up_to_date} up-to-date replicas, the volume needs {min_size} to accept writes"
+            ),
+        ),
+        OpError::Busy => (
+            ErrorCode::Unavailable,
+            "too many operations in flight on this placement group; retry".into(),
+        ),
+        OpError::Refused(code) => (ErrorCode::from_code(code), "refused".into()),
+        OpError::Unavailable => (
+            ErrorCode::Unavailable,
+            "the primary's copy failed or the map changed; retry at the new primary".into(),
+        ),
+    };
+    error_reply(id, opcode, code, &why)
+}
+
+// REPL payload (docs/replication.md, "Wire format"):
+// vol u32 | pg u32 | from u8 | to u8 | kind u8 | fields of the kind
+
+const KIND_FORWARD: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_NACK: u8 = 3;
+const KIND_HEARTBEAT: u8 = 4;
+const KIND_HEARTBEAT_ACK: u8 = 5;
+const KIND_QUERY: u8 = 6;
+const KIND_IN_DOUBT: u8 = 7;
+
+/// Keys one IN_DOUBT message may carry (a PG's op window).
+const IN_DOUBT_KEYS_MAX: u32 = 4096;
+
+struct ReplMessage {
+    vol: u32,
+    pg: u32,
+    from: Member,
+    to: Member,
+    msg: Msg,
+    body: Option<Body>,
+}
+
+fn encode_lock(e: &mut Enc, k: &LockKey) {
+    e.u64(k.fid).u64(k.start).u64(k.end);
+}
+
+fn decode_lock(d: &mut Dec) -> Result<LockKey, DecodeError> {
+    let (fid, start, end) = (d.u64("lock fid")?, d.u64("lock start")?, d.u64("lock end")?);
+    if start >= end {
+        return Err(DecodeError::BadValue("lock range (empty)", start));
+    }
+    Ok(LockKey { fid, start, end })
+}
+
+fn encode_repl(
+    vol: u32,
+    pg: u32,
+    from: Member,
+    to: Member,
+    msg: &Msg,
+    body: Option<&Body>,
+) -> Vec<u8> {
+    let body_len = body.map_or(0, |b| b.payload.len());
+    let mut e = Enc::with_capacity(96 + body_len);
+    e.u32(vol).u32(pg).u8(from).u8(to);
+    match msg {
+        Msg::Forward {
+            epoch,
+            op,
+            lock,
+            watermark,
+        } => {
+            e.u8(KIND_FORWARD).u64(*epoch).u64(*op);
+            encode_lock(&mut e, lock);
+            e.u64(*watermark);
+            let (opcode, minted, payload) = match body {
+                Some(b) => (b.opcode, b.minted, b.payload.as_slice()),
+                None => (NOOP, 0, &[][..]),
+            };
+            e.u32(opcode as u32).u64(minted).bytes(payload);
+        }
+        Msg::Ack { epoch, op, outcome } => {
+            let (kind, code) = match outcome {
+                Outcome::Ok => (0u8, 0u32),
+                Outcome::Refused(c) => (1, *c),
+                Outcome::Failed => (2, 0),
+            };
+            e.u8(KIND_ACK).u64(*epoch).u64(*op).u8(kind).u32(code);
+        }
+        Msg::Nack { epoch, op } => {
+            e.u8(KIND_NACK).u64(*epoch).u64(*op);
+        }
+        Msg::Heartbeat { epoch, watermark } => {
+            e.u8(KIND_HEARTBEAT).u64(*epoch).u64(*watermark);
+        }
+        Msg::HeartbeatAck { epoch } => {
+            e.u8(KIND_HEARTBEAT_ACK).u64(*epoch);
+        }
+        Msg::Query { epoch } => {
+            e.u8(KIND_QUERY).u64(*epoch);
+        }
+        Msg::InDoubt { epoch, keys } => {
+            e.u8(KIND_IN_DOUBT).u64(*epoch).u32(keys.len() as u32);
+            for k in keys {
+                encode_lock(&mut e, k);
+            }
+        }
+    }
+    let header = Header::new(Kind::Request, op::REPL, 0, e.buf.len() as u32, 0);
+    let mut out = Vec::with_capacity(HEADER_BYTES + e.buf.len());
+    encode_frame(&mut out, header, &e.buf);
+    out
+}
+
+fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
+    let mut d = Dec::new(payload);
+    let (vol, pg, from, to) = (d.u32("vol")?, d.u32("pg")?, d.u8("from")?, d.u8("to")?);
+    if from >= MEMBERS_MAX || to >= MEMBERS_MAX || from == to {
+        return Err(DecodeError::BadValue("member", from.max(to) as u64));
+    }
+    let mut body = None;
+    let msg = match d.u8("kind")? {
+        KIND_FORWARD => {
+            let (epoch, op) = (d.u64("epoch")?, d.u64("op")?);
+            let lock = decode_lock(&mut d)?;
+            let watermark = d.u64("watermark")?;
+            let opcode = u16::try_from(d.u32("opcode")?)
+                .map_err(|_| DecodeError::BadValue("opcode", u16::MAX as u64 + 1))?;
+            let minted = d.u64("minted")?;
+            let bytes = d.bytes("body", FRAME_PAYLOAD_BYTES_MAX as usize)?;
+            body = Some(Body {
+                opcode,
+                minted,
+                payload: Rc::new(bytes.to_vec()),
+            });
+            Msg::Forward {
+                epoch,
+                op,
+                lock,
+                watermark,
+            }
+        }
+        KIND_ACK => {
+            let (epoch, op) = (d.u64("epoch")?, d.u64("op")?);
+            let outcome = match (d.u8("outcome")?, d.u32("code")?) {
+                (0, _) => Outcome::Ok,
+                (1, code) => Outcome::Refused(code),
+                (2, _) => Outcome::Failed,
+                (other, _) => return Err(DecodeError::BadValue("outcome", other as u64)),
+            };
+            Msg::Ack { epoch, op, outcome }
+        }
+        KIND_NACK => Msg::Nack {
+            epoch: d.u64("epoch")?,
+            op: d.u64("op")?,
+        },
+        KIND_HEARTBEAT => Msg::Heartbeat {
+            epoch: d.u64("epoch")?,
+            watermark: d.u64("watermark")?,
+        },
+        KIND_HEARTBEAT_ACK => Msg::HeartbeatAck {
+            epoch: d.u64("epoch")?,
+        },
+        KIND_QUERY => Msg::Query {
+            epoch: d.u64("epoch")?,
+        },
+        KIND_IN_DOUBT => {
+            let epoch = d.u64("epoch")?;
+            let n = d.u32("key count")?;
+            if n > IN_DOUBT_KEYS_MAX {
+                return Err(DecodeError::BadValue("in-doubt key count", n as u64));
+            }
+            let mut keys = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                keys.push(decode_lock(&mut d)?);
+            }
+            Msg::InDoubt { epoch, keys }
+        }
+        other => {
+            return Err(DecodeError::BadValue(
+                "replication message kind",
+                other as u64,
+            ))
+        }
+    };
+    d.finish()?;
+    Ok(ReplMessage {
+        vol,
+        pg,
+        from,
+        to,
+        msg,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(msg: Msg, body: Option<Body>) {
+        let frame = encode_repl(7, 3, 1, 2, &msg, body.as_ref());
+        let payload = &frame[HEADER_BYTES..];
+        assert_eq!(repl_pg(payload), Some(3));
+        let m = decode_repl(payload).expect("decodes");
+        assert_eq!((m.vol, m.pg, m.from, m.to), (7, 3, 1, 2));
+        assert_eq!(m.msg, msg);
+        assert_eq!(
+            m.body.map(|b| (b.opcode, b.minted, b.payload.to_vec())),
+            body.map(|b| (b.opcode, b.minted, b.payload.to_vec()))
+        );
+    }
+
+    #[test]
+    fn every_message_kind_roundtrips() {
+        let lock = LockKey::range(9 << 48, 4096, 4096);
+        let body = Body {
+            opcode: op::WRITE,
+            minted: 0,
+            payload: Rc::new(vec![1, 2, 3]),
+        };
+        roundtrip(
+            Msg::Forward {
+                epoch: 4,
+                op: 11,
+                lock,
+                watermark: 10,
+            },
+            Some(body),
+        );
+        for outcome in [Outcome::Ok, Outcome::Refused(17), Outcome::Failed] {
+            roundtrip(
+                Msg::Ack {
+                    epoch: 4,
+                    op: 11,
+                    outcome,
+                },
+                None,
+            );
+        }
+        roundtrip(Msg::Nack { epoch: 5, op: 1 }, None);
+        roundtrip(
+            Msg::Heartbeat {
+                epoch: 5,
+                watermark: 3,
+            },
+            None,
+        );
+        roundtrip(Msg::HeartbeatAck { epoch: 5 }, None);
+        roundtrip(Msg::Query { epoch: 6 }, None);
+        roundtrip(
+            Msg::InDoubt {
+                epoch: 6,
+                keys: vec![lock, LockKey::NAMESPACE, LockKey::whole_file(5)],
+            },
+            None,
+        );
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_not_trusted() {
+        let frame = encode_repl(1, 0, 0, 1, &Msg::Query { epoch: 1 }, None);
+        let payload = &frame[HEADER_BYTES..];
+        for cut in 0..payload.len() {
+            assert!(decode_repl(&payload[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut same_member = payload.to_vec();
+        same_member[9] = 0; // to == from
+        assert!(decode_repl(&same_member).is_err());
+        let mut unknown = payload.to_vec();
+        unknown[10] = 99;
+        assert!(decode_repl(&unknown).is_err());
+        let mut many = Enc::default();
+        many.u32(1)
+            .u32(0)
+            .u8(0)
+            .u8(1)
+            .u8(KIND_IN_DOUBT)
+            .u64(1)
+            .u32(u32::MAX);
+        assert!(decode_repl(&many.buf).is_err());
+    }
+}
