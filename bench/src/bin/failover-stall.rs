@@ -5,9 +5,7 @@
 //!
 //!   failover-stall --brickd target/release/brickd --out DIR [--during-ms N]
 
-use brick_client::ClientConfig;
-use brick_testkit::failover::{self, Fault, Scenario, Target};
-use brick_testkit::{scratch_root, Etcd, ServeNode};
+use brick_testkit::failover::{self, Fault, LocalCluster, Scenario, Target};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,21 +29,7 @@ fn main() {
         }
     }
     std::fs::create_dir_all(&out).expect("output directory");
-    let etcd = Etcd::start();
-    let tmp = tempfile::Builder::new()
-        .prefix("failover-stall")
-        .tempdir_in(scratch_root())
-        .expect("tempdir");
-    let store = etcd.store_url();
-    let mut nodes: Vec<ServeNode> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| ServeNode::start(&brickd, n, tmp.path(), &store, PASSWORD))
-        .collect();
-    let admin = ClientConfig {
-        servers: nodes.iter().map(|n| n.addr.clone()).collect(),
-        user: "admin".into(),
-        password: PASSWORD.into(),
-    };
+    let mut cluster = LocalCluster::start(&brickd, "failover-stall", &["n1", "n2", "n3"], PASSWORD);
     let mut rows = Vec::new();
     for replica in [3u32, 2] {
         for (fault, target) in [
@@ -67,7 +51,7 @@ fn main() {
                 writers: 32,
                 latency_log: Some(log.clone()),
             };
-            let r = failover::run(&mut nodes, admin.clone(), &sc);
+            let r = failover::run(&mut cluster.nodes, cluster.admin.clone(), &sc);
             let row = serde_json::json!({
                 "scenario": name,
                 "target_node": r.target_node,
@@ -81,7 +65,7 @@ fn main() {
             rows.push(row);
         }
     }
-    drop(nodes);
+    drop(cluster);
     let summary = serde_json::json!({"during_ms": during_ms, "scenarios": rows});
     let path = out.join("summary.json");
     std::fs::write(

@@ -6,9 +6,7 @@
 //! fault, and the replicas that stayed up must hold byte-identical files. Stall times are
 //! printed, not asserted (bench/failover-stall.sh measures them).
 
-use brick_client::ClientConfig;
-use brick_testkit::failover::{self, Fault, Scenario, Target};
-use brick_testkit::{scratch_root, Etcd, ServeNode};
+use brick_testkit::failover::{self, Fault, LocalCluster, Scenario, Target};
 use std::time::Duration;
 
 const BRICKD: &str = env!("CARGO_BIN_EXE_brickd");
@@ -16,29 +14,12 @@ const PASSWORD: &str = "replication-test-password";
 
 #[test]
 fn acknowledged_writes_survive_kill_and_freeze_of_primary_and_secondary() {
-    let etcd = Etcd::start();
-    let tmp = tempfile::Builder::new()
-        .prefix("replication")
-        .tempdir_in(scratch_root())
-        .expect("tempdir");
-    let store = etcd.store_url();
-    let mut nodes: Vec<ServeNode> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| {
-            ServeNode::start(
-                std::path::Path::new(BRICKD),
-                n,
-                tmp.path(),
-                &store,
-                PASSWORD,
-            )
-        })
-        .collect();
-    let admin = ClientConfig {
-        servers: nodes.iter().map(|n| n.addr.clone()).collect(),
-        user: "admin".into(),
-        password: PASSWORD.into(),
-    };
+    let mut cluster = LocalCluster::start(
+        std::path::Path::new(BRICKD),
+        "replication",
+        &["n1", "n2", "n3"],
+        PASSWORD,
+    );
     let mut summary = Vec::new();
     for replica in [3u32, 2] {
         for (fault, target) in [
@@ -58,7 +39,7 @@ fn acknowledged_writes_survive_kill_and_freeze_of_primary_and_secondary() {
                 writers: 8,
                 latency_log: None,
             };
-            let r = failover::run(&mut nodes, admin.clone(), &sc);
+            let r = failover::run(&mut cluster.nodes, cluster.admin.clone(), &sc);
             let line = format!(
                 "{}: {fault:?} {target:?} ({}): {} writes acked ({} after the fault), {} files, \
                  {} blocks verified, copies identical on {:?}, longest request {:?}",
@@ -88,5 +69,4 @@ fn acknowledged_writes_survive_kill_and_freeze_of_primary_and_secondary() {
         }
     }
     eprintln!("{}", summary.join("\n"));
-    drop(nodes);
 }

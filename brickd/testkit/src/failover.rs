@@ -14,6 +14,46 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A real etcd and `brickd serve` nodes on loopback sharing it, with an admin login for all.
+pub struct LocalCluster {
+    pub nodes: Vec<ServeNode>,
+    pub admin: ClientConfig,
+    // Dropped after the nodes (fields drop in order): the nodes stop before their store.
+    _tmp: tempfile::TempDir,
+    _etcd: crate::Etcd,
+}
+
+impl LocalCluster {
+    pub fn start(
+        brickd: &std::path::Path,
+        prefix: &str,
+        names: &[&str],
+        password: &str,
+    ) -> LocalCluster {
+        let etcd = crate::Etcd::start();
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(crate::scratch_root())
+            .expect("tempdir");
+        let store = etcd.store_url();
+        let nodes: Vec<ServeNode> = names
+            .iter()
+            .map(|n| ServeNode::start(brickd, n, tmp.path(), &store, password))
+            .collect();
+        let admin = ClientConfig {
+            servers: nodes.iter().map(|n| n.addr.clone()).collect(),
+            user: "admin".into(),
+            password: password.into(),
+        };
+        LocalCluster {
+            nodes,
+            admin,
+            _tmp: tmp,
+            _etcd: etcd,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// SIGKILL, restarted after the checks.
