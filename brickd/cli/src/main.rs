@@ -2,6 +2,7 @@
 //! prints exactly one JSON document on stdout; progress goes to stderr.
 
 mod files;
+mod heal;
 
 use anyhow::{anyhow, bail, Context, Result};
 use brick_bench::{BenchOptions, Workload};
@@ -69,6 +70,34 @@ enum Cmd {
     },
     /// Measure a volume through the native client.
     Bench(BenchArgs),
+    /// What is being healed.
+    Heal {
+        #[command(subcommand)]
+        cmd: HealCmd,
+    },
+    /// Node questions.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HealCmd {
+    /// Per PG and file: source and target brick, bytes left and copied, rate, ETA.
+    Status {
+        volume: String,
+        /// Refresh every second with progress bars until everything is healed.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Whether the node can be switched off without losing the last up-to-date copy of
+    /// anything or stopping writes; lists every PG in the way.
+    CanStop { node: String },
 }
 
 #[derive(Subcommand)]
@@ -98,7 +127,7 @@ enum VolumeCmd {
         name: String,
     },
     List,
-    /// set NAME KEY VALUE (keys: io.mode, io.direct_min_bytes)
+    /// set NAME KEY VALUE (keys: io.mode, io.direct_min_bytes, heal.rate)
     Set {
         name: String,
         key: String,
@@ -250,6 +279,12 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Rm { remote, recursive } => files::rm(&client, &out, &remote, recursive).await,
         Cmd::Mkdir { remote, parents } => files::mkdir(&client, &out, &remote, parents).await,
         Cmd::Bench(args) => bench(&client, &out, args).await,
+        Cmd::Heal {
+            cmd: HealCmd::Status { volume, watch },
+        } => heal::status(&client, &out, &volume, watch).await,
+        Cmd::Node {
+            cmd: NodeCmd::CanStop { node },
+        } => heal::can_stop(&client, &out, &node).await,
     }
 }
 

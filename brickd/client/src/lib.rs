@@ -262,6 +262,11 @@ impl Client {
         })
     }
 
+    /// A management request to one node (`brick heal status` asks each node for its part).
+    pub async fn mgmt_node(&self, op: &MgmtOp, addr: &str) -> ClientResult<serde_json::Value> {
+        self.mgmt_any(op, &[addr.to_string()]).await
+    }
+
     /// A management request to the first node of `addrs` that answers within
     /// `NODE_ATTEMPT_MS` (a frozen node must not stall a client that needs a fresh map).
     async fn mgmt_any(&self, op: &MgmtOp, addrs: &[String]) -> ClientResult<serde_json::Value> {

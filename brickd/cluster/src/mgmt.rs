@@ -46,6 +46,16 @@ pub enum MgmtOp {
     VolumeOpen {
         name: String,
     },
+    /// What this node knows of a volume's heal: the PGs with members behind (cluster state)
+    /// and the progress of the heals this node runs. `brick heal status` asks every node.
+    HealLocal {
+        name: String,
+    },
+    /// Whether stopping a node keeps every PG writable and every acknowledged write on an
+    /// up-to-date copy elsewhere (from the cluster state's maps).
+    NodeCanStop {
+        node: String,
+    },
 }
 
 /// Reply to `VolumeOpen`: what a client needs to send each request to its PG's primary.

@@ -5,7 +5,7 @@
 //! volume bumps its epoch (the map epoch that fencing will use).
 
 use crate::store::{ClusterStore, StoreError, TxnOp};
-pub use brick_replication::PgMap;
+pub use brick_replication::{mask_of, PgMap};
 use brick_tuning::{
     CLUSTER_VOLUMES_MAX, DIRECT_IO_SIZE_MIN_DEFAULT, REPLICA_COUNT_MAX, VOLUME_BRICKS_MAX,
     VOLUME_PGS_DEFAULT, VOLUME_PGS_MAX,
@@ -83,8 +83,38 @@ pub struct Volume {
 }
 
 /// Options `volume set` accepts, with their defaults.
-pub const VOLUME_OPTIONS: &[(&str, &str)] =
-    &[("io.mode", "auto"), ("io.direct_min_bytes", "1048576")];
+pub const VOLUME_OPTIONS: &[(&str, &str)] = &[
+    ("io.mode", "auto"),
+    ("io.direct_min_bytes", "1048576"),
+    ("heal.rate", "adaptive"),
+];
+
+/// `heal.rate`: "adaptive" (0), or bytes per second with an optional K, M or G (binary)
+/// suffix and an optional "/s": "50M", "1048576", "200MiB/s".
+pub fn parse_heal_rate(value: &str) -> Option<u64> {
+    let v = value.trim();
+    if v == "adaptive" {
+        return Some(0);
+    }
+    let v = v.strip_suffix("/s").unwrap_or(v);
+    let v = v
+        .strip_suffix("iB")
+        .or_else(|| v.strip_suffix('B'))
+        .unwrap_or(v);
+    let (digits, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => v.split_at(at),
+        None => (v, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale).filter(|&r| r > 0)
+}
 
 pub fn default_min_size(replica: u32) -> u32 {
     match replica {
@@ -111,6 +141,11 @@ impl Volume {
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default()
         })
+    }
+
+    /// Bytes per second a heal copies per PG; 0: adaptive.
+    pub fn heal_rate_bytes(&self) -> u64 {
+        parse_heal_rate(&self.option("heal.rate")).unwrap_or(0)
     }
 
     pub fn direct_min_bytes(&self) -> u64 {
@@ -141,6 +176,11 @@ pub fn validate_option(key: &str, value: &str) -> ClusterResult<()> {
         "io.mode" => Err(ClusterError::Invalid(
             "io.mode must be auto, direct or buffered".into(),
         )),
+        "heal.rate" => parse_heal_rate(value).map(|_| ()).ok_or_else(|| {
+            ClusterError::Invalid(
+                "heal.rate must be \"adaptive\" or bytes per second such as 50M or 200MiB/s".into(),
+            )
+        }),
         "io.direct_min_bytes" => value
             .parse::<u64>()
             .map(|_| ())

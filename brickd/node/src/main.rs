@@ -280,6 +280,13 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
             return;
         }
     };
+    if let MgmtOp::HealLocal { name } = &op {
+        let reply = mgmt.heal_local(name, dataplane.heal_reports()).await;
+        let _ = req
+            .reply
+            .send(reply.map(|v| serde_json::to_vec(&v).unwrap_or_default()));
+        return;
+    }
     let (result, changed) = mgmt.handle(op, req.admin).await;
     if changed {
         if let Err(e) = republish(mgmt, dataplane).await {

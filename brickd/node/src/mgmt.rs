@@ -179,6 +179,7 @@ impl Mgmt {
                     name: vol.name.clone(),
                     io_mode: IoMode::parse(&vol.option("io.mode")).unwrap_or(IoMode::Auto),
                     direct_min_bytes: vol.direct_min_bytes(),
+                    heal_rate_bytes: vol.heal_rate_bytes(),
                     members,
                     pg_maps,
                 }),
@@ -223,6 +224,8 @@ impl Mgmt {
                 | MgmtOp::VolumeList
                 | MgmtOp::PeerList
                 | MgmtOp::VolumeOpen { .. }
+                | MgmtOp::HealLocal { .. }
+                | MgmtOp::NodeCanStop { .. }
         );
         if mutating && !admin {
             return (
@@ -369,6 +372,11 @@ impl Mgmt {
                 c.remove_node(&name).await.map_err(cluster_err)?;
                 Ok(json!({"removed": name}))
             }
+            MgmtOp::NodeCanStop { node } => self.can_stop(&node).await,
+            MgmtOp::HealLocal { .. } => Err((
+                ErrorCode::Invalid,
+                "heal status is answered by the node's dataplane".into(),
+            )),
             MgmtOp::VolumeOpen { name } => {
                 let vol = c.volume(&name).await.map_err(cluster_err)?;
                 if vol.status != VolumeStatus::Started {
@@ -401,6 +409,151 @@ impl Mgmt {
                 serde_json::to_value(handle).map_err(|e| (ErrorCode::Internal, e.to_string()))
             }
         }
+    }
+
+    /// This node's part of `brick heal status`: the PGs of `name` with members behind, from
+    /// the cluster state, and the heals this node's cores run (their primaries).
+    pub async fn heal_local(
+        &self,
+        name: &str,
+        reports: Vec<brick_dataplane::HealReport>,
+    ) -> MgmtResult {
+        let c = &self.cluster;
+        let vol = c.volume(name).await.map_err(cluster_err)?;
+        let maps = c.pg_maps(&vol).await.map_err(cluster_err)?;
+        let bricks: Vec<String> = self
+            .replica_set(&vol)?
+            .iter()
+            .map(|b| b.to_string())
+            .collect();
+        let behind: Vec<Value> = maps
+            .iter()
+            .enumerate()
+            .filter_map(|(pg, m)| m.map(|m| (pg, m)))
+            .filter(|(_, m)| m.up_to_date != brick_cluster::mask_of(m.members))
+            .map(|(pg, m)| {
+                json!({
+                    "pg": pg,
+                    "epoch": m.epoch,
+                    "primary": m.primary(),
+                    "healing": members_in(m.healing),
+                    "absent": members_in(m.absent()),
+                })
+            })
+            .collect();
+        let reports: Vec<Value> = reports
+            .iter()
+            .filter(|r| r.volume == vol.name)
+            .map(|r| {
+                json!({
+                    "pg": r.pg,
+                    "epoch": r.epoch,
+                    "source_member": r.source_member,
+                    "copied_total_bytes": r.copied_total_bytes,
+                    "targets": r.targets.iter().map(|t| json!({
+                        "member": t.member,
+                        "state": t.state,
+                        "bytes_left": t.bytes_left,
+                        "bytes_copied": t.bytes_copied,
+                        "rate_bytes_s": t.rate_bytes_s,
+                        "namespace_pending": t.namespace_pending,
+                        "error": t.error,
+                        "files": t.files.iter().map(|f| json!({
+                            "fid": format!("{:#x}", f.fid),
+                            "path": f.path,
+                            "bytes_left": f.bytes_left,
+                            "bytes_copied": f.bytes_copied,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(json!({
+            "node": self.node,
+            "volume": vol.name,
+            "bricks": bricks,
+            "pg_count": vol.pg_count,
+            "behind": behind,
+            "reports": reports,
+        }))
+    }
+
+    /// `brick node can-stop NODE`: no if stopping it would leave a PG without an up-to-date
+    /// copy or below `min_size`.
+    async fn can_stop(&self, node: &str) -> MgmtResult {
+        let c = &self.cluster;
+        if !c
+            .list_nodes()
+            .await
+            .map_err(cluster_err)?
+            .iter()
+            .any(|n| n.name == node)
+        {
+            return Err((ErrorCode::NotFound, format!("node {node:?} is not a peer")));
+        }
+        let mut reasons = Vec::new();
+        let mut blocked_pgs = 0u64;
+        for vol in c.list_volumes().await.map_err(cluster_err)? {
+            if vol.status != VolumeStatus::Started {
+                continue;
+            }
+            let Ok(set) = self.replica_set(&vol) else {
+                continue;
+            };
+            let mine = set
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.node == node)
+                .fold(0u8, |acc, (m, _)| acc | (1 << m));
+            if mine == 0 {
+                continue;
+            }
+            for (pg, map) in c
+                .pg_maps(&vol)
+                .await
+                .map_err(cluster_err)?
+                .iter()
+                .enumerate()
+            {
+                let Some(map) = map else { continue };
+                let left = map.up_to_date & !mine;
+                let why = if map.up_to_date & mine == 0 {
+                    continue;
+                } else if left == 0 {
+                    "holds the only up-to-date copy".to_string()
+                } else if left.count_ones() < map.min_size as u32 {
+                    format!(
+                        "would leave {} up-to-date copies, below min_size {} (writes would stop)",
+                        left.count_ones(),
+                        map.min_size
+                    )
+                } else {
+                    continue;
+                };
+                blocked_pgs += 1;
+                if reasons.len() < CAN_STOP_REASONS_MAX {
+                    reasons.push(json!({
+                        "volume": vol.name,
+                        "pg": pg,
+                        "reason": why,
+                        "up_to_date": members_in(map.up_to_date)
+                            .iter()
+                            .filter_map(|&m| set.get(m as usize).map(|b| b.to_string()))
+                            .collect::<Vec<_>>(),
+                        "healing": members_in(map.healing)
+                            .iter()
+                            .filter_map(|&m| set.get(m as usize).map(|b| b.to_string()))
+                            .collect::<Vec<_>>(),
+                    }));
+                }
+            }
+        }
+        Ok(json!({
+            "node": node,
+            "can_stop": blocked_pgs == 0,
+            "blocked_pgs": blocked_pgs,
+            "reasons": reasons,
+        }))
     }
 
     fn info(&self, v: &Volume) -> Value {
@@ -525,6 +678,13 @@ impl Mgmt {
             }
         }
     }
+}
+
+/// Reasons `node can-stop` lists (the count of blocked PGs is always complete).
+const CAN_STOP_REASONS_MAX: usize = 100;
+
+fn members_in(mask: u8) -> Vec<u8> {
+    (0..8).filter(|m| mask & (1 << m) != 0).collect()
 }
 
 /// Each PG's map epoch, primary and up-to-date bricks, as `volume info` shows them.

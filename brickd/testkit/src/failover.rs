@@ -394,7 +394,7 @@ async fn verify(vol: &Volume, fid: FileId, shared: &Shared) -> usize {
 }
 
 /// The replicas that stayed up hold byte-identical copies of every file.
-fn compare_copies(nodes: &[ServeNode], survivors: &[usize], volume: &str) {
+pub fn compare_copies(nodes: &[ServeNode], survivors: &[usize], volume: &str) {
     let copy = |i: usize| nodes[i].brick_dir(volume).join("data");
     let Some((&first, rest)) = survivors.split_first() else {
         return;

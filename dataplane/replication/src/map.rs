@@ -18,6 +18,11 @@ pub struct PgMap {
     /// Bit i set: member i holds every acknowledged write and takes part in new ones.
     /// A member whose bit is clear is absent: it missed writes and needs healing.
     pub up_to_date: u8,
+    /// Bit i set: member i came back and is being healed. It receives every operation started
+    /// since it joined (so it accumulates no new dirt) but is neither read from nor counted
+    /// for `min_size` until the heal finishes and it moves to `up_to_date`.
+    #[serde(default)]
+    pub healing: u8,
     /// The PG refuses writes while fewer members than this are up to date.
     pub min_size: u8,
     /// The member asked to be primary while it is up to date (spreads primaries over a set).
@@ -33,6 +38,7 @@ impl PgMap {
             epoch: 1,
             members,
             up_to_date: mask_of(members),
+            healing: 0,
             min_size,
             preferred: preferred % members,
         }
@@ -45,11 +51,22 @@ impl PgMap {
             && self.min_size <= self.members
             && self.preferred < self.members
             && self.up_to_date & !mask_of(self.members) == 0
+            && self.healing & !mask_of(self.members) == 0
+            && self.healing & self.up_to_date == 0
             && self.up_to_date != 0
     }
 
     pub fn is_up_to_date(&self, m: Member) -> bool {
         m < self.members && self.up_to_date & (1 << m) != 0
+    }
+
+    pub fn is_healing(&self, m: Member) -> bool {
+        m < self.members && self.healing & (1 << m) != 0
+    }
+
+    /// Members that take part in new operations: the up-to-date ones and those being healed.
+    pub fn receivers(&self) -> u8 {
+        self.up_to_date | self.healing
     }
 
     pub fn up_to_date_count(&self) -> u8 {
@@ -74,18 +91,46 @@ impl PgMap {
 
     /// Bit mask of the absent members (what a write made now must be remembered for).
     pub fn absent(&self) -> u8 {
-        mask_of(self.members) & !self.up_to_date
+        mask_of(self.members) & !self.receivers()
     }
 
-    /// The next map without the members in `gone`; `None` if nobody would be left.
+    /// The next map without the members in `gone` (up to date or healing); `None` if nobody
+    /// up to date would be left or nothing changes.
     pub fn without(&self, gone: u8) -> Option<PgMap> {
         let up_to_date = self.up_to_date & !gone;
-        if up_to_date == 0 || up_to_date == self.up_to_date {
+        let healing = self.healing & !gone;
+        if up_to_date == 0 || (up_to_date == self.up_to_date && healing == self.healing) {
             return None;
         }
         Some(PgMap {
             epoch: self.epoch + 1,
             up_to_date,
+            healing,
+            ..*self
+        })
+    }
+
+    /// The next map with absent member `m` being healed.
+    pub fn with_healing(&self, m: Member) -> Option<PgMap> {
+        if m >= self.members || self.absent() & (1 << m) == 0 {
+            return None;
+        }
+        Some(PgMap {
+            epoch: self.epoch + 1,
+            healing: self.healing | (1 << m),
+            ..*self
+        })
+    }
+
+    /// The next map with healing member `m` up to date again.
+    pub fn with_healed(&self, m: Member) -> Option<PgMap> {
+        if !self.is_healing(m) {
+            return None;
+        }
+        Some(PgMap {
+            epoch: self.epoch + 1,
+            healing: self.healing & !(1 << m),
+            up_to_date: self.up_to_date | (1 << m),
             ..*self
         })
     }
@@ -117,5 +162,18 @@ mod tests {
         assert!(m3.without(0b001).is_none(), "never remove the last member");
         assert_eq!(m3.absent(), 0b110);
         assert!(m3.is_valid());
+        let m4 = m3.with_healing(1).unwrap();
+        assert_eq!((m4.epoch, m4.absent(), m4.receivers()), (4, 0b100, 0b011));
+        assert!(
+            !m4.writable(),
+            "a healing member does not count for min_size"
+        );
+        assert_eq!(m4.primary(), Some(0), "nor can it be primary");
+        assert!(m4.with_healing(1).is_none());
+        assert!(m4.is_valid());
+        let m5 = m4.with_healed(1).unwrap();
+        assert!(m5.writable() && m5.healing == 0 && m5.is_up_to_date(1));
+        let m6 = m4.without(0b010).unwrap();
+        assert_eq!((m6.healing, m6.up_to_date), (0, 0b001));
     }
 }

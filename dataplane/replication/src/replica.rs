@@ -18,7 +18,7 @@
 //!   member of the current up-to-date set, which adopts the new epoch at once. So a deposed
 //!   primary can never again collect acknowledgements from all of its old set.
 
-use crate::map::{Epoch, Member, PgMap, MEMBERS_MAX};
+use crate::map::{mask_of, Epoch, Member, PgMap, MEMBERS_MAX};
 use std::collections::{BTreeMap, HashMap};
 
 /// Operation ids are assigned by the primary, increasing, unique per primary incarnation.
@@ -40,6 +40,13 @@ impl LockKey {
         end: u64::MAX,
     };
 
+    /// A heal's namespace catch-up: excludes every other operation of the PG while it runs.
+    pub const EVERYTHING: LockKey = LockKey {
+        fid: u64::MAX,
+        start: 0,
+        end: u64::MAX,
+    };
+
     pub fn whole_file(fid: u64) -> LockKey {
         LockKey {
             fid,
@@ -57,6 +64,9 @@ impl LockKey {
     }
 
     pub fn conflicts(&self, other: &LockKey) -> bool {
+        if self.fid == LockKey::EVERYTHING.fid || other.fid == LockKey::EVERYTHING.fid {
+            return true;
+        }
         self.fid == other.fid && self.start < other.end && other.start < self.end
     }
 }
@@ -97,6 +107,8 @@ pub enum Msg {
         lock: LockKey,
         /// Every op below this one is complete on all members: forget them.
         watermark: OpId,
+        /// Members that do not get this op: every up-to-date member records it for them.
+        absent: u8,
     },
     Ack {
         epoch: Epoch,
@@ -153,10 +165,14 @@ pub enum Output {
         op: OpId,
         result: Result<(), OpError>,
     },
-    /// Absent members miss this operation: record its extents durably before it is
-    /// acknowledged (the heal source of the next issue).
+    /// Members in `absent` miss the operation `op` started by member `origin` (this member's
+    /// own op, or a forward): record what it changes durably before it is acknowledged, so
+    /// that any up-to-date member can heal them. The op's body may be gone (an op in doubt
+    /// when a member left); `lock` then bounds what it changed.
     RecordDirty {
+        origin: Member,
         op: OpId,
+        lock: LockKey,
         absent: u8,
     },
     /// Compare-and-set the cluster store from epoch `map.epoch - 1` to `map`, then
@@ -210,6 +226,11 @@ struct Pending {
     last_send_ms: u64,
     forwarded: bool,
     resync: bool,
+    /// Members that get this op: the receivers when it was submitted, minus those that left
+    /// since (a member that starts healing later gets only later ops).
+    targets: u8,
+    /// A heal copy: it changes nothing on the up-to-date members, so nothing is recorded.
+    heal: bool,
 }
 
 /// A new primary's first job: learn which ranges may differ between members.
@@ -287,7 +308,8 @@ impl Replica {
             seen: HashMap::new(),
             seen_watermark: [0; MEMBERS_MAX as usize],
         };
-        if restarted && map.is_up_to_date(me) && map.up_to_date_count() > 1 {
+        let listed = map.is_healing(me) || (map.is_up_to_date(me) && map.up_to_date_count() > 1);
+        if restarted && listed {
             r.retire(out);
         }
         r
@@ -312,6 +334,15 @@ impl Replica {
 
     fn serving(&self) -> bool {
         !self.retiring && self.map.is_up_to_date(self.me)
+    }
+
+    /// Up to date or being healed: takes operations forwarded by the primary.
+    fn receiving(&self) -> bool {
+        !self.retiring && self.map.receivers() & (1 << self.me) != 0
+    }
+
+    fn others(&self) -> u8 {
+        self.map.receivers() & !(1 << self.me)
     }
 
     fn watermark(&self) -> OpId {
@@ -342,7 +373,73 @@ impl Replica {
         if self.recovery.is_some() || self.next_op - self.watermark() >= self.cfg.window_ops_max {
             return Err(OpError::Busy);
         }
-        Ok(self.start_op(now_ms, lock, local_first, false, out))
+        let targets = self.others();
+        Ok(self.start_op(now_ms, lock, local_first, (false, false), targets, out))
+    }
+
+    /// Starts a heal copy on the primary: the driver reads `lock`'s part of the local copy
+    /// (`ReadForResync`) and it is forwarded to the healing members `targets` only. Client
+    /// operations on an overlapping range wait for it, and it waits for them.
+    pub fn submit_heal(
+        &mut self,
+        now_ms: u64,
+        lock: LockKey,
+        targets: u8,
+        out: &mut Vec<Output>,
+    ) -> Result<OpId, OpError> {
+        let targets = targets & self.map.healing;
+        if !self.is_primary() || targets == 0 {
+            return Err(OpError::NotPrimary {
+                epoch: self.map.epoch,
+                primary: self.map.primary(),
+            });
+        }
+        if self.recovery.is_some() || self.next_op - self.watermark() >= self.cfg.window_ops_max {
+            return Err(OpError::Busy);
+        }
+        Ok(self.start_op(now_ms, lock, true, (true, true), targets, out))
+    }
+
+    /// Absent members that answered a heartbeat recently: they are back and can be healed.
+    pub fn alive_absent(&self, now_ms: u64) -> u8 {
+        (0..self.map.members)
+            .filter(|&m| self.map.absent() & (1 << m) != 0)
+            .filter(|&m| {
+                now_ms.saturating_sub(self.last_heard_ms[m as usize]) <= self.cfg.failover_ms
+            })
+            .fold(0, |acc, m| acc | (1 << m))
+    }
+
+    /// The primary starts healing absent member `m`: it receives every operation from the
+    /// next epoch on. Returns whether a map change was proposed.
+    pub fn heal_begin(&mut self, m: Member, out: &mut Vec<Output>) -> bool {
+        if !self.is_primary() || self.proposing.is_some() || self.recovery.is_some() {
+            return false;
+        }
+        let Some(next) = self.map.with_healing(m) else {
+            return false;
+        };
+        self.proposing = Some(next);
+        out.push(Output::Propose { map: next });
+        true
+    }
+
+    /// The driver copied everything member `m` missed: it becomes up to date. Returns whether
+    /// a map change was proposed.
+    pub fn heal_finish(&mut self, m: Member, out: &mut Vec<Output>) -> bool {
+        let busy = self
+            .pending
+            .values()
+            .any(|p| p.heal && p.targets & (1 << m) != 0);
+        if !self.is_primary() || self.proposing.is_some() || busy || self.recovery.is_some() {
+            return false;
+        }
+        let Some(next) = self.map.with_healed(m) else {
+            return false;
+        };
+        self.proposing = Some(next);
+        out.push(Output::Propose { map: next });
+        true
     }
 
     fn start_op(
@@ -350,7 +447,8 @@ impl Replica {
         now_ms: u64,
         lock: LockKey,
         local_first: bool,
-        resync: bool,
+        (resync, heal): (bool, bool),
+        targets: u8,
         out: &mut Vec<Output>,
     ) -> OpId {
         let op = self.next_op;
@@ -367,6 +465,8 @@ impl Replica {
                 last_send_ms: now_ms,
                 forwarded: false,
                 resync,
+                targets,
+                heal,
             },
         );
         self.try_start(now_ms, op, out);
@@ -388,11 +488,17 @@ impl Replica {
         if blocked {
             return;
         }
-        let absent = self.map.absent();
+        let me = self.me;
         let p = self.pending.get_mut(&op).expect("checked above");
         p.state = OpState::Running;
-        if absent != 0 {
-            out.push(Output::RecordDirty { op, absent });
+        let absent = mask_of(self.map.members) & !p.targets & !(1 << me);
+        if absent != 0 && !p.heal {
+            out.push(Output::RecordDirty {
+                origin: me,
+                op,
+                lock,
+                absent,
+            });
         }
         if p.resync {
             out.push(Output::ReadForResync { op, lock });
@@ -406,23 +512,28 @@ impl Replica {
 
     fn forward(&mut self, now_ms: u64, op: OpId, out: &mut Vec<Output>) {
         let (epoch, watermark, me) = (self.map.epoch, self.watermark(), self.me);
-        let members: Vec<Member> = self.map.acting().filter(|&m| m != me).collect();
+        let all = mask_of(self.map.members);
         let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
-        let lock = p.lock;
         p.forwarded = true;
         p.forwarded_at_ms = now_ms;
         p.last_send_ms = now_ms;
-        for m in members {
+        let absent = if p.heal {
+            0
+        } else {
+            all & !p.targets & !(1 << me)
+        };
+        for m in members_of(p.targets) {
             if p.acks[m as usize].is_none() {
                 out.push(Output::Send {
                     to: m,
                     msg: Msg::Forward {
                         epoch,
                         op,
-                        lock,
+                        lock: p.lock,
                         watermark,
+                        absent,
                     },
                 });
             }
@@ -495,7 +606,7 @@ impl Replica {
         }
         let Some(local) = p.local else { return };
         let mut disagree = 0u8;
-        for m in self.map.acting().filter(|&m| m != self.me) {
+        for m in members_of(p.targets & self.map.receivers()) {
             match p.acks[m as usize] {
                 None => return, // still waiting for this member
                 Some(o) if o != local => disagree |= 1 << m,
@@ -546,7 +657,7 @@ impl Replica {
     }
 
     fn suspect_members(&mut self, now_ms: u64, members: u8) {
-        let members = members & self.map.up_to_date & !(1 << self.me);
+        let members = members & self.others();
         if members & !self.suspect != 0 && self.suspect == 0 {
             self.suspect_since_ms = now_ms;
         }
@@ -582,7 +693,8 @@ impl Replica {
                 op,
                 lock,
                 watermark,
-            } => self.on_forward(now_ms, from, epoch, op, lock, watermark, out),
+                absent,
+            } => self.on_forward(now_ms, from, epoch, op, (lock, absent), watermark, out),
             Msg::Ack { epoch, op, outcome } => {
                 self.heard(now_ms, from, epoch, out);
                 if let Some(p) = self.pending.get_mut(&op) {
@@ -614,7 +726,8 @@ impl Replica {
                 if epoch > self.map.epoch {
                     out.push(Output::FetchMap);
                 }
-                if epoch != self.map.epoch || self.map.primary() != Some(from) || !self.serving() {
+                if epoch != self.map.epoch || self.map.primary() != Some(from) || !self.receiving()
+                {
                     out.push(Output::Send {
                         to: from,
                         msg: Msg::Nack {
@@ -678,10 +791,8 @@ impl Replica {
 
     /// Becoming primary in a new epoch: ask every member for its in-doubt ranges first.
     fn begin_recovery(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        let me = self.me;
-        let others: Vec<Member> = self.map.acting().filter(|&m| m != me).collect();
         let mut waiting = 0u8;
-        for &m in &others {
+        for m in members_of(self.others()) {
             waiting |= 1 << m;
             out.push(Output::Send {
                 to: m,
@@ -705,14 +816,34 @@ impl Replica {
         let Some(rec) = self.recovery.as_ref() else {
             return;
         };
-        if rec.waiting & self.map.up_to_date != 0 || self.applying() {
+        if rec.waiting & self.map.receivers() != 0 || self.applying() {
             return;
         }
         let mut keys = self.recovery.take().map(|r| r.keys).unwrap_or_default();
         keys.sort_by_key(|k| (k.fid, k.start, k.end));
         keys.dedup();
+        let targets = self.others();
         for lock in keys {
-            self.start_op(now_ms, lock, true, true, out);
+            self.start_op(now_ms, lock, true, (true, false), targets, out);
+        }
+        // Members being healed get the heal's namespace catch-up again before anything else:
+        // the previous primary may have died in the middle of it.
+        self.start_catch_up(now_ms, self.map.healing, out);
+    }
+
+    /// The first operation a healing member gets: the PG's namespace catch-up (the driver
+    /// reads what to send for `LockKey::EVERYTHING`). Every later operation waits for it, so
+    /// nothing reaches the member before the entries it refers to exist there.
+    fn start_catch_up(&mut self, now_ms: u64, healing: u8, out: &mut Vec<Output>) {
+        if healing != 0 {
+            self.start_op(
+                now_ms,
+                LockKey::EVERYTHING,
+                true,
+                (true, true),
+                healing,
+                out,
+            );
         }
     }
 
@@ -730,11 +861,12 @@ impl Replica {
         from: Member,
         epoch: Epoch,
         op: OpId,
-        lock: LockKey,
+        (lock, absent): (LockKey, u8),
         watermark: OpId,
         out: &mut Vec<Output>,
     ) {
-        let fenced = epoch != self.map.epoch || !self.serving() || self.map.primary() != Some(from);
+        let fenced =
+            epoch != self.map.epoch || !self.receiving() || self.map.primary() != Some(from);
         if fenced {
             if epoch > self.map.epoch {
                 out.push(Output::FetchMap);
@@ -778,6 +910,15 @@ impl Replica {
                     return;
                 }
                 self.seen.insert((from, op), (lock, None));
+                let absent = absent & mask_of(self.map.members) & !(1 << self.me);
+                if absent != 0 && self.serving() {
+                    out.push(Output::RecordDirty {
+                        origin: from,
+                        op,
+                        lock,
+                        absent,
+                    });
+                }
                 out.push(Output::ApplyForwarded { from, op });
             }
         }
@@ -831,12 +972,12 @@ impl Replica {
     }
 
     fn tick_primary(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        let me = self.me;
-        let others: Vec<Member> = self.map.acting().filter(|&m| m != me).collect();
+        let others: Vec<Member> = members_of(self.others()).collect();
         if now_ms >= self.last_heartbeat_ms + self.cfg.heartbeat_ms {
             self.last_heartbeat_ms = now_ms;
             let watermark = self.watermark();
-            for &m in &others {
+            // Absent members get heartbeats too: their answer says they are back to be healed.
+            for m in members_of(mask_of(self.map.members) & !(1 << self.me)) {
                 out.push(Output::Send {
                     to: m,
                     msg: Msg::Heartbeat {
@@ -847,7 +988,7 @@ impl Replica {
             }
         }
         if let Some(rec) = self.recovery.as_mut() {
-            let waiting = rec.waiting & self.map.up_to_date;
+            let waiting = rec.waiting & self.map.receivers();
             if now_ms.saturating_sub(rec.started_ms) > self.cfg.replica_timeout_ms {
                 let since = rec.started_ms;
                 self.suspect_members(since, waiting);
@@ -877,7 +1018,13 @@ impl Replica {
             let overdue = now_ms.saturating_sub(p.forwarded_at_ms) > self.cfg.replica_timeout_ms;
             let resend = now_ms.saturating_sub(p.last_send_ms) >= self.cfg.resend_ms;
             let lock = p.lock;
-            for &m in &others {
+            let all = mask_of(self.map.members);
+            let absent = if p.heal {
+                0
+            } else {
+                all & !p.targets & !(1 << self.me)
+            };
+            for m in members_of(p.targets & self.map.receivers()) {
                 if p.acks[m as usize].is_some() {
                     continue;
                 }
@@ -891,6 +1038,7 @@ impl Replica {
                             op,
                             lock,
                             watermark,
+                            absent,
                         },
                     });
                 }
@@ -924,15 +1072,58 @@ impl Replica {
         }
     }
 
+    /// Members that stopped receiving operations in the new map may have missed every op not
+    /// yet known complete: an up-to-date member records them all for those members.
+    fn record_leavers(&mut self, old: PgMap, out: &mut Vec<Output>) {
+        let me = self.me;
+        let left = old.receivers() & !self.map.receivers() & !(1 << me);
+        if left == 0 || !self.serving() {
+            return;
+        }
+        for (&op, p) in &self.pending {
+            if p.state == OpState::Running && !p.heal && p.targets & left != 0 {
+                out.push(Output::RecordDirty {
+                    origin: me,
+                    op,
+                    lock: p.lock,
+                    absent: left,
+                });
+            }
+        }
+        for (&(origin, op), &(lock, _)) in &self.seen {
+            out.push(Output::RecordDirty {
+                origin,
+                op,
+                lock,
+                absent: left,
+            });
+        }
+    }
+
     /// A map read from the cluster store (watch, fetch or proposal result).
     pub fn on_map(&mut self, now_ms: u64, map: PgMap, out: &mut Vec<Output>) {
         if map.epoch <= self.map.epoch || !map.is_valid() || map.members != self.map.members {
             return;
         }
         let was_primary = self.is_primary();
+        let old = self.map;
         self.map = map;
-        self.suspect &= map.up_to_date;
-        if !map.is_up_to_date(self.me) {
+        self.suspect &= map.receivers();
+        self.record_leavers(old, out);
+        // A heal copy whose target left did not land: it fails (its dirt stays recorded).
+        let lost_heals: Vec<OpId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.heal && p.targets & !map.receivers() != 0)
+            .map(|(&id, _)| id)
+            .collect();
+        for p in self.pending.values_mut() {
+            p.targets &= map.receivers();
+        }
+        for op in lost_heals {
+            self.finish(now_ms, op, Err(OpError::Unavailable), out);
+        }
+        if map.receivers() & (1 << self.me) == 0 {
             self.retiring = false; // done: absent until healed
         } else if self.retiring {
             self.proposing = None;
@@ -945,6 +1136,10 @@ impl Replica {
                 self.begin_recovery(now_ms, out);
             } else {
                 self.maybe_finish_recovery(now_ms, out);
+                let joined = map.healing & !old.healing;
+                if self.recovery.is_none() {
+                    self.start_catch_up(now_ms, joined, out);
+                }
             }
             // Ops in flight continue in the new epoch: members that left are no longer
             // waited for, the others get the forward again with the new epoch.
@@ -981,4 +1176,9 @@ impl Replica {
             self.suspect = 0;
         }
     }
+}
+
+/// The members in a bit mask, in member order.
+fn members_of(mask: u8) -> impl Iterator<Item = Member> {
+    (0..MEMBERS_MAX).filter(move |m| mask & (1 << m) != 0)
 }

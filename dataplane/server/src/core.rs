@@ -35,6 +35,7 @@ pub(crate) struct CoreCtx {
     pub connections: Cell<usize>,
     pub repl: crate::repl::ReplCore,
     pub links: crate::peer::PeerLinks,
+    pub heal_reports: crate::HealReports,
     probed_devices: RefCell<HashSet<u64>>,
 }
 
@@ -60,6 +61,7 @@ pub(crate) fn start(
         .unzip();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<SocketAddr>)>();
     let mut addr_txs = Vec::new();
+    let heal_reports: crate::HealReports = Default::default();
     let mut controls = Vec::new();
     let mut handles = Vec::new();
     for (core, fwd_rx) in fwd_rxs.into_iter().enumerate() {
@@ -84,6 +86,7 @@ pub(crate) fn start(
             state.clone(),
             bound_tx.clone(),
         );
+        let heal_reports = heal_reports.clone();
         let ncores = cfg.cores;
         let spin_us = cfg.spin_before_park_us;
         let handle = LocalExecutorBuilder::new(placement)
@@ -114,11 +117,13 @@ pub(crate) fn start(
                     connections: Cell::new(0),
                     repl: Default::default(),
                     links: Default::default(),
+                    heal_reports,
                     probed_devices: RefCell::new(HashSet::new()),
                 });
                 probe_bricks(&ctx, &ctx.state()).await;
                 crate::repl::sync_slots(&ctx, &ctx.state());
                 glommio::spawn_local(crate::repl::tick_loop(ctx.clone())).detach();
+                glommio::spawn_local(crate::heal::heal_loop(ctx.clone())).detach();
                 run_core(ctx, listener, control_rx, fwd_rx).await;
             })
             .map_err(std::io::Error::from)?;
@@ -141,6 +146,7 @@ pub(crate) fn start(
     }
     Ok(Dataplane {
         shard_addrs,
+        heal_reports,
         controls,
         handles,
     })

@@ -251,6 +251,14 @@ pub(crate) async fn apply(
     if body.opcode == repl::NOOP {
         return ok_payload(id, body.opcode, |_| {});
     }
+    if body.opcode == crate::heal::HEAL_NAMESPACE {
+        let applied =
+            local_brick(vol, member).and_then(|b| crate::heal::apply_catch_up(&b, &body.payload));
+        return match applied {
+            Ok(()) => ok_payload(id, body.opcode, |_| {}),
+            Err(e) => fs_error_reply(id, body.opcode, e),
+        };
+    }
     let minted = (body.minted != 0).then_some(body.minted);
     for attempt in 0.. {
         let req = match Request::decode(body.opcode, &body.payload) {

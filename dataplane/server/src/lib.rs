@@ -8,8 +8,10 @@
 
 mod conn;
 mod core;
+mod dirt;
 mod exec;
 mod files;
+mod heal;
 mod peer;
 mod repl;
 
@@ -18,9 +20,48 @@ use brick_store::Brick;
 use brick_wire::ErrorCode;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use brick_wire::core_of;
+
+/// One PG's heal progress as its primary last published it (`brick heal status`).
+#[derive(Debug, Clone)]
+pub struct HealReport {
+    pub volume_id: u32,
+    pub volume: String,
+    pub pg: u32,
+    pub epoch: u64,
+    /// The member copying (the PG's primary).
+    pub source_member: u8,
+    pub targets: Vec<HealTarget>,
+    /// Bytes this slot's heals copied since the process started (benchmarks read it).
+    pub copied_total_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealTarget {
+    pub member: u8,
+    /// "absent" (not back yet) or "healing".
+    pub state: &'static str,
+    pub bytes_left: u64,
+    pub bytes_copied: u64,
+    pub rate_bytes_s: u64,
+    pub namespace_pending: bool,
+    /// The files with the most bytes left (at most 16).
+    pub files: Vec<HealFile>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealFile {
+    pub fid: u64,
+    pub path: String,
+    pub bytes_left: u64,
+    pub bytes_copied: u64,
+}
+
+/// Heal progress of this node's cores, by (core, volume, PG); written twice a second.
+pub type HealReports = Arc<Mutex<HashMap<(usize, u32, u32), HealReport>>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {
@@ -61,6 +102,8 @@ pub struct ServedVolume {
     pub members: Vec<MemberSpec>,
     /// The map of every PG, by PG number, as last read from the cluster store.
     pub pg_maps: Vec<PgMap>,
+    /// Volume option `heal.rate`: bytes per second a heal copies per PG (0: adaptive).
+    pub heal_rate_bytes: u64,
 }
 
 impl ServedVolume {
@@ -161,6 +204,7 @@ pub fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> Option<libc::rli
 
 pub struct Dataplane {
     pub shard_addrs: Vec<SocketAddr>,
+    pub heal_reports: HealReports,
     controls: Vec<flume::Sender<Control>>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
@@ -193,6 +237,14 @@ impl Dataplane {
                 break; // a core is gone (shutting down)
             }
         }
+    }
+
+    /// The PGs this node is healing (or waiting to heal), as its cores last published them.
+    pub fn heal_reports(&self) -> Vec<HealReport> {
+        let all = self.heal_reports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<HealReport> = all.values().cloned().collect();
+        out.sort_by_key(|r| (r.volume_id, r.pg));
+        out
     }
 
     /// Stops accepting, closes connections, joins every core.

@@ -7,6 +7,8 @@
 //! store action is a spawned task whose completion is one more input.
 
 use crate::core::CoreCtx;
+use crate::dirt::{DirtLog, DirtReplay};
+use crate::heal::{self, HealSlot};
 use crate::{exec, peer, MapRequest, ServeState, ServedVolume};
 use brick_replication::{
     Boot, Config, LockKey, Member, Msg, OpError, OpId, Outcome, Output, PgMap, Replica, MEMBERS_MAX,
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// (volume, PG, local member).
-type SlotKey = (u32, u32, Member);
+pub(crate) type SlotKey = (u32, u32, Member);
 
 /// What a replicated operation applies on every member: a request as a client sent it, plus
 /// the file id the primary minted for a new entry (0: none). Opcode 0 is a no-op (the resync
@@ -39,18 +41,46 @@ pub(crate) const NOOP: u16 = 0;
 struct PrimaryOp {
     request_id: u64,
     body: Body,
+    started: Instant,
     /// The frame the local apply produced (the client's reply when the op succeeds).
     local_reply: Option<Vec<u8>>,
     /// `None` for resync ops, which have no client.
     waiter: Option<flume::Sender<Vec<u8>>>,
 }
 
-struct Slot {
-    replica: Replica,
-    vol: Arc<ServedVolume>,
+pub(crate) struct Slot {
+    pub replica: Replica,
+    pub vol: Arc<ServedVolume>,
     ops: HashMap<OpId, PrimaryOp>,
     /// Forwarded bodies received and not yet applied, by (sender, op).
     inbox: HashMap<(Member, OpId), Body>,
+    /// What absent members missed (the heal source's record).
+    pub dirt: DirtLog,
+    /// Namespace bodies applied here lately, by (sender, op): when a member leaves while
+    /// they are in doubt, the record names their directories instead of the whole tree.
+    recent_namespace: RecentBodies,
+    pub heal: HealSlot,
+}
+
+/// A bounded memory of recent bodies.
+#[derive(Default)]
+struct RecentBodies {
+    by_op: HashMap<(Member, OpId), Body>,
+    order: VecDeque<(Member, OpId)>,
+}
+
+const RECENT_NAMESPACE_BODIES_MAX: usize = 1024;
+
+impl RecentBodies {
+    fn keep(&mut self, key: (Member, OpId), body: Body) {
+        if self.order.len() >= RECENT_NAMESPACE_BODIES_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_op.remove(&old);
+            }
+        }
+        self.order.push_back(key);
+        self.by_op.insert(key, body);
+    }
 }
 
 pub(crate) struct ReplCore {
@@ -70,6 +100,43 @@ impl Default for ReplCore {
 impl ReplCore {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+}
+
+pub(crate) fn now_ms(ctx: &CoreCtx) -> u64 {
+    ctx.repl.now_ms()
+}
+
+pub(crate) fn slot_keys(ctx: &CoreCtx) -> Vec<SlotKey> {
+    ctx.repl.slots.borrow().keys().copied().collect()
+}
+
+/// Opens a slot's dirt log; a log that cannot be opened leaves the slot recording in memory
+/// only (and says so), which heals correctly unless this process dies too.
+fn open_dirt(vol: &ServedVolume, pg: u32, m: Member) -> DirtLog {
+    let Some(brick) = vol.members.get(m as usize).and_then(|s| s.brick.as_ref()) else {
+        return DirtLog::detached();
+    };
+    let path = brick.meta_path(&format!("dirt/pg-{pg}.log"));
+    match DirtLog::open(&path) {
+        Ok((
+            log,
+            DirtReplay {
+                corrupt_records: 0, ..
+            },
+        )) => log,
+        Ok((log, replay)) => {
+            tracing::error!(
+                "{}: {} damaged records skipped; absent members get a full heal",
+                path.display(),
+                replay.corrupt_records
+            );
+            log
+        }
+        Err(e) => {
+            tracing::error!("{}: {e}; dirt is kept in memory only", path.display());
+            DirtLog::detached()
+        }
     }
 }
 
@@ -135,6 +202,9 @@ pub(crate) fn sync_slots(ctx: &Rc<CoreCtx>, state: &ServeState) {
                                     vol: vol.clone(),
                                     ops: HashMap::new(),
                                     inbox: HashMap::new(),
+                                    dirt: open_dirt(vol, pg as u32, m),
+                                    recent_namespace: RecentBodies::default(),
+                                    heal: HealSlot::default(),
                                 },
                             );
                         }
@@ -176,7 +246,11 @@ fn feed(ctx: &Rc<CoreCtx>, key: SlotKey, f: impl FnOnce(&mut Slot, u64, &mut Vec
     drive(ctx, key, out);
 }
 
-fn with_slot<R>(ctx: &CoreCtx, key: SlotKey, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+pub(crate) fn with_slot<R>(
+    ctx: &CoreCtx,
+    key: SlotKey,
+    f: impl FnOnce(&mut Slot) -> R,
+) -> Option<R> {
     ctx.repl.slots.borrow_mut().get_mut(&key).map(f)
 }
 
@@ -242,6 +316,7 @@ pub(crate) async fn submit(
             PrimaryOp {
                 request_id: id,
                 body: sub.body,
+                started: Instant::now(),
                 local_reply: None,
                 waiter: Some(tx),
             },
@@ -265,7 +340,7 @@ pub(crate) async fn submit(
 }
 
 /// Acts on a replica's outputs, and on what acting on them makes other local replicas output.
-fn drive(ctx: &Rc<CoreCtx>, key: SlotKey, outputs: Vec<Output>) {
+pub(crate) fn drive(ctx: &Rc<CoreCtx>, key: SlotKey, outputs: Vec<Output>) {
     let mut work: VecDeque<(SlotKey, Output)> = outputs.into_iter().map(|o| (key, o)).collect();
     while let Some((key, output)) = work.pop_front() {
         match output {
@@ -274,12 +349,59 @@ fn drive(ctx: &Rc<CoreCtx>, key: SlotKey, outputs: Vec<Output>) {
             Output::ApplyForwarded { from, op } => spawn_apply_forwarded(ctx, key, from, op),
             Output::Send { to, msg } => send(ctx, key, to, msg, &mut work),
             Output::Reply { op, result } => reply(ctx, key, op, result),
-            // Dirty-extent tracking for heal is the next step (issue 4); until then a member
-            // that was absent is healed by a full copy.
-            Output::RecordDirty { .. } => {}
+            Output::RecordDirty {
+                origin,
+                op,
+                lock,
+                absent,
+            } => record_dirt(ctx, key, (origin, op), lock, absent),
             Output::Propose { map } => spawn_propose(ctx, key, map),
             Output::FetchMap => spawn_fetch(ctx, key),
         }
+    }
+}
+
+/// Appends what the op `(origin, op)` changes to the dirt log for the members in `absent`,
+/// before the op is applied here (the caller acts on outputs in order).
+fn record_dirt(
+    ctx: &CoreCtx,
+    key: SlotKey,
+    (origin, op): (Member, OpId),
+    lock: LockKey,
+    absent: u8,
+) {
+    with_slot(ctx, key, |slot| {
+        let body = if origin == key.2 {
+            slot.ops.get(&op).map(|p| p.body.clone())
+        } else {
+            slot.inbox
+                .get(&(origin, op))
+                .or_else(|| slot.recent_namespace.by_op.get(&(origin, op)))
+                .cloned()
+        };
+        let dirt = body
+            .and_then(|b| heal::dirt_of_body(&b))
+            .unwrap_or_else(|| heal::dirt_of_lock(lock));
+        for d in dirt {
+            if let Err(e) = slot.dirt.record(absent, d) {
+                tracing::error!(vol = key.0, pg = key.1, "dirt log: {e}; full heal needed");
+                for m in 0..MEMBERS_MAX {
+                    if absent & (1 << m) != 0 {
+                        slot.dirt.members[m as usize].all = true;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// An FSYNC makes the dirt recorded so far durable too (it describes the data being synced).
+fn sync_dirt_before_fsync(ctx: &CoreCtx, key: SlotKey, opcode: u16) {
+    if opcode != op::FSYNC {
+        return;
+    }
+    if let Some(Err(e)) = with_slot(ctx, key, |slot| slot.dirt.sync()) {
+        tracing::error!(vol = key.0, pg = key.1, "dirt log sync: {e}");
     }
 }
 
@@ -292,6 +414,7 @@ fn spawn_apply_local(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId) {
     let Some((vol, request_id, body)) = found else {
         return;
     };
+    sync_dirt_before_fsync(ctx, key, body.opcode);
     let ctx = ctx.clone();
     glommio::spawn_local(async move {
         let frame = exec::apply(&ctx, &vol, key.2, request_id, &body).await;
@@ -316,7 +439,26 @@ fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
     };
     let ctx = ctx.clone();
     glommio::spawn_local(async move {
-        let (body, outcome) = match exec::resync_body(&ctx, &vol, key.2, lock).await {
+        let read = if lock == LockKey::EVERYTHING {
+            // A heal's namespace catch-up; one that cannot be read is sent empty (the heal
+            // reports why and keeps its dirt), never failing this member.
+            let catch_up = with_slot(&ctx, key, |slot| heal::catch_up_read(slot, op));
+            match catch_up {
+                Some(Err(why)) => {
+                    tracing::error!(vol = vol.id, pg = key.1, "heal: {why}");
+                    Ok(Body {
+                        opcode: NOOP,
+                        minted: 0,
+                        payload: Rc::new(Vec::new()),
+                    })
+                }
+                Some(Ok(body)) => Ok(body),
+                None => Err("the volume stopped".to_string()),
+            }
+        } else {
+            exec::resync_body(&ctx, &vol, key.2, lock).await
+        };
+        let (body, outcome) = match read {
             Ok(body) => (body, Outcome::Ok),
             Err(e) => {
                 tracing::warn!(vol = vol.id, pg = key.1, "resync read failed: {e}");
@@ -334,6 +476,7 @@ fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
                 PrimaryOp {
                     request_id: 0,
                     body,
+                    started: Instant::now(),
                     local_reply: None,
                     waiter: None,
                 },
@@ -351,10 +494,28 @@ fn spawn_apply_forwarded(ctx: &Rc<CoreCtx>, key: SlotKey, from: Member, op: OpId
     let Some((vol, body)) = found else {
         return;
     };
+    if let Some(b) = &body {
+        sync_dirt_before_fsync(ctx, key, b.opcode);
+    }
     let ctx = ctx.clone();
     glommio::spawn_local(async move {
         let outcome = match body {
-            Some(body) => outcome_of(&exec::apply(&ctx, &vol, key.2, 0, &body).await),
+            Some(body) => {
+                let frame = exec::apply(&ctx, &vol, key.2, 0, &body).await;
+                let outcome = outcome_of(&frame);
+                if outcome != Outcome::Ok {
+                    let why =
+                        String::from_utf8_lossy(frame.get(HEADER_BYTES..).unwrap_or_default());
+                    tracing::warn!(
+                        vol = vol.id,
+                        pg = key.1,
+                        op,
+                        opcode = body.opcode,
+                        "forwarded op: {outcome:?}: {why}"
+                    );
+                }
+                outcome
+            }
             None => {
                 tracing::error!(vol = vol.id, pg = key.1, op, "forward without its body");
                 Outcome::Failed
@@ -414,6 +575,9 @@ fn deliver(
 ) {
     let forwarded = match (&msg, body) {
         (Msg::Forward { op, .. }, Some(body)) => {
+            if is_namespace_opcode(body.opcode) {
+                slot.recent_namespace.keep((from, *op), body.clone());
+            }
             slot.inbox.insert((from, *op), body);
             Some(*op)
         }
@@ -430,8 +594,24 @@ fn deliver(
     }
 }
 
+fn is_namespace_opcode(opcode: u16) -> bool {
+    matches!(
+        opcode,
+        op::CREATE | op::MKDIR | op::SYMLINK | op::UNLINK | op::RMDIR | op::RENAME
+    )
+}
+
 fn reply(ctx: &CoreCtx, key: SlotKey, op: OpId, result: Result<(), OpError>) {
-    let Some(Some(p)) = with_slot(ctx, key, |slot| slot.ops.remove(&op)) else {
+    let removed = with_slot(ctx, key, |slot| {
+        heal::on_done(slot, op, result.is_ok());
+        let p = slot.ops.remove(&op);
+        if let Some(p) = p.as_ref().filter(|p| p.waiter.is_some()) {
+            let us = p.started.elapsed().as_micros() as f64;
+            slot.heal.note_client_latency(us);
+        }
+        p
+    });
+    let Some(Some(p)) = removed else {
         return;
     };
     let Some(waiter) = p.waiter else { return };
@@ -637,10 +817,11 @@ fn encode_repl(
             op,
             lock,
             watermark,
+            absent,
         } => {
             e.u8(KIND_FORWARD).u64(*epoch).u64(*op);
             encode_lock(&mut e, lock);
-            e.u64(*watermark);
+            e.u64(*watermark).u8(*absent);
             let (opcode, minted, payload) = match body {
                 Some(b) => (b.opcode, b.minted, b.payload.as_slice()),
                 None => (NOOP, 0, &[][..]),
@@ -692,6 +873,7 @@ fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
             let (epoch, op) = (d.u64("epoch")?, d.u64("op")?);
             let lock = decode_lock(&mut d)?;
             let watermark = d.u64("watermark")?;
+            let absent = d.u8("absent")?;
             let opcode = u16::try_from(d.u32("opcode")?)
                 .map_err(|_| DecodeError::BadValue("opcode", u16::MAX as u64 + 1))?;
             let minted = d.u64("minted")?;
@@ -706,6 +888,7 @@ fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
                 op,
                 lock,
                 watermark,
+                absent,
             }
         }
         KIND_ACK => {
@@ -793,6 +976,7 @@ mod tests {
                 op: 11,
                 lock,
                 watermark: 10,
+                absent: 0b100,
             },
             Some(body),
         );

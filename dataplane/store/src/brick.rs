@@ -558,6 +558,265 @@ impl Brick {
     pub fn file_count(&self) -> usize {
         self.lock().len()
     }
+
+    /// A file under the brick's private metadata directory (`.brickd/`).
+    pub fn meta_path(&self, name: &str) -> PathBuf {
+        meta_dir(&self.root).join(name)
+    }
+
+    /// Every entry of directory `fid` with its id, sorted by name: what a heal's namespace
+    /// catch-up makes the same directory on another replica hold.
+    pub fn dir_listing(&self, fid: FileId) -> FsResult<Vec<HealEntry>> {
+        let mut idx = self.lock();
+        let path = self.parent_dir(&idx, fid)?;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&path).map_err(|e| FsError::io("readdir", e))? {
+            let entry = entry.map_err(|e| FsError::io("readdir", e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue; // not representable on the wire (docs/wire.md)
+            };
+            if name.len() > NAME_BYTES_MAX {
+                continue;
+            }
+            let (child, meta) = match self.child_in(&mut idx, fid, &name) {
+                Ok(found) => found,
+                Err(e) if e.code == ErrorCode::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let attr = attr_of(child, &meta);
+            let target = if attr.kind == FileKind::Symlink {
+                fs::read_link(path.join(&name))
+                    .map_err(|e| FsError::io("readlink", e))?
+                    .into_os_string()
+                    .into_string()
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            out.push(HealEntry {
+                name,
+                fid: child,
+                kind: attr.kind,
+                mode: attr.mode & 0o7777,
+                target,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// How deep directory `fid` is below the root (parents heal before their children).
+    pub fn depth_of(&self, fid: FileId) -> FsResult<usize> {
+        let idx = self.lock();
+        let path = self.path_in(&idx, fid)?;
+        Ok(path.components().count() - self.data.components().count())
+    }
+
+    /// Every directory, parents first (a full namespace heal).
+    pub fn all_dirs(&self) -> FsResult<Vec<FileId>> {
+        let mut out = vec![ROOT_FILE_ID];
+        let mut at = 0;
+        while at < out.len() {
+            let dir = out[at];
+            at += 1;
+            match self.dir_listing(dir) {
+                Ok(entries) => out.extend(
+                    entries
+                        .iter()
+                        .filter(|e| e.kind == FileKind::Dir)
+                        .map(|e| e.fid),
+                ),
+                Err(e) if e.code == ErrorCode::Stale || e.code == ErrorCode::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of every file whose data lives in placement group `pg` (a full heal).
+    pub fn ids_in_pg(&self, pg: u32) -> Vec<FileId> {
+        let idx = self.lock();
+        idx.ids().filter(|&f| pg_of(f) == pg).collect()
+    }
+
+    /// Makes directory `fid` hold exactly `entries` (a heal target catching up): entries that
+    /// differ or are not wanted are removed (with their subtrees), a wanted id that lives
+    /// elsewhere on this brick is moved here (a rename it missed), missing ones are created
+    /// empty with their ids (their data follows through the data heal). An entry whose id is
+    /// in `placed_later` (wanted in a directory reconciled later) is kept for that move, under
+    /// a temporary name if its name is wanted here.
+    pub fn reconcile_dir(
+        &self,
+        fid: FileId,
+        entries: &[HealEntry],
+        placed_later: &std::collections::HashSet<FileId>,
+    ) -> FsResult<()> {
+        let mut idx = self.lock();
+        let dir = self.parent_dir(&idx, fid)?;
+        let wanted: std::collections::HashMap<&str, &HealEntry> =
+            entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        let mut present = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| FsError::io("readdir", e))? {
+            let entry = entry.map_err(|e| FsError::io("readdir", e))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                present.push(name);
+            }
+        }
+        for name in present {
+            let (keep, child) = match (
+                wanted.get(name.as_str()),
+                self.child_in(&mut idx, fid, &name),
+            ) {
+                (Some(w), Ok((child, meta))) => (
+                    child == w.fid && attr_of(child, &meta).kind == w.kind,
+                    Some(child),
+                ),
+                (_, Ok((child, _))) => (false, Some(child)),
+                (_, Err(e)) if e.code == ErrorCode::NotFound => continue,
+                (_, Err(_)) => (false, None),
+            };
+            match child {
+                _ if keep => {}
+                Some(c) if placed_later.contains(&c) && wanted.contains_key(name.as_str()) => {
+                    let parked = format!("{HEAL_PARKED_PREFIX}{c:x}");
+                    fs::rename(dir.join(&name), dir.join(&parked))
+                        .map_err(|e| FsError::io("heal park", e))?;
+                    idx.link(c, fid, &parked)
+                        .map_err(|e| FsError::io("index", e))?;
+                }
+                Some(c) if placed_later.contains(&c) => {}
+                _ => self.remove_tree(&mut idx, fid, &dir, &name)?,
+            }
+        }
+        for w in entries {
+            let path = dir.join(&w.name);
+            if fs::symlink_metadata(&path).is_ok() {
+                continue;
+            }
+            self.place_entry(&mut idx, fid, &path, w)?;
+        }
+        idx.mark_dir_unsynced(fid);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Removes what a heal parked in directory `fid` and did not place.
+    pub fn reconcile_dir_parked(&self, fid: FileId) -> FsResult<()> {
+        let mut idx = self.lock();
+        let Ok(dir) = self.parent_dir(&idx, fid) else {
+            return Ok(()); // removed by the catch-up itself
+        };
+        let mut parked = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| FsError::io("readdir", e))? {
+            let entry = entry.map_err(|e| FsError::io("readdir", e))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                if name.starts_with(HEAL_PARKED_PREFIX) {
+                    parked.push(name);
+                }
+            }
+        }
+        for name in parked {
+            self.remove_tree(&mut idx, fid, &dir, &name)?;
+        }
+        Ok(())
+    }
+
+    fn place_entry(
+        &self,
+        idx: &mut Index,
+        parent: FileId,
+        path: &Path,
+        w: &HealEntry,
+    ) -> FsResult<()> {
+        if let Ok(old) = self.path_in(idx, w.fid) {
+            let same_kind =
+                fs::symlink_metadata(&old).is_ok_and(|m| attr_of(w.fid, &m).kind == w.kind);
+            if same_kind && !path.starts_with(&old) {
+                fs::rename(&old, path).map_err(|e| FsError::io("heal rename", e))?;
+                if let Some(loc) = idx.location(w.fid) {
+                    idx.mark_dir_unsynced(loc.parent);
+                }
+                return idx
+                    .link(w.fid, parent, &w.name)
+                    .map_err(|e| FsError::io("index", e));
+            }
+        }
+        let made = match w.kind {
+            FileKind::File => fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(w.mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map(drop),
+            FileKind::Dir => fs::DirBuilder::new().mode(w.mode).create(path),
+            FileKind::Symlink => std::os::unix::fs::symlink(&w.target, path),
+        };
+        made.map_err(|e| FsError::io(&format!("heal create {:?}", w.name), e))?;
+        if w.kind != FileKind::Symlink {
+            fs::set_permissions(path, fs::Permissions::from_mode(w.mode))
+                .map_err(|e| FsError::io("heal chmod", e))?;
+        }
+        idx.unlink(w.fid).map_err(|e| FsError::io("index", e))?;
+        idx.link(w.fid, parent, &w.name)
+            .map_err(|e| FsError::io("index", e))
+    }
+
+    /// Removes (parent, name) and everything below it, and their ids.
+    fn remove_tree(&self, idx: &mut Index, parent: FileId, dir: &Path, name: &str) -> FsResult<()> {
+        let path = dir.join(name);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(FsError::io("heal stat", e)),
+        };
+        let child = idx.child(parent, name);
+        if meta.is_dir() {
+            let mut names = Vec::new();
+            for entry in fs::read_dir(&path).map_err(|e| FsError::io("readdir", e))? {
+                let entry = entry.map_err(|e| FsError::io("readdir", e))?;
+                names.push(entry.file_name());
+            }
+            for n in names {
+                match (child, n.into_string()) {
+                    (Some(c), Ok(n)) => self.remove_tree(idx, c, &path, &n)?,
+                    (_, n) => {
+                        let p = path.join(n.unwrap_or_else(|raw| raw.to_string_lossy().into()));
+                        let gone = if p.is_dir() {
+                            fs::remove_dir_all(&p)
+                        } else {
+                            fs::remove_file(&p)
+                        };
+                        gone.map_err(|e| FsError::io("heal remove", e))?;
+                    }
+                }
+            }
+            fs::remove_dir(&path).map_err(|e| FsError::io("heal rmdir", e))?;
+        } else {
+            fs::remove_file(&path).map_err(|e| FsError::io("heal remove", e))?;
+        }
+        if let Some(c) = child {
+            idx.unlink(c).map_err(|e| FsError::io("index", e))?;
+        }
+        idx.mark_dir_unsynced(parent);
+        Ok(())
+    }
+}
+
+/// Entries a heal moved out of the way (their name was wanted by another entry) until their
+/// own directory is reconciled; such names never exist on a healthy replica.
+pub const HEAL_PARKED_PREFIX: &str = ".brickd-heal-parked-";
+
+/// One directory entry as a heal copies it to another replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealEntry {
+    pub name: String,
+    pub fid: FileId,
+    pub kind: FileKind,
+    /// Permission bits (files and directories).
+    pub mode: u32,
+    /// Symlinks: where it points.
+    pub target: String,
 }
 
 fn stale_if_missing(fid: FileId, e: io::Error) -> FsError {

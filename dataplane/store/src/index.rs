@@ -116,6 +116,11 @@ impl Index {
         self.by_name.get(&(parent, name.to_string())).copied()
     }
 
+    /// Every file id with a location (a full heal enumerates them).
+    pub fn ids(&self) -> impl Iterator<Item = FileId> + '_ {
+        self.by_id.keys().copied()
+    }
+
     pub fn contains(&self, fid: FileId) -> bool {
         fid == ROOT_FILE_ID || self.by_id.contains_key(&fid)
     }

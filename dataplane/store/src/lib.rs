@@ -4,5 +4,6 @@ pub mod brick;
 pub mod index;
 
 pub use brick::{
-    attr_of, dir_cookie, fnv1a, pg_of, Brick, BrickIdentity, FsError, FsResult, FID_PG_SHIFT,
+    attr_of, dir_cookie, fnv1a, pg_of, Brick, BrickIdentity, FsError, FsResult, HealEntry,
+    FID_PG_SHIFT,
 };

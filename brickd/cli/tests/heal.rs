@@ -1,0 +1,313 @@
+//! Heal on real processes: a real etcd and three `brickd serve` nodes on loopback. A replica
+//! is SIGKILLed; meanwhile files are written, created, renamed, truncated and removed; the
+//! replica restarts. The heal must start by itself, `brick heal status --json` must end at
+//! nothing left, and the plain files on every brick of the replica set must be identical.
+//! The replica-2 run also kills the heal source (the only up-to-date copy) halfway through
+//! the heal: it resumes from the dirt log on disk. `brick node can-stop` must say no while a
+//! node holds the only up-to-date copy (or stopping it stops writes), and yes once healed.
+
+use brick_client::{Client, Volume};
+use brick_cluster::mgmt::MgmtOp;
+use brick_testkit::failover::{compare_copies, LocalCluster};
+use brick_testkit::pattern;
+use brick_wire::{SetAttr, ROOT_FILE_ID};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "heal-test-password";
+const IMAGE_BYTES: u64 = 16 << 20;
+const BLOCK: u64 = 4096;
+/// Waiting for a heal to finish gives up after this (the test then fails with the status).
+const HEAL_WAIT_MS_MAX: u64 = 60_000;
+
+fn brick_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_brick"))
+}
+
+fn brickd_exe() -> PathBuf {
+    let p = brick_exe().with_file_name("brickd");
+    assert!(p.exists(), "{} not built", p.display());
+    p
+}
+
+fn brick_json(cluster: &LocalCluster, args: &[&str]) -> Value {
+    let out = Command::new(brick_exe())
+        .arg("--servers")
+        .arg(cluster.admin.servers.join(","))
+        .args([
+            "--user",
+            "admin",
+            "--password",
+            PASSWORD,
+            "--json",
+            "--quiet",
+        ])
+        .args(args)
+        .output()
+        .expect("run brick");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "brick {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+}
+
+/// What the test wrote, to check the heal against.
+struct Expected {
+    image: Vec<u8>,
+}
+
+async fn setup(client: &Client, cluster: &LocalCluster, name: &str, replica: usize) -> Volume {
+    let bricks: Vec<String> = cluster.nodes[..replica]
+        .iter()
+        .map(|n| format!("{}:{}", n.name, n.brick_dir(name).display()))
+        .collect();
+    client
+        .mgmt(&MgmtOp::VolumeCreate {
+            name: name.into(),
+            replica: replica as u32,
+            bricks,
+            pg_count: Some(16),
+        })
+        .await
+        .expect("volume create");
+    client
+        .mgmt(&MgmtOp::VolumeStart { name: name.into() })
+        .await
+        .expect("volume start");
+    client.open_volume(name).await.expect("open")
+}
+
+async fn populate(vol: &Volume) -> Expected {
+    let docs = vol.mkdir(ROOT_FILE_ID, "docs", 0o755).await.expect("mkdir");
+    for (i, n) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        let f = vol.create(docs.fid, n, 0o644, true).await.expect("create");
+        let data = pattern(i as u64, 0, 10_000 + i * 1000);
+        vol.write(f.fid, 0, &data, false).await.expect("write");
+    }
+    let old = vol
+        .mkdir(ROOT_FILE_ID, "old", 0o755)
+        .await
+        .expect("mkdir old");
+    vol.create(old.fid, "x", 0o644, true)
+        .await
+        .expect("create x");
+    let img = vol
+        .create(ROOT_FILE_ID, "vm.img", 0o644, true)
+        .await
+        .expect("image");
+    let image = pattern(99, 0, IMAGE_BYTES as usize);
+    for off in (0..IMAGE_BYTES).step_by(1 << 20) {
+        let chunk = &image[off as usize..(off + (1 << 20)) as usize];
+        vol.write(img.fid, off, chunk, false)
+            .await
+            .expect("fill image");
+    }
+    Expected { image }
+}
+
+/// Everything a replica misses while it is down: data and namespace changes.
+async fn churn(vol: &Volume, exp: &mut Expected, seed: u64, extra_bytes: u64) {
+    let img = vol.resolve("vm.img").await.expect("image");
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..300u64 {
+        let off = next() % (IMAGE_BYTES / BLOCK) * BLOCK;
+        let data = pattern(seed ^ i, off, BLOCK as usize);
+        vol.write(img.fid, off, &data, false)
+            .await
+            .expect("random write");
+        exp.image[off as usize..(off + BLOCK) as usize].copy_from_slice(&data);
+    }
+    // Larger dirt, in 64 KiB pieces, so the heal takes a while at a set rate.
+    for i in 0..extra_bytes / (64 << 10) {
+        let off = (i * 3 * (64 << 10)) % IMAGE_BYTES;
+        let data = pattern(seed ^ (i << 20), off, 64 << 10);
+        vol.write(img.fid, off, &data, false)
+            .await
+            .expect("64k write");
+        exp.image[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    }
+    let docs = vol.resolve("docs").await.expect("docs");
+    let new = vol
+        .mkdir(ROOT_FILE_ID, "new", 0o755)
+        .await
+        .expect("mkdir new");
+    for i in 0..20 {
+        let f = vol
+            .create(new.fid, &format!("f{i}"), 0o640, true)
+            .await
+            .expect("create new");
+        let data = pattern(seed + i, 0, 1000 + i as usize * 700);
+        vol.write(f.fid, 0, &data, false).await.expect("write new");
+    }
+    vol.rename(docs.fid, "a", new.fid, "a-moved")
+        .await
+        .expect("rename across");
+    vol.rename(docs.fid, "b", docs.fid, "b2")
+        .await
+        .expect("rename");
+    vol.unlink(docs.fid, "c").await.expect("unlink");
+    let d = vol.lookup(docs.fid, "d").await.expect("d");
+    vol.write(d.fid, d.size, &pattern(seed, 0, 5000), false)
+        .await
+        .expect("append");
+    let e = vol.lookup(docs.fid, "e").await.expect("e");
+    let truncate = SetAttr {
+        size: Some(100),
+        ..SetAttr::NONE
+    };
+    vol.setattr(e.fid, truncate).await.expect("truncate");
+    let old = vol.resolve("old").await.expect("old");
+    vol.unlink(old.fid, "x").await.expect("unlink x");
+    vol.rmdir(ROOT_FILE_ID, "old").await.expect("rmdir old");
+    vol.symlink(ROOT_FILE_ID, "link", "docs/d")
+        .await
+        .expect("symlink");
+}
+
+async fn check_image(vol: &Volume, exp: &Expected) {
+    let img = vol.resolve("vm.img").await.expect("image");
+    for off in (0..IMAGE_BYTES).step_by(1 << 20) {
+        let got = vol.read(img.fid, off, 1 << 20).await.expect("read image");
+        assert!(
+            got == exp.image[off as usize..(off + (1 << 20)) as usize],
+            "image bytes at {off} differ from what was acknowledged"
+        );
+    }
+}
+
+fn wait_healed(cluster: &LocalCluster, volume: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let doc = brick_json(cluster, &["heal", "status", volume]);
+        if doc["healed"] == Value::Bool(true) {
+            return doc;
+        }
+        if start.elapsed() > Duration::from_millis(HEAL_WAIT_MS_MAX) {
+            for n in &cluster.nodes {
+                let log = n.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!(
+                    "--- {} (last lines)\n{}",
+                    n.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            panic!("{volume}: not healed after {HEAL_WAIT_MS_MAX} ms: {doc:#}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn can_stop(cluster: &LocalCluster, node: &str) -> Value {
+    brick_json(cluster, &["node", "can-stop", node])
+}
+
+struct Run {
+    volume: &'static str,
+    replica: usize,
+    /// Kill the heal source halfway through the heal (and restart it).
+    kill_source: bool,
+}
+
+fn heal_run(cluster: &mut LocalCluster, rt: &tokio::runtime::Runtime, run: &Run) {
+    let client = rt
+        .block_on(Client::connect(cluster.admin.clone()))
+        .expect("connect");
+    let vol = rt.block_on(setup(&client, cluster, run.volume, run.replica));
+    let mut exp = rt.block_on(populate(&vol));
+    let victim = run.replica - 1;
+    let source = 0;
+    cluster.nodes[victim].kill9();
+    let extra = if run.kill_source { 12 << 20 } else { 0 };
+    rt.block_on(churn(&vol, &mut exp, 7 + run.replica as u64, extra));
+    let no = can_stop(cluster, &cluster.nodes[source].name);
+    assert_eq!(no["can_stop"], Value::Bool(false), "{}: {no:#}", run.volume);
+    assert!(no["reasons"].as_array().is_some_and(|r| !r.is_empty()));
+    let behind = brick_json(cluster, &["heal", "status", run.volume]);
+    assert_eq!(behind["healed"], Value::Bool(false), "{behind:#}");
+    if run.kill_source {
+        // Slow enough to catch it halfway.
+        brick_json(cluster, &["volume", "set", run.volume, "heal.rate", "2M"]);
+    }
+    let restarted = Instant::now();
+    cluster.nodes[victim].restart();
+    if run.kill_source {
+        let start = Instant::now();
+        loop {
+            let doc = brick_json(cluster, &["heal", "status", run.volume]);
+            if doc["bytes_copied"].as_u64().unwrap_or(0) > 0 && doc["bytes_left"].as_u64() > Some(0)
+            {
+                eprintln!(
+                    "{}: killing the heal source {} halfway: {} copied, {} left",
+                    run.volume, cluster.nodes[source].name, doc["bytes_copied"], doc["bytes_left"]
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "heal did not start: {doc:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.nodes[source].kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        cluster.nodes[source].restart();
+        brick_json(
+            cluster,
+            &["volume", "set", run.volume, "heal.rate", "adaptive"],
+        );
+    }
+    let done = wait_healed(cluster, run.volume);
+    eprintln!(
+        "{}: healed {:?} after the restart; final status {done}",
+        run.volume,
+        restarted.elapsed()
+    );
+    assert_eq!(done["bytes_left"], Value::from(0u64));
+    let vol = rt.block_on(client.open_volume(run.volume)).expect("reopen");
+    rt.block_on(check_image(&vol, &exp));
+    let members: Vec<usize> = (0..run.replica).collect();
+    compare_copies(&cluster.nodes, &members, run.volume);
+    let yes = can_stop(cluster, &cluster.nodes[source].name);
+    assert_eq!(
+        yes["can_stop"],
+        Value::Bool(true),
+        "{}: {yes:#}",
+        run.volume
+    );
+}
+
+#[test]
+fn returning_replicas_heal_to_identical_copies() {
+    let mut cluster = LocalCluster::start(&brickd_exe(), "heal", &["n1", "n2", "n3"], PASSWORD);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for run in [
+        Run {
+            volume: "r3",
+            replica: 3,
+            kill_source: false,
+        },
+        Run {
+            volume: "r2",
+            replica: 2,
+            kill_source: true,
+        },
+    ] {
+        heal_run(&mut cluster, &rt, &run);
+    }
+}
