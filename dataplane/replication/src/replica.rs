@@ -242,6 +242,9 @@ struct Recovery {
     last_send_ms: u64,
 }
 
+/// A forward refused for its epoch is sent again after this (the member is learning the map).
+const NACK_RESEND_MS: u64 = 10;
+
 /// How a member starts.
 #[derive(Debug, Clone, Copy)]
 pub struct Boot {
@@ -704,9 +707,19 @@ impl Replica {
                     }
                 }
             }
-            Msg::Nack { epoch, .. } | Msg::HeartbeatAck { epoch } => {
-                self.heard(now_ms, from, epoch, out)
+            Msg::Nack { epoch, op } => {
+                self.heard(now_ms, from, epoch, out);
+                // The member is between epochs (a map change just happened): send again soon
+                // instead of after a full resend interval, so the change costs clients
+                // milliseconds, not `resend_ms`.
+                let soon = now_ms.saturating_sub(self.cfg.resend_ms.saturating_sub(NACK_RESEND_MS));
+                if let Some(p) = self.pending.get_mut(&op) {
+                    if p.state == OpState::Running && p.acks[from as usize].is_none() {
+                        p.last_send_ms = p.last_send_ms.min(soon);
+                    }
+                }
             }
+            Msg::HeartbeatAck { epoch } => self.heard(now_ms, from, epoch, out),
             Msg::Heartbeat { epoch, watermark } => {
                 if epoch > self.map.epoch {
                     out.push(Output::FetchMap);
