@@ -35,7 +35,7 @@ pub(crate) const HEAL_NAMESPACE: u16 = 0xFF01;
 pub(crate) const HEAL_TICK_MS: u64 = 100;
 /// One heal copy moves at most this much.
 pub(crate) const HEAL_CHUNK_BYTES: u64 = 256 * 1024;
-pub(crate) const HEAL_WINDOW_MAX: usize = 8;
+pub(crate) const HEAL_WINDOW_MAX: usize = 2;
 const REPORT_INTERVAL_MS: u64 = 500;
 const REPORT_FILES_MAX: usize = 16;
 
