@@ -314,6 +314,18 @@ impl Replica {
         let listed = map.is_healing(me) || (map.is_up_to_date(me) && map.up_to_date_count() > 1);
         if restarted && listed {
             r.retire(out);
+        } else if restarted && map.is_up_to_date(me) {
+            // The last up-to-date member lost its memory of the ops in flight when it died,
+            // which the others may have missed: they get everything from it.
+            let others = mask_of(map.members) & !(1 << me);
+            if others != 0 {
+                out.push(Output::RecordDirty {
+                    origin: me,
+                    op: 0,
+                    lock: LockKey::EVERYTHING,
+                    absent: others,
+                });
+            }
         }
         r
     }
@@ -622,7 +634,9 @@ impl Replica {
             self.maybe_propose(now_ms, true, out);
             return;
         }
-        let result = if !self.map.writable() {
+        // Heal copies are what brings the PG back to min_size: they never wait for it.
+        let heal = p.heal;
+        let result = if !self.map.writable() && !heal {
             Err(OpError::BelowMinSize {
                 up_to_date: self.map.up_to_date_count(),
                 min_size: self.map.min_size,
@@ -836,7 +850,9 @@ impl Replica {
         keys.sort_by_key(|k| (k.fid, k.start, k.end));
         keys.dedup();
         let targets = self.others();
-        for lock in keys {
+        // An in-doubt catch-up is not resynced: it is started again below for the members
+        // still healing, and changed nothing on the others.
+        for lock in keys.into_iter().filter(|k| *k != LockKey::EVERYTHING) {
             self.start_op(now_ms, lock, true, (true, false), targets, out);
         }
         // Members being healed get the heal's namespace catch-up again before anything else:
@@ -923,8 +939,10 @@ impl Replica {
                     return;
                 }
                 self.seen.insert((from, op), (lock, None));
+                // A healing member records too: once healed it may be the heal source of the
+                // members still away, and it must know what they missed meanwhile.
                 let absent = absent & mask_of(self.map.members) & !(1 << self.me);
-                if absent != 0 && self.serving() {
+                if absent != 0 && self.receiving() {
                     out.push(Output::RecordDirty {
                         origin: from,
                         op,
@@ -1090,7 +1108,7 @@ impl Replica {
     fn record_leavers(&mut self, old: PgMap, out: &mut Vec<Output>) {
         let me = self.me;
         let left = old.receivers() & !self.map.receivers() & !(1 << me);
-        if left == 0 || !self.serving() {
+        if left == 0 || !self.receiving() {
             return;
         }
         for (&op, p) in &self.pending {
@@ -1103,7 +1121,12 @@ impl Replica {
                 });
             }
         }
-        for (&(origin, op), &(lock, _)) in &self.seen {
+        // A catch-up changes nothing but healing members: nobody can have missed it.
+        let seen = self
+            .seen
+            .iter()
+            .filter(|(_, (lock, _))| *lock != LockKey::EVERYTHING);
+        for (&(origin, op), &(lock, _)) in seen {
             out.push(Output::RecordDirty {
                 origin,
                 op,
@@ -1168,10 +1191,10 @@ impl Replica {
             }
             self.tick_primary(now_ms, out);
         } else {
-            let applied_here = self
-                .pending
-                .values()
-                .any(|p| p.local.is_some() || (p.state == OpState::Running && !p.local_first));
+            // Heal copies only read here: they cannot have made this copy differ.
+            let applied_here = self.pending.values().any(|p| {
+                !p.heal && (p.local.is_some() || (p.state == OpState::Running && !p.local_first))
+            });
             self.fail_all(
                 OpError::NotPrimary {
                     epoch: map.epoch,

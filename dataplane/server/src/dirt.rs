@@ -128,6 +128,26 @@ pub(crate) struct MemberDirt {
 }
 
 impl MemberDirt {
+    /// Everything recorded, as items (a heal hands them to the member it healed).
+    pub fn items(&self) -> Vec<Dirt> {
+        let mut out = Vec::new();
+        if self.all {
+            out.push(Dirt::All);
+        }
+        if self.tree {
+            out.push(Dirt::Tree);
+        }
+        out.extend(self.dirs.iter().map(|&d| Dirt::Dir(d)));
+        out.extend(self.attrs.iter().map(|&f| Dirt::Attr(f)));
+        for (&fid, r) in &self.ranges {
+            out.extend(
+                r.0.iter()
+                    .map(|(&start, &end)| Dirt::Range { fid, start, end }),
+            );
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty() && self.attrs.is_empty() && !self.has_namespace() && !self.all
     }
@@ -315,7 +335,7 @@ impl DirtLog {
     }
 }
 
-fn encode(target: u8, d: Option<Dirt>) -> [u8; RECORD_BYTES] {
+pub(crate) fn encode(target: u8, d: Option<Dirt>) -> [u8; RECORD_BYTES] {
     let (kind, fid, start, end) = match d {
         None => (KIND_CLEAR, 0, 0, 0),
         Some(Dirt::Range { fid, start, end }) => (KIND_RANGE, fid, start, end),
@@ -336,7 +356,7 @@ fn encode(target: u8, d: Option<Dirt>) -> [u8; RECORD_BYTES] {
 }
 
 /// `None`: damaged. `Some((target, None))`: a clear record.
-fn decode(rec: &[u8]) -> Option<(u8, Option<Dirt>)> {
+pub(crate) fn decode(rec: &[u8]) -> Option<(u8, Option<Dirt>)> {
     let word = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(rec.get(at..at + 8)?.try_into().ok()?))
     };

@@ -32,6 +32,15 @@ use std::time::{Duration, Instant};
 
 /// The body opcode of a namespace catch-up (only ever inside REPL forwards between nodes).
 pub(crate) const HEAL_NAMESPACE: u16 = 0xFF01;
+/// The body opcode of a dirt handoff: dirt-log records (docs/disk-format.md §6) of the members
+/// still away, which a member about to be up to date must know to be their heal source.
+pub(crate) const HEAL_DIRT: u16 = 0xFF02;
+/// The lock of a dirt handoff: a key no file or namespace op uses.
+const HANDOFF_LOCK: LockKey = LockKey {
+    fid: u64::MAX - 1,
+    start: 0,
+    end: 1,
+};
 pub(crate) const HEAL_TICK_MS: u64 = 100;
 /// One heal copy moves at most this much.
 pub(crate) const HEAL_CHUNK_BYTES: u64 = 256 * 1024;
@@ -43,6 +52,7 @@ const REPORT_FILES_MAX: usize = 16;
 #[derive(Debug, Clone)]
 pub(crate) enum Work {
     CatchUp { dirs: Vec<FileId>, tree: bool },
+    Handoff,
     Attr(FileId),
     Range { fid: FileId, start: u64, end: u64 },
 }
@@ -79,6 +89,8 @@ pub(crate) struct HealSlot {
     pub began: [Option<Instant>; MEMBERS_MAX as usize],
     /// Bytes copied by every heal of this slot since the process started.
     pub copied_total_bytes: u64,
+    /// Members that got this source's dirt of the others in their current heal.
+    pub handed_off: u8,
 }
 
 const HEAL_RETRY_MS: u64 = 1000;
@@ -140,7 +152,9 @@ pub(crate) fn dirt_of_body(body: &Body) -> Option<Vec<Dirt>> {
 
 /// What an op known only by its lock may have changed.
 pub(crate) fn dirt_of_lock(lock: LockKey) -> Vec<Dirt> {
-    if lock == LockKey::EVERYTHING || lock == LockKey::NAMESPACE {
+    if lock == LockKey::EVERYTHING {
+        vec![Dirt::All]
+    } else if lock == LockKey::NAMESPACE {
         vec![Dirt::Tree]
     } else if lock.end == u64::MAX {
         vec![
@@ -208,6 +222,7 @@ fn tick_slot(ctx: &Rc<CoreCtx>, key: SlotKey) {
                 tracing::info!(vol = key.0, pg = key.1, "member {m} is back: healing it");
             }
         }
+        slot.heal.handed_off &= map.healing;
         for m in 0..map.members {
             if map.is_healing(m) && slot.heal.running & (1 << m) == 0 {
                 slot.heal.running |= 1 << m;
@@ -342,11 +357,28 @@ fn next_work(slot: &mut repl::Slot, target: Member) -> Next {
         return Next::Copy(Work::Attr(fid));
     }
     let Some((&fid, ranges)) = d.ranges.iter().next() else {
-        return if slot.heal.in_flight[target as usize] == 0 {
-            Next::Finish
-        } else {
-            Next::Wait
-        };
+        if slot.heal.in_flight[target as usize] != 0 {
+            return Next::Wait;
+        }
+        // Before it counts as up to date it may become the primary, the heal source of the
+        // members still away: it needs this member's record of what they missed.
+        let me = slot.replica.me();
+        let others_dirty = (0..map.members)
+            .filter(|&m| m != target && m != me)
+            .any(|m| !slot.dirt.members[m as usize].is_empty());
+        if others_dirty && slot.heal.handed_off & (1 << target) == 0 {
+            let pending = slot
+                .heal
+                .plans
+                .values()
+                .any(|p| matches!(p.work, Work::Handoff));
+            return if pending {
+                Next::Wait
+            } else {
+                Next::Copy(Work::Handoff)
+            };
+        }
+        return Next::Finish;
     };
     let Some((start, mut end)) = ranges.first() else {
         d.ranges.remove(&fid);
@@ -397,6 +429,7 @@ fn submit(
 ) -> Result<flume::Receiver<bool>, OpError> {
     let lock = match &work {
         Work::CatchUp { .. } => LockKey::EVERYTHING,
+        Work::Handoff => HANDOFF_LOCK,
         Work::Attr(fid) => LockKey::whole_file(*fid),
         Work::Range { fid, start, end } => LockKey::range(*fid, *start, end - start),
     };
@@ -432,7 +465,7 @@ fn submit(
 fn give_back(slot: &mut repl::Slot, target: Member, work: &Work) {
     let d = &mut slot.dirt.members[target as usize];
     match *work {
-        Work::CatchUp { .. } => {}
+        Work::CatchUp { .. } | Work::Handoff => {}
         Work::Attr(fid) => {
             d.attrs.insert(fid);
         }
@@ -471,6 +504,7 @@ pub(crate) fn on_done(slot: &mut repl::Slot, op: OpId, ok: bool) {
                 stats.error = None;
             }
             Work::Attr(_) => {}
+            Work::Handoff => slot.heal.handed_off |= 1 << m,
             Work::Range { fid, start, end } => {
                 slot.heal.copied_total_bytes += end - start;
                 let stats = &mut slot.heal.stats[m as usize];
@@ -568,6 +602,58 @@ fn catch_up_body(brick: &Brick, dirs: &BTreeSet<FileId>, tree: bool) -> Result<B
         minted: 0,
         payload: Rc::new(e.buf),
     })
+}
+
+/// Whether a heal op being read is a dirt handoff.
+pub(crate) fn is_handoff(slot: &repl::Slot, op: OpId) -> bool {
+    slot.heal
+        .plans
+        .get(&op)
+        .is_some_and(|p| matches!(p.work, Work::Handoff))
+}
+
+/// The body of a dirt handoff to the members `targets`: this member's records for every other
+/// absent or healing member. Too many for one frame: "everything" for those members instead
+/// (a full heal later, never a missed range).
+pub(crate) fn handoff_body(slot: &repl::Slot, targets: u8) -> Body {
+    let me = slot.replica.me();
+    let mut bytes = Vec::new();
+    let mut full = Vec::new();
+    let limit = FRAME_PAYLOAD_BYTES_MAX as usize - 4096;
+    for m in (0..MEMBERS_MAX).filter(|&m| m != me && targets & (1 << m) == 0) {
+        let before = bytes.len();
+        for d in slot.dirt.members[m as usize].items() {
+            bytes.extend_from_slice(&crate::dirt::encode(m, Some(d)));
+        }
+        if bytes.len() > limit {
+            bytes.truncate(before);
+            full.push(m);
+        }
+    }
+    for m in full {
+        bytes.extend_from_slice(&crate::dirt::encode(m, Some(Dirt::All)));
+    }
+    Body {
+        opcode: HEAL_DIRT,
+        minted: 0,
+        payload: Rc::new(bytes),
+    }
+}
+
+/// Records a dirt handoff on the member being healed.
+pub(crate) fn apply_handoff(slot: &mut repl::Slot, payload: &[u8]) -> bool {
+    if !payload.len().is_multiple_of(crate::dirt::RECORD_BYTES) {
+        return false;
+    }
+    for rec in payload.chunks_exact(crate::dirt::RECORD_BYTES) {
+        let Some((m, Some(d))) = crate::dirt::decode(rec) else {
+            return false;
+        };
+        if slot.dirt.record(1 << m, d).is_err() {
+            slot.dirt.members[m as usize].all = true;
+        }
+    }
+    true
 }
 
 /// Directories (with their wanted entries) of a catch-up body.

@@ -455,6 +455,12 @@ fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
                 Some(Ok(body)) => Ok(body),
                 None => Err("the volume stopped".to_string()),
             }
+        } else if with_slot(&ctx, key, |slot| heal::is_handoff(slot, op)) == Some(true) {
+            let body = with_slot(&ctx, key, |slot| {
+                let targets = slot.heal.plans.get(&op).map_or(0, |p| p.targets);
+                heal::handoff_body(slot, targets)
+            });
+            body.ok_or_else(|| "the volume stopped".to_string())
         } else {
             exec::resync_body(&ctx, &vol, key.2, lock).await
         };
@@ -496,6 +502,21 @@ fn spawn_apply_forwarded(ctx: &Rc<CoreCtx>, key: SlotKey, from: Member, op: OpId
     };
     if let Some(b) = &body {
         sync_dirt_before_fsync(ctx, key, b.opcode);
+        if b.opcode == heal::HEAL_DIRT {
+            let mut out = Vec::new();
+            let now = ctx.repl.now_ms();
+            with_slot(ctx, key, |slot| {
+                let outcome = if heal::apply_handoff(slot, &b.payload) {
+                    Outcome::Ok
+                } else {
+                    Outcome::Refused(ErrorCode::Malformed.code())
+                };
+                slot.replica
+                    .on_forward_applied(now, from, op, outcome, &mut out);
+            });
+            drive(ctx, key, out);
+            return;
+        }
     }
     let ctx = ctx.clone();
     glommio::spawn_local(async move {
