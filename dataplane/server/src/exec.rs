@@ -278,8 +278,8 @@ pub(crate) async fn apply(
 const APPLY_ATTEMPTS_MAX: u32 = 5;
 
 /// What a new primary forwards to make an in-doubt range identical on every member: the
-/// range's bytes as a WRITE, a whole file's attributes as a SETATTR, nothing for the namespace
-/// (docs/replication.md lists that as a known gap).
+/// range's bytes as a WRITE, a whole file's attributes as a SETATTR. (The namespace is
+/// resynced by directory listings, in `repl.rs`.)
 pub(crate) async fn resync_body(
     ctx: &CoreCtx,
     vol: &ServedVolume,

@@ -559,6 +559,26 @@ pub(crate) fn catch_up_read(slot: &mut repl::Slot, op: OpId) -> Result<Body, Str
     result
 }
 
+/// The resync of an in-doubt namespace change: the listings of `dirs` on this member (the
+/// new primary), which every other member makes its own (the catch-up's body and code).
+pub(crate) fn namespace_resync_body(slot: &repl::Slot, dirs: &[FileId]) -> Result<Body, String> {
+    let me = slot.replica.me();
+    let brick = slot
+        .vol
+        .members
+        .get(me as usize)
+        .and_then(|s| s.brick.clone())
+        .ok_or("the primary's brick is not on this node")?;
+    if dirs.is_empty() {
+        return Ok(Body {
+            opcode: repl::NOOP,
+            minted: 0,
+            payload: Rc::new(Vec::new()),
+        });
+    }
+    catch_up_body(&brick, &dirs.iter().copied().collect(), false)
+}
+
 fn catch_up_body(brick: &Brick, dirs: &BTreeSet<FileId>, tree: bool) -> Result<Body, String> {
     let mut order: Vec<(usize, FileId)> = Vec::new();
     let listed: Vec<FileId> = if tree {

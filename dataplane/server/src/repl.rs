@@ -70,8 +70,30 @@ struct RecentBodies {
 }
 
 const RECENT_NAMESPACE_BODIES_MAX: usize = 1024;
+/// Namespace ops run one at a time per PG, so only the last few can be in doubt at a failover.
+const NAMESPACE_RESYNC_OPS: usize = 16;
 
 impl RecentBodies {
+    /// The directories the last `n` namespace bodies changed.
+    fn last_dirs(&self, n: usize) -> Vec<u64> {
+        let mut dirs: Vec<u64> = self
+            .order
+            .iter()
+            .rev()
+            .take(n)
+            .filter_map(|k| self.by_op.get(k))
+            .filter_map(heal::dirt_of_body)
+            .flatten()
+            .filter_map(|d| match d {
+                crate::dirt::Dirt::Dir(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        dirs
+    }
+
     fn keep(&mut self, key: (Member, OpId), body: Body) {
         if self.order.len() >= RECENT_NAMESPACE_BODIES_MAX {
             if let Some(old) = self.order.pop_front() {
@@ -446,6 +468,26 @@ fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
             match catch_up {
                 Some(Err(why)) => {
                     tracing::error!(vol = vol.id, pg = key.1, "heal: {why}");
+                    Ok(Body {
+                        opcode: NOOP,
+                        minted: 0,
+                        payload: Rc::new(Vec::new()),
+                    })
+                }
+                Some(Ok(body)) => Ok(body),
+                None => Err("the volume stopped".to_string()),
+            }
+        } else if lock == LockKey::NAMESPACE {
+            // An in-doubt namespace change: make the directories the last namespace ops
+            // touched identical to this (the new primary's) copy on every member.
+            let body = with_slot(&ctx, key, |slot| {
+                let dirs = slot.recent_namespace.last_dirs(NAMESPACE_RESYNC_OPS);
+                heal::namespace_resync_body(slot, &dirs)
+            });
+            match body {
+                Some(Err(why)) => {
+                    // Never a reason to fail this member: the gap stays as before (logged).
+                    tracing::warn!(vol = vol.id, pg = key.1, "namespace resync skipped: {why}");
                     Ok(Body {
                         opcode: NOOP,
                         minted: 0,
