@@ -126,6 +126,9 @@ pub enum Msg {
     },
     HeartbeatAck {
         epoch: Epoch,
+        /// From a member that is not up to date: the ranges it may hold that the others do not
+        /// (its activity log from before it left); its heal copies them too.
+        in_doubt: Option<Vec<LockKey>>,
     },
     /// A new primary asks what its members applied that may not be everywhere.
     Query {
@@ -174,6 +177,11 @@ pub enum Output {
         op: OpId,
         lock: LockKey,
         absent: u8,
+    },
+    /// This member is about to apply an op on `lock`'s part of its copy: persist the range in
+    /// the activity log first (`Replica::activity_keys` says what the log must keep).
+    RecordActivity {
+        lock: LockKey,
     },
     /// Compare-and-set the cluster store from epoch `map.epoch - 1` to `map`, then
     /// `on_proposal_result`.
@@ -242,17 +250,23 @@ struct Recovery {
     last_send_ms: u64,
 }
 
+/// In-doubt ranges one heartbeat answer carries at most (the wire's limit).
+pub const IN_DOUBT_REPORT_KEYS_MAX: usize = 4096;
+
 /// A forward refused for its epoch is sent again after this (the member is learning the map).
 const NACK_RESEND_MS: u64 = 10;
 
 /// How a member starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Boot {
     /// Op ids of this incarnation start here (distinct from any earlier incarnation's).
     pub op_base: OpId,
     /// This member lost its memory (process restart); it may have missed forwards, so it
     /// leaves the up-to-date set if anybody else is in it.
     pub restarted: bool,
+    /// The activity log found at start: ranges this member applied that may not be on the
+    /// others. Reported to the primary that heals it.
+    pub activity: Vec<LockKey>,
 }
 
 /// One member of one PG.
@@ -278,6 +292,11 @@ pub struct Replica {
     /// Forwards seen, by (sender, op), with their range: outcome `None` while being applied.
     seen: HashMap<(Member, OpId), (LockKey, Option<Outcome>)>,
     seen_watermark: [OpId; MEMBERS_MAX as usize],
+    /// From the activity log at start, kept until this member is up to date again.
+    own_in_doubt: Vec<LockKey>,
+    /// Members whose in-doubt ranges this primary has recorded (they report with every
+    /// heartbeat answer while behind); a heal begins and ends only after that.
+    reported: u8,
 }
 
 impl Replica {
@@ -290,7 +309,11 @@ impl Replica {
         boot: Boot,
         out: &mut Vec<Output>,
     ) -> Replica {
-        let Boot { op_base, restarted } = boot;
+        let Boot {
+            op_base,
+            restarted,
+            activity,
+        } = boot;
         assert!(map.is_valid(), "invalid map {map:?}");
         assert!(me < map.members);
         let mut r = Replica {
@@ -310,22 +333,25 @@ impl Replica {
             recovery: None,
             seen: HashMap::new(),
             seen_watermark: [0; MEMBERS_MAX as usize],
+            own_in_doubt: if restarted { activity } else { Vec::new() },
+            reported: 0,
         };
         let listed = map.is_healing(me) || (map.is_up_to_date(me) && map.up_to_date_count() > 1);
         if restarted && listed {
             r.retire(out);
         } else if restarted && map.is_up_to_date(me) {
             // The last up-to-date member lost its memory of the ops in flight when it died,
-            // which the others may have missed: they get everything from it.
+            // which the others may have missed: its activity log says which ranges.
             let others = mask_of(map.members) & !(1 << me);
-            if others != 0 {
+            for &lock in r.own_in_doubt.iter().filter(|_| others != 0) {
                 out.push(Output::RecordDirty {
                     origin: me,
                     op: 0,
-                    lock: LockKey::EVERYTHING,
+                    lock,
                     absent: others,
                 });
             }
+            r.own_in_doubt.clear();
         }
         r
     }
@@ -341,6 +367,33 @@ impl Replica {
     /// Whether this member serves as primary right now (reads and writes go here).
     pub fn is_primary(&self) -> bool {
         !self.retiring && self.map.primary() == Some(self.me)
+    }
+
+    /// What the activity log must hold now: every range this member applied (or is applying)
+    /// that is not known to be on every member. The driver rewrites the log with this.
+    pub fn activity_keys(&self) -> Vec<LockKey> {
+        let mut keys = self.in_doubt_keys();
+        keys.extend(
+            self.pending
+                .values()
+                .filter(|p| !p.heal && !p.resync && p.state == OpState::Running)
+                .map(|p| p.lock),
+        );
+        keys.extend(self.own_in_doubt.iter().copied());
+        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.dedup();
+        keys
+    }
+
+    /// What a member behind reports to the primary: its activity, or "everything" when that
+    /// is more than one message may carry.
+    fn reported_keys(&self) -> Vec<LockKey> {
+        let keys = self.activity_keys();
+        if keys.len() > IN_DOUBT_REPORT_KEYS_MAX {
+            vec![LockKey::EVERYTHING]
+        } else {
+            keys
+        }
     }
 
     pub fn pending_ops(&self) -> usize {
@@ -428,7 +481,8 @@ impl Replica {
     /// The primary starts healing absent member `m`: it receives every operation from the
     /// next epoch on. Returns whether a map change was proposed.
     pub fn heal_begin(&mut self, m: Member, out: &mut Vec<Output>) -> bool {
-        if !self.is_primary() || self.proposing.is_some() || self.recovery.is_some() {
+        let unreported = self.reported & (1 << m) == 0;
+        if !self.is_primary() || self.proposing.is_some() || self.recovery.is_some() || unreported {
             return false;
         }
         let Some(next) = self.map.with_healing(m) else {
@@ -445,7 +499,8 @@ impl Replica {
         let busy = self
             .pending
             .values()
-            .any(|p| p.heal && p.targets & (1 << m) != 0);
+            .any(|p| p.heal && p.targets & (1 << m) != 0)
+            || self.reported & (1 << m) == 0;
         if !self.is_primary() || self.proposing.is_some() || busy || self.recovery.is_some() {
             return false;
         }
@@ -518,6 +573,7 @@ impl Replica {
         if p.resync {
             out.push(Output::ReadForResync { op, lock });
         } else {
+            out.push(Output::RecordActivity { lock });
             out.push(Output::ApplyLocal { op });
         }
         if !p.local_first {
@@ -604,6 +660,14 @@ impl Replica {
     }
 
     fn fail_all(&mut self, err: OpError, out: &mut Vec<Output>) {
+        // Ops applied (or being applied) here that now never complete may be on this copy
+        // only: they stay in its activity, so that a heal of this member undoes them.
+        // (Running: its local apply was issued, and lands even if the op is abandoned.)
+        for p in self.pending.values() {
+            if p.state == OpState::Running && !p.heal && !p.resync {
+                self.own_in_doubt.push(p.lock);
+            }
+        }
         for (op, _) in std::mem::take(&mut self.pending) {
             out.push(Output::Reply {
                 op,
@@ -733,7 +797,21 @@ impl Replica {
                     }
                 }
             }
-            Msg::HeartbeatAck { epoch } => self.heard(now_ms, from, epoch, out),
+            Msg::HeartbeatAck { epoch, in_doubt } => {
+                self.heard(now_ms, from, epoch, out);
+                let behind = !self.map.is_up_to_date(from);
+                if let (Some(keys), true, true) = (in_doubt, behind, self.is_primary()) {
+                    for lock in keys {
+                        out.push(Output::RecordDirty {
+                            origin: from,
+                            op: 0,
+                            lock,
+                            absent: 1 << from,
+                        });
+                    }
+                    self.reported |= 1 << from;
+                }
+            }
             Msg::Heartbeat { epoch, watermark } => {
                 if epoch > self.map.epoch {
                     out.push(Output::FetchMap);
@@ -742,10 +820,13 @@ impl Replica {
                     self.last_heard_primary_ms = now_ms;
                     self.forget_below(from, watermark);
                 }
+                let behind = !self.map.is_up_to_date(self.me);
+                let in_doubt = behind.then(|| self.reported_keys());
                 out.push(Output::Send {
                     to: from,
                     msg: Msg::HeartbeatAck {
                         epoch: self.map.epoch,
+                        in_doubt,
                     },
                 });
             }
@@ -950,6 +1031,7 @@ impl Replica {
                         absent,
                     });
                 }
+                out.push(Output::RecordActivity { lock });
                 out.push(Output::ApplyForwarded { from, op });
             }
         }
@@ -1165,8 +1247,13 @@ impl Replica {
             self.proposing = None;
             self.retire(out); // still listed: propose again against the new epoch
         }
+        if map.is_up_to_date(self.me) {
+            self.own_in_doubt.clear(); // healed: the primary copied them
+        }
+        self.reported &= !map.up_to_date;
         if self.is_primary() {
             if !was_primary {
+                self.reported = 0;
                 self.last_heard_ms = [now_ms; MEMBERS_MAX as usize];
                 self.last_heartbeat_ms = 0;
                 self.begin_recovery(now_ms, out);

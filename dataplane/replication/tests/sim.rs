@@ -106,6 +106,9 @@ struct Node {
     down_since_ms: u64,
     /// The dirt log on disk: per absent member, the registers it missed (survives crashes).
     dirt_log: BTreeMap<Member, BTreeSet<u64>>,
+    /// The activity log on disk: registers this node applied that may not be everywhere
+    /// (`RecordActivity`, rewritten from `Replica::activity_keys` every tick).
+    activity_log: BTreeSet<u64>,
     /// The heal's working copy of it (rebuilt from the log on restart).
     dirt: BTreeMap<Member, BTreeSet<u64>>,
     /// Heal copies in flight: op -> (target, register).
@@ -216,6 +219,7 @@ impl Sim {
                 Boot {
                     op_base: 1 << 40,
                     restarted: false,
+                    activity: Vec::new(),
                 },
                 &mut out,
             );
@@ -229,6 +233,7 @@ impl Sim {
                 ops: BTreeMap::new(),
                 down_since_ms: 0,
                 dirt_log: BTreeMap::new(),
+                activity_log: BTreeSet::new(),
                 dirt: BTreeMap::new(),
                 heal_inflight: BTreeMap::new(),
                 heal_began_ms: [0; 8],
@@ -360,6 +365,11 @@ impl Sim {
                             .or_default()
                             .extend(keys.iter().copied());
                         node.dirt.entry(m).or_default().extend(keys.iter().copied());
+                    }
+                }
+                Output::RecordActivity { lock } => {
+                    if lock.fid < KEYS {
+                        self.nodes[n as usize].activity_log.insert(lock.fid);
                     }
                 }
                 Output::Propose { map } => {
@@ -883,6 +893,11 @@ impl Sim {
         node.up = true;
         node.incarnation += 1;
         node.dirt = node.dirt_log.clone();
+        let activity: Vec<LockKey> = node
+            .activity_log
+            .iter()
+            .map(|&k| LockKey::range(k, 0, 1))
+            .collect();
         let mut out = Vec::new();
         let op_base = node.incarnation << 40;
         node.replica = Some(Replica::new(
@@ -894,6 +909,7 @@ impl Sim {
             Boot {
                 op_base,
                 restarted: true,
+                activity,
             },
             &mut out,
         ));
@@ -939,6 +955,12 @@ impl Sim {
             return;
         };
         let map = *r.map();
+        node.activity_log = r
+            .activity_keys()
+            .iter()
+            .filter(|k| k.fid < KEYS)
+            .map(|k| k.fid)
+            .collect();
         for m in 0..map.members {
             if map.is_up_to_date(m) {
                 node.dirt_log.remove(&m);

@@ -4,7 +4,7 @@
 //! caused it is applied, so any up-to-date member can be the heal source. Byte-level format:
 //! docs/disk-format.md ("Dirt log").
 
-use brick_replication::MEMBERS_MAX;
+use brick_replication::{LockKey, MEMBERS_MAX};
 use brick_wire::FileId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -335,6 +335,112 @@ impl DirtLog {
     }
 }
 
+/// The activity log of one slot: `<brick>/.brickd/dirt/pg-<PG>.activity`, the same 32-byte
+/// records (kind range, the op's lock as the range). Appended before this member applies an
+/// op; rewritten now and then with what is still in doubt (`Replica::activity_keys`).
+pub(crate) struct ActivityLog {
+    path: PathBuf,
+    file: Option<File>,
+    /// Records appended since the last rewrite.
+    pub appended: u64,
+    pub rewritten_at: std::time::Instant,
+}
+
+impl ActivityLog {
+    /// Opens the log and returns what it holds: the ranges this member may have applied that
+    /// the others do not have. A damaged record stands for everything.
+    pub fn open(path: &Path) -> io::Result<(ActivityLog, Vec<LockKey>)> {
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new().recursive(true).create(dir)?;
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let whole = bytes.len() / RECORD_BYTES * RECORD_BYTES;
+        let mut keys = Vec::new();
+        for rec in bytes[..whole].chunks_exact(RECORD_BYTES) {
+            match decode(rec) {
+                Some((_, Some(Dirt::Range { fid, start, end }))) => {
+                    keys.push(LockKey { fid, start, end })
+                }
+                _ => keys.push(LockKey::EVERYTHING),
+            }
+        }
+        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.dedup();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        if whole != bytes.len() {
+            file.set_len(whole as u64)?;
+        }
+        let log = ActivityLog {
+            path: path.to_path_buf(),
+            file: Some(file),
+            appended: 0,
+            rewritten_at: std::time::Instant::now(),
+        };
+        Ok((log, keys))
+    }
+
+    pub fn detached() -> ActivityLog {
+        ActivityLog {
+            path: PathBuf::from("(not open)"),
+            file: None,
+            appended: 0,
+            rewritten_at: std::time::Instant::now(),
+        }
+    }
+
+    pub fn append(&mut self, lock: LockKey) -> io::Result<()> {
+        let Some(f) = self.file.as_mut() else {
+            return Err(io::Error::other("activity log not open"));
+        };
+        self.appended += 1;
+        f.write_all(&encode_lock(lock))
+    }
+
+    /// Replaces the log by `keys` (write a new file, rename it over the old one).
+    pub fn rewrite(&mut self, keys: &[LockKey]) -> io::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("activity.tmp");
+        let mut bytes = Vec::with_capacity(keys.len() * RECORD_BYTES);
+        for &k in keys {
+            bytes.extend_from_slice(&encode_lock(k));
+        }
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
+        self.appended = 0;
+        self.rewritten_at = std::time::Instant::now();
+        Ok(())
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn encode_lock(k: LockKey) -> [u8; RECORD_BYTES] {
+    encode(
+        0,
+        Some(Dirt::Range {
+            fid: k.fid,
+            start: k.start,
+            end: k.end,
+        }),
+    )
+}
+
 pub(crate) fn encode(target: u8, d: Option<Dirt>) -> [u8; RECORD_BYTES] {
     let (kind, fid, start, end) = match d {
         None => (KIND_CLEAR, 0, 0, 0),
@@ -398,6 +504,29 @@ mod tests {
         assert!(!r.covers(4096, 4097));
         r.remove(0, 20000);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn activity_log_keeps_ranges_across_reopen_and_rewrite() {
+        let dir = std::env::temp_dir().join(format!("brick-activity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("pg-1.activity");
+        let (mut log, keys) = ActivityLog::open(&path).unwrap();
+        assert!(keys.is_empty());
+        log.append(LockKey::range(9, 4096, 100)).unwrap();
+        log.append(LockKey::NAMESPACE).unwrap();
+        drop(log);
+        let (mut log, keys) = ActivityLog::open(&path).unwrap();
+        assert_eq!(keys, vec![LockKey::NAMESPACE, LockKey::range(9, 4096, 100)]);
+        log.rewrite(&[LockKey::whole_file(3)]).unwrap();
+        log.append(LockKey::range(3, 0, 1)).unwrap();
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.push(7); // a torn record
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, keys) = ActivityLog::open(&path).unwrap();
+        assert_eq!(keys, vec![LockKey::range(3, 0, 1), LockKey::whole_file(3)]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

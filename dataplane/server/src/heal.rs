@@ -191,6 +191,7 @@ fn tick_slot(ctx: &Rc<CoreCtx>, key: SlotKey) {
     let mut out = Vec::new();
     let now = repl::now_ms(ctx);
     repl::with_slot(ctx, key, |slot| {
+        compact_activity(slot);
         let map = *slot.replica.map();
         for m in 0..map.members {
             if map.is_up_to_date(m) && !slot.dirt.members[m as usize].is_empty() {
@@ -242,6 +243,21 @@ fn tick_slot(ctx: &Rc<CoreCtx>, key: SlotKey) {
         .detach();
     }
 }
+
+/// Rewrites the activity log with what is still in doubt, at most once a second, and only
+/// when it grew (so an idle PG writes nothing).
+fn compact_activity(slot: &mut repl::Slot) {
+    let a = &slot.activity;
+    if a.appended == 0 || a.rewritten_at.elapsed() < Duration::from_secs(ACTIVITY_REWRITE_S) {
+        return;
+    }
+    let keys = slot.replica.activity_keys();
+    if let Err(e) = slot.activity.rewrite(&keys) {
+        tracing::warn!(pg = slot.replica.pg, "activity log rewrite: {e}");
+    }
+}
+
+const ACTIVITY_REWRITE_S: u64 = 1;
 
 enum Next {
     Stop,

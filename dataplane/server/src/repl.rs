@@ -7,7 +7,7 @@
 //! store action is a spawned task whose completion is one more input.
 
 use crate::core::CoreCtx;
-use crate::dirt::{DirtLog, DirtReplay};
+use crate::dirt::{ActivityLog, DirtLog, DirtReplay};
 use crate::heal::{self, HealSlot};
 use crate::{exec, peer, MapRequest, ServeState, ServedVolume};
 use brick_replication::{
@@ -56,6 +56,8 @@ pub(crate) struct Slot {
     inbox: HashMap<(Member, OpId), Body>,
     /// What absent members missed (the heal source's record).
     pub dirt: DirtLog,
+    /// What this member applied that may not be everywhere yet (its own heal, if it leaves).
+    pub activity: ActivityLog,
     /// Namespace bodies applied here lately, by (sender, op): when a member leaves while
     /// they are in doubt, the record names their directories instead of the whole tree.
     recent_namespace: RecentBodies,
@@ -131,6 +133,22 @@ pub(crate) fn now_ms(ctx: &CoreCtx) -> u64 {
 
 pub(crate) fn slot_keys(ctx: &CoreCtx) -> Vec<SlotKey> {
     ctx.repl.slots.borrow().keys().copied().collect()
+}
+
+/// Opens a slot's activity log; returns it with the ranges it held (a crash left them in
+/// doubt). A log that cannot be opened stands for everything.
+fn open_activity(vol: &ServedVolume, pg: u32, m: Member) -> (ActivityLog, Vec<LockKey>) {
+    let Some(brick) = vol.members.get(m as usize).and_then(|s| s.brick.as_ref()) else {
+        return (ActivityLog::detached(), Vec::new());
+    };
+    let path = brick.meta_path(&format!("dirt/pg-{pg}.activity"));
+    match ActivityLog::open(&path) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!("{}: {e}; its ranges count as everything", path.display());
+            (ActivityLog::detached(), vec![LockKey::EVERYTHING])
+        }
+    }
 }
 
 /// Opens a slot's dirt log; a log that cannot be opened leaves the slot recording in memory
@@ -211,9 +229,11 @@ pub(crate) fn sync_slots(ctx: &Rc<CoreCtx>, state: &ServeState) {
                                     .get(o as usize)
                                     .is_some_and(|s| s.brick.is_none())
                             });
+                            let (activity, in_doubt) = open_activity(vol, pg as u32, m);
                             let boot = Boot {
                                 op_base: op_base(),
                                 restarted: !vol.members[m as usize].clean_start && elsewhere,
+                                activity: in_doubt,
                             };
                             let cfg = Config::default();
                             let replica = Replica::new(pg as u32, m, map, cfg, now, boot, &mut out);
@@ -225,6 +245,7 @@ pub(crate) fn sync_slots(ctx: &Rc<CoreCtx>, state: &ServeState) {
                                     ops: HashMap::new(),
                                     inbox: HashMap::new(),
                                     dirt: open_dirt(vol, pg as u32, m),
+                                    activity,
                                     recent_namespace: RecentBodies::default(),
                                     heal: HealSlot::default(),
                                 },
@@ -377,6 +398,11 @@ pub(crate) fn drive(ctx: &Rc<CoreCtx>, key: SlotKey, outputs: Vec<Output>) {
                 lock,
                 absent,
             } => record_dirt(ctx, key, (origin, op), lock, absent),
+            Output::RecordActivity { lock } => {
+                if let Some(Err(e)) = with_slot(ctx, key, |s| s.activity.append(lock)) {
+                    tracing::error!(vol = key.0, pg = key.1, "activity log: {e}");
+                }
+            }
             Output::Propose { map } => spawn_propose(ctx, key, map),
             Output::FetchMap => spawn_fetch(ctx, key),
         }
@@ -422,7 +448,9 @@ fn sync_dirt_before_fsync(ctx: &CoreCtx, key: SlotKey, opcode: u16) {
     if opcode != op::FSYNC {
         return;
     }
-    if let Some(Err(e)) = with_slot(ctx, key, |slot| slot.dirt.sync()) {
+    if let Some(Err(e)) = with_slot(ctx, key, |slot| {
+        slot.dirt.sync().and_then(|()| slot.activity.sync())
+    }) {
         tracing::error!(vol = key.0, pg = key.1, "dirt log sync: {e}");
     }
 }
@@ -863,6 +891,18 @@ fn decode_lock(d: &mut Dec) -> Result<LockKey, DecodeError> {
     Ok(LockKey { fid, start, end })
 }
 
+fn decode_keys(d: &mut Dec) -> Result<Vec<LockKey>, DecodeError> {
+    let n = d.u32("key count")?;
+    if n > IN_DOUBT_KEYS_MAX {
+        return Err(DecodeError::BadValue("in-doubt key count", n as u64));
+    }
+    let mut keys = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        keys.push(decode_lock(d)?);
+    }
+    Ok(keys)
+}
+
 fn encode_repl(
     vol: u32,
     pg: u32,
@@ -905,8 +945,19 @@ fn encode_repl(
         Msg::Heartbeat { epoch, watermark } => {
             e.u8(KIND_HEARTBEAT).u64(*epoch).u64(*watermark);
         }
-        Msg::HeartbeatAck { epoch } => {
+        Msg::HeartbeatAck { epoch, in_doubt } => {
             e.u8(KIND_HEARTBEAT_ACK).u64(*epoch);
+            match in_doubt {
+                None => {
+                    e.u8(0);
+                }
+                Some(keys) => {
+                    e.u8(1).u32(keys.len() as u32);
+                    for k in keys {
+                        encode_lock(&mut e, k);
+                    }
+                }
+            }
         }
         Msg::Query { epoch } => {
             e.u8(KIND_QUERY).u64(*epoch);
@@ -972,22 +1023,21 @@ fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
             epoch: d.u64("epoch")?,
             watermark: d.u64("watermark")?,
         },
-        KIND_HEARTBEAT_ACK => Msg::HeartbeatAck {
-            epoch: d.u64("epoch")?,
-        },
+        KIND_HEARTBEAT_ACK => {
+            let epoch = d.u64("epoch")?;
+            let in_doubt = match d.u8("in-doubt flag")? {
+                0 => None,
+                1 => Some(decode_keys(&mut d)?),
+                other => return Err(DecodeError::BadValue("in-doubt flag", other as u64)),
+            };
+            Msg::HeartbeatAck { epoch, in_doubt }
+        }
         KIND_QUERY => Msg::Query {
             epoch: d.u64("epoch")?,
         },
         KIND_IN_DOUBT => {
             let epoch = d.u64("epoch")?;
-            let n = d.u32("key count")?;
-            if n > IN_DOUBT_KEYS_MAX {
-                return Err(DecodeError::BadValue("in-doubt key count", n as u64));
-            }
-            let mut keys = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                keys.push(decode_lock(&mut d)?);
-            }
+            let keys = decode_keys(&mut d)?;
             Msg::InDoubt { epoch, keys }
         }
         other => {
@@ -1061,7 +1111,20 @@ mod tests {
             },
             None,
         );
-        roundtrip(Msg::HeartbeatAck { epoch: 5 }, None);
+        roundtrip(
+            Msg::HeartbeatAck {
+                epoch: 5,
+                in_doubt: None,
+            },
+            None,
+        );
+        roundtrip(
+            Msg::HeartbeatAck {
+                epoch: 5,
+                in_doubt: Some(vec![lock, LockKey::NAMESPACE]),
+            },
+            None,
+        );
         roundtrip(Msg::Query { epoch: 6 }, None);
         roundtrip(
             Msg::InDoubt {
