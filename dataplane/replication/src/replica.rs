@@ -628,8 +628,12 @@ impl Replica {
                 self.retire(out);
                 self.fail_all(OpError::Unavailable, out);
             }
+            // The only copy: it cannot step down; this op fails, the next may succeed. If it
+            // was forwarded (to healing members), it keeps its lock until they answered: one
+            // that applied it disagrees and leaves, with the op recorded for its heal, and no
+            // later op on the range can overtake it there.
+            Outcome::Failed if p.forwarded => self.check_done(now_ms, op, out),
             Outcome::Failed => {
-                // The only copy: it cannot step down; this op fails, the next may succeed.
                 self.finish(now_ms, op, Err(OpError::Unavailable), out);
             }
             Outcome::Refused(code) if p.local_first => {
