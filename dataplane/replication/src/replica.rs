@@ -385,10 +385,12 @@ impl Replica {
         keys
     }
 
-    /// What a member behind reports to the primary: its activity, or "everything" when that
-    /// is more than one message may carry.
+    /// What a member behind reports to the primary: its activity when it left (or at its
+    /// restart), or "everything" when that is more than one message may carry.
     fn reported_keys(&self) -> Vec<LockKey> {
-        let keys = self.activity_keys();
+        let mut keys = self.own_in_doubt.clone();
+        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.dedup();
         if keys.len() > IN_DOUBT_REPORT_KEYS_MAX {
             vec![LockKey::EVERYTHING]
         } else {
@@ -803,7 +805,10 @@ impl Replica {
             }
             Msg::HeartbeatAck { epoch, in_doubt } => {
                 self.heard(now_ms, from, epoch, out);
-                let behind = !self.map.is_up_to_date(from);
+                // Recorded once per primary and absence: copied ranges leave the dirt, and a
+                // report recorded again would bring them back.
+                let fresh = self.reported & (1 << from) == 0;
+                let behind = !self.map.is_up_to_date(from) && fresh;
                 if let (Some(keys), true, true) = (in_doubt, behind, self.is_primary()) {
                     for lock in keys {
                         out.push(Output::RecordDirty {
@@ -1232,6 +1237,13 @@ impl Replica {
         self.map = map;
         self.suspect &= map.receivers();
         self.record_leavers(old, out);
+        let me_bit = 1 << self.me;
+        if old.receivers() & me_bit != 0 && map.receivers() & me_bit == 0 {
+            // Leaving: what this member applied and is not known to be everywhere is what it
+            // reports when it comes back (forwards it gets while healing are not in doubt).
+            let keys = self.activity_keys();
+            self.own_in_doubt = keys;
+        }
         // A heal copy whose target left did not land: it fails (its dirt stays recorded).
         let lost_heals: Vec<OpId> = self
             .pending
@@ -1254,7 +1266,8 @@ impl Replica {
         if map.is_up_to_date(self.me) {
             self.own_in_doubt.clear(); // healed: the primary copied them
         }
-        self.reported &= !map.up_to_date;
+        // Up to date: nothing to report; left again: a new report (a new absence).
+        self.reported &= !map.up_to_date & !(old.receivers() & !map.receivers());
         if self.is_primary() {
             if !was_primary {
                 self.reported = 0;
