@@ -286,11 +286,7 @@ pub(crate) async fn resync_body(
     member: u8,
     lock: LockKey,
 ) -> Result<repl::Body, String> {
-    let noop = || repl::Body {
-        opcode: repl::NOOP,
-        minted: 0,
-        payload: Rc::new(Vec::new()),
-    };
+    let noop = repl::Body::noop;
     let gone = |e: &FsError| {
         matches!(
             e.code,

@@ -340,11 +340,7 @@ fn next_work(slot: &mut repl::Slot, target: Member) -> Next {
         return Next::Stop;
     }
     let pg = slot.replica.pg;
-    let brick = slot
-        .vol
-        .members
-        .get(slot.replica.me() as usize)
-        .and_then(|s| s.brick.clone());
+    let brick = slot.brick();
     let d = &mut slot.dirt.members[target as usize];
     if d.all {
         if let Some(b) = &brick {
@@ -540,6 +536,9 @@ pub(crate) fn on_done(slot: &mut repl::Slot, op: OpId, ok: bool) {
 /// the listing of every directory they missed changes in, parents first. Registers the plan
 /// (so its dirt is cleared once every target has it) unless one was registered by `submit`.
 pub(crate) fn catch_up_read(slot: &mut repl::Slot, op: OpId) -> Result<Body, String> {
+    let brick = slot
+        .brick()
+        .ok_or("the heal source's brick is not on this node")?;
     let healing = slot.replica.map().healing;
     let mut dirs = BTreeSet::new();
     let mut tree = false;
@@ -561,13 +560,6 @@ pub(crate) fn catch_up_read(slot: &mut repl::Slot, op: OpId) -> Result<Body, Str
         dirs: dirs.iter().copied().collect(),
         tree,
     };
-    let me = slot.replica.me();
-    let brick = slot
-        .vol
-        .members
-        .get(me as usize)
-        .and_then(|s| s.brick.clone())
-        .ok_or("the heal source's brick is not on this node")?;
     let result = catch_up_body(&brick, &dirs, tree);
     if let Err(why) = &result {
         plan.failed = Some(why.clone());
@@ -578,19 +570,11 @@ pub(crate) fn catch_up_read(slot: &mut repl::Slot, op: OpId) -> Result<Body, Str
 /// The resync of an in-doubt namespace change: the listings of `dirs` on this member (the
 /// new primary), which every other member makes its own (the catch-up's body and code).
 pub(crate) fn namespace_resync_body(slot: &repl::Slot, dirs: &[FileId]) -> Result<Body, String> {
-    let me = slot.replica.me();
     let brick = slot
-        .vol
-        .members
-        .get(me as usize)
-        .and_then(|s| s.brick.clone())
+        .brick()
         .ok_or("the primary's brick is not on this node")?;
     if dirs.is_empty() {
-        return Ok(Body {
-            opcode: repl::NOOP,
-            minted: 0,
-            payload: Rc::new(Vec::new()),
-        });
+        return Ok(Body::noop());
     }
     catch_up_body(&brick, &dirs.iter().copied().collect(), false)
 }
@@ -779,11 +763,7 @@ fn report(slot: &repl::Slot) -> Option<HealReport> {
         return None;
     }
     let me = slot.replica.me();
-    let brick = slot
-        .vol
-        .members
-        .get(me as usize)
-        .and_then(|s| s.brick.clone());
+    let brick = slot.brick();
     let mut targets = Vec::new();
     for m in (0..map.members).filter(|m| behind & (1 << m) != 0) {
         let d = &slot.dirt.members[m as usize];

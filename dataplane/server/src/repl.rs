@@ -38,6 +38,16 @@ pub(crate) struct Body {
 
 pub(crate) const NOOP: u16 = 0;
 
+impl Body {
+    pub fn noop() -> Body {
+        Body {
+            opcode: NOOP,
+            minted: 0,
+            payload: Rc::new(Vec::new()),
+        }
+    }
+}
+
 struct PrimaryOp {
     request_id: u64,
     body: Body,
@@ -46,6 +56,16 @@ struct PrimaryOp {
     local_reply: Option<Vec<u8>>,
     /// `None` for resync ops, which have no client.
     waiter: Option<flume::Sender<Vec<u8>>>,
+}
+
+impl Slot {
+    /// The brick of this slot's member (on this node by construction of the slot).
+    pub fn brick(&self) -> Option<Arc<brick_store::Brick>> {
+        self.vol
+            .members
+            .get(self.replica.me() as usize)
+            .and_then(|s| s.brick.clone())
+    }
 }
 
 pub(crate) struct Slot {
@@ -483,6 +503,23 @@ fn spawn_apply_local(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId) {
     .detach();
 }
 
+/// A namespace listing that could not be read is sent as a no-op: never a reason to fail
+/// this member (the reason is logged, and a heal keeps its dirt).
+fn body_or_noop(
+    key: SlotKey,
+    read: Option<Result<Body, String>>,
+    what: &str,
+) -> Result<Body, String> {
+    match read {
+        Some(Ok(body)) => Ok(body),
+        Some(Err(why)) => {
+            tracing::warn!(vol = key.0, pg = key.1, "{what}: {why}");
+            Ok(Body::noop())
+        }
+        None => Err("the volume stopped".to_string()),
+    }
+}
+
 fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
     let Some(vol) = with_slot(ctx, key, |slot| slot.vol.clone()) else {
         return;
@@ -493,18 +530,7 @@ fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
             // A heal's namespace catch-up; one that cannot be read is sent empty (the heal
             // reports why and keeps its dirt), never failing this member.
             let catch_up = with_slot(&ctx, key, |slot| heal::catch_up_read(slot, op));
-            match catch_up {
-                Some(Err(why)) => {
-                    tracing::error!(vol = vol.id, pg = key.1, "heal: {why}");
-                    Ok(Body {
-                        opcode: NOOP,
-                        minted: 0,
-                        payload: Rc::new(Vec::new()),
-                    })
-                }
-                Some(Ok(body)) => Ok(body),
-                None => Err("the volume stopped".to_string()),
-            }
+            body_or_noop(key, catch_up, "heal: namespace catch-up not read")
         } else if lock == LockKey::NAMESPACE {
             // An in-doubt namespace change: make the directories the last namespace ops
             // touched identical to this (the new primary's) copy on every member.
@@ -512,19 +538,7 @@ fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
                 let dirs = slot.recent_namespace.last_dirs(NAMESPACE_RESYNC_OPS);
                 heal::namespace_resync_body(slot, &dirs)
             });
-            match body {
-                Some(Err(why)) => {
-                    // Never a reason to fail this member: the gap stays as before (logged).
-                    tracing::warn!(vol = vol.id, pg = key.1, "namespace resync skipped: {why}");
-                    Ok(Body {
-                        opcode: NOOP,
-                        minted: 0,
-                        payload: Rc::new(Vec::new()),
-                    })
-                }
-                Some(Ok(body)) => Ok(body),
-                None => Err("the volume stopped".to_string()),
-            }
+            body_or_noop(key, body, "namespace resync skipped")
         } else if with_slot(&ctx, key, |slot| heal::is_handoff(slot, op)) == Some(true) {
             let body = with_slot(&ctx, key, |slot| {
                 let targets = slot.heal.plans.get(&op).map_or(0, |p| p.targets);
@@ -538,12 +552,7 @@ fn spawn_resync_read(ctx: &Rc<CoreCtx>, key: SlotKey, op: OpId, lock: LockKey) {
             Ok(body) => (body, Outcome::Ok),
             Err(e) => {
                 tracing::warn!(vol = vol.id, pg = key.1, "resync read failed: {e}");
-                let noop = Body {
-                    opcode: NOOP,
-                    minted: 0,
-                    payload: Rc::new(Vec::new()),
-                };
-                (noop, Outcome::Failed)
+                (Body::noop(), Outcome::Failed)
             }
         };
         feed(&ctx, key, |slot, now, out| {
