@@ -202,6 +202,8 @@ fn run_one(
         for t in tasks {
             t.await.expect("fill task");
         }
+        // The kernel writes the fill back ~30 s later, stalling the load at random: now.
+        let _ = std::process::Command::new("sync").status();
         (vol, f.fid)
     });
     let info = rt
@@ -218,6 +220,10 @@ fn run_one(
         .find(|&i| cluster.nodes[i].name != primary)
         .expect("a secondary");
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    // Lines up the latency log (ms since the load started) with the nodes' logs.
+    let load_start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let load = Arc::new(Load {
         start: Instant::now(),
         stop: AtomicBool::new(false),
@@ -310,6 +316,7 @@ fn run_one(
         "qd": QD,
         "victim": cluster.nodes[victim].name,
         "outage_ms": restart_ms - kill_ms,
+        "load_start_unix_ms": load_start_unix_ms,
         "distinct_bytes_written_during_outage": distinct_bytes,
         "bytes_copied_by_heal": copied,
         "copied_over_distinct": if distinct_bytes > 0 { copied as f64 / distinct_bytes as f64 } else { 0.0 },
@@ -343,6 +350,13 @@ fn main() {
         let row = run_one(&mut cluster, &rt, &o, r);
         println!("{row}");
         rows.push(row);
+    }
+    for n in &cluster.nodes {
+        // The nodes' logs belong with the results (map changes, heal progress, stalls).
+        let _ = std::fs::copy(
+            n.dir.join("brickd.log"),
+            o.out.join(format!("{}.log", n.name)),
+        );
     }
     drop(cluster);
     let summary = json!({"runs": rows});

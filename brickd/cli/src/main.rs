@@ -133,6 +133,13 @@ enum VolumeCmd {
         key: String,
         value: String,
     },
+    /// replace-brick NAME OLD_NODE:DIR NEW_NODE:DIR: the new (empty) brick takes the old
+    /// one's place and gets a full heal; `brick heal status NAME` follows it
+    ReplaceBrick {
+        name: String,
+        old: String,
+        new: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -322,6 +329,7 @@ async fn volume(client: &Client, out: &Out, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::Status { name } => MgmtOp::VolumeStatus { name },
         VolumeCmd::List => MgmtOp::VolumeList,
         VolumeCmd::Set { name, key, value } => MgmtOp::VolumeSet { name, key, value },
+        VolumeCmd::ReplaceBrick { name, old, new } => MgmtOp::VolumeReplaceBrick { name, old, new },
     };
     let doc = client.mgmt(&op).await?;
     out.report(&doc, pretty);

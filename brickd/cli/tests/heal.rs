@@ -5,10 +5,12 @@
 //! The replica-2 run also kills the heal source (the only up-to-date copy) halfway through
 //! the heal: it resumes from the dirt log on disk. `brick node can-stop` must say no while a
 //! node holds the only up-to-date copy (or stopping it stops writes), and yes once healed.
+//! `brick volume replace-brick` puts an empty brick in the place of a dead one (on another
+//! node) and of a live one (on the same node): each gets a full heal to an identical copy.
 
 use brick_client::{Client, Volume};
 use brick_cluster::mgmt::MgmtOp;
-use brick_testkit::failover::{compare_copies, LocalCluster};
+use brick_testkit::failover::{compare_bricks, compare_copies, LocalCluster};
 use brick_testkit::pattern;
 use brick_wire::{SetAttr, ROOT_FILE_ID};
 use serde_json::Value;
@@ -112,22 +114,7 @@ async fn populate(vol: &Volume) -> Expected {
 
 /// Everything a replica misses while it is down: data and namespace changes.
 async fn churn(vol: &Volume, exp: &mut Expected, seed: u64, extra_bytes: u64) {
-    let img = vol.resolve("vm.img").await.expect("image");
-    let mut x = seed | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    for i in 0..300u64 {
-        let off = next() % (IMAGE_BYTES / BLOCK) * BLOCK;
-        let data = pattern(seed ^ i, off, BLOCK as usize);
-        vol.write(img.fid, off, &data, false)
-            .await
-            .expect("random write");
-        exp.image[off as usize..(off + BLOCK) as usize].copy_from_slice(&data);
-    }
+    let img = scribble_image(vol, exp, seed).await;
     // Larger dirt, in 64 KiB pieces, so the heal takes a while at a set rate.
     for i in 0..extra_bytes / (64 << 10) {
         let off = (i * 3 * (64 << 10)) % IMAGE_BYTES;
@@ -173,6 +160,27 @@ async fn churn(vol: &Volume, exp: &mut Expected, seed: u64, extra_bytes: u64) {
     vol.symlink(ROOT_FILE_ID, "link", "docs/d")
         .await
         .expect("symlink");
+}
+
+/// 300 random 4 KiB writes to the image; returns its attributes.
+async fn scribble_image(vol: &Volume, exp: &mut Expected, seed: u64) -> brick_wire::Attr {
+    let img = vol.resolve("vm.img").await.expect("image");
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..300u64 {
+        let off = next() % (IMAGE_BYTES / BLOCK) * BLOCK;
+        let data = pattern(seed ^ i, off, BLOCK as usize);
+        vol.write(img.fid, off, &data, false)
+            .await
+            .expect("random write");
+        exp.image[off as usize..(off + BLOCK) as usize].copy_from_slice(&data);
+    }
+    img
 }
 
 async fn check_image(vol: &Volume, exp: &Expected) {
@@ -310,4 +318,120 @@ fn returning_replicas_heal_to_identical_copies() {
     ] {
         heal_run(&mut cluster, &rt, &run);
     }
+}
+
+fn data_dir(cluster: &LocalCluster, node: usize, brick: &str) -> PathBuf {
+    cluster.nodes[node].brick_dir(brick).join("data")
+}
+
+/// Replaces `old` by `new` and waits for the full heal.
+fn replace_and_heal(
+    cluster: &LocalCluster,
+    volume: &str,
+    (old_node, old): (usize, &str),
+    (new_node, new): (usize, &str),
+) {
+    let spec = |n: usize, b: &str| {
+        format!(
+            "{}:{}",
+            cluster.nodes[n].name,
+            cluster.nodes[n].brick_dir(b).display()
+        )
+    };
+    let (old_spec, new_spec) = (spec(old_node, old), spec(new_node, new));
+    let doc = brick_json(
+        cluster,
+        &["volume", "replace-brick", volume, &old_spec, &new_spec],
+    );
+    let listed: Vec<&str> = doc["replica_sets"][0]
+        .as_array()
+        .map(|b| b.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        listed.contains(&new_spec.as_str()) && !listed.contains(&old_spec.as_str()),
+        "{doc:#}"
+    );
+    let behind = brick_json(cluster, &["heal", "status", volume]);
+    assert_eq!(behind["healed"], Value::Bool(false), "{behind:#}");
+    let again = brick_json(
+        cluster,
+        &["volume", "replace-brick", volume, &old_spec, &new_spec],
+    );
+    assert_eq!(
+        again["epoch"], doc["epoch"],
+        "a repeated replace changes nothing"
+    );
+    let started = Instant::now();
+    let done = wait_healed(cluster, volume);
+    eprintln!(
+        "{volume}: {new_spec} fully healed in {:?}: {done}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn replaced_bricks_get_a_full_heal() {
+    let mut cluster = LocalCluster::start(&brickd_exe(), "replace", &["n1", "n2", "n3"], PASSWORD);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rt
+        .block_on(Client::connect(cluster.admin.clone()))
+        .expect("connect");
+    let name = "rb";
+    let vol = rt.block_on(setup(&client, &cluster, name, 2));
+    let mut exp = rt.block_on(populate(&vol));
+    // n2's disk dies: its brick is replaced by an empty one on n3.
+    cluster.nodes[1].kill9();
+    rt.block_on(churn(&vol, &mut exp, 21, 0));
+    replace_and_heal(&cluster, name, (1, name), (2, "rb-new"));
+    compare_bricks(
+        ("n1", &data_dir(&cluster, 0, name)),
+        ("n3", &data_dir(&cluster, 2, "rb-new")),
+    );
+    // The old node comes back: it no longer serves the volume and changes nothing.
+    cluster.nodes[1].restart();
+    let vol = rt.block_on(client.open_volume(name)).expect("reopen");
+    rt.block_on(scribble_image(&vol, &mut exp, 22));
+    rt.block_on(check_image(&vol, &exp));
+    // A live brick replaced by another directory on the same node, while clients write.
+    let writer = {
+        let vol = vol.clone();
+        rt.spawn(async move {
+            let f = vol
+                .create(ROOT_FILE_ID, "during", 0o644, true)
+                .await
+                .expect("create during");
+            for i in 0..200u64 {
+                let data = pattern(i, i * BLOCK, BLOCK as usize);
+                vol.write(f.fid, i * BLOCK, &data, false)
+                    .await
+                    .expect("write during the replace");
+            }
+        })
+    };
+    replace_and_heal(&cluster, name, (0, name), (0, "rb-2"));
+    rt.block_on(writer).expect("writer");
+    let done = wait_healed(&cluster, name);
+    assert_eq!(done["bytes_left"], Value::from(0u64));
+    compare_bricks(
+        ("n3", &data_dir(&cluster, 2, "rb-new")),
+        ("n1", &data_dir(&cluster, 0, "rb-2")),
+    );
+    rt.block_on(check_image(&vol, &exp));
+    let during = rt.block_on(vol.resolve("during")).expect("during");
+    let got = rt
+        .block_on(vol.read(during.fid, 0, (200 * BLOCK) as u32))
+        .expect("read during");
+    for i in 0..200u64 {
+        let want = pattern(i, i * BLOCK, BLOCK as usize);
+        assert!(
+            got[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize] == want[..],
+            "block {i} written during the replace"
+        );
+    }
+    let yes = can_stop(&cluster, "n2");
+    assert_eq!(yes["can_stop"], Value::Bool(true), "{yes:#}");
 }

@@ -34,6 +34,12 @@ pub enum MgmtOp {
         key: String,
         value: String,
     },
+    /// Puts the empty brick `new` (NODE:DIR) in the place of `old`; it gets a full heal.
+    VolumeReplaceBrick {
+        name: String,
+        old: String,
+        new: String,
+    },
     PeerAdd {
         name: String,
         addr: String,

@@ -233,6 +233,10 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 const CAS_RETRIES_MAX: usize = 16;
+/// Keys one transaction checks or writes at most (etcd refuses more than 128 operations).
+const TXN_KEYS_MAX: usize = 120;
+/// Refused PGs an error message lists at most.
+const REFUSALS_LISTED_MAX: usize = 8;
 
 /// Typed access to the cluster state.
 #[derive(Clone)]
@@ -399,6 +403,89 @@ impl Cluster {
                 )
                 .await?
             {
+                return Ok(vol);
+            }
+        }
+        Err(ClusterError::Contended)
+    }
+
+    /// Replaces brick `old` of a volume by the empty brick `new` in one transaction: the
+    /// volume lists `new` in `old`'s place, and in every PG of that replica set the member is
+    /// absent and fresh (its new brick is filled by a full heal). Refused when a PG would lose
+    /// its last up-to-date copy or drop below `min_size`. Idempotent: when `new` is already in
+    /// `old`'s place, returns the volume as it is.
+    pub async fn replace_brick(
+        &self,
+        name: &str,
+        old: &BrickSpec,
+        new: &BrickSpec,
+    ) -> ClusterResult<Volume> {
+        let key = vol_key(name);
+        for _ in 0..CAS_RETRIES_MAX {
+            let Some(vol_bytes) = self.store.get(&key).await? else {
+                return Err(ClusterError::NotFound(format!("volume {name}")));
+            };
+            let mut vol: Volume = from_json(&key, &vol_bytes)?;
+            if vol.bricks.contains(new) {
+                if vol.bricks.contains(old) || old == new {
+                    return Err(ClusterError::Exists(format!(
+                        "brick {new} in volume {name}"
+                    )));
+                }
+                return Ok(vol); // done by an earlier attempt
+            }
+            let Some(index) = vol.bricks.iter().position(|b| b == old) else {
+                return Err(ClusterError::NotFound(format!(
+                    "brick {old} in volume {name}"
+                )));
+            };
+            let (set, m) = (
+                index / vol.replica as usize,
+                (index % vol.replica as usize) as u8,
+            );
+            let mut checks = vec![(key.clone(), Some(vol_bytes))];
+            let mut ops = Vec::new();
+            let mut refused = Vec::new();
+            for (k, bytes) in self.store.list(&format!("pgmaps/{name}/")).await? {
+                let Some(pg) = k.rsplit('/').next().and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if vol.replica_set_of_pg(pg) != set {
+                    continue;
+                }
+                let map: PgMap = from_json(&k, &bytes)?;
+                match map.with_replaced(m) {
+                    None => refused.push(format!("PG {pg}: {old} holds its only up-to-date copy")),
+                    Some(next) if (next.up_to_date_count() as u32) < vol.min_size => {
+                        refused.push(format!(
+                            "PG {pg}: would keep {} up-to-date copies, below min_size {}",
+                            next.up_to_date_count(),
+                            vol.min_size
+                        ))
+                    }
+                    Some(next) => ops.push(TxnOp::Put(k.clone(), to_json(&next))),
+                }
+                checks.push((k, Some(bytes)));
+            }
+            if !refused.is_empty() {
+                refused.truncate(REFUSALS_LISTED_MAX);
+                return Err(ClusterError::Invalid(format!(
+                    "replacing {old} would lose data or writability: {}",
+                    refused.join("; ")
+                )));
+            }
+            if checks.len() > TXN_KEYS_MAX {
+                return Err(ClusterError::Invalid(format!(
+                    "replace-brick changes {} PG maps in one transaction; this build allows at \
+                     most {} (fewer PGs per replica set)",
+                    checks.len() - 1,
+                    TXN_KEYS_MAX - 1
+                )));
+            }
+            vol.bricks[index] = new.clone();
+            vol.epoch += 1;
+            ops.push(TxnOp::Put(key.clone(), to_json(&vol)));
+            if self.store.txn(&checks, &ops).await? {
                 return Ok(vol);
             }
         }
@@ -640,6 +727,36 @@ mod tests {
         (0..n)
             .map(|i| BrickSpec::parse(&format!("n1:/b/{i}")).unwrap())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn replace_brick_marks_the_member_fresh_in_one_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cluster::new(Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
+        let v = c.create_volume("v", 2, bricks(2), Some(4)).await.unwrap();
+        c.ensure_pg_maps(&v).await.unwrap();
+        let (old, new) = (&bricks(2)[1], BrickSpec::parse("n2:/b/new").unwrap());
+        let missing = BrickSpec::parse("n9:/nowhere").unwrap();
+        assert!(matches!(
+            c.replace_brick("v", &missing, &new).await,
+            Err(ClusterError::NotFound(_))
+        ));
+        let after = c.replace_brick("v", old, &new).await.unwrap();
+        assert_eq!(after.bricks[1], new);
+        assert_eq!(after.epoch, v.epoch + 1);
+        for map in c.pg_maps(&after).await.unwrap().into_iter().flatten() {
+            assert_eq!((map.epoch, map.up_to_date, map.fresh), (2, 0b01, 0b10));
+        }
+        let again = c.replace_brick("v", old, &new).await.unwrap();
+        assert_eq!(
+            again.epoch, after.epoch,
+            "a repeated request changes nothing"
+        );
+        let err = c
+            .replace_brick("v", &bricks(2)[0], &BrickSpec::parse("n3:/b/x").unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("only up-to-date copy"), "{err}");
     }
 
     #[tokio::test]

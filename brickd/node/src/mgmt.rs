@@ -37,7 +37,7 @@ fn cluster_err(e: ClusterError) -> (ErrorCode, String) {
 
 const REPLICATION_NOTE: &str = "primary-copy replication per placement group: writes and namespace changes go to the PG's \
 primary, which applies them and forwards them to every up-to-date member before answering. A member that fails or stops \
-answering leaves the PG's up-to-date set (see pgs); bringing it back up to date (heal) is not built yet";
+answering leaves the PG's up-to-date set (see pgs); when it answers again, the primary heals it: it copies what the member missed (recorded in the dirt logs) in the background, and the member rejoins the up-to-date set (`brick heal status`)";
 
 impl Mgmt {
     pub fn new(cluster: Cluster, node: String) -> Mgmt {
@@ -133,6 +133,7 @@ impl Mgmt {
             };
             members.push(MemberSpec {
                 node: spec.node.clone(),
+                path: spec.path.clone(),
                 addr: nodes
                     .iter()
                     .find(|n| n.name == spec.node)
@@ -316,6 +317,30 @@ impl Mgmt {
                 Ok(json!({"volumes": vols.iter().map(|v| json!({
                     "name": v.name, "id": v.id, "replica": v.replica, "status": v.status, "bricks": v.bricks.len()
                 })).collect::<Vec<_>>()}))
+            }
+            MgmtOp::VolumeReplaceBrick { name, old, new } => {
+                let (old, new) = (
+                    BrickSpec::parse(&old).map_err(cluster_err)?,
+                    BrickSpec::parse(&new).map_err(cluster_err)?,
+                );
+                let nodes = c.list_nodes().await.map_err(cluster_err)?;
+                if !nodes.iter().any(|n| n.name == new.node) {
+                    return Err((
+                        ErrorCode::Invalid,
+                        format!(
+                            "brick {new}: node {:?} is not a peer of this cluster",
+                            new.node
+                        ),
+                    ));
+                }
+                let vol = c
+                    .replace_brick(&name, &old, &new)
+                    .await
+                    .map_err(cluster_err)?;
+                let mut info = self.info(&vol);
+                info["replaced"] = json!({"old": old.to_string(), "new": new.to_string()});
+                info["pgs"] = pg_summary(&vol, &c.pg_maps(&vol).await.map_err(cluster_err)?);
+                Ok(info)
             }
             MgmtOp::VolumeSet { name, key, value } => {
                 validate_option(&key, &value).map_err(cluster_err)?;

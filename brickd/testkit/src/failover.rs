@@ -399,31 +399,38 @@ pub fn compare_copies(nodes: &[ServeNode], survivors: &[usize], volume: &str) {
     let Some((&first, rest)) = survivors.split_first() else {
         return;
     };
-    let reference = tree(&copy(first));
-    assert!(
-        reference.len() > 2,
-        "nothing to compare on {}",
-        nodes[first].name
-    );
     for &other in rest {
-        let theirs = tree(&copy(other));
-        let names = |t: &Vec<(String, Vec<u8>)>| t.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
-        assert_eq!(
-            names(&reference),
-            names(&theirs),
-            "{} and {} hold different entries",
-            nodes[first].name,
-            nodes[other].name
+        compare_bricks(
+            (&nodes[first].name, &copy(first)),
+            (&nodes[other].name, &copy(other)),
         );
-        for (a, b) in reference.iter().zip(&theirs) {
-            assert!(
-                a.1 == b.1,
-                "{}: the copies on {} and {} differ",
-                a.0,
-                nodes[first].name,
-                nodes[other].name
-            );
-        }
+    }
+}
+
+/// Asserts that two brick data directories hold the same entries with the same contents
+/// (and that the first holds something).
+pub fn compare_bricks(
+    (a_name, a): (&str, &std::path::Path),
+    (b_name, b): (&str, &std::path::Path),
+) {
+    let reference = tree(a);
+    assert!(reference.len() > 2, "nothing to compare on {a_name}");
+    let theirs = tree(b);
+    let names = |t: &Vec<(String, Vec<u8>)>| t.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&reference),
+        names(&theirs),
+        "{a_name} and {b_name} hold different entries"
+    );
+    for (x, y) in reference.iter().zip(&theirs) {
+        let first_difference = x.1.iter().zip(&y.1).position(|(p, q)| p != q);
+        assert!(
+            x.1 == y.1,
+            "{}: the copies on {a_name} ({} bytes) and {b_name} ({} bytes) differ (first at {first_difference:?})",
+            x.0,
+            x.1.len(),
+            y.1.len()
+        );
     }
 }
 

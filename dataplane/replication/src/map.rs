@@ -27,6 +27,11 @@ pub struct PgMap {
     pub min_size: u8,
     /// The member asked to be primary while it is up to date (spreads primaries over a set).
     pub preferred: Member,
+    /// Bit i set: member i is a new brick (`volume replace-brick`) that holds nothing yet.
+    /// Every up-to-date member records everything as missed for it (a full heal through the
+    /// same machinery); the bit clears when it becomes up to date.
+    #[serde(default)]
+    pub fresh: u8,
 }
 
 impl PgMap {
@@ -41,6 +46,7 @@ impl PgMap {
             healing: 0,
             min_size,
             preferred: preferred % members,
+            fresh: 0,
         }
     }
 
@@ -53,6 +59,8 @@ impl PgMap {
             && self.up_to_date & !mask_of(self.members) == 0
             && self.healing & !mask_of(self.members) == 0
             && self.healing & self.up_to_date == 0
+            && self.fresh & !mask_of(self.members) == 0
+            && self.fresh & self.up_to_date == 0
             && self.up_to_date != 0
     }
 
@@ -131,6 +139,27 @@ impl PgMap {
             epoch: self.epoch + 1,
             healing: self.healing & !(1 << m),
             up_to_date: self.up_to_date | (1 << m),
+            fresh: self.fresh & !(1 << m),
+            ..*self
+        })
+    }
+
+    /// The next map once member `m`'s brick is replaced by an empty one: absent and fresh.
+    /// `None` if `m` holds the last up-to-date copy.
+    pub fn with_replaced(&self, m: Member) -> Option<PgMap> {
+        if m >= self.members {
+            return None;
+        }
+        let bit = 1 << m;
+        let up_to_date = self.up_to_date & !bit;
+        if up_to_date == 0 {
+            return None;
+        }
+        Some(PgMap {
+            epoch: self.epoch + 1,
+            up_to_date,
+            healing: self.healing & !bit,
+            fresh: self.fresh | bit,
             ..*self
         })
     }
@@ -147,6 +176,26 @@ pub fn mask_of(members: u8) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_member_is_fresh_until_healed() {
+        let m = PgMap::initial(2, 1, 1);
+        let r = m.with_replaced(1).unwrap();
+        assert_eq!((r.epoch, r.up_to_date, r.fresh), (2, 0b01, 0b10));
+        assert_eq!(r.primary(), Some(0));
+        assert!(r.is_valid());
+        assert!(
+            r.with_replaced(0).is_none(),
+            "the last up-to-date copy stays"
+        );
+        assert!(r.with_replaced(2).is_none());
+        let healed = r.with_healing(1).unwrap().with_healed(1).unwrap();
+        assert_eq!((healed.up_to_date, healed.fresh), (0b11, 0));
+        assert!(
+            !PgMap { fresh: 0b01, ..r }.is_valid(),
+            "fresh and up to date"
+        );
+    }
 
     #[test]
     fn primary_rotates_and_skips_absent_members() {

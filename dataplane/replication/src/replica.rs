@@ -139,6 +139,12 @@ pub enum Msg {
         epoch: Epoch,
         keys: Vec<LockKey>,
     },
+    /// A map the primary read from the cluster store, sent to every member as it installs
+    /// it: the members learn a new epoch before its first forward reaches them, instead of
+    /// refusing that forward until their own watch delivers the map.
+    Map {
+        map: PgMap,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,7 +359,24 @@ impl Replica {
             }
             r.own_in_doubt.clear();
         }
+        if r.serving() {
+            r.record_fresh(map.fresh, out);
+        }
         r
+    }
+
+    /// New bricks (`fresh`) missed everything: recorded as such for them, so that their heal
+    /// is a full one. Recording it again (after a restart) only restarts that heal.
+    fn record_fresh(&self, fresh: u8, out: &mut Vec<Output>) {
+        let fresh = fresh & !(1 << self.me);
+        if fresh != 0 {
+            out.push(Output::RecordDirty {
+                origin: self.me,
+                op: 0,
+                lock: LockKey::EVERYTHING,
+                absent: fresh,
+            });
+        }
     }
 
     pub fn map(&self) -> &PgMap {
@@ -839,6 +862,7 @@ impl Replica {
                     },
                 });
             }
+            Msg::Map { map } => self.on_map(now_ms, map, out),
             Msg::Query { epoch } => {
                 if epoch > self.map.epoch {
                     out.push(Output::FetchMap);
@@ -1237,6 +1261,17 @@ impl Replica {
         self.map = map;
         self.suspect &= map.receivers();
         self.record_leavers(old, out);
+        if self.serving() {
+            let was_serving = old.is_up_to_date(self.me);
+            self.record_fresh(
+                if was_serving {
+                    map.fresh & !old.fresh
+                } else {
+                    map.fresh
+                },
+                out,
+            );
+        }
         let me_bit = 1 << self.me;
         if old.receivers() & me_bit != 0 && map.receivers() & me_bit == 0 {
             // Leaving: what this member applied and is not known to be everywhere is what it
@@ -1269,6 +1304,13 @@ impl Replica {
         // Up to date: nothing to report; left again: a new report (a new absence).
         self.reported &= !map.up_to_date & !(old.receivers() & !map.receivers());
         if self.is_primary() {
+            // Before any forward of the new epoch (links deliver in order).
+            for m in members_of(mask_of(map.members) & !me_bit) {
+                out.push(Output::Send {
+                    to: m,
+                    msg: Msg::Map { map },
+                });
+            }
             if !was_primary {
                 self.reported = 0;
                 self.last_heard_ms = [now_ms; MEMBERS_MAX as usize];

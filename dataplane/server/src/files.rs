@@ -17,6 +17,8 @@ pub(crate) struct OpenFile {
     pub buffered: BufferedFile,
     /// Brick generation at which this entry was last known to name a live file.
     generation: Cell<u64>,
+    /// The brick the file is on: a member whose brick was replaced keeps its number.
+    brick_id: String,
 }
 
 /// (volume, member, file): on one node several members of a volume may share a core.
@@ -76,7 +78,7 @@ pub(crate) async fn open(
     let key = (vol.id, member, fid);
     let generation = brick.generation();
     let cached = cache.borrow().get(key);
-    if let Some(f) = cached {
+    if let Some(f) = cached.filter(|f| f.brick_id == brick.identity.brick_id) {
         if f.generation.get() == generation {
             return Ok(f);
         }
@@ -154,6 +156,7 @@ pub(crate) async fn open(
         dma,
         buffered,
         generation: Cell::new(generation),
+        brick_id: brick.identity.brick_id.clone(),
     });
     cache.borrow_mut().insert(key, f.clone());
     Ok(f)

@@ -85,6 +85,9 @@ impl IoMode {
 /// One replica of a volume's (single) replica set, by member index.
 pub struct MemberSpec {
     pub node: String,
+    /// The brick's directory on its node: with `node`, which brick the member is (a
+    /// `replace-brick` changes it).
+    pub path: String,
     /// The member's node's dataplane address (its core 0).
     pub addr: String,
     /// Present when the member's brick is on this node.

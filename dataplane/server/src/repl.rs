@@ -7,7 +7,7 @@
 //! store action is a spawned task whose completion is one more input.
 
 use crate::core::CoreCtx;
-use crate::dirt::{ActivityLog, DirtLog, DirtReplay};
+use crate::dirt::{ActivityLog, Dirt, DirtLog, DirtReplay};
 use crate::heal::{self, HealSlot};
 use crate::{exec, peer, MapRequest, ServeState, ServedVolume};
 use brick_replication::{
@@ -216,12 +216,21 @@ pub(crate) fn sync_slots(ctx: &Rc<CoreCtx>, state: &ServeState) {
     let mut started: Vec<(SlotKey, Vec<Output>)> = Vec::new();
     {
         let mut slots = ctx.repl.slots.borrow_mut();
-        slots.retain(|&(vol, _, m), _| {
-            state
+        // A slot whose brick was replaced starts over with the new one (absent, fresh).
+        slots.retain(|&(vol, _, m), slot| {
+            let now = state
                 .volumes
                 .get(&vol)
-                .and_then(|v| v.members.get(m as usize))
-                .is_some_and(|spec| spec.brick.is_some())
+                .and_then(|v| v.members.get(m as usize));
+            let before = slot
+                .vol
+                .members
+                .get(m as usize)
+                .and_then(|s| s.brick.as_ref());
+            match (now.and_then(|s| s.brick.as_ref()), before) {
+                (Some(now), Some(before)) => Arc::ptr_eq(now, before),
+                _ => false,
+            }
         });
         for vol in state.volumes.values() {
             let pgs = (ctx.core..vol.pg_maps.len()).step_by(ctx.ncores);
@@ -235,6 +244,7 @@ pub(crate) fn sync_slots(ctx: &Rc<CoreCtx>, state: &ServeState) {
                     let mut out = Vec::new();
                     match slots.get_mut(&key) {
                         Some(slot) => {
+                            record_replaced(slot, vol);
                             slot.vol = vol.clone();
                             if map.epoch > slot.replica.map().epoch {
                                 slot.replica.on_map(now, map, &mut out);
@@ -281,6 +291,29 @@ pub(crate) fn sync_slots(ctx: &Rc<CoreCtx>, state: &ServeState) {
     }
     for (key, out) in started {
         drive(ctx, key, out);
+    }
+}
+
+/// Members whose brick was replaced (`replace-brick`) hold nothing of what this copy holds:
+/// everything is recorded as missed for them. The map marks them fresh, which records the
+/// same; this covers a heal that began toward the old brick before this node saw the change.
+fn record_replaced(slot: &mut Slot, vol: &ServedVolume) {
+    let replaced = slot
+        .vol
+        .members
+        .iter()
+        .zip(&vol.members)
+        .enumerate()
+        .filter(|(_, (was, now))| was.node != now.node || was.path != now.path)
+        .fold(0u8, |mask, (m, _)| mask | (1 << m));
+    if replaced == 0 || !slot.replica.map().is_up_to_date(slot.replica.me()) {
+        return;
+    }
+    if let Err(e) = slot.dirt.record(replaced, Dirt::All) {
+        tracing::error!(pg = slot.replica.pg, "dirt log: {e}; kept in memory");
+        for m in (0..MEMBERS_MAX).filter(|m| replaced & (1 << m) != 0) {
+            slot.dirt.members[m as usize].all = true;
+        }
     }
 }
 
@@ -875,6 +908,7 @@ const KIND_HEARTBEAT: u8 = 4;
 const KIND_HEARTBEAT_ACK: u8 = 5;
 const KIND_QUERY: u8 = 6;
 const KIND_IN_DOUBT: u8 = 7;
+const KIND_MAP: u8 = 8;
 
 /// Keys one IN_DOUBT message may carry (a PG's op window).
 const IN_DOUBT_KEYS_MAX: u32 = 4096;
@@ -977,6 +1011,16 @@ fn encode_repl(
                 encode_lock(&mut e, k);
             }
         }
+        Msg::Map { map } => {
+            e.u8(KIND_MAP)
+                .u64(map.epoch)
+                .u8(map.members)
+                .u8(map.up_to_date);
+            e.u8(map.healing)
+                .u8(map.min_size)
+                .u8(map.preferred)
+                .u8(map.fresh);
+        }
     }
     let header = Header::new(Kind::Request, op::REPL, 0, e.buf.len() as u32, 0);
     let mut out = Vec::with_capacity(HEADER_BYTES + e.buf.len());
@@ -1048,6 +1092,21 @@ fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
             let epoch = d.u64("epoch")?;
             let keys = decode_keys(&mut d)?;
             Msg::InDoubt { epoch, keys }
+        }
+        KIND_MAP => {
+            let map = PgMap {
+                epoch: d.u64("epoch")?,
+                members: d.u8("members")?,
+                up_to_date: d.u8("up-to-date mask")?,
+                healing: d.u8("healing mask")?,
+                min_size: d.u8("min_size")?,
+                preferred: d.u8("preferred")?,
+                fresh: d.u8("fresh mask")?,
+            };
+            if !map.is_valid() {
+                return Err(DecodeError::BadValue("pg map", map.epoch));
+            }
+            Msg::Map { map }
         }
         other => {
             return Err(DecodeError::BadValue(
@@ -1141,6 +1200,25 @@ mod tests {
                 keys: vec![lock, LockKey::NAMESPACE, LockKey::whole_file(5)],
             },
             None,
+        );
+        let map = PgMap {
+            epoch: 9,
+            members: 3,
+            up_to_date: 0b011,
+            healing: 0b100,
+            min_size: 2,
+            preferred: 1,
+            fresh: 0b100,
+        };
+        roundtrip(Msg::Map { map }, None);
+        let invalid = PgMap {
+            up_to_date: 0,
+            ..map
+        };
+        let frame = encode_repl(1, 0, 0, 1, &Msg::Map { map: invalid }, None);
+        assert!(
+            decode_repl(&frame[HEADER_BYTES..]).is_err(),
+            "a map nobody is up to date in"
         );
     }
 
