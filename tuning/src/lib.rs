@@ -110,3 +110,5 @@ pub const NODE_LIVENESS_TTL_MS: u64 = 2000;
 
 /// Default ports of `brickd dev`.
 pub const DEV_NATIVE_PORT: u16 = 7700;
+/// `brickd dev`'s NBD gateway: the port NBD clients try by default.
+pub const DEV_NBD_PORT: u16 = 10809;

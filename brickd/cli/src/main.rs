@@ -80,6 +80,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// NBD gateway: exports the volume's files to QEMU, qemu-img, libnbd and fio.
+    Nbd {
+        #[command(subcommand)]
+        cmd: NbdCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NbdCmd {
+    /// Serve VOLUME's regular files over NBD (export name = path in the volume) until
+    /// SIGINT or SIGTERM.
+    Serve {
+        volume: String,
+        #[arg(long, default_value = "127.0.0.1:10809")]
+        listen: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,10 +188,12 @@ struct BenchArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // Gateways serve many clients at once; one-shot commands need one thread.
+    let mut builder = match cli.cmd {
+        Cmd::Nbd { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("brick: cannot start runtime: {e}");
@@ -292,7 +310,29 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Node {
             cmd: NodeCmd::CanStop { node },
         } => heal::can_stop(&client, &out, &node).await,
+        Cmd::Nbd {
+            cmd: NbdCmd::Serve { volume, listen },
+        } => nbd_serve(&client, &volume, &listen).await,
     }
+}
+
+async fn nbd_serve(client: &Client, volume: &str, listen: &str) -> Result<()> {
+    let vol = client.open_volume(volume).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("nbd: listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("nbd serving volume {volume:?} on {addr} (export name = file path, e.g. nbd://{addr}/vm.img)");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(brick_nbd::serve(listener, vol, stopped));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop.send(true);
+    server.await??;
+    Ok(())
 }
 
 fn pretty(doc: &Value) -> String {

@@ -10,7 +10,7 @@ use brick_cluster::{
     UserRecord, VolumeStatus,
 };
 use brick_dataplane::{Dataplane, DataplaneConfig, MapRequest, MgmtRequest};
-use brick_tuning::{DEV_NATIVE_PORT, MGMT_DOC_BYTES_MAX};
+use brick_tuning::{DEV_NATIVE_PORT, DEV_NBD_PORT, MGMT_DOC_BYTES_MAX};
 use brick_wire::{auth, ErrorCode};
 use clap::{Parser, Subcommand};
 use mgmt::Mgmt;
@@ -40,6 +40,9 @@ enum Cmd {
         /// Microseconds an idle core polls before sleeping (0: sleep at once).
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// NBD gateway address for the dev volume's files (port 0: any free port).
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_NBD_PORT)))]
+        nbd_listen: SocketAddr,
     },
     /// One node of a cluster.
     Serve {
@@ -99,7 +102,8 @@ fn run() -> Result<()> {
             listen,
             cores,
             spin_us,
-        } => rt.block_on(run_dev(dir, listen, Tuning { cores, spin_us })),
+            nbd_listen,
+        } => rt.block_on(run_dev(dir, listen, nbd_listen, Tuning { cores, spin_us })),
         Cmd::Serve {
             node,
             listen,
@@ -218,7 +222,16 @@ async fn start_node(
 }
 
 /// Serves management requests until SIGINT or SIGTERM, then shuts down cleanly.
-async fn serve_until_signal(running: Running) -> Result<()> {
+/// How long a change of the cluster state waits for more before it is republished.
+const REPUBLISH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+/// A placeholder deadline while nothing is to be republished (that branch is disabled).
+const REPUBLISH_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Serves until SIGINT or SIGTERM; `gateways` are told to stop before the dataplane does.
+async fn serve_until_signal(
+    running: Running,
+    gateways: Vec<tokio::sync::watch::Sender<bool>>,
+) -> Result<()> {
     let Running {
         mgmt,
         dataplane,
@@ -228,7 +241,11 @@ async fn serve_until_signal(running: Running) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Other nodes change the cluster state too (a volume started, a user added): follow it.
     let mut changes = mgmt.cluster.watch("").await?;
+    // A burst of changes (a heal starting in every PG) is republished once, 20 ms after its
+    // first change; meanwhile requests, map proposals above all, are served as they come.
+    let mut republish_at: Option<tokio::time::Instant> = None;
     loop {
+        let due = republish_at.unwrap_or_else(|| tokio::time::Instant::now() + REPUBLISH_IDLE);
         tokio::select! {
             req = mgmt_rx.recv_async() => {
                 let Ok(req) = req else { break };
@@ -244,9 +261,11 @@ async fn serve_until_signal(running: Running) -> Result<()> {
                 if changed.is_err() {
                     break;
                 }
-                // Coalesce a burst of changes into one republish.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 changes.borrow_and_update();
+                republish_at.get_or_insert_with(|| tokio::time::Instant::now() + REPUBLISH_DELAY);
+            }
+            _ = tokio::time::sleep_until(due), if republish_at.is_some() => {
+                republish_at = None;
                 if let Err(e) = republish(&mgmt, &dataplane).await {
                     tracing::warn!("cannot follow the cluster state: {e:#}");
                 }
@@ -254,6 +273,9 @@ async fn serve_until_signal(running: Running) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
+    }
+    for g in gateways {
+        let _ = g.send(true);
     }
     tracing::info!("shutting down: closing connections and syncing bricks");
     tokio::task::spawn_blocking(move || dataplane.shutdown()).await?;
@@ -373,7 +395,48 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()> {
+/// Serves the dev volume's files over NBD through the native client library, as
+/// `brick nbd serve` does; returns the bound address and the switch that stops it. The
+/// client connects once the node serves management requests (after this returns).
+async fn start_dev_nbd(
+    native: &str,
+    password: &str,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, tokio::sync::watch::Sender<bool>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("nbd gateway: listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let cfg = brick_client::ClientConfig {
+        servers: vec![native.to_string()],
+        user: "dev".into(),
+        password: password.to_string(),
+    };
+    tokio::spawn(async move {
+        let vol = match brick_client::Client::connect(cfg).await {
+            Ok(client) => client.open_volume("dev").await,
+            Err(e) => Err(e),
+        };
+        let served = match vol {
+            Ok(vol) => brick_nbd::serve(listener, vol, stopped)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = served {
+            tracing::error!("nbd gateway stopped: {e}");
+        }
+    });
+    Ok((addr, stop))
+}
+
+async fn run_dev(
+    dir: PathBuf,
+    listen: SocketAddr,
+    nbd_listen: SocketAddr,
+    tuning: Tuning,
+) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let password = kept_password(&dir.join("dev-password"))?;
@@ -404,8 +467,10 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()>
     }
     republish(&running.mgmt, &running.dataplane).await?;
     let native = running.dataplane.shard_addrs[0].to_string();
+    let (nbd, stop_nbd) = start_dev_nbd(&native, &password, nbd_listen).await?;
     let endpoints = serde_json::json!({
         "native": native,
+        "nbd": nbd.to_string(),
         "volume": "dev",
         "user": "dev",
         "password": password,
@@ -421,6 +486,9 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()>
     );
     println!("  native  {native}");
     println!(
+        "  nbd     nbd://{nbd}/PATH (a file of the volume, e.g. qemu-img info nbd://{nbd}/vm.img)"
+    );
+    println!(
         "  user    dev (password in {})",
         dir.join("endpoints.json").display()
     );
@@ -428,7 +496,7 @@ async fn run_dev(dir: PathBuf, listen: SocketAddr, tuning: Tuning) -> Result<()>
         "  try     brick --endpoints {} ls dev/",
         dir.join("endpoints.json").display()
     );
-    serve_until_signal(running).await
+    serve_until_signal(running, vec![stop_nbd]).await
 }
 
 async fn run_serve(
@@ -458,5 +526,5 @@ async fn run_serve(
         "brickd node {node} serving on {}",
         running.dataplane.shard_addrs[0]
     );
-    serve_until_signal(running).await
+    serve_until_signal(running, Vec::new()).await
 }

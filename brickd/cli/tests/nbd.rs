@@ -1,0 +1,389 @@
+//! `brick nbd serve` against a real `brickd dev`, with real NBD clients: nbdinfo and nbdcopy
+//! (libnbd-bin), qemu-img and qemu-io (qemu-utils) and fio's `nbd` engine with verification.
+//! Data written over NBD is read back through the native client and the reverse; malformed
+//! handshakes and bad requests get the protocol's answers and the gateway keeps serving.
+
+use brick_client::Client;
+use brick_testkit::{free_port, pattern, DevServer};
+use brick_wire::ROOT_FILE_ID;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IMAGE_BYTES: u64 = 64 << 20;
+
+fn brick_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_brick"))
+}
+
+fn brickd_exe() -> PathBuf {
+    let p = brick_exe().with_file_name("brickd");
+    assert!(p.exists(), "{} not built", p.display());
+    p
+}
+
+fn need(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is not installed (.ci/run installs libnbd-bin, qemu-utils and fio)"
+    );
+}
+
+/// `brick nbd serve`, stopped by its PID when dropped (also when the test fails).
+struct Gateway {
+    child: Child,
+    addr: String,
+}
+
+impl Gateway {
+    fn start(server: &DevServer, dir: &Path) -> Gateway {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.join("nbd.log");
+        let out = std::fs::File::create(&log).expect("nbd log");
+        let child = Command::new(brick_exe())
+            .arg("--endpoints")
+            .arg(server.endpoints_path())
+            .args(["nbd", "serve", "dev", "--listen", &addr])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn brick nbd serve");
+        let mut g = Gateway { child, addr };
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("nbd serving")
+        {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                panic!(
+                    "brick nbd serve exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "gateway did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        g
+    }
+
+    fn uri(&self, export: &str) -> String {
+        format!("nbd://{}/{export}", self.addr)
+    }
+
+    /// SIGTERM: the gateway must exit cleanly.
+    fn stop(mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "gateway exit status {status}");
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `len` bytes of `pattern(seed)` as a new file of the dev volume.
+async fn put(client: &Client, name: &str, seed: u64, len: u64) {
+    let vol = client.open_volume("dev").await.expect("open");
+    let f = vol
+        .create(ROOT_FILE_ID, name, 0o644, true)
+        .await
+        .expect("create");
+    for off in (0..len).step_by(1 << 20) {
+        let chunk = pattern(seed, off, (1 << 20).min(len - off) as usize);
+        vol.write(f.fid, off, &chunk, false).await.expect("write");
+    }
+}
+
+async fn get(client: &Client, name: &str) -> Vec<u8> {
+    let vol = client.open_volume("dev").await.expect("open");
+    let attr = vol.resolve(name).await.expect("resolve");
+    let mut out = Vec::with_capacity(attr.size as usize);
+    for off in (0..attr.size).step_by(1 << 20) {
+        let len = (1u64 << 20).min(attr.size - off) as u32;
+        out.extend(vol.read(attr.fid, off, len).await.expect("read"));
+    }
+    out
+}
+
+fn whole_pattern(seed: u64, len: u64) -> Vec<u8> {
+    pattern(seed, 0, len as usize)
+}
+
+#[test]
+fn nbd_clients_read_and_write_volume_files() {
+    for tool in ["nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "fio"] {
+        need(tool);
+    }
+    let server = DevServer::start(&brickd_exe(), 1);
+    let scratch = tempfile::tempdir_in(brick_testkit::scratch_root()).expect("scratch");
+    let dir = scratch.path();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rt
+        .block_on(Client::connect(server.client_config()))
+        .expect("connect");
+    rt.block_on(put(&client, "img.raw", 1, IMAGE_BYTES));
+    rt.block_on(put(&client, "blank.raw", 2, IMAGE_BYTES));
+    rt.block_on(put(&client, "fio.raw", 3, 32 << 20));
+    let gw = Gateway::start(&server, dir);
+
+    // nbdinfo: size and the capabilities clients rely on.
+    let info: Value = serde_json::from_str(&run(Command::new("nbdinfo")
+        .arg("--json")
+        .arg(gw.uri("img.raw"))))
+    .expect("nbdinfo JSON");
+    let export = &info["exports"][0];
+    assert_eq!(export["export-size"], Value::from(IMAGE_BYTES), "{info:#}");
+    for cap in [
+        "can_flush",
+        "can_fua",
+        "can_multi_conn",
+        "can_trim",
+        "can_zero",
+    ] {
+        assert_eq!(export[cap], Value::Bool(true), "{cap}: {info:#}");
+    }
+    assert_eq!(export["is_read_only"], Value::Bool(false));
+    let list = run(Command::new("nbdinfo").arg("--list").arg(gw.uri("")));
+    for name in ["img.raw", "blank.raw", "fio.raw"] {
+        assert!(list.contains(name), "{name} not listed: {list}");
+    }
+
+    // nbdcopy (4 connections each way): written natively, read over NBD, and the reverse.
+    let down = dir.join("down.raw");
+    run(Command::new("nbdcopy").arg(gw.uri("img.raw")).arg(&down));
+    let got = std::fs::read(&down).expect("download");
+    assert!(
+        got == whole_pattern(1, IMAGE_BYTES),
+        "nbdcopy download differs"
+    );
+    let up = dir.join("up.raw");
+    std::fs::write(&up, whole_pattern(9, IMAGE_BYTES)).expect("local image");
+    run(Command::new("nbdcopy").arg(&up).arg(gw.uri("blank.raw")));
+    let back = rt.block_on(get(&client, "blank.raw"));
+    assert!(
+        back == whole_pattern(9, IMAGE_BYTES),
+        "nbdcopy upload read natively differs"
+    );
+
+    // qemu-img: a qcow2 image converted into the export and out of it, compared both ways.
+    let qcow = dir.join("src.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("64M"));
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 1M 3M",
+            "-c",
+            "write -P 0x5c 40M 512k",
+        ])
+        .arg(&qcow));
+    run(Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "qcow2", "-O", "raw"])
+        .arg(&qcow)
+        .arg(gw.uri("blank.raw")));
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(&qcow)
+        .arg(gw.uri("blank.raw")));
+    let out_qcow = dir.join("out.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(gw.uri("blank.raw"))
+        .arg(&out_qcow));
+    run(Command::new("qemu-img")
+        .arg("compare")
+        .arg(&out_qcow)
+        .arg(&qcow));
+    let native = rt.block_on(get(&client, "blank.raw"));
+    assert!(native[1 << 20..4 << 20].iter().all(|&b| b == 0xab));
+    assert!(
+        native[..1 << 20].iter().all(|&b| b == 0),
+        "qemu-img zeroed the rest"
+    );
+
+    // fio's nbd engine: random writes with crc32c verification, queue depth 16.
+    let fio = run(Command::new("fio")
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            "--rw=randwrite",
+            "--bs=4k",
+        ])
+        .args([
+            "--iodepth=16",
+            "--size=32M",
+            "--verify=crc32c",
+            "--do_verify=1",
+        ])
+        .args(["--output-format=json"])
+        .arg(format!("--uri={}", gw.uri("fio.raw"))));
+    let start = fio.find('{').expect("fio JSON");
+    let doc: Value = serde_json::from_str(&fio[start..]).expect("fio JSON");
+    let job = &doc["jobs"][0];
+    assert_eq!(job["error"], Value::from(0), "{job:#}");
+    assert!(
+        job["write"]["io_bytes"].as_u64() >= Some(32 << 20),
+        "{job:#}"
+    );
+    assert!(
+        job["read"]["io_bytes"].as_u64() >= Some(32 << 20),
+        "verification reads: {job:#}"
+    );
+
+    // brickd dev serves the same over its own NBD gateway (address in endpoints.json).
+    let endpoints: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.endpoints_path()).expect("endpoints.json"),
+    )
+    .expect("endpoints JSON");
+    let dev_nbd = endpoints["nbd"]
+        .as_str()
+        .expect("nbd address in endpoints.json");
+    let dev_copy = dir.join("dev-nbd.raw");
+    run(Command::new("nbdcopy")
+        .arg(format!("nbd://{dev_nbd}/img.raw"))
+        .arg(&dev_copy));
+    assert!(
+        std::fs::read(&dev_copy).expect("dev copy") == whole_pattern(1, IMAGE_BYTES),
+        "brickd dev's NBD gateway"
+    );
+
+    bad_requests(&gw);
+    // Still serving after all of the above.
+    run(Command::new("nbdinfo").arg(gw.uri("img.raw")));
+    let unknown = Command::new("nbdinfo")
+        .arg(gw.uri("no-such-file"))
+        .output()
+        .expect("nbdinfo");
+    assert!(
+        !unknown.status.success(),
+        "an unknown export must be refused"
+    );
+    gw.stop();
+}
+
+/// Raw protocol: a malformed handshake closes that connection only; out-of-range, unknown and
+/// oversized requests get EINVAL, EINVAL and EOVERFLOW.
+fn bad_requests(gw: &Gateway) {
+    let mut s = TcpStream::connect(&gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).expect("hello");
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    s.write_all(&0xdead_0000u32.to_be_bytes()).expect("flags");
+    let mut rest = Vec::new();
+    let closed = s
+        .read_to_end(&mut rest)
+        .map(|_| rest.is_empty())
+        .unwrap_or(true);
+    assert!(closed, "unknown client flags must close the connection");
+
+    let mut s = TcpStream::connect(&gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.read_exact(&mut hello).expect("hello");
+    s.write_all(&3u32.to_be_bytes()).expect("flags"); // fixed newstyle, no zeroes
+    let name = b"img.raw";
+    let mut go = Vec::new();
+    go.extend_from_slice(b"IHAVEOPT");
+    go.extend_from_slice(&7u32.to_be_bytes()); // NBD_OPT_GO
+    go.extend_from_slice(&(4 + name.len() as u32 + 2).to_be_bytes());
+    go.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    go.extend_from_slice(name);
+    go.extend_from_slice(&0u16.to_be_bytes());
+    s.write_all(&go).expect("GO");
+    // REP_INFO (export) then REP_ACK.
+    for expected_kind in [3u32, 1] {
+        let mut head = [0u8; 20];
+        s.read_exact(&mut head).expect("option reply");
+        let kind = u32::from_be_bytes(head[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(head[16..20].try_into().unwrap());
+        assert_eq!(kind, expected_kind);
+        let mut body = vec![0u8; len as usize];
+        s.read_exact(&mut body).expect("option data");
+    }
+    let request = |command: u16, cookie: u64, offset: u64, length: u32| {
+        let mut r = Vec::with_capacity(28);
+        r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&command.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&length.to_be_bytes());
+        r
+    };
+    let mut error_of = |req: Vec<u8>, cookie: u64| {
+        s.write_all(&req).expect("request");
+        let mut reply = [0u8; 16];
+        s.read_exact(&mut reply).expect("reply");
+        assert_eq!(&reply[..4], &0x6744_6698u32.to_be_bytes());
+        assert_eq!(u64::from_be_bytes(reply[8..].try_into().unwrap()), cookie);
+        u32::from_be_bytes(reply[4..8].try_into().unwrap())
+    };
+    assert_eq!(
+        error_of(request(0, 1, IMAGE_BYTES - 512, 4096), 1),
+        22,
+        "read past the end"
+    );
+    assert_eq!(error_of(request(99, 2, 0, 512), 2), 22, "unknown command");
+    assert_eq!(
+        error_of(request(0, 3, 0, 64 << 20), 3),
+        75,
+        "oversized read"
+    );
+    assert_eq!(error_of(request(4, 4, 0, 4096), 4), 0, "trim");
+    // A good read on the same connection still works, then DISC.
+    s.write_all(&request(0, 5, 4096, 4096)).expect("read");
+    let mut reply = [0u8; 16 + 4096];
+    s.read_exact(&mut reply).expect("read reply");
+    assert_eq!(&reply[4..8], &[0, 0, 0, 0]);
+    assert!(reply[16..] == pattern(1, 4096, 4096)[..], "read data");
+    s.write_all(&request(2, 6, 0, 0)).expect("disc");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing after DISC");
+}
