@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# VM-image workloads with fio: through brickd's NBD gateway (fio's nbd engine, a replica-1
+# volume of `brickd dev`) beside fio's io_uring engine on a local file of the same filesystem,
+# in one run, interleaved (local, then NBD, per round), medians and ratios.
+#
+# Workloads: 4 KiB random read and write at queue depth 1 and 32, a 70/30 random mix at
+# queue depth 32, 1 MiB sequential read and write at queue depth 8. (The FUSE mount of the
+# same issue is not built yet; its rows are absent.)
+#
+#   bench/vm.sh [--seconds N] [--rounds N] [--size BYTES] [--cores N] [--scratch DIR]
+#               [--out FILE.json]
+set -euo pipefail
+
+SECONDS_PER_RUN=8
+ROUNDS=2
+SIZE=$((1 << 30))
+CORES=2
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCRATCH="$ROOT/target/bench-scratch"
+OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) SECONDS_PER_RUN=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    --cores) CORES=$2; shift 2 ;;
+    --scratch) SCRATCH=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 2; }
+fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine" >&2; exit 2; }
+BIN="$ROOT/target/release"
+(cd "$ROOT" && cargo build --release -p brickd -p brick)
+
+RUN="$SCRATCH/vm-$$"
+mkdir -p "$RUN"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+NBD_PORT=$(free_port)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$RUN"
+}
+trap cleanup EXIT INT TERM
+
+"$BIN/brickd" dev --dir "$RUN/dev" --listen "127.0.0.1:$PORT" --nbd-listen 127.0.0.1:0 \
+  --cores "$CORES" >"$RUN/brickd.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 300); do [ -f "$RUN/dev/endpoints.json" ] && break; sleep 0.1; done
+[ -f "$RUN/dev/endpoints.json" ] || { echo "brickd did not start:" >&2; cat "$RUN/brickd.log" >&2; exit 1; }
+export BRICK_ENDPOINTS="$RUN/dev/endpoints.json"
+"$BIN/brick" --quiet volume create vm replica 1 "dev:$RUN/vm-brick" >/dev/null
+"$BIN/brick" --quiet volume start vm >/dev/null
+# The image, laid out in full (as fio lays out its local file).
+truncate -s "$SIZE" "$RUN/zero.img"
+"$BIN/brick" --quiet put "$RUN/zero.img" vm/vm.img >/dev/null
+rm -f "$RUN/zero.img"
+"$BIN/brick" --quiet nbd serve vm --listen "127.0.0.1:$NBD_PORT" >"$RUN/nbd.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do grep -q "nbd serving" "$RUN/nbd.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "nbd serving" "$RUN/nbd.log" || { echo "nbd gateway did not start:" >&2; cat "$RUN/nbd.log" >&2; exit 1; }
+URI="nbd://127.0.0.1:$NBD_PORT/vm.img"
+
+# name|fio options|queue depth
+WORKLOADS=(
+  "randread-4k-qd1|--rw=randread --bs=4k|1"
+  "randread-4k-qd32|--rw=randread --bs=4k|32"
+  "randwrite-4k-qd1|--rw=randwrite --bs=4k|1"
+  "randwrite-4k-qd32|--rw=randwrite --bs=4k|32"
+  "randrw70-4k-qd32|--rw=randrw --rwmixread=70 --bs=4k|32"
+  "seqread-1m-qd8|--rw=read --bs=1m|8"
+  "seqwrite-1m-qd8|--rw=write --bs=1m|8"
+)
+
+RESULTS="$RUN/results.jsonl"
+: >"$RESULTS"
+for w in "${WORKLOADS[@]}"; do
+  IFS='|' read -r name opts qd <<<"$w"
+  for round in $(seq 1 "$ROUNDS"); do
+    # shellcheck disable=SC2086
+    fio --name=local --filename="$RUN/local.img" --size="$SIZE" $opts --iodepth="$qd" \
+      --ioengine=io_uring --direct=1 --time_based --runtime="$SECONDS_PER_RUN" \
+      --output-format=json >"$RUN/local.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
+    # shellcheck disable=SC2086
+    fio --name=nbd --ioengine=nbd --uri="$URI" --size="$SIZE" $opts --iodepth="$qd" \
+      --time_based --runtime="$SECONDS_PER_RUN" \
+      --output-format=json >"$RUN/nbd.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
+    python3 - "$name" "$round" "$RUN/local.json" "$RUN/nbd.json" >>"$RESULTS" <<'EOF'
+import json, sys
+name, rnd, local_path, nbd_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def side(path):
+    text = open(path).read()
+    job = json.loads(text[text.index("{"):])["jobs"][0]
+    iops = job["read"]["iops"] + job["write"]["iops"]
+    mib = (job["read"]["bw"] + job["write"]["bw"]) / 1024
+    p99 = max(job[d]["clat_ns"].get("percentile", {}).get("99.000000", 0) for d in ("read", "write")) / 1000
+    return iops, mib, p99
+li, lm, lp = side(local_path)
+ni, nm, np = side(nbd_path)
+print(json.dumps({"workload": name, "round": rnd, "local_iops": li, "local_mib_s": lm, "local_p99_us": lp,
+                  "nbd_iops": ni, "nbd_mib_s": nm, "nbd_p99_us": np}))
+EOF
+    tail -n 1 "$RESULTS" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("  %-18s round %d: local %8.0f IOPS %7.0f MiB/s | nbd %8.0f IOPS %7.0f MiB/s" % (
+    r["workload"], r["round"], r["local_iops"], r["local_mib_s"], r["nbd_iops"], r["nbd_mib_s"]), file=sys.stderr)'
+  done
+done
+
+python3 - "$RESULTS" "$OUT" "$SIZE" "$SECONDS_PER_RUN" "$ROUNDS" "$CORES" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+out, size, secs, rounds, cores = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+# Issue 7's targets (replica 1, through NBD): 4 KiB random at QD32 >= 50% of local IOPS,
+# 1 MiB sequential >= 70% of local throughput.
+targets = {"randread-4k-qd32": 0.5, "randwrite-4k-qd32": 0.5, "seqread-1m-qd8": 0.7, "seqwrite-1m-qd8": 0.7}
+names = list(dict.fromkeys(r["workload"] for r in rows))
+print(f"\nfio: local io_uring (O_DIRECT) vs nbd engine through `brick nbd serve` (replica 1, "
+      f"brickd dev with {cores} cores); {size >> 20} MiB image, {secs} s x {rounds} interleaved rounds, medians")
+print(f"{'workload':<18} {'local IOPS':>10} {'nbd IOPS':>9} {'local MiB/s':>11} {'nbd MiB/s':>9} "
+      f"{'local p99':>9} {'nbd p99':>8} {'ratio':>6} {'target':>6}  met")
+summary = []
+for w in names:
+    rs = [r for r in rows if r["workload"] == w]
+    med = lambda k: statistics.median(r[k] for r in rs)
+    li, ni, lm, nm = med("local_iops"), med("nbd_iops"), med("local_mib_s"), med("nbd_mib_s")
+    ratio = ni / li if li else 0.0
+    t = targets.get(w)
+    met = None if t is None else ratio >= t
+    summary.append({"workload": w, "local_iops": li, "nbd_iops": ni, "local_mib_s": lm, "nbd_mib_s": nm,
+                    "local_p99_us": med("local_p99_us"), "nbd_p99_us": med("nbd_p99_us"),
+                    "ratio": ratio, "target": t, "met": met, "rounds": rs})
+    print(f"{w:<18} {li:>10.0f} {ni:>9.0f} {lm:>11.0f} {nm:>9.0f} {med('local_p99_us'):>8.0f}us "
+          f"{med('nbd_p99_us'):>6.0f}us {ratio:>6.2f} {t if t else '':>6}  {'' if met is None else ('yes' if met else 'NO')}")
+if out:
+    json.dump({"size_bytes": size, "seconds": int(secs), "rounds": int(rounds), "cores": int(cores),
+               "workloads": summary}, open(out, "w"), indent=2)
+    print(f"\nwritten to {out}")
+EOF
