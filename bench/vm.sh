@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# VM-image workloads with fio: through brickd's NBD gateway (fio's nbd engine, a replica-1
-# volume of `brickd dev`) beside fio's io_uring engine on a local file of the same filesystem,
-# in one run, interleaved (local, then NBD, per round), medians and ratios.
+# VM-image workloads with fio on a replica-1 volume of `brickd dev`, through the NBD gateway
+# (fio's nbd engine) and through the FUSE mount (`brick mount`, io_uring engine, O_DIRECT),
+# beside fio's io_uring engine on a local file of the same filesystem, in one run, interleaved
+# (local, NBD, FUSE per round), medians and ratios. Then the small-file test (10,000 x 4 KiB
+# in one directory: create, list, stat, read, delete) on the FUSE mount beside the local
+# filesystem.
 #
 # Workloads: 4 KiB random read and write at queue depth 1 and 32, a 70/30 random mix at
-# queue depth 32, 1 MiB sequential read and write at queue depth 8. (The FUSE mount of the
-# same issue is not built yet; its rows are absent.)
+# queue depth 32, 1 MiB sequential read and write at queue depth 8.
 #
 #   bench/vm.sh [--seconds N] [--rounds N] [--size BYTES] [--cores N] [--scratch DIR]
 #               [--out FILE.json]
@@ -42,6 +44,7 @@ PORT=$(free_port)
 NBD_PORT=$(free_port)
 PIDS=()
 cleanup() {
+  if [ -n "${MNT:-}" ] && grep -q " $MNT " /proc/mounts; then "$BIN/brick" umount "$MNT" || true; fi
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -68,6 +71,13 @@ PIDS+=($!)
 for _ in $(seq 1 100); do grep -q "nbd serving" "$RUN/nbd.log" 2>/dev/null && break; sleep 0.1; done
 grep -q "nbd serving" "$RUN/nbd.log" || { echo "nbd gateway did not start:" >&2; cat "$RUN/nbd.log" >&2; exit 1; }
 URI="nbd://127.0.0.1:$NBD_PORT/vm.img"
+MNT="$RUN/mnt"
+mkdir -p "$MNT"
+MNT=$(cd "$MNT" && pwd -P)
+"$BIN/brick" --quiet mount vm "$MNT" >"$RUN/mount.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do grep -q " $MNT " /proc/mounts && break; sleep 0.1; done
+grep -q " $MNT " /proc/mounts || { echo "FUSE mount failed:" >&2; cat "$RUN/mount.log" >&2; exit 1; }
 
 # name|fio options|queue depth
 WORKLOADS=(
@@ -93,9 +103,13 @@ for w in "${WORKLOADS[@]}"; do
     fio --name=nbd --ioengine=nbd --uri="$URI" --size="$SIZE" $opts --iodepth="$qd" \
       --time_based --runtime="$SECONDS_PER_RUN" \
       --output-format=json >"$RUN/nbd.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
-    python3 - "$name" "$round" "$RUN/local.json" "$RUN/nbd.json" >>"$RESULTS" <<'EOF'
+    # shellcheck disable=SC2086
+    fio --name=fuse --filename="$MNT/fuse.img" --size="$SIZE" $opts --iodepth="$qd" \
+      --ioengine=io_uring --direct=1 --time_based --runtime="$SECONDS_PER_RUN" \
+      --output-format=json >"$RUN/fuse.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
+    python3 - "$name" "$round" "$RUN/local.json" "$RUN/nbd.json" "$RUN/fuse.json" >>"$RESULTS" <<'EOF'
 import json, sys
-name, rnd, local_path, nbd_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+name, rnd, local_path, nbd_path, fuse_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 def side(path):
     text = open(path).read()
     job = json.loads(text[text.index("{"):])["jobs"][0]
@@ -105,44 +119,27 @@ def side(path):
     return iops, mib, p99
 li, lm, lp = side(local_path)
 ni, nm, np = side(nbd_path)
+fi, fm, fp = side(fuse_path)
 print(json.dumps({"workload": name, "round": rnd, "local_iops": li, "local_mib_s": lm, "local_p99_us": lp,
-                  "nbd_iops": ni, "nbd_mib_s": nm, "nbd_p99_us": np}))
+                  "nbd_iops": ni, "nbd_mib_s": nm, "nbd_p99_us": np,
+                  "fuse_iops": fi, "fuse_mib_s": fm, "fuse_p99_us": fp}))
 EOF
     tail -n 1 "$RESULTS" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print("  %-18s round %d: local %8.0f IOPS %7.0f MiB/s | nbd %8.0f IOPS %7.0f MiB/s" % (
-    r["workload"], r["round"], r["local_iops"], r["local_mib_s"], r["nbd_iops"], r["nbd_mib_s"]), file=sys.stderr)'
+print("  %-18s round %d: local %8.0f IOPS %7.0f MiB/s | nbd %8.0f IOPS %7.0f MiB/s | fuse %8.0f IOPS %7.0f MiB/s" % (
+    r["workload"], r["round"], r["local_iops"], r["local_mib_s"], r["nbd_iops"], r["nbd_mib_s"],
+    r["fuse_iops"], r["fuse_mib_s"]), file=sys.stderr)'
   done
 done
 
-python3 - "$RESULTS" "$OUT" "$SIZE" "$SECONDS_PER_RUN" "$ROUNDS" "$CORES" <<'EOF'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-out, size, secs, rounds, cores = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-# Issue 7's targets (replica 1, through NBD): 4 KiB random at QD32 >= 50% of local IOPS,
-# 1 MiB sequential >= 70% of local throughput.
-targets = {"randread-4k-qd32": 0.5, "randwrite-4k-qd32": 0.5, "seqread-1m-qd8": 0.7, "seqwrite-1m-qd8": 0.7}
-names = list(dict.fromkeys(r["workload"] for r in rows))
-print(f"\nfio: local io_uring (O_DIRECT) vs nbd engine through `brick nbd serve` (replica 1, "
-      f"brickd dev with {cores} cores); {size >> 20} MiB image, {secs} s x {rounds} interleaved rounds, medians")
-print(f"{'workload':<18} {'local IOPS':>10} {'nbd IOPS':>9} {'local MiB/s':>11} {'nbd MiB/s':>9} "
-      f"{'local p99':>9} {'nbd p99':>8} {'ratio':>6} {'target':>6}  met")
-summary = []
-for w in names:
-    rs = [r for r in rows if r["workload"] == w]
-    med = lambda k: statistics.median(r[k] for r in rs)
-    li, ni, lm, nm = med("local_iops"), med("nbd_iops"), med("local_mib_s"), med("nbd_mib_s")
-    ratio = ni / li if li else 0.0
-    t = targets.get(w)
-    met = None if t is None else ratio >= t
-    summary.append({"workload": w, "local_iops": li, "nbd_iops": ni, "local_mib_s": lm, "nbd_mib_s": nm,
-                    "local_p99_us": med("local_p99_us"), "nbd_p99_us": med("nbd_p99_us"),
-                    "ratio": ratio, "target": t, "met": met, "rounds": rs})
-    print(f"{w:<18} {li:>10.0f} {ni:>9.0f} {lm:>11.0f} {nm:>9.0f} {med('local_p99_us'):>8.0f}us "
-          f"{med('nbd_p99_us'):>6.0f}us {ratio:>6.2f} {t if t else '':>6}  {'' if met is None else ('yes' if met else 'NO')}")
-if out:
-    json.dump({"size_bytes": size, "seconds": int(secs), "rounds": int(rounds), "cores": int(cores),
-               "workloads": summary}, open(out, "w"), indent=2)
-    print(f"\nwritten to {out}")
-EOF
+# Small files: the same Python steps on the FUSE mount and on a local directory.
+SMALL="$RUN/small.jsonl"
+: >"$SMALL"
+for side in local fuse; do
+  if [ "$side" = local ]; then DIR="$RUN/small-local"; else DIR="$MNT/small"; fi
+  python3 "$ROOT/bench/smallfiles.py" "$side" "$DIR" >>"$SMALL"
+  tail -n 1 "$SMALL" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  small files on %s: %s" % (r["side"], ", ".join("%s %.2fs" % kv for kv in r["seconds"].items())), file=sys.stderr)'
+done
+
+python3 "$ROOT/bench/vm-report.py" "$RESULTS" "$SMALL" "$OUT" "$SIZE" "$SECONDS_PER_RUN" "$ROUNDS" "$CORES"

@@ -80,6 +80,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Mount VOLUME at MOUNTPOINT through FUSE; stays in the foreground and unmounts on
+    /// Ctrl-C or SIGTERM (or when `brick umount` unmounts it).
+    Mount { volume: String, mountpoint: PathBuf },
+    /// Unmount a `brick mount` (its process then exits).
+    Umount { mountpoint: PathBuf },
     /// NBD gateway: exports the volume's files to QEMU, qemu-img, libnbd and fio.
     Nbd {
         #[command(subcommand)]
@@ -190,7 +195,7 @@ fn main() {
     let cli = Cli::parse();
     // Gateways serve many clients at once; one-shot commands need one thread.
     let mut builder = match cli.cmd {
-        Cmd::Nbd { .. } => tokio::runtime::Builder::new_multi_thread(),
+        Cmd::Nbd { .. } | Cmd::Mount { .. } => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let rt = match builder.enable_all().build() {
@@ -279,6 +284,9 @@ impl Out {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Umount { mountpoint } = &cli.cmd {
+        return umount(mountpoint);
+    }
     let cfg = client_config(&cli)?;
     let out = Out {
         json: cli.json,
@@ -313,7 +321,44 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Nbd {
             cmd: NbdCmd::Serve { volume, listen },
         } => nbd_serve(&client, &volume, &listen).await,
+        Cmd::Mount { volume, mountpoint } => mount(&client, &volume, &mountpoint).await,
+        Cmd::Umount { .. } => unreachable!("handled before connecting"),
     }
+}
+
+async fn mount(client: &Client, volume: &str, mountpoint: &std::path::Path) -> Result<()> {
+    let vol = client.open_volume(volume).await?;
+    let rt = tokio::runtime::Handle::current();
+    let session = brick_fuse::mount(vol, rt, mountpoint)
+        .with_context(|| format!("mounting {volume} at {}", mountpoint.display()))?;
+    println!("mounted volume {volume:?} at {}", mountpoint.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                if session.guard.is_finished() {
+                    // Unmounted from outside (`brick umount`, umount(8)).
+                    return session.join().map_err(Into::into);
+                }
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || session.umount_and_join()).await??;
+    Ok(())
+}
+
+fn umount(mountpoint: &std::path::Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| anyhow!("mount point contains a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated path; umount2 reads it only.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!("umount {}: {err}", mountpoint.display());
+    }
+    Ok(())
 }
 
 async fn nbd_serve(client: &Client, volume: &str, listen: &str) -> Result<()> {
