@@ -35,6 +35,9 @@ impl LocalCluster {
             .prefix(prefix)
             .tempdir_in(crate::scratch_root())
             .expect("tempdir");
+        if std::env::var_os("BRICK_KEEP_SCRATCH").is_some() {
+            eprintln!("BRICK_KEEP_SCRATCH: keeping {}", tmp.path().display());
+        }
         let store = etcd.store_url();
         let nodes: Vec<ServeNode> = names
             .iter()
@@ -160,7 +163,7 @@ pub fn run(nodes: &mut [ServeNode], admin: ClientConfig, sc: &Scenario) -> Repor
         .enable_all()
         .build()
         .expect("runtime");
-    let (vol, fid, target) = rt.block_on(setup(nodes, admin, sc));
+    let (vol, fid, target) = rt.block_on(setup(nodes, admin.clone(), sc));
     let shared = Arc::new(Shared {
         start: Instant::now(),
         fault_at_ms: Mutex::new(None),
@@ -197,6 +200,10 @@ pub fn run(nodes: &mut [ServeNode], admin: ClientConfig, sc: &Scenario) -> Repor
     });
     let blocks_verified = rt.block_on(verify(&vol, fid, &shared));
     let survivors: Vec<usize> = (0..sc.replica as usize).filter(|&i| i != target).collect();
+    // A survivor the overloaded machine made miss a deadline left the up-to-date set and is
+    // being healed: its copy is complete only once it is back in every PG.
+    let names: Vec<String> = survivors.iter().map(|&i| nodes[i].name.clone()).collect();
+    rt.block_on(wait_up_to_date(&admin, &sc.volume, &names));
     compare_copies(nodes, &survivors, &sc.volume);
     if sc.fault == Fault::Kill {
         nodes[target].restart();
@@ -407,6 +414,54 @@ pub fn compare_copies(nodes: &[ServeNode], survivors: &[usize], volume: &str) {
     }
 }
 
+/// Survivors are given this long to be healed back into every PG before copies are compared.
+const SURVIVORS_HEALED_WAIT_MS: u64 = 60_000;
+
+/// Waits until every node in `names` is up to date in every PG of `volume`.
+async fn wait_up_to_date(admin: &ClientConfig, volume: &str, names: &[String]) {
+    let client = Client::connect(admin.clone())
+        .await
+        .expect("connect as admin");
+    let start = Instant::now();
+    let mut reported = false;
+    loop {
+        let info = client
+            .mgmt(&MgmtOp::VolumeInfo {
+                name: volume.into(),
+            })
+            .await
+            .expect("volume info");
+        let behind: Vec<String> = info["pgs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pg| {
+                let up: Vec<&str> = pg["up_to_date"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|b| b.as_str()).collect())
+                    .unwrap_or_default();
+                let missing: Vec<&String> = names
+                    .iter()
+                    .filter(|n| !up.iter().any(|b| b.starts_with(&format!("{n}:"))))
+                    .collect();
+                (!missing.is_empty()).then(|| format!("pg {}: {missing:?}", pg["pg"]))
+            })
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        if !reported {
+            eprintln!("{volume}: survivors behind, waiting for their heal: {behind:?}");
+            reported = true;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(SURVIVORS_HEALED_WAIT_MS),
+            "{volume}: survivors still behind after {SURVIVORS_HEALED_WAIT_MS} ms: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Asserts that two brick data directories hold the same entries with the same contents
 /// (and that the first holds something).
 pub fn compare_bricks(
@@ -465,5 +520,24 @@ fn write_latency_log(path: &std::path::Path, latencies: &[(u64, &'static str, Du
     }
     if let Err(e) = std::fs::write(path, text) {
         eprintln!("{}: {e}", path.display());
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+        if std::env::var_os("BRICK_KEEP_SCRATCH").is_some() {
+            // Logs and bricks stay for a post-mortem (the directory is printed at start).
+            let tmp = std::mem::replace(
+                &mut self._tmp,
+                tempfile::Builder::new()
+                    .prefix("unused")
+                    .tempdir_in(crate::scratch_root())
+                    .expect("tempdir"),
+            );
+            let _ = tmp.keep();
+        }
     }
 }

@@ -348,21 +348,28 @@ impl Replica {
         } else if restarted && map.is_up_to_date(me) {
             // The last up-to-date member lost its memory of the ops in flight when it died,
             // which the others may have missed: its activity log says which ranges.
-            let others = mask_of(map.members) & !(1 << me);
-            for &lock in r.own_in_doubt.iter().filter(|_| others != 0) {
-                out.push(Output::RecordDirty {
-                    origin: me,
-                    op: 0,
-                    lock,
-                    absent: others,
-                });
-            }
-            r.own_in_doubt.clear();
+            r.impose_own_in_doubt(out);
         }
-        if r.serving() {
+        if map.is_up_to_date(me) {
             r.record_fresh(map.fresh, out);
         }
         r
+    }
+
+    /// This member is (or stays) the last up-to-date copy while ranges it applied may differ
+    /// from the others' (its activity when it crashed, or ops abandoned when it was deposed):
+    /// they are recorded as missed by every other member, whose heals copy them from here.
+    fn impose_own_in_doubt(&mut self, out: &mut Vec<Output>) {
+        let others = mask_of(self.map.members) & !(1 << self.me);
+        for &lock in self.own_in_doubt.iter().filter(|_| others != 0) {
+            out.push(Output::RecordDirty {
+                origin: self.me,
+                op: 0,
+                lock,
+                absent: others,
+            });
+        }
+        self.own_in_doubt.clear();
     }
 
     /// New bricks (`fresh`) missed everything: recorded as such for them, so that their heal
@@ -677,6 +684,10 @@ impl Replica {
     fn retire(&mut self, out: &mut Vec<Output>) {
         if self.map.without(1 << self.me).is_none() {
             self.retiring = false;
+            if self.map.is_up_to_date(self.me) {
+                // The last up-to-date copy stays: what it holds is what the others get.
+                self.impose_own_in_doubt(out);
+            }
             return;
         }
         self.retiring = true;
@@ -697,11 +708,15 @@ impl Replica {
                 self.own_in_doubt.push(p.lock);
             }
         }
-        for (op, _) in std::mem::take(&mut self.pending) {
-            out.push(Output::Reply {
-                op,
-                result: Err(err),
-            });
+        for (op, p) in std::mem::take(&mut self.pending) {
+            // An op that ran here may have reached the others too: its client must not take
+            // "not the primary" for "not executed" (a retried create would find its own file).
+            let ran = p.state == OpState::Running || p.local.is_some();
+            let result = match err {
+                OpError::NotPrimary { .. } if ran => Err(OpError::Unavailable),
+                _ => Err(err),
+            };
+            out.push(Output::Reply { op, result });
         }
     }
 
@@ -1261,16 +1276,18 @@ impl Replica {
         self.map = map;
         self.suspect &= map.receivers();
         self.record_leavers(old, out);
-        if self.serving() {
+        // Retiring or not: a listed member may still end up the last copy and the source.
+        if map.is_up_to_date(self.me) {
+            // A fresh member that stops receiving may come back as yet another empty brick
+            // (replaced again): what its heal copied so far no longer counts.
+            let left_fresh = old.receivers() & !map.receivers() & map.fresh;
             let was_serving = old.is_up_to_date(self.me);
-            self.record_fresh(
-                if was_serving {
-                    map.fresh & !old.fresh
-                } else {
-                    map.fresh
-                },
-                out,
-            );
+            let newly = if was_serving {
+                map.fresh & !old.fresh
+            } else {
+                map.fresh
+            };
+            self.record_fresh(newly | left_fresh, out);
         }
         let me_bit = 1 << self.me;
         if old.receivers() & me_bit != 0 && map.receivers() & me_bit == 0 {
@@ -1298,8 +1315,10 @@ impl Replica {
             self.proposing = None;
             self.retire(out); // still listed: propose again against the new epoch
         }
-        if map.is_up_to_date(self.me) {
-            self.own_in_doubt.clear(); // healed: the primary copied them
+        if map.is_up_to_date(self.me) && !old.is_up_to_date(self.me) {
+            // Healed: the primary copied them. (A restarted member still listed up to date
+            // keeps them: it reports them once its retirement takes it out of the set.)
+            self.own_in_doubt.clear();
         }
         // Up to date: nothing to report; left again: a new report (a new absence).
         self.reported &= !map.up_to_date & !(old.receivers() & !map.receivers());

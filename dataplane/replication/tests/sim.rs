@@ -14,6 +14,8 @@
 //! (`RecordActivity`, the activity log) and reports it when behind, and the primary copies
 //! both to the member once it is back, hands it the others' dirt, then makes it up to date.
 //! Heals run during the faults, so sources and targets crash, freeze and get cut off mid-heal.
+//! Bricks are also replaced by empty ones (`volume replace-brick`: the map marks the member
+//! fresh, and every up-to-date member records everything for it), in the middle of all that.
 //!
 //! Checked after every step: the map is valid; no two members answered client writes in one
 //! epoch; every up-to-date member (healed ones included) holds, for every register, the last
@@ -172,6 +174,7 @@ struct Stats {
     lost: u32,
     duplicated: u32,
     heal_copies: u32,
+    replacements: u32,
 }
 
 impl Sim {
@@ -826,6 +829,7 @@ impl Sim {
                 self.stats.freezes += 1;
                 self.nodes[n as usize].frozen_until_ms = self.now_ms + d;
             }
+            9 if self.heal => self.replace(n),
             6..=8 => {
                 let m = self.rng.gen_range(0..members);
                 if m != n {
@@ -887,7 +891,37 @@ impl Sim {
         }
     }
 
+    /// `volume replace-brick`: member `n`'s brick is replaced by an empty one, in one store
+    /// transaction that marks it absent and fresh (refused, as the cluster model refuses it,
+    /// when that would lose the last up-to-date copy or drop below `min_size`). The new brick
+    /// starts at once, with nothing on it.
+    fn replace(&mut self, n: Member) {
+        let Some(next) = self.store.with_replaced(n) else {
+            return;
+        };
+        if next.up_to_date_count() < next.min_size {
+            return;
+        }
+        self.log(|| format!("REPLACE member {n} by an empty brick"));
+        self.stats.replacements += 1;
+        if self.nodes[n as usize].up {
+            self.crash(n);
+        }
+        let node = &mut self.nodes[n as usize];
+        node.disk.clear();
+        node.dirt_log.clear();
+        node.activity_log.clear();
+        node.dirt.clear();
+        assert!(self.cas(next), "seed {}: replace CAS", self.seed);
+        self.boot(n, false);
+    }
+
     fn restart(&mut self, n: Member) {
+        self.boot(n, true);
+    }
+
+    /// Starts member `n` (after a crash: `restarted`, with its logs; a new brick: neither).
+    fn boot(&mut self, n: Member, restarted: bool) {
         self.log(|| format!("RESTART node {n}"));
         let store = self.store;
         let node = &mut self.nodes[n as usize];
@@ -909,7 +943,7 @@ impl Sim {
             self.now_ms,
             Boot {
                 op_base,
-                restarted: true,
+                restarted,
                 activity,
             },
             &mut out,
@@ -1199,6 +1233,7 @@ fn seeded_simulation() {
         totals.lost += sim.stats.lost;
         totals.duplicated += sim.stats.duplicated;
         totals.heal_copies += sim.stats.heal_copies;
+        totals.replacements += sim.stats.replacements;
         writers.extend(sim.writers_by_epoch.values().copied());
     }
     eprintln!(
@@ -1214,5 +1249,9 @@ fn seeded_simulation() {
     assert!(
         !heal_enabled() || totals.heal_copies > 0,
         "no heal copied anything"
+    );
+    assert!(
+        !heal_enabled() || seeds < 10 || totals.replacements > 0,
+        "no brick was replaced"
     );
 }
