@@ -45,6 +45,8 @@ pub(crate) const HEAL_TICK_MS: u64 = 100;
 /// One heal copy moves at most this much.
 pub(crate) const HEAL_CHUNK_BYTES: u64 = 256 * 1024;
 pub(crate) const HEAL_WINDOW_MAX: usize = 2;
+/// PGs one core heals at once (their map changes spread out instead of all at once).
+const HEALING_PGS_MAX: usize = 8;
 const REPORT_INTERVAL_MS: u64 = 500;
 const REPORT_FILES_MAX: usize = 16;
 
@@ -176,8 +178,25 @@ pub(crate) async fn heal_loop(ctx: Rc<CoreCtx>) {
     let mut last_report = Instant::now();
     loop {
         glommio::timer::sleep(Duration::from_millis(HEAL_TICK_MS)).await;
-        for key in repl::slot_keys(&ctx) {
-            tick_slot(&ctx, key);
+        let mut keys = repl::slot_keys(&ctx);
+        // PG 0 (the namespace) first, then PGs with something to copy, then the rest.
+        let rank = |key: &SlotKey| {
+            let dirty =
+                repl::with_slot(&ctx, *key, |s| s.dirt.members.iter().any(|d| !d.is_empty()));
+            (key.1 != 0, dirty != Some(true), *key)
+        };
+        keys.sort_by_cached_key(rank);
+        let healing = keys
+            .iter()
+            .filter(|&&k| {
+                repl::with_slot(&ctx, k, |s| {
+                    s.replica.is_primary() && s.replica.map().healing != 0
+                }) == Some(true)
+            })
+            .count();
+        let mut begins = HEALING_PGS_MAX.saturating_sub(healing);
+        for key in keys {
+            tick_slot(&ctx, key, &mut begins);
         }
         if last_report.elapsed() >= Duration::from_millis(REPORT_INTERVAL_MS) {
             last_report = Instant::now();
@@ -186,7 +205,10 @@ pub(crate) async fn heal_loop(ctx: Rc<CoreCtx>) {
     }
 }
 
-fn tick_slot(ctx: &Rc<CoreCtx>, key: SlotKey) {
+/// `begins`: how many more PGs this core may start healing now (each start and end is a map
+/// change: an etcd transaction and a state reload on every node, which a burst of 64 at once
+/// turns into a stall for clients).
+fn tick_slot(ctx: &Rc<CoreCtx>, key: SlotKey, begins: &mut usize) {
     let mut spawn = Vec::new();
     let mut out = Vec::new();
     let now = repl::now_ms(ctx);
@@ -217,8 +239,10 @@ fn tick_slot(ctx: &Rc<CoreCtx>, key: SlotKey) {
             h.began[m as usize].is_none_or(|t| t.elapsed() >= Duration::from_millis(HEAL_RETRY_MS))
         };
         let ready = |m: Member| back & (1 << m) != 0 && namespace_healed(m);
-        if let Some(m) = (0..map.members).find(|&m| ready(m) && rested(m, &slot.heal)) {
+        let candidate = (0..map.members).find(|&m| ready(m) && rested(m, &slot.heal));
+        if let Some(m) = candidate.filter(|_| *begins > 0) {
             if slot.replica.heal_begin(m, &mut out) {
+                *begins -= 1;
                 slot.heal.began[m as usize] = Some(Instant::now());
                 tracing::info!(vol = key.0, pg = key.1, "member {m} is back: healing it");
             }
