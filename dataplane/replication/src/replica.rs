@@ -1323,12 +1323,14 @@ impl Replica {
         // Up to date: nothing to report; left again: a new report (a new absence).
         self.reported &= !map.up_to_date & !(old.receivers() & !map.receivers());
         if self.is_primary() {
-            // Before any forward of the new epoch (links deliver in order).
-            for m in members_of(mask_of(map.members) & !me_bit) {
-                out.push(Output::Send {
-                    to: m,
-                    msg: Msg::Map { map },
-                });
+            if PUSH_MAPS {
+                // Before any forward of the new epoch (links deliver in order).
+                for m in members_of(mask_of(map.members) & !me_bit) {
+                    out.push(Output::Send {
+                        to: m,
+                        msg: Msg::Map { map },
+                    });
+                }
             }
             if !was_primary {
                 self.reported = 0;
@@ -1378,6 +1380,13 @@ impl Replica {
         }
     }
 }
+
+/// Whether a primary pushes each map it installs to the members (`Msg::Map`). Off: with it
+/// on, the real-process freeze test (`brickd/node/tests/replication.rs`, a frozen namespace
+/// primary) ended with two up-to-date members holding different contents for a small file
+/// in 2 of 5 runs, which the simulator does not reproduce; not yet understood. Members still
+/// accept a pushed map (it was read from the store, so adopting it is safe).
+const PUSH_MAPS: bool = false;
 
 /// The members in a bit mask, in member order.
 fn members_of(mask: u8) -> impl Iterator<Item = Member> {

@@ -371,6 +371,14 @@ fn next_work(slot: &mut repl::Slot, target: Member) -> Next {
             expand_all(d, b, pg);
         }
     }
+    if pg != 0 {
+        // The namespace is PG 0's: its catch-up runs under PG 0's lock, ordered with every
+        // create and unlink. Reconciling directories from a data PG would race with them
+        // (a listing taken here misses a file PG 0 creates meanwhile, and the member would
+        // drop it). Data PGs wait until PG 0 has healed the member, so nothing is missing.
+        d.dirs.clear();
+        d.tree = false;
+    }
     if d.has_namespace() {
         // The catch-up that runs when a member joins takes these; a new one is needed only
         // if that one failed.
@@ -446,7 +454,7 @@ fn next_work(slot: &mut repl::Slot, target: Member) -> Next {
 /// A full heal: every directory, and every file of the PG whole.
 fn expand_all(d: &mut MemberDirt, brick: &Brick, pg: u32) {
     d.all = false;
-    d.tree = true;
+    d.tree = pg == 0;
     for fid in brick.ids_in_pg(pg) {
         d.attrs.insert(fid);
         d.add(Dirt::Range {
@@ -566,7 +574,9 @@ pub(crate) fn catch_up_read(slot: &mut repl::Slot, op: OpId) -> Result<Body, Str
     let healing = slot.replica.map().healing;
     let mut dirs = BTreeSet::new();
     let mut tree = false;
-    for m in (0..MEMBERS_MAX).filter(|m| healing & (1 << m) != 0) {
+    // Only PG 0 reconciles directories (see `next_work`): a data PG's catch-up is empty.
+    let namespace_pg = slot.replica.pg == 0;
+    for m in (0..MEMBERS_MAX).filter(|m| healing & (1 << m) != 0 && namespace_pg) {
         let d = &slot.dirt.members[m as usize];
         dirs.extend(d.dirs.iter().copied());
         tree |= d.tree || d.all;
