@@ -329,25 +329,48 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn mount(client: &Client, volume: &str, mountpoint: &std::path::Path) -> Result<()> {
     let vol = client.open_volume(volume).await?;
+    let canonical = mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", mountpoint.display()))?;
     let rt = tokio::runtime::Handle::current();
-    let session = brick_fuse::mount(vol, rt, mountpoint)
-        .with_context(|| format!("mounting {volume} at {}", mountpoint.display()))?;
-    println!("mounted volume {volume:?} at {}", mountpoint.display());
+    let session = brick_fuse::mount(vol, rt, &canonical)
+        .with_context(|| format!("mounting {volume} at {}", canonical.display()))?;
+    println!("mounted volume {volume:?} at {}", canonical.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                if session.guard.is_finished() {
-                    // Unmounted from outside (`brick umount`, umount(8)).
-                    return session.join().map_err(Into::into);
+                if session.guard.is_finished() || !is_mounted(&canonical) {
+                    // Unmounted from outside (`brick umount`, umount(8)). A lazy unmount may
+                    // leave the session thread waiting: it is not waited for.
+                    return Ok(());
                 }
             }
         }
     }
-    tokio::task::spawn_blocking(move || session.umount_and_join()).await??;
+    let stop = tokio::task::spawn_blocking(move || session.umount_and_join());
+    match tokio::time::timeout(std::time::Duration::from_secs(UNMOUNT_WAIT_S), stop).await {
+        Ok(joined) => joined??,
+        Err(_) => {
+            // Unmounted, but the kernel keeps the connection while something still uses it.
+            eprintln!("brick mount: the FUSE session did not end within {UNMOUNT_WAIT_S} s after the unmount; exiting");
+            std::process::exit(0);
+        }
+    }
     Ok(())
+}
+
+/// How long `brick mount` waits for its FUSE session to end after unmounting.
+const UNMOUNT_WAIT_S: u64 = 5;
+
+fn is_mounted(mountpoint: &std::path::Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let want = mountpoint.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
 }
 
 fn umount(mountpoint: &std::path::Path) -> Result<()> {

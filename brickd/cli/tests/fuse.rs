@@ -4,7 +4,7 @@
 //! native client and the reverse, and a clean unmount on SIGINT and by `brick umount`.
 
 use brick_client::Client;
-use brick_testkit::{pattern, DevServer};
+use brick_testkit::{pattern, run_tool as run, DevServer};
 use serde_json::Value;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -99,17 +99,6 @@ impl Drop for MountProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! handshakes and bad requests get the protocol's answers and the gateway keeps serving.
 
 use brick_client::Client;
-use brick_testkit::{free_port, pattern, DevServer};
+use brick_testkit::{free_port, pattern, run_tool as run, DevServer};
 use brick_wire::ROOT_FILE_ID;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -105,17 +105,6 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Writes `len` bytes of `pattern(seed)` as a new file of the dev volume.

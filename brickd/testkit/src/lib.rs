@@ -430,3 +430,16 @@ impl Drop for ServeNode {
         self.kill9();
     }
 }
+
+/// Runs an external tool (a real client: nbdcopy, qemu-img, fio, ...) and returns its
+/// stdout; fails the test with its output when it fails.
+pub fn run_tool(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
