@@ -74,17 +74,7 @@ impl MountProc {
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "brick mount did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        brick_testkit::wait_exit(&mut self.child, "brick mount", Duration::from_secs(10))
     }
 }
 

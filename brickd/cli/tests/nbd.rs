@@ -85,18 +85,9 @@ impl Gateway {
     fn stop(mut self) {
         // SAFETY: signalling our own child by its PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "gateway exit status {status}");
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let limit = Duration::from_secs(10);
+        let status = brick_testkit::wait_exit(&mut self.child, "brick nbd serve", limit);
+        assert!(status.success(), "gateway exit status {status}");
     }
 }
 
