@@ -112,3 +112,5 @@ pub const NODE_LIVENESS_TTL_MS: u64 = 2000;
 pub const DEV_NATIVE_PORT: u16 = 7700;
 /// `brickd dev`'s NBD gateway: the port NBD clients try by default.
 pub const DEV_NBD_PORT: u16 = 10809;
+/// `brickd dev`'s NFSv3 gateway (NFS and MOUNT on one port): the standard NFS port.
+pub const DEV_NFS_PORT: u16 = 2049;

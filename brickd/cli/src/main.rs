@@ -90,6 +90,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NbdCmd,
     },
+    /// NFSv3 gateway (NFS and MOUNT on one port) for Linux hosts and libnfs clients.
+    Nfs {
+        #[command(subcommand)]
+        cmd: NfsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NfsCmd {
+    /// Serve VOLUME over NFSv3 (export `/` = the volume root) until SIGINT or SIGTERM.
+    Serve {
+        volume: String,
+        #[arg(long, default_value = "127.0.0.1:2049")]
+        listen: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,11 +207,12 @@ struct BenchArgs {
 }
 
 fn main() {
+    brick_client::keep_large_buffers();
     let cli = Cli::parse();
     // Gateways serve many clients at once; one-shot commands need one thread.
     let mut builder = match cli.cmd {
         // NBD: one thread (fewer cross-thread wake-ups measured as fast or faster).
-        Cmd::Mount { .. } => tokio::runtime::Builder::new_multi_thread(),
+        Cmd::Mount { .. } | Cmd::Nfs { .. } => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let rt = match builder.enable_all().build() {
@@ -322,6 +338,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Nbd {
             cmd: NbdCmd::Serve { volume, listen },
         } => nbd_serve(&client, &volume, &listen).await,
+        Cmd::Nfs {
+            cmd: NfsCmd::Serve { volume, listen },
+        } => nfs_serve(&client, &volume, &listen).await,
         Cmd::Mount { volume, mountpoint } => mount(&client, &volume, &mountpoint).await,
         Cmd::Umount { .. } => unreachable!("handled before connecting"),
     }
@@ -394,6 +413,30 @@ async fn nbd_serve(client: &Client, volume: &str, listen: &str) -> Result<()> {
     println!("nbd serving volume {volume:?} on {addr} (export name = file path, e.g. nbd://{addr}/vm.img)");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(brick_nbd::serve(listener, vol, stopped));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop.send(true);
+    server.await??;
+    Ok(())
+}
+
+async fn nfs_serve(client: &Client, volume: &str, listen: &str) -> Result<()> {
+    let vol = client.open_volume(volume).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("nfs: listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "nfs serving volume {volume:?} on {addr} (NFSv3 and MOUNT on port {port}, export /: \
+         nfs://{ip}/?version=3&nfsport={port}&mountport={port})",
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(brick_nfs::serve(listener, vol, stopped));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

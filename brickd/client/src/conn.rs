@@ -44,6 +44,11 @@ struct Outbox {
     socket: tokio::sync::Mutex<OwnedWriteHalf>,
 }
 
+/// Connections this process opened to servers. A server that restarted lost what it had not
+/// made durable; reaching it again needs a new connection, so a change of this count is how
+/// gateways (NFS write verifiers) learn that unsynced writes may be gone.
+pub(crate) static CONNECTIONS_OPENED: AtomicU64 = AtomicU64::new(0);
+
 /// WRITE data at least this large is written to the socket straight from the caller's buffer.
 const DIRECT_WRITE_BYTES_MIN: usize = 64 * 1024;
 
@@ -78,6 +83,7 @@ impl Conn {
         let (read_half, mut write_half) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, read_half);
         let welcome = handshake(&mut reader, &mut write_half, user, key).await?;
+        CONNECTIONS_OPENED.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox {
             buf: Mutex::new(Vec::with_capacity(256 * 1024)),
             notify: Notify::new(),

@@ -10,7 +10,7 @@ use brick_cluster::{
     UserRecord, VolumeStatus,
 };
 use brick_dataplane::{Dataplane, DataplaneConfig, MapRequest, MgmtRequest};
-use brick_tuning::{DEV_NATIVE_PORT, DEV_NBD_PORT, MGMT_DOC_BYTES_MAX};
+use brick_tuning::{DEV_NATIVE_PORT, DEV_NBD_PORT, DEV_NFS_PORT, MGMT_DOC_BYTES_MAX};
 use brick_wire::{auth, ErrorCode};
 use clap::{Parser, Subcommand};
 use mgmt::Mgmt;
@@ -43,6 +43,9 @@ enum Cmd {
         /// NBD gateway address for the dev volume's files (port 0: any free port).
         #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_NBD_PORT)))]
         nbd_listen: SocketAddr,
+        /// NFSv3 gateway address (NFS and MOUNT on one port; port 0: any free port).
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_NFS_PORT)))]
+        nfs_listen: SocketAddr,
     },
     /// One node of a cluster.
     Serve {
@@ -82,7 +85,8 @@ fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BRICKD_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                // nfsserve logs every connection at info and every failed lookup at error.
+                .unwrap_or_else(|_| "info,nfsserve=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -90,6 +94,7 @@ fn run() -> Result<()> {
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe { libc::umask(0) };
     raise_open_files_limit();
+    brick_client::keep_large_buffers();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -103,7 +108,16 @@ fn run() -> Result<()> {
             cores,
             spin_us,
             nbd_listen,
-        } => rt.block_on(run_dev(dir, listen, nbd_listen, Tuning { cores, spin_us })),
+            nfs_listen,
+        } => rt.block_on(run_dev(
+            dir,
+            listen,
+            Gateways {
+                nbd: nbd_listen,
+                nfs: nfs_listen,
+            },
+            Tuning { cores, spin_us },
+        )),
         Cmd::Serve {
             node,
             listen,
@@ -395,17 +409,35 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Serves the dev volume's files over NBD through the native client library, as
-/// `brick nbd serve` does; returns the bound address and the switch that stops it. The
-/// client connects once the node serves management requests (after this returns).
-async fn start_dev_nbd(
+/// Where `brickd dev` serves its gateways.
+struct Gateways {
+    nbd: SocketAddr,
+    nfs: SocketAddr,
+}
+
+#[derive(Clone, Copy)]
+enum GatewayKind {
+    Nbd,
+    Nfs,
+}
+
+/// Serves the dev volume through a gateway over the native client library, as
+/// `brick nbd serve` and `brick nfs serve` do; returns the bound address and the switch that
+/// stops it. The client connects once the node serves management requests (after this
+/// returns).
+async fn start_dev_gateway(
+    kind: GatewayKind,
     native: &str,
     password: &str,
     listen: SocketAddr,
 ) -> Result<(SocketAddr, tokio::sync::watch::Sender<bool>)> {
+    let name = match kind {
+        GatewayKind::Nbd => "nbd",
+        GatewayKind::Nfs => "nfs",
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("nbd gateway: listening on {listen}"))?;
+        .with_context(|| format!("{name} gateway: listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let cfg = brick_client::ClientConfig {
@@ -419,13 +451,15 @@ async fn start_dev_nbd(
             Err(e) => Err(e),
         };
         let served = match vol {
-            Ok(vol) => brick_nbd::serve(listener, vol, stopped)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(vol) => match kind {
+                GatewayKind::Nbd => brick_nbd::serve(listener, vol, stopped).await,
+                GatewayKind::Nfs => brick_nfs::serve(listener, vol, stopped).await,
+            }
+            .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = served {
-            tracing::error!("nbd gateway stopped: {e}");
+            tracing::error!("{name} gateway stopped: {e}");
         }
     });
     Ok((addr, stop))
@@ -434,7 +468,7 @@ async fn start_dev_nbd(
 async fn run_dev(
     dir: PathBuf,
     listen: SocketAddr,
-    nbd_listen: SocketAddr,
+    gateways: Gateways,
     tuning: Tuning,
 ) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -467,10 +501,14 @@ async fn run_dev(
     }
     republish(&running.mgmt, &running.dataplane).await?;
     let native = running.dataplane.shard_addrs[0].to_string();
-    let (nbd, stop_nbd) = start_dev_nbd(&native, &password, nbd_listen).await?;
+    let (nbd, stop_nbd) =
+        start_dev_gateway(GatewayKind::Nbd, &native, &password, gateways.nbd).await?;
+    let (nfs, stop_nfs) =
+        start_dev_gateway(GatewayKind::Nfs, &native, &password, gateways.nfs).await?;
     let endpoints = serde_json::json!({
         "native": native,
         "nbd": nbd.to_string(),
+        "nfs": nfs.to_string(),
         "volume": "dev",
         "user": "dev",
         "password": password,
@@ -489,6 +527,11 @@ async fn run_dev(
         "  nbd     nbd://{nbd}/PATH (a file of the volume, e.g. qemu-img info nbd://{nbd}/vm.img)"
     );
     println!(
+        "  nfs     nfs://{}/?version=3&nfsport={port}&mountport={port} (NFSv3, MOUNT on the same port)",
+        nfs.ip(),
+        port = nfs.port()
+    );
+    println!(
         "  user    dev (password in {})",
         dir.join("endpoints.json").display()
     );
@@ -496,7 +539,7 @@ async fn run_dev(
         "  try     brick --endpoints {} ls dev/",
         dir.join("endpoints.json").display()
     );
-    serve_until_signal(running, vec![stop_nbd]).await
+    serve_until_signal(running, vec![stop_nbd, stop_nfs]).await
 }
 
 async fn run_serve(

@@ -111,6 +111,7 @@ impl DevServer {
             .arg(&self.dir)
             .args(["--listen", &self.addr, "--cores", &self.cores.to_string()])
             .args(["--nbd-listen", "127.0.0.1:0"])
+            .args(["--nfs-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

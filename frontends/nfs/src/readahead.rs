@@ -1,0 +1,163 @@
+//! Read-ahead for sequential readers. NFS clients such as libnfs (`nfs-cp`, `nfs-cat`) read a
+//! file one READ at a time, so each READ would wait a full round trip to the bricks. Once a
+//! file is read sequentially, the next `DEPTH` pieces of the same size are fetched in the
+//! background and the following READs are answered from them.
+//!
+//! Consistency: a WRITE, SETATTR or COMMIT through this gateway drops the file's pieces; a
+//! piece older than `FRESH_MS` is not used (a change made through another path is seen
+//! within that time, well inside the attribute-cache time NFS clients already allow).
+
+use brick_client::{ClientResult, Volume};
+use brick_wire::FileId;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// Pieces fetched ahead per file.
+const DEPTH: usize = 4;
+/// Files followed at once; the least recently read is forgotten first. With 1 MiB READs this
+/// bounds the memory held to `DEPTH * STREAMS_MAX` MiB.
+const STREAMS_MAX: usize = 16;
+/// A piece fetched longer ago than this is read again.
+const FRESH_MS: u64 = 500;
+
+type Cell = Arc<OnceCell<ClientResult<Vec<u8>>>>;
+
+struct Piece {
+    offset: u64,
+    len: u32,
+    cell: Cell,
+    fetched_at: Instant,
+}
+
+struct Stream {
+    /// Where the next sequential READ starts, and its size.
+    next: u64,
+    len: u32,
+    pieces: VecDeque<Piece>,
+    touched: Instant,
+    /// A read came back short: the end of the file; nothing more is fetched.
+    at_end: bool,
+}
+
+#[derive(Default)]
+pub struct ReadAhead {
+    streams: Mutex<HashMap<FileId, Stream>>,
+}
+
+impl ReadAhead {
+    pub async fn read(
+        &self,
+        vol: &Volume,
+        fid: FileId,
+        offset: u64,
+        len: u32,
+    ) -> ClientResult<Vec<u8>> {
+        let (hit, fetch) = self.plan(fid, offset, len);
+        for (off, cell) in fetch {
+            let vol = vol.clone();
+            tokio::spawn(async move {
+                let _ = cell.get_or_init(|| vol.read(fid, off, len)).await;
+            });
+        }
+        let data = match hit {
+            Some(cell) => {
+                cell.get_or_init(|| vol.read(fid, offset, len)).await;
+                match Arc::try_unwrap(cell) {
+                    Ok(once) => once.into_inner().unwrap_or_else(|| Ok(Vec::new())),
+                    // The fetching task has not let go yet: copy.
+                    Err(shared) => match shared.get() {
+                        Some(r) => r.clone(),
+                        None => vol.read(fid, offset, len).await,
+                    },
+                }
+            }
+            None => vol.read(fid, offset, len).await,
+        };
+        if let Ok(d) = &data {
+            if d.len() < len as usize {
+                self.reached_end(fid);
+            }
+        }
+        data
+    }
+
+    /// Forgets what was fetched for `fid` (it is being changed).
+    pub fn invalidate(&self, fid: FileId) {
+        self.lock().remove(&fid);
+    }
+
+    /// The piece answering this READ, if fetched ahead, and the pieces to fetch now.
+    fn plan(&self, fid: FileId, offset: u64, len: u32) -> (Option<Cell>, Vec<(u64, Cell)>) {
+        let now = Instant::now();
+        let mut streams = self.lock();
+        if !streams.contains_key(&fid) && streams.len() >= STREAMS_MAX {
+            let oldest = streams
+                .iter()
+                .min_by_key(|(_, s)| s.touched)
+                .map(|(f, _)| *f);
+            if let Some(f) = oldest {
+                streams.remove(&f);
+            }
+        }
+        let s = streams.entry(fid).or_insert_with(|| Stream {
+            next: u64::MAX,
+            len,
+            pieces: VecDeque::new(),
+            touched: now,
+            at_end: false,
+        });
+        let sequential = s.next == offset && s.len == len;
+        s.touched = now;
+        s.next = offset.saturating_add(len as u64);
+        s.len = len;
+        if !sequential {
+            s.pieces.clear();
+            s.at_end = false;
+            return (None, Vec::new());
+        }
+        while s.pieces.front().is_some_and(|p| p.offset < offset) {
+            s.pieces.pop_front();
+        }
+        let fresh = Duration::from_millis(FRESH_MS);
+        let hit = match s.pieces.front() {
+            Some(p) if p.offset == offset && p.len == len => {
+                let p = s.pieces.pop_front();
+                p.filter(|p| now.duration_since(p.fetched_at) < fresh)
+                    .map(|p| p.cell)
+            }
+            _ => None,
+        };
+        let mut fetch = Vec::new();
+        if !s.at_end {
+            let mut at = s
+                .pieces
+                .back()
+                .map_or(s.next, |p| p.offset.saturating_add(len as u64));
+            while s.pieces.len() < DEPTH {
+                let cell: Cell = Arc::new(OnceCell::new());
+                s.pieces.push_back(Piece {
+                    offset: at,
+                    len,
+                    cell: cell.clone(),
+                    fetched_at: now,
+                });
+                fetch.push((at, cell));
+                at = at.saturating_add(len as u64);
+            }
+        }
+        (hit, fetch)
+    }
+
+    fn reached_end(&self, fid: FileId) {
+        if let Some(s) = self.lock().get_mut(&fid) {
+            s.at_end = true;
+            s.pieces.clear();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, Stream>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
