@@ -6,13 +6,19 @@ use brick_store::{Brick, FsError, FsResult};
 use brick_tuning::{CORE_OPEN_FILES_MAX, DIRECT_IO_ALIGN_BYTES};
 use brick_wire::{ErrorCode, FileId};
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 pub(crate) struct OpenFile {
     /// Present when the file is served with O_DIRECT.
-    pub dma: Option<DmaFile>,
+    dma: RefCell<Option<Rc<DmaFile>>>,
+    /// `io.mode auto` and smaller than `direct_min_bytes` when opened: the first write of at
+    /// least that size (aligned) opens the O_DIRECT descriptor, so a large file being written
+    /// from empty (an upload) takes the direct path too.
+    direct_later: Cell<bool>,
+    direct_min_bytes: u64,
     /// Always present: unaligned writes go through the page cache even for direct files.
     pub buffered: BufferedFile,
     /// Brick generation at which this entry was last known to name a live file.
@@ -153,7 +159,9 @@ pub(crate) async fn open(
         ));
     }
     let f = Rc::new(OpenFile {
-        dma,
+        direct_later: Cell::new(vol.io_mode == IoMode::Auto && dma.is_none() && !direct),
+        direct_min_bytes: vol.direct_min_bytes,
+        dma: RefCell::new(dma.map(Rc::new)),
         buffered,
         generation: Cell::new(generation),
         brick_id: brick.identity.brick_id.clone(),
@@ -172,7 +180,8 @@ pub(crate) async fn read(f: &OpenFile, offset: u64, len: u32, out: &mut Vec<u8>)
     if len == 0 {
         return Ok(());
     }
-    let data = match &f.dma {
+    let dma = f.dma.borrow().clone();
+    let data = match dma {
         Some(dma) => dma.read_at(offset, len as usize).await,
         None => f.buffered.read_at(offset, len as usize).await,
     }
@@ -181,8 +190,40 @@ pub(crate) async fn read(f: &OpenFile, offset: u64, len: u32, out: &mut Vec<u8>)
     Ok(())
 }
 
+/// The O_DIRECT descriptor a write of `len` bytes at `offset` should use, opening it now for a
+/// file that qualifies (see `direct_later`). The descriptor is opened through
+/// /proc/self/fd of the buffered one, so it is the same inode even if the file was renamed.
+async fn direct_for_write(f: &OpenFile, offset: u64, len: usize) -> Option<Rc<DmaFile>> {
+    let current = f.dma.borrow().clone();
+    if current.is_some() || !f.direct_later.get() {
+        return current;
+    }
+    if (len as u64) < f.direct_min_bytes || !aligned(offset, len) {
+        return None;
+    }
+    f.direct_later.set(false); // one attempt; concurrent writes meanwhile use the page cache
+    let path = format!("/proc/self/fd/{}", f.buffered.as_raw_fd());
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+    {
+        Ok(dma) => {
+            let dma = Rc::new(dma);
+            *f.dma.borrow_mut() = Some(dma.clone());
+            Some(dma)
+        }
+        Err(e) => {
+            tracing::warn!("O_DIRECT reopen of {path} failed ({e}); using the page cache");
+            None
+        }
+    }
+}
+
 pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool) -> FsResult<u32> {
-    let written = match &f.dma {
+    let dma = direct_for_write(f, offset, data.len()).await;
+    let written = match &dma {
         Some(dma) if aligned(offset, data.len()) && !data.is_empty() => {
             let mut buf = dma.alloc_dma_buffer(data.len());
             buf.as_bytes_mut().copy_from_slice(data);
@@ -205,7 +246,8 @@ pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool)
 
 /// fdatasync on either descriptor flushes the inode's dirty pages and its O_DIRECT writes.
 pub(crate) async fn sync(f: &OpenFile) -> FsResult<()> {
-    match &f.dma {
+    let dma = f.dma.borrow().clone();
+    match dma {
         Some(dma) => dma.fdatasync().await,
         None => f.buffered.fdatasync().await,
     }

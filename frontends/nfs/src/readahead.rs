@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// Pieces fetched ahead per file.
-const DEPTH: usize = 4;
+const DEPTH: usize = 8;
 /// Files followed at once; the least recently read is forgotten first. With 1 MiB READs this
-/// bounds the memory held to `DEPTH * STREAMS_MAX` MiB.
-const STREAMS_MAX: usize = 16;
+/// bounds the memory held to `DEPTH * STREAMS_MAX` MiB (64 MiB).
+const STREAMS_MAX: usize = 8;
 /// A piece fetched longer ago than this is read again.
 const FRESH_MS: u64 = 500;
 
