@@ -508,5 +508,71 @@ fn bad_requests(gw: &Gateway, vol: &Volume, rt: &tokio::runtime::Runtime) {
         0,
         "other connections go on"
     );
+    unstable_write_then_commit(&mut s, vol, rt);
+    fsstat_reports_the_bricks(&mut s, &root, vol, rt);
     assert!(ls_names(gw, "/").contains(&"copy.bin".to_string()));
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(w)
+}
+
+/// WRITE with `stable = UNSTABLE` is answered UNSTABLE, COMMIT answers the same verifier, and
+/// the data is in the volume.
+fn unstable_write_then_commit(s: &mut TcpStream, vol: &Volume, rt: &tokio::runtime::Runtime) {
+    let fid = rt.block_on(async {
+        vol.create(ROOT_FILE_ID, "unstable.bin", 0o644, true)
+            .await
+            .expect("create")
+            .fid
+    });
+    let handle = handle_of(vol.id, fid);
+    let data = pattern(9, 0, 8192);
+    let mut args = opaque(&handle);
+    args.extend_from_slice(&4096u64.to_be_bytes());
+    args.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    args.extend_from_slice(&0u32.to_be_bytes()); // UNSTABLE
+    args.extend_from_slice(&opaque(&data));
+    let reply = rpc(s, 30, 100_003, 3, 7, &args);
+    assert_eq!(accept_stat(&reply), 0);
+    assert_eq!(word(&reply, 24), 0, "WRITE status");
+    assert_eq!((word(&reply, 28), word(&reply, 32)), (0, 0), "wcc_data");
+    assert_eq!(word(&reply, 36), data.len() as u32, "count");
+    assert_eq!(word(&reply, 40), 0, "committed: UNSTABLE");
+    let write_verf = reply[44..52].to_vec();
+    let mut args = opaque(&handle);
+    args.extend_from_slice(&0u64.to_be_bytes());
+    args.extend_from_slice(&0u32.to_be_bytes());
+    let reply = rpc(s, 31, 100_003, 3, 21, &args);
+    assert_eq!(accept_stat(&reply), 0);
+    assert_eq!(word(&reply, 24), 0, "COMMIT status");
+    assert_eq!(
+        reply[36..44],
+        write_verf[..],
+        "COMMIT verifier = WRITE verifier"
+    );
+    rt.block_on(async {
+        let got = vol.read(fid, 4096, 8192).await.expect("native read");
+        assert_eq!(got, data);
+    });
+}
+
+/// FSSTAT carries the bricks' numbers, not constants.
+fn fsstat_reports_the_bricks(
+    s: &mut TcpStream,
+    root: &[u8],
+    vol: &Volume,
+    rt: &tokio::runtime::Runtime,
+) {
+    let reply = rpc(s, 32, 100_003, 3, 18, &opaque(root));
+    assert_eq!(accept_stat(&reply), 0);
+    assert_eq!(word(&reply, 24), 0, "FSSTAT status");
+    // post_op_attr: present (1) and a fattr3 of 84 bytes, then tbytes, fbytes, abytes.
+    let at = if word(&reply, 28) == 1 { 32 + 84 } else { 32 };
+    let (total, free) = (u64_at(&reply, at), u64_at(&reply, at + 8));
+    let statfs = rt.block_on(vol.statfs()).expect("statfs");
+    assert_eq!(total, statfs.total_bytes, "FSSTAT tbytes");
+    assert!(total > 0 && free <= total, "FSSTAT {total} {free}");
 }
