@@ -494,6 +494,14 @@ fn bad_requests(gw: &Gateway, vol: &Volume, rt: &tokio::runtime::Runtime) {
         1,
         "PROG_UNAVAIL"
     );
+    // Portmap GETPORT on the NFS port names this port (not nfsserve's private one).
+    let mut getport = Vec::new();
+    for w in [100_003u32, 3, 6, 0] {
+        getport.extend_from_slice(&w.to_be_bytes());
+    }
+    let reply = rpc(&mut s, 22, 100_000, 2, 3, &getport);
+    assert_eq!(accept_stat(&reply), 0);
+    assert_eq!(word(&reply, 24), gw.port as u32, "GETPORT NFS v3 TCP");
     assert_eq!(getattr_status(&mut s, 20, &root), 0, "still serving");
     // A record larger than any request closes that connection only.
     let mut big = connect(gw.port);

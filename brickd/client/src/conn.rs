@@ -313,10 +313,19 @@ async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
     if header.kind != Kind::Response {
         return Err("server sent a request frame".into());
     }
-    let mut payload = vec![0u8; header.payload_len as usize];
-    r.read_exact(&mut payload)
+    // Read into spare capacity: no zeroing of a READ's megabyte before it is overwritten.
+    let len = header.payload_len as usize;
+    let mut payload = Vec::with_capacity(len);
+    r.take(len as u64)
+        .read_to_end(&mut payload)
         .await
         .map_err(|e| e.to_string())?;
+    if payload.len() != len {
+        return Err(format!(
+            "connection closed after {} of {len} reply bytes",
+            payload.len()
+        ));
+    }
     verify_crc(&hb, &payload).map_err(|e| e.to_string())?;
     Ok((header, payload))
 }

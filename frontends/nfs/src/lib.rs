@@ -43,6 +43,8 @@ const READDIRPLUS_MAXCOUNT_MIN: u32 = 1024;
 
 struct Gateway {
     fs: Arc<BrickFs>,
+    /// The port clients reach us on: what a portmap GETPORT for NFS or MOUNT answers.
+    port: u16,
     /// Where the in-process nfsserve listens (changes if it had to be restarted).
     inner_addr: Mutex<SocketAddr>,
 }
@@ -64,6 +66,7 @@ pub async fn serve(
     let first = start_inner(fs.clone()).await?;
     let gateway = Arc::new(Gateway {
         fs,
+        port: listener.local_addr()?.port(),
         inner_addr: Mutex::new(first.0),
     });
     let supervisor = tokio::spawn(supervise_inner(gateway.clone(), first.1));
@@ -260,7 +263,7 @@ enum Route {
     Proxy(Call),
 }
 
-fn route(record: &mut [u8]) -> Result<Route, BadCall> {
+fn route(record: &mut [u8], port: u16) -> Result<Route, BadCall> {
     use rpc::*;
     let call = parse_call(record)?;
     let garbage = || Route::Answer(accepted(call.xid, ACCEPT_GARBAGE_ARGS));
@@ -286,9 +289,38 @@ fn route(record: &mut [u8]) -> Result<Route, BadCall> {
             Some(()) => Route::Proxy(call),
             None => garbage(),
         },
-        PROG_PORTMAP => Route::Proxy(call),
+        // nfsserve would answer GETPORT with its private port, which bypasses this layer.
+        PROG_PORTMAP => Route::Answer(portmap(call, record, port)),
         _ => Route::Answer(accepted(call.xid, ACCEPT_PROG_UNAVAIL)),
     })
+}
+
+/// Portmap v2 on the NFS port: NULL, and GETPORT naming this port for NFS v3 and MOUNT v3
+/// over TCP (0, "not registered", for anything else).
+fn portmap(call: Call, record: &[u8], port: u16) -> Vec<u8> {
+    use rpc::*;
+    const PMAP_V2: u32 = 2;
+    const IPPROTO_TCP: u32 = 6;
+    if call.vers != PMAP_V2 {
+        return prog_mismatch(call.xid, PMAP_V2, PMAP_V2);
+    }
+    match call.proc_ {
+        0 => accepted(call.xid, ACCEPT_SUCCESS),
+        3 => {
+            let mut x = Xdr::new(record, call.args_at);
+            let (Some(prog), Some(vers), Some(prot), Some(_)) =
+                (x.u32(), x.u32(), x.u32(), x.u32())
+            else {
+                return accepted(call.xid, ACCEPT_GARBAGE_ARGS);
+            };
+            let ours = matches!((prog, vers), (PROG_NFS, NFS_V3) | (PROG_MOUNT, MOUNT_V3))
+                && prot == IPPROTO_TCP;
+            let mut out = accepted_open(call.xid, ACCEPT_SUCCESS);
+            out.extend_from_slice(&(if ours { port as u32 } else { 0 }).to_be_bytes());
+            finish(out)
+        }
+        _ => accepted(call.xid, ACCEPT_PROC_UNAVAIL),
+    }
 }
 
 fn too_small(xid: u32) -> Vec<u8> {
@@ -351,7 +383,7 @@ async fn connection(stream: TcpStream, gateway: Arc<Gateway>) -> std::io::Result
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break Ok(());
         };
-        match route(&mut record) {
+        match route(&mut record, gateway.port) {
             Err(BadCall::Unreadable) => {
                 break Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

@@ -58,9 +58,13 @@ pub async fn read_record<R: AsyncRead + Unpin>(
                 ),
             ));
         }
+        // Read into spare capacity: no zeroing of up to 1 MiB per WRITE first.
         let start = record.len();
-        record.resize(start + len, 0);
-        r.read_exact(&mut record[start..]).await?;
+        record.reserve_exact(len);
+        (&mut *r).take(len as u64).read_to_end(&mut record).await?;
+        if record.len() != start + len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         if head & 0x8000_0000 != 0 {
             return Ok(Some(record));
         }
