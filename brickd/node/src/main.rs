@@ -435,9 +435,18 @@ async fn start_dev_gateway(
         GatewayKind::Nbd => "nbd",
         GatewayKind::Nfs => "nfs",
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("{name} gateway: listening on {listen}"))?;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        // A default port already taken (an NFS server on 2049, say) must not stop the dev
+        // cluster: take any free port; the address printed and in endpoints.json is the truth.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && listen.port() != 0 => {
+            tracing::warn!("{name} gateway: {listen} is in use; listening on another port");
+            tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0))
+                .await
+                .with_context(|| format!("{name} gateway: listening on {}:0", listen.ip()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("{name} gateway: listening on {listen}")),
+    };
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let cfg = brick_client::ClientConfig {
