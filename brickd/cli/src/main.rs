@@ -337,10 +337,10 @@ async fn run(cli: Cli) -> Result<()> {
         } => heal::can_stop(&client, &out, &node).await,
         Cmd::Nbd {
             cmd: NbdCmd::Serve { volume, listen },
-        } => nbd_serve(&client, &volume, &listen).await,
+        } => gateway_serve(&client, GatewayKind::Nbd, &volume, &listen).await,
         Cmd::Nfs {
             cmd: NfsCmd::Serve { volume, listen },
-        } => nfs_serve(&client, &volume, &listen).await,
+        } => gateway_serve(&client, GatewayKind::Nfs, &volume, &listen).await,
         Cmd::Mount { volume, mountpoint } => mount(&client, &volume, &mountpoint).await,
         Cmd::Umount { .. } => unreachable!("handled before connecting"),
     }
@@ -404,39 +404,44 @@ fn umount(mountpoint: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-async fn nbd_serve(client: &Client, volume: &str, listen: &str) -> Result<()> {
-    let vol = client.open_volume(volume).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("nbd: listening on {listen}"))?;
-    let addr = listener.local_addr()?;
-    println!("nbd serving volume {volume:?} on {addr} (export name = file path, e.g. nbd://{addr}/vm.img)");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(brick_nbd::serve(listener, vol, stopped));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    let _ = stop.send(true);
-    server.await??;
-    Ok(())
+#[derive(Clone, Copy)]
+enum GatewayKind {
+    Nbd,
+    Nfs,
 }
 
-async fn nfs_serve(client: &Client, volume: &str, listen: &str) -> Result<()> {
+/// Runs the NBD or NFS gateway for `volume` on `listen` until SIGINT or SIGTERM, then stops it
+/// cleanly (open connections are closed).
+async fn gateway_serve(
+    client: &Client,
+    kind: GatewayKind,
+    volume: &str,
+    listen: &str,
+) -> Result<()> {
+    let name = match kind {
+        GatewayKind::Nbd => "nbd",
+        GatewayKind::Nfs => "nfs",
+    };
     let vol = client.open_volume(volume).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("nfs: listening on {listen}"))?;
+        .with_context(|| format!("{name}: listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    println!(
-        "nfs serving volume {volume:?} on {addr} (NFSv3 and MOUNT on port {port}, export /: \
-         nfs://{ip}/?version=3&nfsport={port}&mountport={port})",
-        ip = addr.ip(),
-        port = addr.port()
-    );
+    let how = match kind {
+        GatewayKind::Nbd => format!("export name = file path, e.g. nbd://{addr}/vm.img"),
+        GatewayKind::Nfs => format!(
+            "NFSv3 and MOUNT on port {port}, export /: \
+             nfs://{ip}/?version=3&nfsport={port}&mountport={port}",
+            ip = addr.ip(),
+            port = addr.port()
+        ),
+    };
+    println!("{name} serving volume {volume:?} on {addr} ({how})");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(brick_nfs::serve(listener, vol, stopped));
+    let server = match kind {
+        GatewayKind::Nbd => tokio::spawn(brick_nbd::serve(listener, vol, stopped)),
+        GatewayKind::Nfs => tokio::spawn(brick_nfs::serve(listener, vol, stopped)),
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -101,10 +101,7 @@ fn fuse_mount_serves_posix_operations() {
     let scratch = tempfile::tempdir_in(brick_testkit::scratch_root()).expect("scratch");
     let mnt = scratch.path().canonicalize().expect("scratch").join("mnt");
     let mut mount = MountProc::start(&server, &mnt, &scratch.path().join("mount.log"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = brick_testkit::runtime();
     let client = rt
         .block_on(Client::connect(server.client_config()))
         .expect("connect");

@@ -26,14 +26,7 @@ fn brickd_exe() -> PathBuf {
 }
 
 fn need(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is not installed (.ci/run installs libnbd-bin, qemu-utils and fio)"
-    );
+    brick_testkit::need_tool(tool, ".ci/run installs libnbd-bin, qemu-utils and fio");
 }
 
 /// `brick nbd serve`, stopped by its PID when dropped (also when the test fails).
@@ -134,10 +127,7 @@ fn nbd_clients_read_and_write_volume_files() {
     let server = DevServer::start(&brickd_exe(), 1);
     let scratch = tempfile::tempdir_in(brick_testkit::scratch_root()).expect("scratch");
     let dir = scratch.path();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = brick_testkit::runtime();
     let client = rt
         .block_on(Client::connect(server.client_config()))
         .expect("connect");

@@ -7,7 +7,7 @@
 //! gateway keeps serving.
 
 use brick_client::{Client, Volume};
-use brick_testkit::{free_port, pattern, run_tool as run, DevServer};
+use brick_testkit::{free_port, pattern, run_tool as run, runtime, DevServer};
 use brick_wire::ROOT_FILE_ID;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -30,14 +30,7 @@ fn nfs_ops() -> PathBuf {
 }
 
 fn need(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is not installed (.ci/run installs libnfs-utils and python3)"
-    );
+    brick_testkit::need_tool(tool, ".ci/run installs libnfs-utils and python3");
 }
 
 /// `brick nfs serve`, stopped by its PID when dropped (also when the test fails).
@@ -179,13 +172,6 @@ async fn volume(server: &DevServer) -> Volume {
         .await
         .expect("connect");
     client.open_volume("dev").await.expect("open")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 #[test]
@@ -355,7 +341,8 @@ fn nfs_copy_survives_a_gateway_killed_and_restarted() {
         std::thread::sleep(Duration::from_millis(5));
     }
     gw.kill9();
-    std::thread::sleep(Duration::from_millis(500));
+    // Restarted at once: libnfs retries its reconnect only for a limited time (a restart that
+    // took over a second under load once made nfs-cp give up).
     let gw = Gateway::start(&server, dir, port);
     let status = brick_testkit::wait_exit(&mut copy, "nfs-cp", Duration::from_secs(120));
     let mut err = String::new();

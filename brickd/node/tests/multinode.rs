@@ -5,20 +5,13 @@
 use brick_client::{Client, ClientConfig};
 use brick_cluster::mgmt::MgmtOp;
 use brick_cluster::{Cluster, ClusterStore, EtcdStore, PgMap, TxnOp};
-use brick_testkit::{scratch_root, Etcd, ServeNode};
+use brick_testkit::{runtime, scratch_root, Etcd, ServeNode};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BRICKD: &str = env!("CARGO_BIN_EXE_brickd");
 const PASSWORD: &str = "multinode-test-password";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 #[test]
 fn etcd_store_transactions_watches_and_pg_map_epochs() {

@@ -432,6 +432,23 @@ impl Drop for ServeNode {
     }
 }
 
+/// A current-thread tokio runtime for a test's native-client calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Fails the test unless `tool` is on PATH; `install_hint` says where it comes from.
+pub fn need_tool(tool: &str, install_hint: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{tool} is not installed ({install_hint})");
+}
+
 /// Runs an external tool (a real client: nbdcopy, qemu-img, fio, ...) and returns its
 /// stdout; fails the test with its output when it fails.
 pub fn run_tool(cmd: &mut Command) -> String {
