@@ -27,49 +27,26 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-for tool in nfs-cp nfs-cat python3 ganesha.nfsd rpcbind; do
-  command -v "$tool" >/dev/null || {
-    echo "$tool is not installed (apt-get install libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind)" >&2
-    exit 2
-  }
-done
+source "$ROOT/bench/lib.sh"
+need_tools "apt-get install libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind" \
+  nfs-cp nfs-cat python3 ganesha.nfsd rpcbind
 BIN="$ROOT/target/release"
 OPS="$ROOT/brickd/cli/tests/nfs_ops.py"
 (cd "$ROOT" && cargo build --release -p brickd -p brick)
 
-RUN="$SCRATCH/nfs-$$"
-mkdir -p "$RUN"
-RUN=$(cd "$RUN" && pwd -P)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
+bench_start nfs
 GANESHA_RUN_DIR_EXISTED=$([ -d /var/run/ganesha ] && echo 1 || echo 0)
-cleanup() {
-  if [ -f "$RUN/ganesha/ganesha.pid" ]; then PIDS+=("$(cat "$RUN/ganesha/ganesha.pid")"); fi
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  if [ "$GANESHA_RUN_DIR_EXISTED" = 0 ]; then rm -rf /var/run/ganesha; fi
-  rm -rf "$RUN"
-}
-trap cleanup EXIT INT TERM
+EXIT_HOOKS+=('[ -f "$RUN/ganesha/ganesha.pid" ] && PIDS+=("$(cat "$RUN/ganesha/ganesha.pid")")')
+AFTER_STOP_HOOKS+=('[ "$GANESHA_RUN_DIR_EXISTED" = 1 ] || rm -rf /var/run/ganesha')
 
 # --- brickd: a replica-1 volume (one copy, as the ganesha export) and the gateway ---------
-PORT=$(free_port)
 NFS_PORT=$(free_port)
-"$BIN/brickd" dev --dir "$RUN/dev" --listen "127.0.0.1:$PORT" --nbd-listen 127.0.0.1:0 \
-  --nfs-listen 127.0.0.1:0 --cores "$CORES" >"$RUN/brickd.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 300); do [ -f "$RUN/dev/endpoints.json" ] && break; sleep 0.1; done
-[ -f "$RUN/dev/endpoints.json" ] || { echo "brickd did not start:" >&2; cat "$RUN/brickd.log" >&2; exit 1; }
-export BRICK_ENDPOINTS="$RUN/dev/endpoints.json"
+start_dev "$CORES"
 "$BIN/brick" --quiet volume create nfsbench replica 1 "dev:$RUN/brick" >/dev/null
 "$BIN/brick" --quiet volume start nfsbench >/dev/null
 "$BIN/brick" nfs serve nfsbench --listen "127.0.0.1:$NFS_PORT" >"$RUN/gateway.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 100); do grep -q "nfs serving" "$RUN/gateway.log" 2>/dev/null && break; sleep 0.1; done
-grep -q "nfs serving" "$RUN/gateway.log" || { echo "gateway did not start:" >&2; cat "$RUN/gateway.log" >&2; exit 1; }
+wait_for_line "$RUN/gateway.log" "nfs serving" "the gateway"
 OURS="nfs://127.0.0.1/?version=3&nfsport=$NFS_PORT&mountport=$NFS_PORT"
 ours_url() { echo "nfs://127.0.0.1/$1?version=3&nfsport=$NFS_PORT&mountport=$NFS_PORT"; }
 
@@ -118,26 +95,18 @@ SRC="$RUN/src.bin"
 head -c "$SIZE" /dev/urandom >"$SRC"
 RESULTS="$RUN/results.txt"
 : >"$RESULTS"
-timed() { # name system command...: records MB/s
-  local name=$1 system=$2; shift 2
-  local start end
-  start=$(date +%s.%N)
-  "$@" >/dev/null
-  end=$(date +%s.%N)
-  python3 -c "import sys; s=float('$end')-float('$start'); print('$name $system %.1f' % ($SIZE/s/1e6))" | tee -a "$RESULTS"
-}
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   for system in ours ganesha; do
     if [ $system = ours ]; then url=$(ours_url /bench.bin); base=$OURS; else url=$(ganesha_url /bench.bin); base=$GANESHA; fi
     python3 "$OPS" "$base" unlink /bench.bin 2>/dev/null || true
     sync
-    timed cp-up $system nfs-cp "$SRC" "$url"
+    timed cp-up $system "$SIZE" nfs-cp "$SRC" "$url"
     rm -f "$RUN/down.bin"
-    timed cp-down $system nfs-cp "$url" "$RUN/down.bin"
+    timed cp-down $system "$SIZE" nfs-cp "$url" "$RUN/down.bin"
     cmp -s "$SRC" "$RUN/down.bin" || { echo "$system: downloaded file differs" >&2; exit 1; }
     rm -f "$RUN/down.bin"
-    timed cat-down $system nfs-cat "$url"
+    timed cat-down $system "$SIZE" nfs-cat "$url"
   done
 done
 

@@ -114,3 +114,12 @@ pub const DEV_NATIVE_PORT: u16 = 7700;
 pub const DEV_NBD_PORT: u16 = 10809;
 /// `brickd dev`'s NFSv3 gateway (NFS and MOUNT on one port): the standard NFS port.
 pub const DEV_NFS_PORT: u16 = 2049;
+/// `brickd dev`'s SMB gateway. Not 445: that needs root, and a host's Samba may hold it.
+pub const DEV_SMB_PORT: u16 = 4445;
+
+/// Longest user password, in bytes.
+pub const PASSWORD_BYTES_MAX: usize = 256;
+/// How often an SMB gateway fetches its share's users and their access again.
+pub const SMB_USERS_REFRESH_MS: u64 = 2000;
+/// Largest SMB READ and WRITE the gateway offers (the native protocol's largest I/O).
+pub const SMB_IO_BYTES_MAX: u32 = 1 << 20;

@@ -3,6 +3,7 @@
 
 mod files;
 mod heal;
+mod users;
 
 use anyhow::{anyhow, bail, Context, Result};
 use brick_bench::{BenchOptions, Workload};
@@ -95,6 +96,33 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NfsCmd,
     },
+    /// SMB2/3 gateway for Windows, macOS and smbclient; logins are the cluster's users.
+    Smb {
+        #[command(subcommand)]
+        cmd: SmbCmd,
+    },
+    /// Users (native protocol and SMB logins).
+    User {
+        #[command(subcommand)]
+        cmd: users::UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SmbCmd {
+    /// Serve VOLUME as an SMB share until SIGINT or SIGTERM. Users get in with
+    /// `brick volume set VOLUME access.USER ro|rw`; `smb.encrypt on` requires encryption.
+    Serve {
+        volume: String,
+        #[arg(long, default_value = "127.0.0.1:445")]
+        listen: String,
+        /// Share name (default: the volume's name).
+        #[arg(long)]
+        share: Option<String>,
+        /// Every session must sign its messages.
+        #[arg(long)]
+        require_signing: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,7 +191,8 @@ enum VolumeCmd {
         name: String,
     },
     List,
-    /// set NAME KEY VALUE (keys: io.mode, io.direct_min_bytes, heal.rate)
+    /// set NAME KEY VALUE (keys: io.mode, io.direct_min_bytes, heal.rate, smb.encrypt on|off,
+    /// access.USER ro|rw|none: USER's access to the volume's SMB share)
     Set {
         name: String,
         key: String,
@@ -212,7 +241,9 @@ fn main() {
     // Gateways serve many clients at once; one-shot commands need one thread.
     let mut builder = match cli.cmd {
         // NBD: one thread (fewer cross-thread wake-ups measured as fast or faster).
-        Cmd::Mount { .. } | Cmd::Nfs { .. } => tokio::runtime::Builder::new_multi_thread(),
+        Cmd::Mount { .. } | Cmd::Nfs { .. } | Cmd::Smb { .. } => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let rt = match builder.enable_all().build() {
@@ -309,8 +340,30 @@ async fn run(cli: Cli) -> Result<()> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    let caller_key = brick_wire::auth::password_key(&cfg.user, &cfg.password);
     let client = Client::connect(cfg).await?;
     match cli.cmd {
+        Cmd::User { cmd } => users::run(&client, &caller_key, &out, cmd).await,
+        Cmd::Smb {
+            cmd:
+                SmbCmd::Serve {
+                    volume,
+                    listen,
+                    share,
+                    require_signing,
+                },
+        } => {
+            let share = share.unwrap_or_else(|| volume.clone());
+            smb_serve(
+                client,
+                caller_key,
+                &volume,
+                &share,
+                &listen,
+                require_signing,
+            )
+            .await
+        }
         Cmd::Volume { cmd } => volume(&client, &out, cmd).await,
         Cmd::Peer { cmd } => {
             let op = match cmd {
@@ -452,7 +505,59 @@ async fn gateway_serve(
     Ok(())
 }
 
-fn pretty(doc: &Value) -> String {
+/// Runs the SMB gateway for `volume` until SIGINT or SIGTERM, then stops it cleanly.
+async fn smb_serve(
+    client: Client,
+    caller_key: [u8; 32],
+    volume: &str,
+    share: &str,
+    listen: &str,
+    require_signing: bool,
+) -> Result<()> {
+    let listen: std::net::SocketAddr = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("smb: resolving {listen}"))?
+        .next()
+        .ok_or_else(|| anyhow!("smb: {listen} resolves to no address"))?;
+    let settings = brick_smb::SmbSettings {
+        listen,
+        require_signing,
+    };
+    let bound = brick_smb::bind(&settings)
+        .await
+        .with_context(|| format!("smb: listening on {listen}"))?;
+    let addr = bound.addr;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (volume_owned, share_owned) = (volume.to_string(), share.to_string());
+    let mut server = tokio::spawn(async move {
+        brick_smb::serve(
+            bound,
+            client,
+            &volume_owned,
+            &share_owned,
+            caller_key,
+            stopped,
+        )
+        .await
+    });
+    println!(
+        "smb serving volume {volume:?} as share {share:?} on {addr} (smbclient //{ip}/{share} -p {port} -U USER)",
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        // Ended on its own: the cluster refused the share (no such volume, not an admin).
+        ended = &mut server => return ended?.map_err(|e| anyhow!("smb: {e}")),
+    }
+    let _ = stop.send(true);
+    server.await?.map_err(|e| anyhow!(e))?;
+    Ok(())
+}
+
+pub(crate) fn pretty(doc: &Value) -> String {
     serde_json::to_string_pretty(doc).unwrap_or_default()
 }
 

@@ -115,6 +115,8 @@ fn fuse_mount_serves_posix_operations() {
             "--size=16M",
             "--verify=crc32c",
             "--do_verify=1",
+            // No verify state file left in the test's working directory.
+            "--verify_state_save=0",
         ])
         .args(["--output-format=json"])
         .arg(format!("--directory={}", mnt.display())));

@@ -228,6 +228,8 @@ fn nbd_clients_read_and_write_volume_files() {
             "--size=32M",
             "--verify=crc32c",
             "--do_verify=1",
+            // No verify state file left in the test's working directory.
+            "--verify_state_save=0",
         ])
         .args(["--output-format=json"])
         .arg(format!("--uri={}", gw.uri("fio.raw"))));

@@ -7,7 +7,10 @@
 //! gateway keeps serving.
 
 use brick_client::{Client, Volume};
-use brick_testkit::{free_port, pattern, run_tool as run, runtime, DevServer};
+use brick_testkit::{
+    assert_pattern_file, free_port, pattern, run_tool as run, runtime, write_pattern_file,
+    DevServer,
+};
 use brick_wire::ROOT_FILE_ID;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -142,29 +145,6 @@ fn ls_names(gw: &Gateway, dir: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn write_pattern_file(path: &Path, seed: u64, len: u64) {
-    let mut f = std::fs::File::create(path).expect("create local file");
-    for off in (0..len).step_by(8 << 20) {
-        f.write_all(&pattern(seed, off, (8u64 << 20).min(len - off) as usize))
-            .expect("write local file");
-    }
-}
-
-fn assert_pattern_file(path: &Path, seed: u64, len: u64) {
-    let mut f = std::fs::File::open(path).expect("open local file");
-    assert_eq!(f.metadata().expect("stat").len(), len, "{}", path.display());
-    let mut buf = vec![0u8; 8 << 20];
-    for off in (0..len).step_by(8 << 20) {
-        let n = (8u64 << 20).min(len - off) as usize;
-        f.read_exact(&mut buf[..n]).expect("read local file");
-        assert!(
-            buf[..n] == pattern(seed, off, n)[..],
-            "{} differs in the 8 MiB at {off}",
-            path.display()
-        );
-    }
 }
 
 async fn volume(server: &DevServer) -> Volume {

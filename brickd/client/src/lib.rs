@@ -5,6 +5,7 @@
 //! Used by the `brick` CLI and bench today, and by the NFS, SMB, NBD and FUSE front ends.
 
 mod conn;
+pub mod readahead;
 
 use brick_cluster::mgmt::{MemberRoute, MgmtOp, VolumeHandle};
 use brick_cluster::PgMap;

@@ -62,6 +62,49 @@ pub enum MgmtOp {
     NodeCanStop {
         node: String,
     },
+    /// Adds a user. The password travels sealed (`auth::seal`, purpose `SEAL_IN_TRANSIT`)
+    /// under the password key of the admin sending the request, in hex.
+    UserAdd {
+        name: String,
+        password_sealed_hex: String,
+        #[serde(default)]
+        admin: bool,
+    },
+    /// Sets a user's password (sealed as for `UserAdd`).
+    UserPasswd {
+        name: String,
+        password_sealed_hex: String,
+    },
+    UserRemove {
+        name: String,
+    },
+    /// Every user with the volumes they have access to.
+    UserList,
+    /// The users with access to VOLUME's share, with their passwords sealed under the password
+    /// key of the admin asking (for SMB gateways, which need them for NTLMv2).
+    ShareUsers {
+        volume: String,
+    },
+}
+
+/// One entry of the reply to `ShareUsers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareUser {
+    pub name: String,
+    pub access: crate::ShareAccess,
+    pub password_sealed_hex: String,
+}
+
+/// Reply to `ShareUsers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareUsers {
+    pub users: Vec<ShareUser>,
+    /// Volume option `smb.encrypt`: every tree connect to the share must be encrypted.
+    pub encrypt: bool,
+    /// Volume option `smb.leases`: grant leases and durable handles. Only safe while this
+    /// gateway is the only way the volume is written (docs/smb.md).
+    #[serde(default)]
+    pub leases: bool,
 }
 
 /// Reply to `VolumeOpen`: what a client needs to send each request to its PG's primary.

@@ -87,6 +87,8 @@ pub const VOLUME_OPTIONS: &[(&str, &str)] = &[
     ("io.mode", "auto"),
     ("io.direct_min_bytes", "1048576"),
     ("heal.rate", "adaptive"),
+    ("smb.encrypt", "off"),
+    ("smb.leases", "off"),
 ];
 
 /// `heal.rate`: "adaptive" (0), or bytes per second with an optional K, M or G (binary)
@@ -133,6 +135,17 @@ impl Volume {
         pg as usize % self.replica_sets().len()
     }
 
+    /// The users given access to this volume's share, and their access.
+    pub fn share_access(&self) -> Vec<(String, ShareAccess)> {
+        self.options
+            .iter()
+            .filter_map(|(k, v)| {
+                let user = k.strip_prefix(ACCESS_OPTION_PREFIX)?;
+                Some((user.to_string(), ShareAccess::parse(v)?))
+            })
+            .collect()
+    }
+
     pub fn option(&self, key: &str) -> String {
         self.options.get(key).cloned().unwrap_or_else(|| {
             VOLUME_OPTIONS
@@ -171,7 +184,20 @@ pub fn validate_name(what: &str, name: &str) -> ClusterResult<()> {
 }
 
 pub fn validate_option(key: &str, value: &str) -> ClusterResult<()> {
+    if let Some(user) = key.strip_prefix(ACCESS_OPTION_PREFIX) {
+        validate_name("user", user)?;
+        return match value {
+            "ro" | "rw" | "none" => Ok(()),
+            _ => Err(ClusterError::Invalid(format!(
+                "{key} must be ro, rw or none"
+            ))),
+        };
+    }
     match key {
+        "smb.encrypt" | "smb.leases" if ["on", "off"].contains(&value) => Ok(()),
+        "smb.encrypt" | "smb.leases" => {
+            Err(ClusterError::Invalid(format!("{key} must be on or off")))
+        }
         "io.mode" if ["auto", "direct", "buffered"].contains(&value) => Ok(()),
         "io.mode" => Err(ClusterError::Invalid(
             "io.mode must be auto, direct or buffered".into(),
@@ -209,7 +235,38 @@ pub struct UserRecord {
     /// `auth::password_key(user, password)` in hex: what the handshake proof is checked against.
     pub key_hex: String,
     pub admin: bool,
+    /// The password sealed (`auth::seal`, purpose [`SEAL_AT_REST`]) under the cluster's seal
+    /// key, in hex. NTLMv2 (SMB) needs a password equivalent on the server; see docs/smb.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_sealed_hex: Option<String>,
 }
+
+/// `auth::seal` purpose of passwords in the cluster state.
+pub const SEAL_AT_REST: &str = "user-password-at-rest";
+/// `auth::seal` purpose of passwords in management requests and replies, sealed under the
+/// password key of the user the request runs as.
+pub const SEAL_IN_TRANSIT: &str = "user-password-in-transit";
+
+/// Access a user has to a volume's share (volume option `access.USER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareAccess {
+    Ro,
+    Rw,
+}
+
+impl ShareAccess {
+    pub fn parse(value: &str) -> Option<ShareAccess> {
+        match value {
+            "ro" => Some(ShareAccess::Ro),
+            "rw" => Some(ShareAccess::Rw),
+            _ => None,
+        }
+    }
+}
+
+/// Prefix of the per-user access options of a volume.
+pub const ACCESS_OPTION_PREFIX: &str = "access.";
 
 impl UserRecord {
     pub fn key(&self) -> Option<[u8; 32]> {
@@ -664,7 +721,17 @@ impl Cluster {
 
     /// The key nodes authenticate to each other with (user `@node`), created on first use.
     pub async fn node_key(&self) -> ClusterResult<[u8; 32]> {
-        let key = "secrets/node-key".to_string();
+        self.secret("secrets/node-key").await
+    }
+
+    /// The key user passwords are sealed under in the cluster state, created on first use.
+    pub async fn seal_key(&self) -> ClusterResult<[u8; 32]> {
+        self.secret("secrets/user-seal-key").await
+    }
+
+    /// A random 32-byte secret stored under `key`, created on first use.
+    async fn secret(&self, key: &str) -> ClusterResult<[u8; 32]> {
+        let key = key.to_string();
         if self.store.get(&key).await?.is_none() {
             let fresh: [u8; 32] = rand::random();
             // Loses to a concurrent creator; everybody then reads the winner's key.
@@ -697,6 +764,16 @@ impl Cluster {
                 &[],
                 &[TxnOp::Put(format!("users/{}", user.name), to_json(user))],
             )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remove_user(&self, name: &str) -> ClusterResult<()> {
+        if self.user(name).await?.is_none() {
+            return Err(ClusterError::NotFound(format!("user {name}")));
+        }
+        self.store
+            .txn(&[], &[TxnOp::Delete(format!("users/{name}"))])
             .await?;
         Ok(())
     }
@@ -798,6 +875,62 @@ mod tests {
         );
         assert!(validate_option("io.mode", "sideways").is_err());
         assert!(validate_option("nope", "1").is_err());
+    }
+
+    #[test]
+    fn share_access_options_are_checked_and_listed() {
+        assert!(validate_option("access.alice", "ro").is_ok());
+        assert!(validate_option("access.alice", "none").is_ok());
+        assert!(validate_option("access.alice", "admin").is_err());
+        assert!(validate_option("access.@node", "rw").is_err());
+        assert!(validate_option("access.", "rw").is_err());
+        assert!(validate_option("smb.encrypt", "on").is_ok());
+        assert!(validate_option("smb.leases", "maybe").is_err());
+        let mut v = Volume {
+            id: 1,
+            name: "v".into(),
+            replica: 1,
+            min_size: 1,
+            pg_count: 1,
+            bricks: bricks(1),
+            status: VolumeStatus::Created,
+            epoch: 1,
+            options: BTreeMap::new(),
+        };
+        v.options.insert("access.alice".into(), "ro".into());
+        v.options.insert("access.bob".into(), "rw".into());
+        v.options.insert("io.mode".into(), "auto".into());
+        assert_eq!(
+            v.share_access(),
+            vec![
+                ("alice".to_string(), ShareAccess::Ro),
+                ("bob".to_string(), ShareAccess::Rw)
+            ]
+        );
+        assert_eq!(v.option("smb.leases"), "off");
+    }
+
+    #[tokio::test]
+    async fn users_are_removed_and_secrets_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cluster::new(Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
+        let seal = c.seal_key().await.unwrap();
+        assert_eq!(c.seal_key().await.unwrap(), seal, "created once, then kept");
+        assert_ne!(c.node_key().await.unwrap(), seal);
+        let u = UserRecord {
+            name: "alice".into(),
+            key_hex: "00".repeat(32),
+            admin: false,
+            password_sealed_hex: Some("ab".into()),
+        };
+        c.put_user(&u).await.unwrap();
+        assert_eq!(c.user("alice").await.unwrap(), Some(u));
+        c.remove_user("alice").await.unwrap();
+        assert_eq!(c.user("alice").await.unwrap(), None);
+        assert!(matches!(
+            c.remove_user("alice").await,
+            Err(ClusterError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //! replica-3 volume "dev", the embedded cluster store); `brickd serve` runs one node.
 
 mod mgmt;
+mod users;
 
 use anyhow::{bail, Context, Result};
 use brick_cluster::mgmt::MgmtOp;
 use brick_cluster::{
     hex_encode, BrickSpec, Cluster, ClusterError, ClusterStore, EmbeddedStore, EtcdStore,
-    UserRecord, VolumeStatus,
+    VolumeStatus,
 };
 use brick_dataplane::{Dataplane, DataplaneConfig, MapRequest, MgmtRequest};
-use brick_tuning::{DEV_NATIVE_PORT, DEV_NBD_PORT, DEV_NFS_PORT, MGMT_DOC_BYTES_MAX};
+use brick_tuning::{DEV_NATIVE_PORT, DEV_NBD_PORT, DEV_NFS_PORT, DEV_SMB_PORT, MGMT_DOC_BYTES_MAX};
 use brick_wire::{auth, ErrorCode};
 use clap::{Parser, Subcommand};
 use mgmt::Mgmt;
@@ -46,6 +47,9 @@ enum Cmd {
         /// NFSv3 gateway address (NFS and MOUNT on one port; port 0: any free port).
         #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_NFS_PORT)))]
         nfs_listen: SocketAddr,
+        /// SMB gateway address (share "dev", user "dev"; port 0: any free port).
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_SMB_PORT)))]
+        smb_listen: SocketAddr,
     },
     /// One node of a cluster.
     Serve {
@@ -86,7 +90,7 @@ fn run() -> Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BRICKD_LOG")
                 // nfsserve logs every connection at info and every failed lookup at error.
-                .unwrap_or_else(|_| "info,nfsserve=off".into()),
+                .unwrap_or_else(|_| "info,nfsserve=off,smb_server=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -109,12 +113,14 @@ fn run() -> Result<()> {
             spin_us,
             nbd_listen,
             nfs_listen,
+            smb_listen,
         } => rt.block_on(run_dev(
             dir,
             listen,
             Gateways {
                 nbd: nbd_listen,
                 nfs: nfs_listen,
+                smb: smb_listen,
             },
             Tuning { cores, spin_us },
         )),
@@ -323,7 +329,7 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
             .send(reply.map(|v| serde_json::to_vec(&v).unwrap_or_default()));
         return;
     }
-    let (result, changed) = mgmt.handle(op, req.admin).await;
+    let (result, changed) = mgmt.handle(op, &req.user, req.admin).await;
     if changed {
         if let Err(e) = republish(mgmt, dataplane).await {
             tracing::error!("cannot rebuild the served state: {e:#}");
@@ -356,21 +362,19 @@ async fn republish(mgmt: &Mgmt, dataplane: &Dataplane) -> Result<()> {
     Ok(())
 }
 
+/// Creates `user` with `password` (or brings it up to date: a record from before passwords
+/// were sealed for SMB gets its sealed copy).
 async fn ensure_user(cluster: &Cluster, user: &str, password: &str, admin: bool) -> Result<()> {
     let key = hex_encode(&auth::password_key(user, password));
-    if cluster
-        .user(user)
-        .await?
-        .map(|u| u.key_hex == key && u.admin == admin)
-        != Some(true)
-    {
-        cluster
-            .put_user(&UserRecord {
-                name: user.to_string(),
-                key_hex: key,
-                admin,
-            })
-            .await?;
+    let current = match cluster.user(user).await? {
+        Some(u) if u.key_hex == key && u.admin == admin => {
+            users::stored_password(cluster, &u).await?.as_deref() == Some(password)
+        }
+        _ => false,
+    };
+    if !current {
+        let record = users::user_record(cluster, user, password, admin).await?;
+        cluster.put_user(&record).await?;
     }
     Ok(())
 }
@@ -413,6 +417,7 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 struct Gateways {
     nbd: SocketAddr,
     nfs: SocketAddr,
+    smb: SocketAddr,
 }
 
 #[derive(Clone, Copy)]
@@ -474,6 +479,48 @@ async fn start_dev_gateway(
     Ok((addr, stop))
 }
 
+/// Serves the dev volume as SMB share "dev" for user "dev", as `brick smb serve` does;
+/// returns the bound address and the switch that stops it.
+async fn start_dev_smb(
+    native: &str,
+    password: &str,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, tokio::sync::watch::Sender<bool>)> {
+    let mut settings = brick_smb::SmbSettings {
+        listen,
+        require_signing: false,
+    };
+    let bound = match brick_smb::bind(&settings).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && listen.port() != 0 => {
+            tracing::warn!("smb gateway: {listen} is in use; listening on another port");
+            settings.listen = SocketAddr::new(listen.ip(), 0);
+            brick_smb::bind(&settings)
+                .await
+                .with_context(|| format!("smb gateway: listening on {}:0", listen.ip()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("smb gateway: listening on {listen}")),
+    };
+    let addr = bound.addr;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let cfg = brick_client::ClientConfig {
+        servers: vec![native.to_string()],
+        user: "dev".into(),
+        password: password.to_string(),
+    };
+    let key = auth::password_key(&cfg.user, &cfg.password);
+    tokio::spawn(async move {
+        let served = match brick_client::Client::connect(cfg).await {
+            Ok(client) => brick_smb::serve(bound, client, "dev", "dev", key, stopped).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = served {
+            tracing::error!("smb gateway stopped: {e}");
+        }
+    });
+    Ok((addr, stop))
+}
+
 async fn run_dev(
     dir: PathBuf,
     listen: SocketAddr,
@@ -504,9 +551,22 @@ async fn run_dev(
     if cluster.volume("dev").await?.status != VolumeStatus::Started {
         let (r, _) = running
             .mgmt
-            .handle(MgmtOp::VolumeStart { name: "dev".into() }, true)
+            .handle(MgmtOp::VolumeStart { name: "dev".into() }, "dev", true)
             .await;
         r.map_err(|(_, why)| anyhow::anyhow!(why))?;
+    }
+    if !cluster
+        .volume("dev")
+        .await?
+        .options
+        .contains_key("access.dev")
+    {
+        cluster
+            .update_volume("dev", |v| {
+                v.options.insert("access.dev".into(), "rw".into());
+                Ok(())
+            })
+            .await?;
     }
     republish(&running.mgmt, &running.dataplane).await?;
     let native = running.dataplane.shard_addrs[0].to_string();
@@ -514,10 +574,12 @@ async fn run_dev(
         start_dev_gateway(GatewayKind::Nbd, &native, &password, gateways.nbd).await?;
     let (nfs, stop_nfs) =
         start_dev_gateway(GatewayKind::Nfs, &native, &password, gateways.nfs).await?;
+    let (smb, stop_smb) = start_dev_smb(&native, &password, gateways.smb).await?;
     let endpoints = serde_json::json!({
         "native": native,
         "nbd": nbd.to_string(),
         "nfs": nfs.to_string(),
+        "smb": smb.to_string(),
         "volume": "dev",
         "user": "dev",
         "password": password,
@@ -541,6 +603,11 @@ async fn run_dev(
         port = nfs.port()
     );
     println!(
+        "  smb     smbclient //{}/dev -p {} -U dev (share \"dev\"; SMB 2.0.2 to 3.1.1)",
+        smb.ip(),
+        smb.port()
+    );
+    println!(
         "  user    dev (password in {})",
         dir.join("endpoints.json").display()
     );
@@ -548,7 +615,7 @@ async fn run_dev(
         "  try     brick --endpoints {} ls dev/",
         dir.join("endpoints.json").display()
     );
-    serve_until_signal(running, vec![stop_nbd, stop_nfs]).await
+    serve_until_signal(running, vec![stop_nbd, stop_nfs, stop_smb]).await
 }
 
 async fn run_serve(

@@ -3,7 +3,8 @@
 
 use brick_cluster::mgmt::{MemberRoute, MgmtOp, VolumeHandle};
 use brick_cluster::{
-    validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus, VOLUME_OPTIONS,
+    validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus,
+    ACCESS_OPTION_PREFIX, VOLUME_OPTIONS,
 };
 use brick_dataplane::{IoMode, MemberSpec, ServeState, ServedVolume, User, NODE_USER};
 use brick_store::Brick;
@@ -24,7 +25,7 @@ pub struct Mgmt {
 
 pub type MgmtResult = Result<Value, (ErrorCode, String)>;
 
-fn cluster_err(e: ClusterError) -> (ErrorCode, String) {
+pub(crate) fn cluster_err(e: ClusterError) -> (ErrorCode, String) {
     let code = match &e {
         ClusterError::NotFound(_) => ErrorCode::NotFound,
         ClusterError::Exists(_) => ErrorCode::Exists,
@@ -217,17 +218,28 @@ impl Mgmt {
     }
 
     /// Applies one request. Returns the reply and whether the served state may have changed.
-    pub async fn handle(&self, op: MgmtOp, admin: bool) -> (MgmtResult, bool) {
-        let mutating = !matches!(
-            op,
-            MgmtOp::VolumeInfo { .. }
-                | MgmtOp::VolumeStatus { .. }
-                | MgmtOp::VolumeList
-                | MgmtOp::PeerList
-                | MgmtOp::VolumeOpen { .. }
-                | MgmtOp::HealLocal { .. }
-                | MgmtOp::NodeCanStop { .. }
-        );
+    pub async fn handle(&self, op: MgmtOp, caller: &str, admin: bool) -> (MgmtResult, bool) {
+        let secret = matches!(op, MgmtOp::ShareUsers { .. } | MgmtOp::UserList);
+        if secret && !admin {
+            return (
+                Err((
+                    ErrorCode::Access,
+                    "this operation needs an admin user".into(),
+                )),
+                false,
+            );
+        }
+        let mutating = !secret
+            && !matches!(
+                op,
+                MgmtOp::VolumeInfo { .. }
+                    | MgmtOp::VolumeStatus { .. }
+                    | MgmtOp::VolumeList
+                    | MgmtOp::PeerList
+                    | MgmtOp::VolumeOpen { .. }
+                    | MgmtOp::HealLocal { .. }
+                    | MgmtOp::NodeCanStop { .. }
+            );
         if mutating && !admin {
             return (
                 Err((
@@ -237,12 +249,27 @@ impl Mgmt {
                 false,
             );
         }
-        (self.apply(op).await, mutating)
+        (self.apply(op, caller).await, mutating)
     }
 
-    async fn apply(&self, op: MgmtOp) -> MgmtResult {
+    async fn apply(&self, op: MgmtOp, caller: &str) -> MgmtResult {
         let c = &self.cluster;
         match op {
+            MgmtOp::UserAdd {
+                name,
+                password_sealed_hex,
+                admin,
+            } => {
+                self.user_add(caller, &name, &password_sealed_hex, admin)
+                    .await
+            }
+            MgmtOp::UserPasswd {
+                name,
+                password_sealed_hex,
+            } => self.user_passwd(caller, &name, &password_sealed_hex).await,
+            MgmtOp::UserRemove { name } => self.user_remove(caller, &name).await,
+            MgmtOp::UserList => self.user_list().await,
+            MgmtOp::ShareUsers { volume } => self.share_users(caller, &volume).await,
             MgmtOp::VolumeCreate {
                 name,
                 replica,
@@ -346,7 +373,11 @@ impl Mgmt {
                 validate_option(&key, &value).map_err(cluster_err)?;
                 let vol = c
                     .update_volume(&name, |v| {
-                        v.options.insert(key.clone(), value.clone());
+                        if key.starts_with(ACCESS_OPTION_PREFIX) && value == "none" {
+                            v.options.remove(&key);
+                        } else {
+                            v.options.insert(key.clone(), value.clone());
+                        }
                         Ok(())
                     })
                     .await

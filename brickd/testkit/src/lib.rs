@@ -4,6 +4,7 @@
 use brick_client::ClientConfig;
 
 pub mod failover;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -112,6 +113,7 @@ impl DevServer {
             .args(["--listen", &self.addr, "--cores", &self.cores.to_string()])
             .args(["--nbd-listen", "127.0.0.1:0"])
             .args(["--nfs-listen", "127.0.0.1:0"])
+            .args(["--smb-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -301,7 +303,6 @@ impl Etcd {
 }
 
 fn etcd_answers(endpoint: &str) -> bool {
-    use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(endpoint) else {
         return false;
     };
@@ -474,5 +475,30 @@ pub fn wait_exit(child: &mut Child, what: &str, limit: Duration) -> ExitStatus {
             "{what} did not exit within {limit:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `len` bytes of `pattern(seed, ..)` to a local file, 8 MiB at a time.
+pub fn write_pattern_file(path: &Path, seed: u64, len: u64) {
+    let mut f = std::fs::File::create(path).expect("create local file");
+    for off in (0..len).step_by(8 << 20) {
+        f.write_all(&pattern(seed, off, (8u64 << 20).min(len - off) as usize))
+            .expect("write local file");
+    }
+}
+
+/// Fails unless the local file holds exactly `len` bytes of `pattern(seed, ..)`.
+pub fn assert_pattern_file(path: &Path, seed: u64, len: u64) {
+    let mut f = std::fs::File::open(path).expect("open local file");
+    assert_eq!(f.metadata().expect("stat").len(), len, "{}", path.display());
+    let mut buf = vec![0u8; 8 << 20];
+    for off in (0..len).step_by(8 << 20) {
+        let n = (8u64 << 20).min(len - off) as usize;
+        f.read_exact(&mut buf[..n]).expect("read local file");
+        assert!(
+            buf[..n] == pattern(seed, off, n)[..],
+            "{} differs in the 8 MiB at {off}",
+            path.display()
+        );
     }
 }

@@ -860,6 +860,36 @@ pub fn attr_of(fid: FileId, m: &fs::Metadata) -> Attr {
             sec: m.ctime(),
             nsec: m.ctime_nsec() as u32,
         },
+        btime: birth_time(m),
+    }
+}
+
+/// statx's birth time, or the earlier of mtime and ctime where the filesystem keeps none.
+fn birth_time(m: &fs::Metadata) -> Time {
+    let since_epoch = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    match since_epoch {
+        Some(d) => Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        None => {
+            let mtime = Time {
+                sec: m.mtime(),
+                nsec: m.mtime_nsec() as u32,
+            };
+            let ctime = Time {
+                sec: m.ctime(),
+                nsec: m.ctime_nsec() as u32,
+            };
+            if (mtime.sec, mtime.nsec) <= (ctime.sec, ctime.nsec) {
+                mtime
+            } else {
+                ctime
+            }
+        }
     }
 }
 

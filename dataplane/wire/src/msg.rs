@@ -72,6 +72,9 @@ pub struct Attr {
     pub atime: Time,
     pub mtime: Time,
     pub ctime: Time,
+    /// Birth time, from the primary's brick; where its filesystem keeps none, the earlier of
+    /// mtime and ctime. Not replicated: a copy made by a heal is born at the heal.
+    pub btime: Time,
 }
 
 /// How SETATTR changes a timestamp.
@@ -617,7 +620,7 @@ fn decode_setattr(d: &mut Dec) -> Result<SetAttr, DecodeError> {
     })
 }
 
-pub const ATTR_BYTES: usize = 8 + 1 + 4 * 4 + 8 * 2 + 12 * 3;
+pub const ATTR_BYTES: usize = 8 + 1 + 4 * 4 + 8 * 2 + 12 * 4;
 
 impl Attr {
     pub fn encode(&self, e: &mut Enc) {
@@ -629,7 +632,7 @@ impl Attr {
             .u32(self.gid)
             .u64(self.size)
             .u64(self.used_bytes);
-        for t in [self.atime, self.mtime, self.ctime] {
+        for t in [self.atime, self.mtime, self.ctime, self.btime] {
             e.i64(t.sec).u32(t.nsec);
         }
     }
@@ -654,8 +657,9 @@ impl Attr {
             atime: Time::default(),
             mtime: Time::default(),
             ctime: Time::default(),
+            btime: Time::default(),
         };
-        for t in [&mut a.atime, &mut a.mtime, &mut a.ctime] {
+        for t in [&mut a.atime, &mut a.mtime, &mut a.ctime, &mut a.btime] {
             *t = Time {
                 sec: d.i64("time")?,
                 nsec: d.u32("time")?,

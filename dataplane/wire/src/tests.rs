@@ -207,6 +207,7 @@ fn replies_roundtrip() {
         atime: Time { sec: 1, nsec: 2 },
         mtime: Time { sec: 3, nsec: 4 },
         ctime: Time { sec: 5, nsec: 6 },
+        btime: Time { sec: 7, nsec: 8 },
     };
     assert_eq!(Attr::decode_whole(&attr.to_payload()), Ok(attr));
     let page = DirPage {
@@ -243,6 +244,24 @@ fn auth_proof_depends_on_password_and_nonces() {
     ));
     assert!(!auth::verify(&key, "dev", &[1; 16], &[3; 16], &p));
     assert!(!auth::verify(&key, "other", &[1; 16], &[2; 16], &p));
+}
+
+#[test]
+fn sealed_secret_opens_only_with_its_secret_and_purpose() {
+    let key = auth::password_key("dev", "secret");
+    let sealed = auth::seal(&key, "transit", [7; 12], b"hunter2");
+    assert_eq!(sealed.len(), 7 + auth::SEAL_OVERHEAD_BYTES);
+    assert_eq!(
+        auth::open_sealed(&key, "transit", &sealed).as_deref(),
+        Some(&b"hunter2"[..])
+    );
+    assert_eq!(auth::open_sealed(&key, "store", &sealed), None);
+    let other = auth::password_key("dev", "wrong");
+    assert_eq!(auth::open_sealed(&other, "transit", &sealed), None);
+    let mut altered = sealed.clone();
+    altered[14] ^= 1;
+    assert_eq!(auth::open_sealed(&key, "transit", &altered), None);
+    assert_eq!(auth::open_sealed(&key, "transit", &sealed[..20]), None);
 }
 
 /// Runs the full receive path a server or client runs on untrusted bytes.

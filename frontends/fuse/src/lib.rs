@@ -124,7 +124,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         atime: system_time(a.atime),
         mtime: system_time(a.mtime),
         ctime: system_time(a.ctime),
-        crtime: system_time(a.ctime),
+        crtime: system_time(a.btime),
         kind,
         perm: (a.mode & 0o7777) as u16,
         nlink: a.nlink.max(1),

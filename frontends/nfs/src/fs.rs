@@ -33,7 +33,7 @@ pub struct BrickFs {
     cursors: Mutex<HashMap<(FileId, FileId), u64>>,
     /// Changes on every gateway start: part of the write verifier.
     boot_nonce: u64,
-    pub readahead: crate::readahead::ReadAhead,
+    pub readahead: brick_client::readahead::ReadAhead,
 }
 
 impl BrickFs {

@@ -11,7 +11,7 @@
 
 mod fs;
 mod ops;
-mod readahead;
+
 mod rpc;
 
 pub use fs::BrickFs;

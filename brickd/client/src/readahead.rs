@@ -1,13 +1,15 @@
-//! Read-ahead for sequential readers. NFS clients such as libnfs (`nfs-cp`, `nfs-cat`) read a
-//! file one READ at a time, so each READ would wait a full round trip to the bricks. Once a
-//! file is read sequentially, the next `DEPTH` pieces of the same size are fetched in the
-//! background and the following READs are answered from them.
+//! Read-ahead for sequential readers, for the gateways. NFS and SMB clients such as libnfs
+//! (`nfs-cp`) and the SMB servers' one-request-at-a-time handling read a file one piece at a
+//! time, so each read would wait a full round trip to the bricks. Once a file is read
+//! sequentially, the next `DEPTH` pieces of the same size are fetched in the background and
+//! the following reads are answered from them.
 //!
-//! Consistency: a WRITE, SETATTR or COMMIT through this gateway drops the file's pieces; a
-//! piece older than `FRESH_MS` is not used (a change made through another path is seen
-//! within that time, well inside the attribute-cache time NFS clients already allow).
+//! Consistency: a write, size or attribute change through the same gateway drops the file's
+//! pieces (`invalidate`); a piece older than `FRESH_MS` is not used, so a change made through
+//! another path is seen within that time (NFS clients already allow more in their attribute
+//! caches; SMB clients without a lease have no cache to compare with).
 
-use brick_client::{ClientResult, Volume};
+use crate::{ClientResult, Volume};
 use brick_wire::FileId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

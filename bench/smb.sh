@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# SMB throughput of a 1 GiB file through our gateway (`brick smb serve` on a replica-1 volume
+# of `brickd dev`) and through Samba (Debian's smbd sharing a local directory on the same
+# filesystem), in one run, interleaved per round: smbclient put, smbclient get (to a local
+# file, compared), smbclient get to /dev/null. Medians over the rounds and our / Samba ratios
+# (>= 0.8 is the target). Then the smbtorture subset of docs/smb.md against both, with the
+# pass, fail and skip counts side by side (--no-torture skips it).
+#
+#   bench/smb.sh [--rounds N] [--size BYTES] [--cores N] [--scratch DIR] [--out FILE.json]
+#                [--io-mode auto|direct|buffered] [--no-torture]
+#
+# Samba gets a private smb.conf whose private, lock, state, cache, pid, ncalrpc and log
+# directories are in the run's scratch directory, so nothing under /etc/samba or /var is
+# touched. Its user must be a Unix account: one is created for the run and removed after.
+set -euo pipefail
+
+ROUNDS=3
+SIZE=$((1 << 30))
+CORES=2
+TORTURE=1
+IO_MODE=auto
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCRATCH="$ROOT/target/bench-scratch"
+OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    --cores) CORES=$2; shift 2 ;;
+    --scratch) SCRATCH=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --no-torture) TORTURE=0; shift ;;
+    --io-mode) IO_MODE=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+source "$ROOT/bench/lib.sh"
+need_tools "apt-get install smbclient samba samba-testsuite" smbclient smbd smbpasswd smbtorture python3
+[ "$(id -u)" = 0 ] || { echo "smb.sh runs as root: it creates a Unix account for Samba" >&2; exit 2; }
+BIN="$ROOT/target/release"
+(cd "$ROOT" && cargo build --release -p brickd -p brick)
+bench_start smb
+
+# --- brickd: a replica-1 volume (one copy, as Samba's share) and the gateway --------------
+start_dev "$CORES"
+OUR_PASSWORD=$(python3 -c 'import json,os; print(json.load(open(os.environ["BRICK_ENDPOINTS"]))["password"])')
+"$BIN/brick" --quiet volume create smbbench replica 1 "dev:$RUN/brick" >/dev/null
+"$BIN/brick" --quiet volume start smbbench >/dev/null
+"$BIN/brick" --quiet volume set smbbench access.dev rw >/dev/null
+"$BIN/brick" --quiet volume set smbbench io.mode "$IO_MODE" >/dev/null
+OUR_PORT=$(free_port)
+"$BIN/brick" smb serve smbbench --share bench --listen "127.0.0.1:$OUR_PORT" >"$RUN/gateway.log" 2>&1 &
+PIDS+=($!)
+wait_for_line "$RUN/gateway.log" "smb serving" "the gateway"
+
+# --- Samba: a share of a local directory on the same filesystem ---------------------------
+S="$RUN/samba"
+SAMBA_USER="brsmb$$"
+SAMBA_PASSWORD="bench-$$-$RANDOM"
+SAMBA_PORT=$(free_port)
+mkdir -p "$S"/{private,lock,state,cache,pid,ncalrpc,binddns,log,share}
+useradd --no-create-home --shell /usr/sbin/nologin "$SAMBA_USER"
+AFTER_STOP_HOOKS+=('userdel "$SAMBA_USER" 2>/dev/null')
+chown "$SAMBA_USER" "$S/share"
+cat >"$S/smb.conf" <<CONF
+[global]
+  server role = standalone server
+  smb ports = $SAMBA_PORT
+  bind interfaces only = yes
+  interfaces = 127.0.0.1
+  private dir = $S/private
+  lock directory = $S/lock
+  state directory = $S/state
+  cache directory = $S/cache
+  pid directory = $S/pid
+  ncalrpc dir = $S/ncalrpc
+  binddns dir = $S/binddns
+  passdb backend = tdbsam:$S/private/passdb.tdb
+  disable netbios = yes
+  server min protocol = SMB2_02
+  load printers = no
+  printcap name = /dev/null
+  disable spoolss = yes
+[bench]
+  path = $S/share
+  read only = no
+  vfs objects = acl_xattr streams_xattr
+CONF
+printf '%s\n%s\n' "$SAMBA_PASSWORD" "$SAMBA_PASSWORD" | smbpasswd -c "$S/smb.conf" -a -s "$SAMBA_USER" >/dev/null
+smbd --foreground --no-process-group -s "$S/smb.conf" -l "$S/log" >"$S/smbd.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  smbclient //127.0.0.1/bench -p "$SAMBA_PORT" -U "$SAMBA_USER%$SAMBA_PASSWORD" -c ls >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+smbc() { # system command: smbclient on that system's share
+  if [ "$1" = ours ]; then
+    smbclient //127.0.0.1/bench -p "$OUR_PORT" -U "dev%$OUR_PASSWORD" -c "$2" 2>>"$RUN/smbclient.log"
+  else
+    smbclient //127.0.0.1/bench -p "$SAMBA_PORT" -U "$SAMBA_USER%$SAMBA_PASSWORD" -c "$2" 2>>"$RUN/smbclient.log"
+  fi
+}
+
+# --- the runs -----------------------------------------------------------------------------
+SRC="$RUN/src.bin"
+head -c "$SIZE" /dev/urandom >"$SRC"
+RESULTS="$RUN/results.txt"
+: >"$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  for system in ours samba; do
+    smbc $system "del bench.bin" >/dev/null 2>&1 || true
+    sync
+    timed put $system "$SIZE" smbc $system "put $SRC bench.bin"
+    rm -f "$RUN/down.bin"
+    timed get $system "$SIZE" smbc $system "get bench.bin $RUN/down.bin"
+    cmp -s "$SRC" "$RUN/down.bin" || { echo "$system: downloaded file differs" >&2; exit 1; }
+    rm -f "$RUN/down.bin"
+    timed get-null $system "$SIZE" smbc $system "get bench.bin /dev/null"
+  done
+done
+
+# --- smbtorture: the subset of docs/smb.md against both ------------------------------------
+TORTURE_OUT="$RUN/torture.txt"
+: >"$TORTURE_OUT"
+if [ "$TORTURE" = 1 ]; then
+  for suite in smb2.connect smb2.read smb2.create smb2.dir smb2.rename smb2.getinfo smb2.setinfo smb2.lock; do
+    for system in ours samba; do
+      if [ $system = ours ]; then port=$OUR_PORT; cred="dev%$OUR_PASSWORD"; else port=$SAMBA_PORT; cred="$SAMBA_USER%$SAMBA_PASSWORD"; fi
+      log="$RUN/torture-$system-$suite.log"
+      timeout 600 smbtorture //127.0.0.1/bench -p "$port" -U "$cred" "$suite" >"$log" 2>&1 || true
+      echo "$suite $system $(grep -c '^success: ' "$log") $(grep -cE '^(failure|error): ' "$log") $(grep -c '^skip: ' "$log")" | tee -a "$TORTURE_OUT"
+    done
+  done
+fi
+
+python3 - "$RESULTS" "$TORTURE_OUT" "$SIZE" "$ROUNDS" "$IO_MODE" "${OUT:-$ROOT/bench/results/$(date +%Y-%m-%d)-smb.json}" <<'PY'
+import json, statistics, sys, time
+path, torture_path, size, rounds, io_mode, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+runs = {}
+for line in open(path):
+    name, system, mbps = line.split()
+    runs.setdefault(name, {}).setdefault(system, []).append(float(mbps))
+rows = []
+print(f"\n{'workload':<9} {'ours MB/s':>10} {'samba MB/s':>11} {'ratio':>6}  (median of {rounds}, {size >> 20} MiB file)")
+for name in ("put", "get", "get-null"):
+    ours = statistics.median(runs[name]["ours"])
+    samba = statistics.median(runs[name]["samba"])
+    ratio = ours / samba
+    print(f"{name:<9} {ours:>10.0f} {samba:>11.0f} {ratio:>6.2f}")
+    rows.append({"workload": name, "ours_mb_s": ours, "samba_mb_s": samba, "ratio": ratio,
+                 "ours_runs": runs[name]["ours"], "samba_runs": runs[name]["samba"]})
+torture = {}
+for line in open(torture_path):
+    suite, system, ok, fail, skip = line.split()
+    torture.setdefault(suite, {})[system] = {"pass": int(ok), "fail": int(fail), "skip": int(skip)}
+if torture:
+    print(f"\n{'smbtorture':<14} {'ours pass/fail/skip':>20} {'samba pass/fail/skip':>21}")
+    totals = {"ours": [0, 0, 0], "samba": [0, 0, 0]}
+    for suite, by in torture.items():
+        cells = []
+        for system in ("ours", "samba"):
+            c = by.get(system, {"pass": 0, "fail": 0, "skip": 0})
+            for i, k in enumerate(("pass", "fail", "skip")):
+                totals[system][i] += c[k]
+            cells.append(f"{c['pass']}/{c['fail']}/{c['skip']}")
+        print(f"{suite:<14} {cells[0]:>20} {cells[1]:>21}")
+    print(f"{'total':<14} {'/'.join(map(str, totals['ours'])):>20} {'/'.join(map(str, totals['samba'])):>21}")
+doc = {"bench": "smb", "at_unix": int(time.time()), "file_bytes": size, "rounds": rounds,
+       "ours": "brick smb serve, replica-1 volume of brickd dev, io.mode " + io_mode,
+       "anchor": "Samba smbd sharing a local directory on the same filesystem",
+       "target": "smbclient put and get: ratio >= 0.8", "rows": rows, "smbtorture": torture}
+json.dump(doc, open(out, "w"), indent=2)
+print(f"wrote {out}")
+PY

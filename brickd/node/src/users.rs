@@ -1,0 +1,205 @@
+//! Users and their share access: `brick user ...` and what SMB gateways fetch. Passwords are
+//! sealed at rest under the cluster's seal key and in transit under the password key of the
+//! admin the request runs as (docs/smb.md says why a password equivalent is kept at all).
+
+use crate::mgmt::{cluster_err, Mgmt, MgmtResult};
+use brick_cluster::mgmt::{ShareUser, ShareUsers};
+use brick_cluster::{
+    hex_decode, hex_encode, validate_name, Cluster, ClusterError, UserRecord, ACCESS_OPTION_PREFIX,
+    SEAL_AT_REST, SEAL_IN_TRANSIT,
+};
+use brick_tuning::PASSWORD_BYTES_MAX;
+use brick_wire::{auth, ErrorCode};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+fn invalid(why: impl Into<String>) -> (ErrorCode, String) {
+    (ErrorCode::Invalid, why.into())
+}
+
+/// The password key of the user a request runs as: what transit seals are made under.
+async fn caller_key(cluster: &Cluster, caller: &str) -> Result<[u8; 32], (ErrorCode, String)> {
+    let record = cluster.user(caller).await.map_err(cluster_err)?;
+    record.and_then(|u| u.key()).ok_or_else(|| {
+        (
+            ErrorCode::Access,
+            format!("user {caller:?} has no password key to seal passwords under"),
+        )
+    })
+}
+
+fn check_password(password: &str) -> Result<(), (ErrorCode, String)> {
+    if password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
+        return Err(invalid(format!(
+            "a password must be 1 to {PASSWORD_BYTES_MAX} bytes"
+        )));
+    }
+    if password.contains('\0') {
+        return Err(invalid("a password must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// The record for `name` with `password`: its native password key and the password sealed
+/// under the cluster's seal key.
+pub async fn user_record(
+    cluster: &Cluster,
+    name: &str,
+    password: &str,
+    admin: bool,
+) -> Result<UserRecord, ClusterError> {
+    let seal_key = cluster.seal_key().await?;
+    let sealed = auth::seal(&seal_key, SEAL_AT_REST, rand::random(), password.as_bytes());
+    Ok(UserRecord {
+        name: name.to_string(),
+        key_hex: hex_encode(&auth::password_key(name, password)),
+        admin,
+        password_sealed_hex: Some(hex_encode(&sealed)),
+    })
+}
+
+/// The password `record` holds sealed at rest, if any.
+pub async fn stored_password(
+    cluster: &Cluster,
+    record: &UserRecord,
+) -> Result<Option<String>, ClusterError> {
+    let Some(hex) = &record.password_sealed_hex else {
+        return Ok(None);
+    };
+    let seal_key = cluster.seal_key().await?;
+    let opened = hex_decode(hex).and_then(|b| auth::open_sealed(&seal_key, SEAL_AT_REST, &b));
+    match opened.map(String::from_utf8) {
+        Some(Ok(p)) => Ok(Some(p)),
+        _ => Err(ClusterError::Invalid(format!(
+            "user {}: the stored password does not open under the cluster's seal key",
+            record.name
+        ))),
+    }
+}
+
+impl Mgmt {
+    async fn unseal_transit(&self, caller: &str, hex: &str) -> Result<String, (ErrorCode, String)> {
+        let key = caller_key(&self.cluster, caller).await?;
+        let sealed = hex_decode(hex).ok_or_else(|| invalid("password_sealed_hex is not hex"))?;
+        let plain = auth::open_sealed(&key, SEAL_IN_TRANSIT, &sealed).ok_or_else(|| {
+            invalid("the password was not sealed under the requesting user's key")
+        })?;
+        let password = String::from_utf8(plain).map_err(|_| invalid("a password must be UTF-8"))?;
+        check_password(&password)?;
+        Ok(password)
+    }
+
+    pub(crate) async fn user_add(
+        &self,
+        caller: &str,
+        name: &str,
+        sealed_hex: &str,
+        admin: bool,
+    ) -> MgmtResult {
+        validate_name("user", name).map_err(cluster_err)?;
+        let password = self.unseal_transit(caller, sealed_hex).await?;
+        if self
+            .cluster
+            .user(name)
+            .await
+            .map_err(cluster_err)?
+            .is_some()
+        {
+            return Err(cluster_err(ClusterError::Exists(format!("user {name}"))));
+        }
+        let record = user_record(&self.cluster, name, &password, admin)
+            .await
+            .map_err(cluster_err)?;
+        self.cluster.put_user(&record).await.map_err(cluster_err)?;
+        Ok(json!({"added": name, "admin": admin}))
+    }
+
+    pub(crate) async fn user_passwd(
+        &self,
+        caller: &str,
+        name: &str,
+        sealed_hex: &str,
+    ) -> MgmtResult {
+        let password = self.unseal_transit(caller, sealed_hex).await?;
+        let Some(old) = self.cluster.user(name).await.map_err(cluster_err)? else {
+            return Err(cluster_err(ClusterError::NotFound(format!("user {name}"))));
+        };
+        let record = user_record(&self.cluster, name, &password, old.admin)
+            .await
+            .map_err(cluster_err)?;
+        self.cluster.put_user(&record).await.map_err(cluster_err)?;
+        Ok(json!({"changed": name}))
+    }
+
+    pub(crate) async fn user_remove(&self, caller: &str, name: &str) -> MgmtResult {
+        if name == caller {
+            return Err(invalid(format!(
+                "user {name:?} cannot remove itself; ask as another admin"
+            )));
+        }
+        self.cluster.remove_user(name).await.map_err(cluster_err)?;
+        let option = format!("{ACCESS_OPTION_PREFIX}{name}");
+        for vol in self.cluster.list_volumes().await.map_err(cluster_err)? {
+            if vol.options.contains_key(&option) {
+                self.cluster
+                    .update_volume(&vol.name, |v| {
+                        v.options.remove(&option);
+                        Ok(())
+                    })
+                    .await
+                    .map_err(cluster_err)?;
+            }
+        }
+        Ok(json!({"removed": name}))
+    }
+
+    pub(crate) async fn user_list(&self) -> MgmtResult {
+        let volumes = self.cluster.list_volumes().await.map_err(cluster_err)?;
+        let mut users = Vec::new();
+        for u in self.cluster.list_users().await.map_err(cluster_err)? {
+            let access: BTreeMap<String, Value> = volumes
+                .iter()
+                .filter_map(|v| {
+                    let (_, a) = v.share_access().into_iter().find(|(n, _)| *n == u.name)?;
+                    Some((v.name.clone(), json!(a)))
+                })
+                .collect();
+            users.push(json!({
+                "name": u.name,
+                "admin": u.admin,
+                "smb": u.password_sealed_hex.is_some(),
+                "access": access,
+            }));
+        }
+        Ok(json!({ "users": users }))
+    }
+
+    pub(crate) async fn share_users(&self, caller: &str, volume: &str) -> MgmtResult {
+        let vol = self.cluster.volume(volume).await.map_err(cluster_err)?;
+        let key = caller_key(&self.cluster, caller).await?;
+        let mut users = Vec::new();
+        for (name, access) in vol.share_access() {
+            let Some(record) = self.cluster.user(&name).await.map_err(cluster_err)? else {
+                continue;
+            };
+            let Some(password) = stored_password(&self.cluster, &record)
+                .await
+                .map_err(cluster_err)?
+            else {
+                continue;
+            };
+            let sealed = auth::seal(&key, SEAL_IN_TRANSIT, rand::random(), password.as_bytes());
+            users.push(ShareUser {
+                name,
+                access,
+                password_sealed_hex: hex_encode(&sealed),
+            });
+        }
+        let reply = ShareUsers {
+            users,
+            encrypt: vol.option("smb.encrypt") == "on",
+            leases: vol.option("smb.leases") == "on",
+        };
+        serde_json::to_value(reply).map_err(|e| (ErrorCode::Internal, e.to_string()))
+    }
+}
