@@ -121,5 +121,8 @@ pub const DEV_SMB_PORT: u16 = 4445;
 pub const PASSWORD_BYTES_MAX: usize = 256;
 /// How often an SMB gateway fetches its share's users and their access again.
 pub const SMB_USERS_REFRESH_MS: u64 = 2000;
+/// An SMB gateway that has not heard from the cluster about its users for this long admits
+/// nobody until it does (a user removed meanwhile must not keep access).
+pub const SMB_USERS_STALE_MS: u64 = 60_000;
 /// Largest SMB READ and WRITE the gateway offers (the native protocol's largest I/O).
 pub const SMB_IO_BYTES_MAX: u32 = 1 << 20;

@@ -768,6 +768,46 @@ impl Cluster {
         Ok(())
     }
 
+    /// Puts a new user; Exists if the name is taken, also by a concurrent creator.
+    pub async fn create_user(&self, user: &UserRecord) -> ClusterResult<()> {
+        validate_name("user", &user.name)?;
+        let key = format!("users/{}", user.name);
+        let created = self
+            .store
+            .txn(&[(key.clone(), None)], &[TxnOp::Put(key, to_json(user))])
+            .await?;
+        if !created {
+            return Err(ClusterError::Exists(format!("user {}", user.name)));
+        }
+        Ok(())
+    }
+
+    /// Replaces an existing user's record with what `change` makes of it; NotFound if there is
+    /// none (also if it is removed concurrently: a removed user is never brought back).
+    pub async fn update_user(
+        &self,
+        name: &str,
+        change: impl Fn(&UserRecord) -> UserRecord,
+    ) -> ClusterResult<UserRecord> {
+        let key = format!("users/{name}");
+        for _ in 0..CAS_RETRIES_MAX {
+            let Some(bytes) = self.store.get(&key).await? else {
+                return Err(ClusterError::NotFound(format!("user {name}")));
+            };
+            let old: UserRecord = from_json(&key, &bytes)?;
+            let new = change(&old);
+            let check = (key.clone(), Some(bytes));
+            if self
+                .store
+                .txn(&[check], &[TxnOp::Put(key.clone(), to_json(&new))])
+                .await?
+            {
+                return Ok(new);
+            }
+        }
+        Err(ClusterError::Contended)
+    }
+
     pub async fn remove_user(&self, name: &str) -> ClusterResult<()> {
         if self.user(name).await?.is_none() {
             return Err(ClusterError::NotFound(format!("user {name}")));
@@ -923,9 +963,25 @@ mod tests {
             admin: false,
             password_sealed_hex: Some("ab".into()),
         };
-        c.put_user(&u).await.unwrap();
-        assert_eq!(c.user("alice").await.unwrap(), Some(u));
+        c.create_user(&u).await.unwrap();
+        assert!(matches!(
+            c.create_user(&u).await,
+            Err(ClusterError::Exists(_))
+        ));
+        assert_eq!(c.user("alice").await.unwrap(), Some(u.clone()));
+        let promoted = c
+            .update_user("alice", |old| UserRecord {
+                admin: true,
+                ..old.clone()
+            })
+            .await
+            .unwrap();
+        assert!(promoted.admin);
         c.remove_user("alice").await.unwrap();
+        assert!(matches!(
+            c.update_user("alice", |old| old.clone()).await,
+            Err(ClusterError::NotFound(_))
+        ));
         assert_eq!(c.user("alice").await.unwrap(), None);
         assert!(matches!(
             c.remove_user("alice").await,

@@ -98,19 +98,13 @@ impl Mgmt {
     ) -> MgmtResult {
         validate_name("user", name).map_err(cluster_err)?;
         let password = self.unseal_transit(caller, sealed_hex).await?;
-        if self
-            .cluster
-            .user(name)
-            .await
-            .map_err(cluster_err)?
-            .is_some()
-        {
-            return Err(cluster_err(ClusterError::Exists(format!("user {name}"))));
-        }
         let record = user_record(&self.cluster, name, &password, admin)
             .await
             .map_err(cluster_err)?;
-        self.cluster.put_user(&record).await.map_err(cluster_err)?;
+        self.cluster
+            .create_user(&record)
+            .await
+            .map_err(cluster_err)?;
         Ok(json!({"added": name, "admin": admin}))
     }
 
@@ -121,13 +115,17 @@ impl Mgmt {
         sealed_hex: &str,
     ) -> MgmtResult {
         let password = self.unseal_transit(caller, sealed_hex).await?;
-        let Some(old) = self.cluster.user(name).await.map_err(cluster_err)? else {
-            return Err(cluster_err(ClusterError::NotFound(format!("user {name}"))));
-        };
-        let record = user_record(&self.cluster, name, &password, old.admin)
+        // Sealed once with a fresh nonce; the admin flag is kept from the record replaced.
+        let fresh = user_record(&self.cluster, name, &password, false)
             .await
             .map_err(cluster_err)?;
-        self.cluster.put_user(&record).await.map_err(cluster_err)?;
+        self.cluster
+            .update_user(name, |old| UserRecord {
+                admin: old.admin,
+                ..fresh.clone()
+            })
+            .await
+            .map_err(cluster_err)?;
         Ok(json!({"changed": name}))
     }
 
@@ -182,11 +180,14 @@ impl Mgmt {
             let Some(record) = self.cluster.user(&name).await.map_err(cluster_err)? else {
                 continue;
             };
-            let Some(password) = stored_password(&self.cluster, &record)
-                .await
-                .map_err(cluster_err)?
-            else {
-                continue;
+            // A record that does not open is left out (and logged), not fatal to the others.
+            let password = match stored_password(&self.cluster, &record).await {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("share users of {volume}: {e}");
+                    continue;
+                }
             };
             let sealed = auth::seal(&key, SEAL_IN_TRANSIT, rand::random(), password.as_bytes());
             users.push(ShareUser {

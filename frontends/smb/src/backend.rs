@@ -5,7 +5,7 @@ use crate::wildcard;
 use async_trait::async_trait;
 use brick_client::readahead::ReadAhead;
 use brick_client::{ClientError, Volume};
-use brick_tuning::SMB_IO_BYTES_MAX;
+use brick_tuning::{NAME_BYTES_MAX, SMB_IO_BYTES_MAX};
 use brick_wire::{Attr, ErrorCode, FileId, FileKind, SetAttr, Time, TimeSet, ROOT_FILE_ID};
 use smb_server::{
     BackendCapabilities, Bytes, DirEntry, FileInfo, FileTimes, Handle, OpenAction, OpenIntent,
@@ -70,6 +70,25 @@ fn file_info(name: &str, a: &Attr) -> FileInfo {
     info
 }
 
+/// Whether an entry made through another path (NFS, the native client) can be named over SMB:
+/// not "." or "..", no character Windows forbids in a name, no control character.
+fn smb_visible(name: &str) -> bool {
+    name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c < ' ' || matches!(c, '\\' | '/' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+}
+
+/// A name the bricks can hold: at most NAME_BYTES_MAX bytes of UTF-8 (SMB counts UTF-16
+/// units, so a name SMB accepts can still be too long).
+fn check_name(name: &str) -> SmbResult<()> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(SmbError::NameInvalid);
+    }
+    Ok(())
+}
+
 /// A volume served as one share.
 pub struct BrickShare {
     vol: Volume,
@@ -91,6 +110,7 @@ impl BrickShare {
         let parts = path.components();
         let mut attr = self.vol.getattr(ROOT_FILE_ID).await.map_err(to_smb)?;
         for name in &parts[..parts.len().saturating_sub(1)] {
+            check_name(name)?;
             attr = match self.vol.lookup(attr.fid, name).await {
                 Ok(a) if a.kind == FileKind::Dir => a,
                 Ok(_) => return Err(SmbError::PathNotFound),
@@ -108,6 +128,7 @@ impl BrickShare {
         let Some(name) = path.file_name() else {
             return Ok(None);
         };
+        check_name(name)?;
         let name = name.to_string();
         Ok(Some((self.parent_of(path).await?, name)))
     }
@@ -148,6 +169,13 @@ impl BrickShare {
                 _ => Err(SmbError::IsDirectory),
             };
         }
+        if opts.intent == OpenIntent::Create {
+            return Err(SmbError::Exists);
+        }
+        if attr.kind == FileKind::Symlink {
+            // Symlinks made through NFS or the native client are not followed over SMB.
+            return Err(SmbError::NotSupported);
+        }
         if opts.directory {
             return Err(SmbError::NotADirectory);
         }
@@ -155,9 +183,6 @@ impl BrickShare {
             opts.intent,
             OpenIntent::Truncate | OpenIntent::OverwriteOrCreate
         );
-        if opts.intent == OpenIntent::Create {
-            return Err(SmbError::Exists);
-        }
         if (opts.write || overwrite) && attr.mode & 0o222 == 0 {
             return Err(SmbError::AccessDenied);
         }
@@ -167,7 +192,9 @@ impl BrickShare {
                 ..SetAttr::NONE
             };
             self.readahead.invalidate(attr.fid);
-            let attr = self.vol.setattr(attr.fid, cut).await.map_err(to_smb)?;
+            let cut = self.vol.setattr(attr.fid, cut).await;
+            self.readahead.invalidate(attr.fid);
+            let attr = cut.map_err(to_smb)?;
             return Ok((self.handle(name, &attr), OpenAction::Overwritten));
         }
         Ok((self.handle(name, &attr), OpenAction::Opened))
@@ -236,10 +263,10 @@ impl ShareBackend for BrickShare {
                 if src_dir.fid == dst_dir.fid && src_name == dst_name {
                     return Ok(());
                 }
-            } else if target.kind == FileKind::Dir {
-                return Err(SmbError::AccessDenied);
             } else if !replace_if_exists {
                 return Err(SmbError::Exists);
+            } else if target.kind == FileKind::Dir {
+                return Err(SmbError::AccessDenied);
             }
         }
         self.vol
@@ -278,9 +305,28 @@ struct BrickHandle {
 }
 
 impl BrickHandle {
+    async fn write_chunks(&self, offset: u64, data: &[u8]) -> SmbResult<u32> {
+        let mut done = 0usize;
+        // The server never sends more than SMB_IO_BYTES_MAX, but a write is a write.
+        for chunk in data.chunks(SMB_IO_BYTES_MAX as usize) {
+            let at = offset + done as u64;
+            let n = self.vol.write(self.fid, at, chunk, false).await;
+            let n = n.map_err(to_smb)? as usize;
+            done += n;
+            if n < chunk.len() {
+                break;
+            }
+        }
+        Ok(done as u32)
+    }
+
+    /// Drops what was read ahead before and after the change: a read overlapping the call
+    /// may have fetched the old bytes.
     async fn setattr(&self, attr: SetAttr) -> SmbResult<Attr> {
         self.readahead.invalidate(self.fid);
-        self.vol.setattr(self.fid, attr).await.map_err(to_smb)
+        let result = self.vol.setattr(self.fid, attr).await;
+        self.readahead.invalidate(self.fid);
+        result.map_err(to_smb)
     }
 }
 
@@ -297,22 +343,11 @@ impl Handle for BrickHandle {
     }
 
     async fn write(&self, offset: u64, data: &[u8]) -> SmbResult<u32> {
+        // Dropped before and after: a read overlapping the write may fetch the old bytes.
         self.readahead.invalidate(self.fid);
-        let mut done = 0usize;
-        // The server never sends more than SMB_IO_BYTES_MAX, but a write is a write.
-        for chunk in data.chunks(SMB_IO_BYTES_MAX as usize) {
-            let at = offset + done as u64;
-            let n = self
-                .vol
-                .write(self.fid, at, chunk, false)
-                .await
-                .map_err(to_smb)?;
-            done += n as usize;
-            if (n as usize) < chunk.len() {
-                break;
-            }
-        }
-        Ok(done as u32)
+        let written = self.write_chunks(offset, data).await;
+        self.readahead.invalidate(self.fid);
+        written
     }
 
     async fn flush(&self) -> SmbResult<()> {
@@ -379,10 +414,16 @@ impl Handle for BrickHandle {
     async fn list_dir(&self, pattern: Option<&str>) -> SmbResult<Vec<DirEntry>> {
         let pattern = pattern.filter(|p| *p != "*");
         if let Some(name) = pattern.filter(|p| !wildcard::has_wildcards(p)) {
+            // "." and ".." are the server's to add; other names the bricks could not hold
+            // match nothing.
+            if !smb_visible(name) || name.len() > NAME_BYTES_MAX {
+                return Ok(Vec::new());
+            }
             return match self.vol.lookup(self.fid, name).await {
-                Ok(a) => Ok(vec![DirEntry {
+                Ok(a) if a.kind != FileKind::Symlink => Ok(vec![DirEntry {
                     info: file_info(name, &a),
                 }]),
+                Ok(_) => Ok(Vec::new()),
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(Vec::new()),
                 Err(e) => Err(to_smb(e)),
             };
@@ -390,6 +431,7 @@ impl Handle for BrickHandle {
         let entries = self.vol.readdir_all(self.fid).await.map_err(to_smb)?;
         Ok(entries
             .into_iter()
+            .filter(|e| e.attr.kind != FileKind::Symlink && smb_visible(&e.name))
             .filter(|e| pattern.is_none_or(|p| wildcard::matches(p, &e.name)))
             .map(|e| DirEntry {
                 info: file_info(&e.name, &e.attr),

@@ -15,7 +15,7 @@ pub use backend::BrickShare;
 use brick_client::{Client, ClientError};
 use brick_cluster::mgmt::{MgmtOp, ShareUsers};
 use brick_cluster::{hex_decode, ShareAccess, SEAL_IN_TRANSIT};
-use brick_tuning::{SMB_IO_BYTES_MAX, SMB_USERS_REFRESH_MS};
+use brick_tuning::{SMB_IO_BYTES_MAX, SMB_USERS_REFRESH_MS, SMB_USERS_STALE_MS};
 use brick_wire::auth;
 use smb_server::{Access, ConfigHandle, Share, SmbServer};
 use std::collections::HashMap;
@@ -83,7 +83,13 @@ async fn fetch_users(
             .and_then(|b| auth::open_sealed(caller_key, SEAL_IN_TRANSIT, &b))
             .and_then(|b| String::from_utf8(b).ok());
         let Some(password) = opened else {
-            return Err(format!("user {}: password does not open", u.name));
+            // Sealed under another key: this gateway's admin changed password since it
+            // started. The user is left out (fail closed) rather than kept with an old one.
+            tracing::warn!(
+                "smb: the password of {} does not open under this gateway's key; restart the gateway with its admin's current password",
+                u.name
+            );
+            continue;
         };
         users.insert(
             u.name,
@@ -178,6 +184,7 @@ pub async fn serve(
     let server = tokio::spawn(bound.server.serve());
     let mut refresh = tokio::time::interval(Duration::from_millis(SMB_USERS_REFRESH_MS));
     let mut refresh_failing = false;
+    let mut refreshed_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stopped.changed() => {
@@ -188,13 +195,21 @@ pub async fn serve(
             _ = refresh.tick() => match fetch_users(&client, volume, &caller_key).await {
                 Ok((wanted, _)) => {
                     refresh_failing = false;
+                    refreshed_at = tokio::time::Instant::now();
                     apply_users(&config, share_name, &mut current, wanted).await;
                 }
                 Err(e) => {
                     if !refresh_failing {
-                        tracing::warn!("smb: cannot refresh the users of {volume}, keeping the last known: {e}");
+                        tracing::warn!("smb: cannot refresh the users of {volume}, keeping the last known for {SMB_USERS_STALE_MS} ms: {e}");
                     }
                     refresh_failing = true;
+                    // A removal or downgrade made meanwhile must not go unapplied forever:
+                    // past the limit nobody is admitted until the cluster answers again.
+                    let stale = refreshed_at.elapsed() > Duration::from_millis(SMB_USERS_STALE_MS);
+                    if stale && !current.is_empty() {
+                        tracing::error!("smb: no answer about the users of {volume} for {SMB_USERS_STALE_MS} ms; admitting nobody until there is");
+                        apply_users(&config, share_name, &mut current, HashMap::new()).await;
+                    }
                 }
             },
         }

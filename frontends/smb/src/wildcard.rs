@@ -7,43 +7,66 @@ pub fn has_wildcards(pattern: &str) -> bool {
 }
 
 /// Whether `name` matches `pattern`, comparing letters without regard to case as Windows
-/// clients expect of patterns.
+/// clients expect of patterns. Time is O(pattern × name): the set of name positions each
+/// pattern prefix can reach is carried forward, never backtracked (a backtracking matcher
+/// takes exponential time on patterns such as `*?*?*?…x`, which any client may send).
 pub fn matches(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
     let n: Vec<char> = name.chars().flat_map(char::to_lowercase).collect();
-    match_at(&p, &n)
-}
-
-fn match_at(p: &[char], n: &[char]) -> bool {
-    let Some((&first, rest)) = p.split_first() else {
-        return n.is_empty();
-    };
-    match first {
-        '*' => (0..=n.len()).any(|skip| match_at(rest, &n[skip..])),
-        // DOS_STAR: any run of characters up to the name's last dot.
-        '<' => {
-            let last_dot = n.iter().rposition(|&c| c == '.');
-            (0..=n.len())
-                .filter(|&skip| last_dot.is_none_or(|d| skip <= d))
-                .any(|skip| match_at(rest, &n[skip..]))
+    let last_dot = n.iter().rposition(|&c| c == '.');
+    // reach[i]: the pattern so far can end just before n[i].
+    let mut reach = vec![false; n.len() + 1];
+    reach[0] = true;
+    for &c in &p {
+        let mut next = vec![false; n.len() + 1];
+        for i in (0..=n.len()).filter(|&i| reach[i]) {
+            let here = n.get(i).copied();
+            match c {
+                '*' => next[i..].iter_mut().for_each(|r| *r = true),
+                // DOS_STAR: any run of characters, not past the name's last dot.
+                '<' => {
+                    let limit = last_dot.filter(|&d| d >= i).unwrap_or(n.len());
+                    next[i..=limit].iter_mut().for_each(|r| *r = true);
+                }
+                '?' => {
+                    if here.is_some() {
+                        next[i + 1] = true;
+                    }
+                }
+                // DOS_QM: any one character but a dot; nothing at a dot or the end.
+                '>' => match here {
+                    Some('.') | None => next[i] = true,
+                    Some(_) => next[i + 1] = true,
+                },
+                // DOS_DOT: a dot, or nothing at the end of the name.
+                '"' => match here {
+                    Some('.') => next[i + 1] = true,
+                    None => next[i] = true,
+                    Some(_) => {}
+                },
+                literal => {
+                    if here == Some(literal) {
+                        next[i + 1] = true;
+                    }
+                }
+            }
         }
-        '?' => !n.is_empty() && match_at(rest, &n[1..]),
-        // DOS_QM: any one character, or nothing at a dot or the end.
-        '>' => {
-            (n.first().is_some_and(|&c| c != '.') && match_at(rest, &n[1..])) || match_at(rest, n)
-        }
-        // DOS_DOT: a dot, or nothing at the end of the name.
-        '"' => {
-            (n.first() == Some(&'.') && match_at(rest, &n[1..]))
-                || (n.is_empty() && match_at(rest, n))
-        }
-        c => n.first() == Some(&c) && match_at(rest, &n[1..]),
+        reach = next;
     }
+    reach[n.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_patterns_take_linear_time() {
+        let pattern = format!("{}x", "*?".repeat(100));
+        let name = "a".repeat(255);
+        assert!(!matches(&pattern, &name));
+        assert!(matches(&pattern[..200], &name));
+    }
 
     #[test]
     fn patterns_match_as_windows_does() {
@@ -57,6 +80,10 @@ mod tests {
         assert!(matches("file\"txt", "file.txt"));
         assert!(matches("a\"", "a"));
         assert!(!matches("abc", "abcd"));
+        assert!(!matches("a>c", "ac"));
+        assert!(matches("a>", "a"));
+        assert!(matches("<", "no-dot"));
+        assert!(!matches("<.doc", "a.doc.txt"));
         assert!(!has_wildcards("plain.txt"));
         assert!(has_wildcards("*.txt"));
     }
