@@ -370,6 +370,17 @@ fn smb_clients_copy_large_files_in_every_dialect() {
         "mkdir d",
         "NT_STATUS_OBJECT_NAME_COLLISION",
     );
+    // A rename onto an existing file without replace (smbclient's rename) is refused.
+    smb_ok(
+        &t,
+        "dev",
+        &pw,
+        &[],
+        &format!("put {} d/h.txt", small.display()),
+    );
+    let onto = "rename d/h.txt d/g.txt";
+    smb_err(&t, "dev", &pw, &[], onto, "NT_STATUS_OBJECT_NAME_COLLISION");
+    smb_ok(&t, "dev", &pw, &[], "del d/h.txt");
     smb_err(
         &t,
         "dev",

@@ -12,7 +12,7 @@ use brick_cluster::PgMap;
 use brick_tuning::{CLIENT_RETRIES_MAX, READDIR_ENTRIES_MAX};
 use brick_wire::{
     auth, core_of, Attr, Dec, DirEntry, DirPage, ErrorCode, FileId, Request, SetAttr, StatFs,
-    WriteReply, ROOT_FILE_ID, WRITE_FLAG_FUA,
+    WriteReply, RENAME_NOREPLACE, ROOT_FILE_ID, WRITE_FLAG_FUA,
 };
 use conn::Conn;
 use std::collections::HashMap;
@@ -629,6 +629,7 @@ impl Volume {
         .await
     }
 
+    /// Renames, replacing an existing target (POSIX rename).
     pub async fn rename(
         &self,
         src_parent: FileId,
@@ -636,12 +637,38 @@ impl Volume {
         dst_parent: FileId,
         dst_name: &str,
     ) -> ClientResult<()> {
+        self.rename_with(src_parent, src_name, dst_parent, dst_name, 0)
+            .await
+    }
+
+    /// Renames unless the target exists (Exists): the check and the rename are one step on
+    /// the brick, so a target created concurrently is never replaced.
+    pub async fn rename_noreplace(
+        &self,
+        src_parent: FileId,
+        src_name: &str,
+        dst_parent: FileId,
+        dst_name: &str,
+    ) -> ClientResult<()> {
+        self.rename_with(src_parent, src_name, dst_parent, dst_name, RENAME_NOREPLACE)
+            .await
+    }
+
+    async fn rename_with(
+        &self,
+        src_parent: FileId,
+        src_name: &str,
+        dst_parent: FileId,
+        dst_name: &str,
+        flags: u8,
+    ) -> ClientResult<()> {
         self.removing(Request::Rename {
             vol: self.id,
             src_parent,
             src_name,
             dst_parent,
             dst_name,
+            flags,
         })
         .await
     }

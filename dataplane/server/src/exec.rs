@@ -10,8 +10,8 @@ use brick_store::{Brick, FsError};
 use brick_tuning::IO_BYTES_MAX;
 use brick_wire::{
     begin_response, error_frame, op, pg_of, response_frame, seal_response, Dec, DecodeError, Enc,
-    ErrorCode, FileId, FileKind, Header, Request, SetAttr, TimeSet, WriteReply, WRITE_FIELDS_BYTES,
-    WRITE_FLAG_FUA,
+    ErrorCode, FileId, FileKind, Header, Request, SetAttr, TimeSet, WriteReply, RENAME_NOREPLACE,
+    WRITE_FIELDS_BYTES, WRITE_FLAG_FUA,
 };
 use glommio::io::DmaBuffer;
 use std::rc::Rc;
@@ -456,9 +456,11 @@ async fn execute(
             src_name,
             dst_parent,
             dst_name,
+            flags,
             ..
         } => {
-            brick.rename(src_parent, src_name, dst_parent, dst_name)?;
+            let replace = flags & RENAME_NOREPLACE == 0;
+            brick.rename(src_parent, src_name, dst_parent, dst_name, replace)?;
             empty()
         }
         Request::ReadDir {

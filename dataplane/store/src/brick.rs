@@ -449,11 +449,20 @@ impl Brick {
         src_name: &str,
         dst_parent: FileId,
         dst_name: &str,
+        replace: bool,
     ) -> FsResult<()> {
         let mut idx = self.lock();
         let src = self.parent_dir(&idx, src_parent)?.join(src_name);
         let dst = self.parent_dir(&idx, dst_parent)?.join(dst_name);
         let (fid, _) = self.child_in(&mut idx, src_parent, src_name)?;
+        // Under the index lock every namespace change of the brick waits, so the target
+        // cannot appear between this check and the rename.
+        if !replace && src != dst && fs::symlink_metadata(&dst).is_ok() {
+            return Err(FsError::new(
+                ErrorCode::Exists,
+                format!("rename target {dst_name:?} exists"),
+            ));
+        }
         fs::rename(&src, &dst)
             .map_err(|e| FsError::io(&format!("rename {src_name:?} to {dst_name:?}"), e))?;
         idx.mark_dir_unsynced(src_parent);
@@ -1019,7 +1028,8 @@ mod tests {
         let (dir, b) = brick();
         let d = b.mkdir(ROOT_FILE_ID, "docs", 0o755).unwrap();
         let f = b.create(d.fid, "a.txt", 0o644, true).unwrap();
-        b.rename(d.fid, "a.txt", ROOT_FILE_ID, "b.txt").unwrap();
+        b.rename(d.fid, "a.txt", ROOT_FILE_ID, "b.txt", true)
+            .unwrap();
         b.sync_namespace(f.fid).unwrap();
         drop(b);
         let b = Brick::open(dir.path(), "v", 64).unwrap();
@@ -1037,7 +1047,7 @@ mod tests {
         assert_eq!(b.unsynced_dir_count(), 3, "root, a and a/b changed");
         let c = b.mkdir(ROOT_FILE_ID, "c", 0o755).unwrap();
         b.create(c.fid, "g", 0o644, true).unwrap();
-        b.rename(c.fid, "g", ab.fid, "g2").unwrap();
+        b.rename(c.fid, "g", ab.fid, "g2", true).unwrap();
         assert_eq!(b.unsynced_dir_count(), 4, "root, a, a/b and c changed");
         // Any fsync makes every recorded change durable, the rename's source directory c too,
         // because the index records describing them become durable with it.
@@ -1172,5 +1182,25 @@ mod tests {
         fs::write(&p, text).unwrap();
         let err = Brick::open(dir.path(), "v", 64).err().unwrap();
         assert!(err.message.contains("crc32c mismatch"), "{err}");
+    }
+
+    #[test]
+    fn rename_without_replace_refuses_an_existing_target() {
+        let (_dir, b) = brick();
+        b.create(ROOT_FILE_ID, "a", 0o644, true).unwrap();
+        b.create(ROOT_FILE_ID, "b", 0o644, true).unwrap();
+        let err = b
+            .rename(ROOT_FILE_ID, "a", ROOT_FILE_ID, "b", false)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Exists);
+        assert!(b.lookup(ROOT_FILE_ID, "a").is_ok(), "the source stays");
+        b.rename(ROOT_FILE_ID, "a", ROOT_FILE_ID, "c", false)
+            .unwrap();
+        assert!(b.lookup(ROOT_FILE_ID, "c").is_ok());
+        b.rename(ROOT_FILE_ID, "c", ROOT_FILE_ID, "c", false)
+            .unwrap();
+        b.rename(ROOT_FILE_ID, "c", ROOT_FILE_ID, "b", true)
+            .unwrap();
+        assert!(b.lookup(ROOT_FILE_ID, "c").is_err());
     }
 }

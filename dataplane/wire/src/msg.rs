@@ -166,6 +166,8 @@ pub enum Request<'a> {
         src_name: &'a str,
         dst_parent: FileId,
         dst_name: &'a str,
+        /// `RENAME_NOREPLACE`: fail with Exists instead of replacing an existing target.
+        flags: u8,
     },
     ReadDir {
         vol: VolumeId,
@@ -379,12 +381,17 @@ impl<'a> Request<'a> {
                 src_name,
                 dst_parent,
                 dst_name,
+                flags,
             } => {
                 e.u32(vol)
                     .u64(src_parent)
                     .str(src_name)
                     .u64(dst_parent)
                     .str(dst_name);
+                // Absent means 0: a RENAME without flags is the same bytes as before them.
+                if flags != 0 {
+                    e.u8(flags);
+                }
             }
             Request::ReadDir {
                 vol,
@@ -499,6 +506,13 @@ impl<'a> Request<'a> {
                 src_name: d.name("source name")?,
                 dst_parent: d.u64("target parent")?,
                 dst_name: d.name("target name")?,
+                flags: match d.remaining() {
+                    0 => 0,
+                    _ => match d.u8("rename flags")? {
+                        f if f & !RENAME_NOREPLACE == 0 => f,
+                        f => return Err(DecodeError::BadValue("rename flags", f as u64)),
+                    },
+                },
             },
             op::READDIR => Request::ReadDir {
                 vol: d.u32("volume")?,
@@ -619,6 +633,9 @@ fn decode_setattr(d: &mut Dec) -> Result<SetAttr, DecodeError> {
         mtime: decode_timeset(d, "mtime")?,
     })
 }
+
+/// RENAME flag: fail with Exists if the target exists instead of replacing it.
+pub const RENAME_NOREPLACE: u8 = 0x1;
 
 pub const ATTR_BYTES: usize = 8 + 1 + 4 * 4 + 8 * 2 + 12 * 4;
 

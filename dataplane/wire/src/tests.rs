@@ -59,6 +59,15 @@ fn sample_requests() -> Vec<Request<'static>> {
             src_name: "a",
             dst_parent: 2,
             dst_name: "b",
+            flags: 0,
+        },
+        Request::Rename {
+            vol: 1,
+            src_parent: 1,
+            src_name: "a",
+            dst_parent: 2,
+            dst_name: "b",
+            flags: RENAME_NOREPLACE,
         },
         Request::ReadDir {
             vol: 1,

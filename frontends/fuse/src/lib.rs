@@ -345,8 +345,9 @@ impl Filesystem for BrickFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if !flags.is_empty() {
-            return reply.error(Errno::EINVAL); // RENAME_NOREPLACE / EXCHANGE: not offered
+        let noreplace = flags == RenameFlags::RENAME_NOREPLACE;
+        if !flags.is_empty() && !noreplace {
+            return reply.error(Errno::EINVAL); // RENAME_EXCHANGE, RENAME_WHITEOUT: not offered
         }
         let (name, newname) = match (name_of(name), name_of(newname)) {
             (Ok(a), Ok(b)) => (a, b),
@@ -354,7 +355,13 @@ impl Filesystem for BrickFs {
         };
         let (from, to) = (fid_of(parent), fid_of(newparent));
         self.run(
-            move |v| async move { v.rename(from, &name, to, &newname).await },
+            move |v| async move {
+                if noreplace {
+                    v.rename_noreplace(from, &name, to, &newname).await
+                } else {
+                    v.rename(from, &name, to, &newname).await
+                }
+            },
             empty(reply),
         );
     }

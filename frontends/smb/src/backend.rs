@@ -269,10 +269,16 @@ impl ShareBackend for BrickShare {
                 return Err(SmbError::AccessDenied);
             }
         }
-        self.vol
-            .rename(src_dir.fid, &src_name, dst_dir.fid, &dst_name)
-            .await
-            .map_err(to_smb)
+        let renamed = if replace_if_exists {
+            self.vol
+                .rename(src_dir.fid, &src_name, dst_dir.fid, &dst_name)
+                .await
+        } else {
+            self.vol
+                .rename_noreplace(src_dir.fid, &src_name, dst_dir.fid, &dst_name)
+                .await
+        };
+        renamed.map_err(to_smb)
     }
 
     fn capabilities(&self) -> BackendCapabilities {
