@@ -415,7 +415,12 @@ async fn execute(
                 Err(e) if e.code == ErrorCode::IsDir || e.code == ErrorCode::Invalid => {}
                 Err(e) => return Err(e),
             }
-            brick.sync_namespace(fid)?;
+            // Directory and index fsyncs are plain syscalls: off the core, which keeps
+            // serving (handshakes, other PGs) while the disk catches up.
+            let syncing = brick.clone();
+            glommio::executor()
+                .spawn_blocking(move || syncing.sync_namespace(fid))
+                .await?;
             empty()
         }
         Request::Lookup { parent, name, .. } => attr_reply(brick.lookup(parent, name)?),

@@ -81,6 +81,8 @@ pub struct Brick {
     pub identity: BrickIdentity,
     pub replay: ReplayReport,
     index: Mutex<Index>,
+    /// Held by the one `sync_all` running; the index lock is not held across its fsyncs.
+    syncing: Mutex<()>,
     pg_count: u32,
     /// Bumped whenever a file id stops naming the file it named (unlink, rename over it), so
     /// per-core open-file caches know to revalidate without taking the index lock per I/O.
@@ -128,6 +130,7 @@ impl Brick {
             identity,
             replay,
             index: Mutex::new(index),
+            syncing: Mutex::new(()),
             pg_count,
             generation: AtomicU64::new(1),
         })
@@ -544,19 +547,57 @@ impl Brick {
     }
 
     /// Makes every pending namespace change durable: changed directories first, then the index.
+    ///
+    /// The fsyncs run without the index lock: under heavy writeback one can take seconds, and
+    /// every namespace change of the brick would wait for it. Syncers take turns instead, so a
+    /// caller that finds nothing left to sync returns only after the syncer before it (which
+    /// took its changes) has finished.
     pub fn sync_all(&self) -> FsResult<()> {
-        let mut idx = self.lock();
-        for dir in idx.drain_unsynced_dirs() {
-            let Ok(path) = self.path_in(&idx, dir) else {
-                continue; // removed since; its parent carries the change
-            };
-            if let Err(e) = fs::File::open(&path).and_then(|d| d.sync_all()) {
-                idx.mark_dir_unsynced(dir);
+        let _turn = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let dirs: Vec<(FileId, PathBuf)> = {
+            let mut idx = self.lock();
+            let drained = idx.drain_unsynced_dirs();
+            // A directory removed since has no path; its parent carries the change.
+            drained
+                .into_iter()
+                .filter_map(|d| self.path_in(&idx, d).ok().map(|p| (d, p)))
+                .collect()
+        };
+        for (dir, path) in &dirs {
+            if let Err(e) = self.sync_dir(*dir, path) {
+                let mut idx = self.lock();
+                dirs.iter().for_each(|(d, _)| idx.mark_dir_unsynced(*d));
                 return Err(FsError::io("dir sync", e));
             }
         }
-        idx.sync().map_err(|e| FsError::io("index sync", e))?;
+        let log = self.lock().take_sync_handle();
+        let log = log.map_err(|e| FsError::io("index sync", e))?;
+        if let Some(log) = log {
+            if let Err(e) = log.sync_data() {
+                self.lock().mark_log_unsynced();
+                return Err(FsError::io("index sync", e));
+            }
+        }
         Ok(())
+    }
+
+    /// fsyncs the directory `dir`, found at `path` a moment ago or, if it moved since, where
+    /// the index says it is now.
+    fn sync_dir(&self, dir: FileId, path: &Path) -> std::io::Result<()> {
+        match fs::File::open(path) {
+            Ok(d) => d.sync_all(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let now = {
+                    let idx = self.lock();
+                    self.path_in(&idx, dir)
+                };
+                match now {
+                    Ok(p) => fs::File::open(p).and_then(|d| d.sync_all()),
+                    Err(_) => Ok(()), // removed: its parent carries the change
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Directories with entry changes not yet fsynced.

@@ -181,6 +181,21 @@ impl Index {
         self.unsynced_dirs.drain().collect()
     }
 
+    /// A handle on the log to fdatasync without holding the index, if records were appended
+    /// since the last sync (they count as synced from now; `mark_log_unsynced` if it fails).
+    pub fn take_sync_handle(&mut self) -> io::Result<Option<File>> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        let handle = self.log.try_clone()?;
+        self.dirty = false;
+        Ok(Some(handle))
+    }
+
+    pub fn mark_log_unsynced(&mut self) {
+        self.dirty = true;
+    }
+
     /// Makes every appended record durable. Cheap when nothing changed.
     pub fn sync(&mut self) -> io::Result<bool> {
         if !self.dirty {
