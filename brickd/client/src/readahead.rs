@@ -12,9 +12,9 @@
 use crate::{ClientResult, Volume};
 use brick_wire::FileId;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use tokio::sync::oneshot;
 
 /// Pieces fetched ahead per file.
 const DEPTH: usize = 8;
@@ -24,12 +24,15 @@ const STREAMS_MAX: usize = 8;
 /// A piece fetched longer ago than this is read again.
 const FRESH_MS: u64 = 500;
 
-type Cell = Arc<OnceCell<ClientResult<Vec<u8>>>>;
+/// Where a piece fetched ahead arrives. The fetching task hands over the bytes themselves (a
+/// shared cell would have to be copied whenever the task still held it at the reader's turn).
+type Arrival = oneshot::Receiver<ClientResult<Vec<u8>>>;
+type Sender = oneshot::Sender<ClientResult<Vec<u8>>>;
 
 struct Piece {
     offset: u64,
     len: u32,
-    cell: Cell,
+    arrival: Arrival,
     fetched_at: Instant,
 }
 
@@ -57,24 +60,18 @@ impl ReadAhead {
         len: u32,
     ) -> ClientResult<Vec<u8>> {
         let (hit, fetch) = self.plan(fid, offset, len);
-        for (off, cell) in fetch {
+        for (off, done) in fetch {
             let vol = vol.clone();
             tokio::spawn(async move {
-                let _ = cell.get_or_init(|| vol.read(fid, off, len)).await;
+                let _ = done.send(vol.read(fid, off, len).await);
             });
         }
         let data = match hit {
-            Some(cell) => {
-                cell.get_or_init(|| vol.read(fid, offset, len)).await;
-                match Arc::try_unwrap(cell) {
-                    Ok(once) => once.into_inner().unwrap_or_else(|| Ok(Vec::new())),
-                    // The fetching task has not let go yet: copy.
-                    Err(shared) => match shared.get() {
-                        Some(r) => r.clone(),
-                        None => vol.read(fid, offset, len).await,
-                    },
-                }
-            }
+            Some(arrival) => match arrival.await {
+                Ok(fetched) => fetched,
+                // The fetching task ended without an answer: read it now.
+                Err(_) => vol.read(fid, offset, len).await,
+            },
             None => vol.read(fid, offset, len).await,
         };
         if let Ok(d) = &data {
@@ -90,8 +87,8 @@ impl ReadAhead {
         self.lock().remove(&fid);
     }
 
-    /// The piece answering this READ, if fetched ahead, and the pieces to fetch now.
-    fn plan(&self, fid: FileId, offset: u64, len: u32) -> (Option<Cell>, Vec<(u64, Cell)>) {
+    /// The piece answering this read, if fetched ahead, and the pieces to fetch now.
+    fn plan(&self, fid: FileId, offset: u64, len: u32) -> (Option<Arrival>, Vec<(u64, Sender)>) {
         let now = Instant::now();
         let mut streams = self.lock();
         if !streams.contains_key(&fid) && streams.len() >= STREAMS_MAX {
@@ -127,7 +124,7 @@ impl ReadAhead {
             Some(p) if p.offset == offset && p.len == len => {
                 let p = s.pieces.pop_front();
                 p.filter(|p| now.duration_since(p.fetched_at) < fresh)
-                    .map(|p| p.cell)
+                    .map(|p| p.arrival)
             }
             _ => None,
         };
@@ -138,14 +135,14 @@ impl ReadAhead {
                 .back()
                 .map_or(s.next, |p| p.offset.saturating_add(len as u64));
             while s.pieces.len() < DEPTH {
-                let cell: Cell = Arc::new(OnceCell::new());
+                let (done, arrival) = oneshot::channel();
                 s.pieces.push_back(Piece {
                     offset: at,
                     len,
-                    cell: cell.clone(),
+                    arrival,
                     fetched_at: now,
                 });
-                fetch.push((at, cell));
+                fetch.push((at, done));
                 at = at.saturating_add(len as u64);
             }
         }
