@@ -304,22 +304,7 @@ fn nfs_copy_survives_a_gateway_killed_and_restarted() {
         .spawn()
         .expect("nfs-cp");
     // Kill the gateway once part of the file has arrived.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let size = rt
-            .block_on(vol.resolve("copy.bin"))
-            .map(|a| a.size)
-            .unwrap_or(0);
-        if size >= 16 << 20 {
-            assert!(
-                size < len,
-                "the copy finished before the kill: make it larger"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "nfs-cp made no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    brick_testkit::wait_until_partly_written(&rt, &vol, "copy.bin", len, "nfs-cp");
     gw.kill9();
     // Restarted at once: with a 0.5 s pause first, nfs-cp failed once in about ten runs while
     // the other NFS tests loaded the machine (libnfs's reconnect attempts are limited).

@@ -636,22 +636,7 @@ fn smb_upload_survives_a_gateway_killed_and_restarted() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("smbclient");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let size = rt
-            .block_on(vol.resolve("copy.bin"))
-            .map(|a| a.size)
-            .unwrap_or(0);
-        if size >= 16 << 20 {
-            assert!(
-                size < len,
-                "the upload finished before the kill: make it larger"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "smbclient made no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    brick_testkit::wait_until_partly_written(&rt, &vol, "copy.bin", len, "smbclient");
     gw.kill9();
     // smbclient does not reconnect: its upload fails, and the user uploads again.
     let status = brick_testkit::wait_exit(&mut put, "smbclient", Duration::from_secs(60));

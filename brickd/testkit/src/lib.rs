@@ -502,3 +502,28 @@ pub fn assert_pattern_file(path: &Path, seed: u64, len: u64) {
         );
     }
 }
+
+/// Waits until `path` in `vol` holds at least 16 MiB of a `len`-byte upload that `what` is
+/// making, so a gateway can be killed in its middle; fails if the upload makes no progress in
+/// 60 s or is already complete.
+pub fn wait_until_partly_written(
+    rt: &tokio::runtime::Runtime,
+    vol: &brick_client::Volume,
+    path: &str,
+    len: u64,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let size = rt.block_on(vol.resolve(path)).map(|a| a.size).unwrap_or(0);
+        if size >= 16 << 20 {
+            assert!(
+                size < len,
+                "{what} finished before the kill: make it larger"
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
