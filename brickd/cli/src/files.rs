@@ -26,6 +26,8 @@ fn split_remote(remote: &str) -> Result<(&str, &str)> {
 fn attr_json(a: &Attr) -> Value {
     json!({
         "fid": format!("{:#018x}", a.fid),
+        // The placement group: `volume info` names its primary and members.
+        "pg": brick_wire::pg_of(a.fid),
         "kind": match a.kind { FileKind::File => "file", FileKind::Dir => "dir", FileKind::Symlink => "symlink" },
         "mode": format!("{:o}", a.mode & 0o7777),
         "nlink": a.nlink,

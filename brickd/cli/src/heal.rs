@@ -137,9 +137,15 @@ fn merge(volume: &str, parts: &[Value], unreachable: Vec<Value>) -> Value {
             "targets": targets,
         }));
     }
+    // Since each primary started: what heals copied in all, finished ones included.
+    let copied_total: u64 = reports
+        .values()
+        .map(|r| r["copied_total_bytes"].as_u64().unwrap_or(0))
+        .sum();
     json!({
         "volume": volume,
         "healed": behind.is_empty(),
+        "copied_total_bytes": copied_total,
         "bytes_left": bytes_left,
         "bytes_copied": bytes_copied,
         "rate_bytes_s": rate,

@@ -238,6 +238,19 @@ struct BenchArgs {
 fn main() {
     brick_client::keep_large_buffers();
     let cli = Cli::parse();
+    if matches!(
+        cli.cmd,
+        Cmd::Mount { .. } | Cmd::Nfs { .. } | Cmd::Smb { .. } | Cmd::Nbd { .. }
+    ) {
+        // Long-running servers report what goes wrong (a restarted nfsserve, a lost brick).
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("BRICK_LOG")
+                    .unwrap_or_else(|_| "info,nfsserve=off,smb_server=warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // Gateways serve many clients at once; one-shot commands need one thread.
     let mut builder = match cli.cmd {
         // NBD: one thread (fewer cross-thread wake-ups measured as fast or faster).

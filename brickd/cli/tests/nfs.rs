@@ -16,7 +16,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Gateway log files in one test directory get distinct names.
+static LOG_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn brick_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_brick"))
@@ -45,7 +49,10 @@ struct Gateway {
 
 impl Gateway {
     fn start(server: &DevServer, dir: &Path, port: u16) -> Gateway {
-        let log = dir.join(format!("nfs-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = dir.join(format!(
+            "nfs-{}.log",
+            LOG_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let out = std::fs::File::create(&log).expect("nfs log");
         let child = Command::new(brick_exe())
             .arg("--endpoints")
@@ -101,6 +108,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("gateway log {}:\n{}", self.log.display(), self.log_text());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -190,6 +190,13 @@ impl DevServer {
 impl Drop for DevServer {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = self.log();
+            // The tail is what matters; a whole log of a long test would bury the panic.
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("brickd dev log (last 60 lines):\n{tail}");
+        }
     }
 }
 

@@ -470,32 +470,12 @@ async fn relay_replies(
     replies: mpsc::Sender<Vec<u8>>,
     alive: watch::Sender<bool>,
 ) {
-    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    // The sweep runs beside the reads, never in a select with them: `read_record` is not
+    // cancellation-safe, and a sweep tick that dropped a half-read record desynchronised the
+    // reply stream (a reply lost, the next ones read from the middle of a record).
+    let sweeper = tokio::spawn(sweep_unanswered(outstanding.clone(), replies.clone()));
     loop {
-        let record = tokio::select! {
-            r = rpc::read_record(&mut from_inner, PROXY_REPLY_BYTES_MAX) => r,
-            _ = sweep.tick() => {
-                let limit = Duration::from_millis(PROXY_REPLY_TIMEOUT_MS);
-                let expired: Vec<u32> = {
-                    let mut o = lock(&outstanding);
-                    let xids: Vec<u32> = o
-                        .iter()
-                        .filter(|(_, (at, _))| at.elapsed() > limit)
-                        .map(|(x, _)| *x)
-                        .collect();
-                    for x in &xids {
-                        o.remove(x);
-                    }
-                    xids
-                };
-                for xid in expired {
-                    tracing::warn!("nfs: nfsserve did not answer xid {xid}");
-                    let _ = replies.send(rpc::accepted(xid, rpc::ACCEPT_SYSTEM_ERR)).await;
-                }
-                continue;
-            }
-        };
-        let record = match record {
+        let record = match rpc::read_record(&mut from_inner, PROXY_REPLY_BYTES_MAX).await {
             Ok(Some(r)) if r.len() >= 4 => r,
             Ok(Some(_)) => continue,
             Ok(None) => break,
@@ -511,11 +491,81 @@ async fn relay_replies(
         }
         drop(permit);
     }
+    sweeper.abort();
     let _ = alive.send(false);
     let lost: Vec<u32> = lock(&outstanding).drain().map(|(x, _)| x).collect();
     for xid in lost {
         let _ = replies
             .send(rpc::accepted(xid, rpc::ACCEPT_SYSTEM_ERR))
             .await;
+    }
+}
+
+/// Answers SYSTEM_ERR for calls nfsserve has not answered within `PROXY_REPLY_TIMEOUT_MS`.
+async fn sweep_unanswered(outstanding: Outstanding, replies: mpsc::Sender<Vec<u8>>) {
+    let limit = Duration::from_millis(PROXY_REPLY_TIMEOUT_MS);
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        sweep.tick().await;
+        let expired: Vec<u32> = {
+            let mut o = lock(&outstanding);
+            let xids: Vec<u32> = o
+                .iter()
+                .filter(|(_, (at, _))| at.elapsed() > limit)
+                .map(|(x, _)| *x)
+                .collect();
+            for x in &xids {
+                o.remove(x);
+            }
+            xids
+        };
+        for xid in expired {
+            tracing::warn!("nfs: nfsserve did not answer xid {xid}");
+            if replies
+                .send(rpc::accepted(xid, rpc::ACCEPT_SYSTEM_ERR))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply that arrives in two pieces with a sweep tick between them reaches the client
+    /// whole, and so does the one after it (the tick once dropped the half-read record).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_reply_split_around_a_sweep_tick_is_relayed_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut inner, _) = accepted.expect("accept");
+        let (read_half, _write_half) = client.expect("connect").into_split();
+        let outstanding: Outstanding = Arc::new(Mutex::new(HashMap::new()));
+        let (replies, mut replies_rx) = mpsc::channel(8);
+        let (alive_tx, alive) = watch::channel(true);
+        let relay = tokio::spawn(relay_replies(
+            BufReader::new(read_half),
+            outstanding,
+            replies,
+            alive_tx,
+        ));
+        let first = rpc::framed(&[0, 0, 0, 7, 1, 2, 3, 4]);
+        inner.write_all(&first[..4]).await.expect("mark");
+        // Paused time jumps to the next timer while the relay waits: the sweep ticks here.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        inner.write_all(&first[4..]).await.expect("body");
+        let second = rpc::framed(&[0, 0, 0, 8, 5, 6, 7, 8]);
+        inner.write_all(&second).await.expect("second");
+        assert_eq!(replies_rx.recv().await, Some(first));
+        assert_eq!(replies_rx.recv().await, Some(second));
+        assert!(*alive.borrow(), "the relay is still reading");
+        drop(inner);
+        relay.await.expect("relay ends with its connection");
+        assert!(!*alive.borrow());
     }
 }
