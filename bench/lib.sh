@@ -8,7 +8,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 EXIT_HOOKS=()
 PIDS=()
 
-stop_pid() { # pid: SIGTERM, up to 10 s to exit, then SIGKILL
+stop_pid() { # pid: SIGTERM (after SIGCONT, in case a run froze it), up to 10 s to exit, then SIGKILL
+  kill -CONT "$1" 2>/dev/null || true
   kill -TERM "$1" 2>/dev/null || true
   for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$1" 2>/dev/null || true

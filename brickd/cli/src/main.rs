@@ -246,7 +246,8 @@ fn main() {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("BRICK_LOG")
-                    .unwrap_or_else(|_| "info,nfsserve=off,smb_server=warn".into()),
+                    // fuser warns once per unimplemented call a kernel makes (xattrs, poll).
+                    .unwrap_or_else(|_| "info,nfsserve=off,smb_server=warn,fuser=error".into()),
             )
             .with_writer(std::io::stderr)
             .init();

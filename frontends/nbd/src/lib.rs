@@ -275,13 +275,16 @@ fn errno_of(e: &ClientError) -> u32 {
 /// concurrently and are answered as they finish; one writer task owns the socket's send side.
 async fn transmission(stream: TcpStream, vol: Volume, export: Export) -> NbdResult<()> {
     let (mut rd, wr) = stream.into_split();
-    let (replies, mut outbox) = mpsc::channel::<Vec<u8>>(256);
+    let (replies, mut outbox) = mpsc::channel::<Reply>(256);
     let writer = tokio::spawn(async move {
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
-        while let Some(r) = outbox.recv().await {
-            wr.write_all(&r).await?;
-            while let Ok(r) = outbox.try_recv() {
-                wr.write_all(&r).await?;
+        while let Some((head, data)) = outbox.recv().await {
+            // READ data larger than the buffer goes to the socket from where it was read.
+            wr.write_all(&head).await?;
+            wr.write_all(&data).await?;
+            while let Ok((head, data)) = outbox.try_recv() {
+                wr.write_all(&head).await?;
+                wr.write_all(&data).await?;
             }
             wr.flush().await?;
         }
@@ -304,7 +307,7 @@ async fn requests(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     vol: &Volume,
     export: &Export,
-    replies: &mpsc::Sender<Vec<u8>>,
+    replies: &mpsc::Sender<Reply>,
     budget: &Arc<Semaphore>,
 ) -> NbdResult<()> {
     loop {
@@ -322,7 +325,7 @@ async fn requests(
             .acquire_many_owned(weight)
             .await
             .map_err(|e| NbdError::Protocol(e.to_string()))?;
-        let fail = |errno: u32| simple_reply(errno, req.cookie).to_vec();
+        let fail = |errno: u32| (simple_reply(errno, req.cookie), Vec::new());
         let in_range = req
             .offset
             .checked_add(req.length as u64)
@@ -338,8 +341,15 @@ async fn requests(
                 continue;
             }
             CMD_WRITE => {
-                let mut data = vec![0u8; req.length as usize];
-                rd.read_exact(&mut data).await?;
+                // Read into spare capacity: no zeroing of up to 32 MiB first.
+                let mut data = Vec::with_capacity(req.length as usize);
+                (&mut *rd)
+                    .take(req.length as u64)
+                    .read_to_end(&mut data)
+                    .await?;
+                if data.len() != req.length as usize {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
                 if !in_range {
                     Some(fail(ENOSPC))
                 } else {
@@ -365,7 +375,7 @@ async fn requests(
                 None
             }
             // Trimming is advisory: the bytes stay as they were, which the protocol allows.
-            CMD_TRIM if in_range => Some(simple_reply(0, req.cookie).to_vec()),
+            CMD_TRIM if in_range => Some((simple_reply(0, req.cookie), Vec::new())),
             CMD_WRITE_ZEROES if in_range => {
                 spawn_op(permit, replies, req, zero_op(vol.clone(), export.fid, req));
                 None
@@ -381,10 +391,13 @@ async fn requests(
     }
 }
 
+/// A simple reply's header and the data that follows it (a READ's; empty otherwise).
+type Reply = ([u8; 16], Vec<u8>);
+
 /// Runs one request and queues its reply (header, plus data for a READ).
 fn spawn_op<F>(
     permit: tokio::sync::OwnedSemaphorePermit,
-    replies: &mpsc::Sender<Vec<u8>>,
+    replies: &mpsc::Sender<Reply>,
     req: Request,
     op: F,
 ) where
@@ -393,19 +406,14 @@ fn spawn_op<F>(
     let replies = replies.clone();
     tokio::spawn(async move {
         let reply = match op.await {
-            Ok(data) => {
-                let mut r = Vec::with_capacity(16 + data.len());
-                r.extend_from_slice(&simple_reply(0, req.cookie));
-                r.extend_from_slice(&data);
-                r
-            }
+            Ok(data) => (simple_reply(0, req.cookie), data),
             Err(e) => {
                 tracing::warn!(
                     command = req.command,
                     offset = req.offset,
                     "nbd request failed: {e}"
                 );
-                simple_reply(errno_of(&e), req.cookie).to_vec()
+                (simple_reply(errno_of(&e), req.cookie), Vec::new())
             }
         };
         let _ = replies.send(reply).await;
@@ -414,6 +422,12 @@ fn spawn_op<F>(
 }
 
 async fn read_op(vol: Volume, fid: FileId, req: Request) -> Result<Vec<u8>, ClientError> {
+    if req.length <= NATIVE_IO_BYTES_MAX {
+        // One native read: its buffer is the reply's data, no copy.
+        let mut got = vol.read(fid, req.offset, req.length).await?;
+        got.resize(req.length as usize, 0); // past the file's end: zeros
+        return Ok(got);
+    }
     let mut out = Vec::with_capacity(req.length as usize);
     let end = req.offset + req.length as u64;
     let mut at = req.offset;
