@@ -360,18 +360,17 @@ def report(a):
         board.append({"what": what, "target": target_text, "measured": measured,
                       "met": met})
 
-    for w, name in (("randwrite-4k-qd32", "4 KiB random write, QD32"), ("randread-4k-qd32", "4 KiB random read, QD32")):
-        r = ratios[w]
-        g, l_ = r["native_over_gfapi"], r["native_over_local"]
-        target(f"{name}, replica 2, native client", "≥ 10x GlusterFS gfapi IOPS and ≥ 0.50 of local",
+    # (workload, what, times GlusterFS gfapi at least, share of local at least)
+    for w, what, over_gfapi, over_local in (
+        ("randwrite-4k-qd32", "4 KiB random write, QD32, replica 2, native client", 10, 0.5),
+        ("randread-4k-qd32", "4 KiB random read, QD32, replica 2, native client", 10, 0.5),
+        ("seqwrite-1m-qd8", "1 MiB sequential write, replica 2", 3, 0.7),
+        ("seqread-1m-qd8", "1 MiB sequential read, replica 2", 3, 0.7),
+    ):
+        g, l_ = ratios[w]["native_over_gfapi"], ratios[w]["native_over_local"]
+        target(what, f"≥ {over_gfapi}x GlusterFS gfapi and ≥ {over_local:.2f} of local",
                f"{fmt_ratio(g)}x gfapi, {fmt_ratio(l_)} of local",
-               None if g is None or l_ is None else (g >= 10 and l_ >= 0.5))
-    for w, name in (("seqwrite-1m-qd8", "1 MiB sequential write"), ("seqread-1m-qd8", "1 MiB sequential read")):
-        r = ratios[w]
-        g, l_ = r["native_over_gfapi"], r["native_over_local"]
-        target(f"{name}, replica 2", "≥ 3x GlusterFS gfapi and ≥ 0.70 of local",
-               f"{fmt_ratio(g)}x gfapi, {fmt_ratio(l_)} of local",
-               None if g is None or l_ is None else (g >= 3 and l_ >= 0.7))
+               None if g is None or l_ is None else (g >= over_gfapi and l_ >= over_local))
     for w, name in (("randwrite-4k-qd1", "write"), ("randread-4k-qd1", "read")):
         ours, theirs = get(w, "brick-native", 4), get(w, "gluster-gfapi", 2)
         target(f"p99.9 latency, 4 KiB random {name}, QD1", "below GlusterFS gfapi's p50",
