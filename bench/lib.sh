@@ -42,11 +42,12 @@ wait_for_line() { # file needle what: waits up to 10 s for needle in file
   echo "$3 did not start:" >&2; cat "$1" >&2; exit 1
 }
 
-start_dev() { # cores: brickd dev in $RUN/dev, gateways on free ports; exports BRICK_ENDPOINTS
+start_dev() { # cores [replica]: brickd dev in $RUN/dev, gateways on free ports; exports BRICK_ENDPOINTS
   local port
   port=$(free_port)
-  "$BIN/brickd" dev --dir "$RUN/dev" --listen "127.0.0.1:$port" --nbd-listen 127.0.0.1:0 \
-    --nfs-listen 127.0.0.1:0 --smb-listen 127.0.0.1:0 --cores "$1" >"$RUN/brickd.log" 2>&1 &
+  "$BIN/brickd" dev --dir "$RUN/dev" --replica "${2:-3}" --listen "127.0.0.1:$port" \
+    --nbd-listen 127.0.0.1:0 --nfs-listen 127.0.0.1:0 --smb-listen 127.0.0.1:0 \
+    --cores "$1" >"$RUN/brickd.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 300); do [ -f "$RUN/dev/endpoints.json" ] && break; sleep 0.1; done
   [ -f "$RUN/dev/endpoints.json" ] || { echo "brickd did not start:" >&2; cat "$RUN/brickd.log" >&2; exit 1; }

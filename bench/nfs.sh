@@ -39,16 +39,19 @@ GANESHA_RUN_DIR_EXISTED=$([ -d /var/run/ganesha ] && echo 1 || echo 0)
 EXIT_HOOKS+=('[ -f "$RUN/ganesha/ganesha.pid" ] && PIDS+=("$(cat "$RUN/ganesha/ganesha.pid")")')
 AFTER_STOP_HOOKS+=('[ "$GANESHA_RUN_DIR_EXISTED" = 1 ] || rm -rf /var/run/ganesha')
 
-# --- brickd: a replica-1 volume (one copy, as the ganesha export) and the gateway ---------
+# --- brickd: a replica-1 volume (one copy, as the ganesha export) and two gateways --------
+# "ours": `brick nfs serve`, its own process, reaching brickd over TCP; "hosted": the gateway
+# brickd dev runs in its own process (its client reaches the cores in-process).
 NFS_PORT=$(free_port)
-start_dev "$CORES"
-"$BIN/brick" --quiet volume create nfsbench replica 1 "dev:$RUN/brick" >/dev/null
-"$BIN/brick" --quiet volume start nfsbench >/dev/null
-"$BIN/brick" nfs serve nfsbench --listen "127.0.0.1:$NFS_PORT" >"$RUN/gateway.log" 2>&1 &
+start_dev "$CORES" 1
+"$BIN/brick" nfs serve dev --listen "127.0.0.1:$NFS_PORT" >"$RUN/gateway.log" 2>&1 &
 PIDS+=($!)
 wait_for_line "$RUN/gateway.log" "nfs serving" "the gateway"
 OURS="nfs://127.0.0.1/?version=3&nfsport=$NFS_PORT&mountport=$NFS_PORT"
 ours_url() { echo "nfs://127.0.0.1/$1?version=3&nfsport=$NFS_PORT&mountport=$NFS_PORT"; }
+HOSTED_PORT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nfs"].rsplit(":", 1)[1])' "$BRICK_ENDPOINTS")
+HOSTED="nfs://127.0.0.1/?version=3&nfsport=$HOSTED_PORT&mountport=$HOSTED_PORT"
+hosted_url() { echo "nfs://127.0.0.1/$1?version=3&nfsport=$HOSTED_PORT&mountport=$HOSTED_PORT"; }
 
 # --- nfs-ganesha: VFS export of a local directory on the same filesystem ------------------
 if ! pgrep -x rpcbind >/dev/null; then
@@ -97,8 +100,12 @@ RESULTS="$RUN/results.txt"
 : >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  for system in ours ganesha; do
-    if [ $system = ours ]; then url=$(ours_url /bench.bin); base=$OURS; else url=$(ganesha_url /bench.bin); base=$GANESHA; fi
+  for system in ours hosted ganesha; do
+    case $system in
+      ours) url=$(ours_url /bench.bin); base=$OURS ;;
+      hosted) url=$(hosted_url /bench.bin); base=$HOSTED ;;
+      ganesha) url=$(ganesha_url /bench.bin); base=$GANESHA ;;
+    esac
     python3 "$OPS" "$base" unlink /bench.bin 2>/dev/null || true
     sync
     timed cp-up $system "$SIZE" nfs-cp "$SRC" "$url"
@@ -118,16 +125,20 @@ for line in open(path):
     name, system, mbps = line.split()
     runs.setdefault(name, {}).setdefault(system, []).append(float(mbps))
 rows = []
-print(f"\n{'workload':<10} {'ours MB/s':>10} {'ganesha MB/s':>13} {'ratio':>6}  (median of {rounds}, {size >> 20} MiB file)")
+print(f"\n{'workload':<10} {'ours MB/s':>10} {'hosted MB/s':>12} {'ganesha MB/s':>13} {'ratio':>6} "
+      f"{'hosted ratio':>12}  (median of {rounds}, {size >> 20} MiB file)")
 for name in ("cp-up", "cp-down", "cat-down"):
     ours = statistics.median(runs[name]["ours"])
+    hosted = statistics.median(runs[name]["hosted"])
     gan = statistics.median(runs[name]["ganesha"])
-    ratio = ours / gan
-    print(f"{name:<10} {ours:>10.0f} {gan:>13.0f} {ratio:>6.2f}")
-    rows.append({"workload": name, "ours_mb_s": ours, "ganesha_mb_s": gan, "ratio": ratio,
-                 "ours_runs": runs[name]["ours"], "ganesha_runs": runs[name]["ganesha"]})
+    ratio, hosted_ratio = ours / gan, hosted / gan
+    print(f"{name:<10} {ours:>10.0f} {hosted:>12.0f} {gan:>13.0f} {ratio:>6.2f} {hosted_ratio:>12.2f}")
+    rows.append({"workload": name, "ours_mb_s": ours, "hosted_mb_s": hosted, "ganesha_mb_s": gan,
+                 "ratio": ratio, "hosted_ratio": hosted_ratio, "ours_runs": runs[name]["ours"],
+                 "hosted_runs": runs[name]["hosted"], "ganesha_runs": runs[name]["ganesha"]})
 doc = {"bench": "nfs", "at_unix": int(time.time()), "file_bytes": size, "rounds": rounds,
        "ours": "brick nfs serve, replica-1 volume of brickd dev",
+       "hosted": "the NFS gateway brickd dev hosts (in-process client), same volume",
        "anchor": "nfs-ganesha 4 VFS export on the same filesystem",
        "target": "nfs-cp up and down: ratio >= 1", "rows": rows}
 json.dump(doc, open(out, "w"), indent=2)

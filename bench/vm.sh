@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# VM-image workloads with fio on a replica-1 volume of `brickd dev`, through the NBD gateway
-# (fio's nbd engine) and through the FUSE mount (`brick mount`, io_uring engine, O_DIRECT),
-# beside fio's io_uring engine on a local file of the same filesystem, in one run, interleaved
-# (local, NBD, FUSE per round), medians and ratios. Then the small-file test (10,000 x 4 KiB
-# in one directory: create, list, stat, read, delete) on the FUSE mount beside the local
-# filesystem.
+# VM-image workloads with fio on the replica-1 volume of `brickd dev --replica 1`, through the
+# NBD gateway brickd hosts (fio's nbd engine; the gateway's client reaches the dataplane
+# in-process) and through the FUSE mount (`brick mount`, io_uring engine, O_DIRECT), beside
+# fio's io_uring engine on a local file of the same filesystem and beside qemu-nbd serving a
+# local file of the same filesystem (io_uring, O_DIRECT: the NBD path's own cost on this
+# machine), in one run, interleaved (local, qemu-nbd, NBD, FUSE per round), medians and
+# ratios. Then the small-file test (10,000 x 4 KiB in one directory: create, list, stat, read,
+# delete) on the FUSE mount beside the local filesystem.
 #
 # Workloads: 4 KiB random read and write at queue depth 1 and 32, a 70/30 random mix at
 # queue depth 32, 1 MiB sequential read and write at queue depth 8.
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
 done
 
 command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 2; }
+command -v qemu-nbd >/dev/null || { echo "qemu-nbd is not installed (apt-get install qemu-utils)" >&2; exit 2; }
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine" >&2; exit 2; }
 BIN="$ROOT/target/release"
 (cd "$ROOT" && cargo build --release -p brickd -p brick)
@@ -41,7 +44,7 @@ RUN="$SCRATCH/vm-$$"
 mkdir -p "$RUN"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
-NBD_PORT=$(free_port)
+QEMU_NBD_PORT=$(free_port)
 PIDS=()
 cleanup() {
   if [ -n "${MNT:-}" ] && grep -q " $MNT " /proc/mounts; then "$BIN/brick" umount "$MNT" || true; fi
@@ -54,27 +57,29 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$BIN/brickd" dev --dir "$RUN/dev" --listen "127.0.0.1:$PORT" --nbd-listen 127.0.0.1:0 \
+"$BIN/brickd" dev --dir "$RUN/dev" --replica 1 --listen "127.0.0.1:$PORT" \
+  --nbd-listen 127.0.0.1:0 --nfs-listen 127.0.0.1:0 --smb-listen 127.0.0.1:0 \
   --cores "$CORES" >"$RUN/brickd.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 300); do [ -f "$RUN/dev/endpoints.json" ] && break; sleep 0.1; done
 [ -f "$RUN/dev/endpoints.json" ] || { echo "brickd did not start:" >&2; cat "$RUN/brickd.log" >&2; exit 1; }
 export BRICK_ENDPOINTS="$RUN/dev/endpoints.json"
-"$BIN/brick" --quiet volume create vm replica 1 "dev:$RUN/vm-brick" >/dev/null
-"$BIN/brick" --quiet volume start vm >/dev/null
-# The image, laid out in full (as fio lays out its local file).
+# The images, laid out in full (as fio lays out its local file).
 truncate -s "$SIZE" "$RUN/zero.img"
-"$BIN/brick" --quiet put "$RUN/zero.img" vm/vm.img >/dev/null
+"$BIN/brick" --quiet put "$RUN/zero.img" dev/vm.img >/dev/null
 rm -f "$RUN/zero.img"
-"$BIN/brick" --quiet nbd serve vm --listen "127.0.0.1:$NBD_PORT" >"$RUN/nbd.log" 2>&1 &
+NBD_ADDR=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nbd"])' "$BRICK_ENDPOINTS")
+URI="nbd://$NBD_ADDR/vm.img"
+dd if=/dev/zero of="$RUN/qemu.img" bs=1M count=$((SIZE >> 20)) oflag=direct status=none
+qemu-nbd -f raw --cache=none --aio=io_uring --persistent --shared=8 -b 127.0.0.1 \
+  -p "$QEMU_NBD_PORT" -x vm.img "$RUN/qemu.img" >"$RUN/qemu-nbd.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 100); do grep -q "nbd serving" "$RUN/nbd.log" 2>/dev/null && break; sleep 0.1; done
-grep -q "nbd serving" "$RUN/nbd.log" || { echo "nbd gateway did not start:" >&2; cat "$RUN/nbd.log" >&2; exit 1; }
-URI="nbd://127.0.0.1:$NBD_PORT/vm.img"
+QEMU_URI="nbd://127.0.0.1:$QEMU_NBD_PORT/vm.img"
+for _ in $(seq 1 100); do nbdinfo "$QEMU_URI" >/dev/null 2>&1 && break; sleep 0.1; done
 MNT="$RUN/mnt"
 mkdir -p "$MNT"
 MNT=$(cd "$MNT" && pwd -P)
-"$BIN/brick" --quiet mount vm "$MNT" >"$RUN/mount.log" 2>&1 &
+"$BIN/brick" --quiet mount dev "$MNT" >"$RUN/mount.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q " $MNT " /proc/mounts && break; sleep 0.1; done
 grep -q " $MNT " /proc/mounts || { echo "FUSE mount failed:" >&2; cat "$RUN/mount.log" >&2; exit 1; }
@@ -100,6 +105,10 @@ for w in "${WORKLOADS[@]}"; do
       --ioengine=io_uring --direct=1 --time_based --runtime="$SECONDS_PER_RUN" \
       --output-format=json >"$RUN/local.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
     # shellcheck disable=SC2086
+    fio --name=qemu-nbd --ioengine=nbd --uri="$QEMU_URI" --size="$SIZE" $opts --iodepth="$qd" \
+      --time_based --runtime="$SECONDS_PER_RUN" \
+      --output-format=json >"$RUN/qemu-nbd.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
+    # shellcheck disable=SC2086
     fio --name=nbd --ioengine=nbd --uri="$URI" --size="$SIZE" $opts --iodepth="$qd" \
       --time_based --runtime="$SECONDS_PER_RUN" \
       --output-format=json >"$RUN/nbd.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
@@ -107,9 +116,9 @@ for w in "${WORKLOADS[@]}"; do
     fio --name=fuse --filename="$MNT/fuse.img" --size="$SIZE" $opts --iodepth="$qd" \
       --ioengine=io_uring --direct=1 --time_based --runtime="$SECONDS_PER_RUN" \
       --output-format=json >"$RUN/fuse.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
-    python3 - "$name" "$round" "$RUN/local.json" "$RUN/nbd.json" "$RUN/fuse.json" >>"$RESULTS" <<'EOF'
+    python3 - "$name" "$round" "$RUN/local.json" "$RUN/nbd.json" "$RUN/fuse.json" "$RUN/qemu-nbd.json" >>"$RESULTS" <<'EOF'
 import json, sys
-name, rnd, local_path, nbd_path, fuse_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+name, rnd, local_path, nbd_path, fuse_path, qemu_path = sys.argv[1], int(sys.argv[2]), *sys.argv[3:7]
 def side(path):
     text = open(path).read()
     job = json.loads(text[text.index("{"):])["jobs"][0]
@@ -120,16 +129,18 @@ def side(path):
 li, lm, lp = side(local_path)
 ni, nm, np = side(nbd_path)
 fi, fm, fp = side(fuse_path)
+qi, qm, qp = side(qemu_path)
 print(json.dumps({"workload": name, "round": rnd, "local_iops": li, "local_mib_s": lm, "local_p99_us": lp,
+                  "qemu_nbd_iops": qi, "qemu_nbd_mib_s": qm, "qemu_nbd_p99_us": qp,
                   "nbd_iops": ni, "nbd_mib_s": nm, "nbd_p99_us": np,
                   "fuse_iops": fi, "fuse_mib_s": fm, "fuse_p99_us": fp}))
 EOF
     tail -n 1 "$RESULTS" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print("  %-18s round %d: local %8.0f IOPS %7.0f MiB/s | nbd %8.0f IOPS %7.0f MiB/s | fuse %8.0f IOPS %7.0f MiB/s" % (
-    r["workload"], r["round"], r["local_iops"], r["local_mib_s"], r["nbd_iops"], r["nbd_mib_s"],
-    r["fuse_iops"], r["fuse_mib_s"]), file=sys.stderr)'
+print("  %-18s round %d: local %8.0f IOPS %7.0f MiB/s | qemu-nbd %8.0f IOPS %7.0f MiB/s | nbd %8.0f IOPS %7.0f MiB/s | fuse %8.0f IOPS %7.0f MiB/s" % (
+    r["workload"], r["round"], r["local_iops"], r["local_mib_s"], r["qemu_nbd_iops"], r["qemu_nbd_mib_s"],
+    r["nbd_iops"], r["nbd_mib_s"], r["fuse_iops"], r["fuse_mib_s"]), file=sys.stderr)'
   done
 done
 

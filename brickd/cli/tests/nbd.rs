@@ -262,6 +262,32 @@ fn nbd_clients_read_and_write_volume_files() {
         std::fs::read(&dev_copy).expect("dev copy") == whole_pattern(1, IMAGE_BYTES),
         "brickd dev's NBD gateway"
     );
+    // Its client is in brickd's own process (in-process connections, no socket): what it
+    // writes must read back the same over a socket, and fio's verification must hold.
+    let dev_up = dir.join("dev-up.raw");
+    std::fs::write(&dev_up, whole_pattern(11, IMAGE_BYTES)).expect("local image");
+    run(Command::new("nbdcopy")
+        .arg(&dev_up)
+        .arg(format!("nbd://{dev_nbd}/blank.raw")));
+    assert!(
+        rt.block_on(get(&client, "blank.raw")) == whole_pattern(11, IMAGE_BYTES),
+        "written through brickd dev's NBD gateway, read natively"
+    );
+    let fio = run(Command::new("fio")
+        .args(["--name=verify", "--ioengine=nbd", "--rw=randwrite"])
+        .args(["--bssplit=4k/70:64k/20:1m/10", "--iodepth=16", "--size=32M"])
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_state_save=0"])
+        .args(["--output-format=json"])
+        .arg(format!("--uri=nbd://{dev_nbd}/fio.raw")));
+    let doc: Value =
+        serde_json::from_str(&fio[fio.find('{').expect("fio JSON")..]).expect("fio JSON");
+    let job = &doc["jobs"][0];
+    assert_eq!(job["error"], Value::from(0), "{doc:#}");
+    assert_eq!(
+        job["read"]["io_bytes"],
+        Value::from(32u64 << 20),
+        "verified: {doc:#}"
+    );
 
     bad_requests(&gw);
     // Still serving after all of the above.

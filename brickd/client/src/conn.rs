@@ -2,11 +2,13 @@
 //! writes, a reader task that matches replies to requests by id (replies come out of order).
 
 use crate::ClientError;
+use brick_tuning::FRAME_PAYLOAD_BYTES_MAX;
 use brick_tuning::{CLIENT_CONNECT_TIMEOUT_MS, CLIENT_INFLIGHT_MAX};
 use brick_wire::frame::{verify_crc, VERSION_MAX, VERSION_MIN};
+use brick_wire::local::{LocalConnect, LocalRequest};
 use brick_wire::{
-    auth, request_frame, write_frame_head, ErrorCode, Header, HelloReply, Kind, Request, Welcome,
-    HEADER_BYTES,
+    auth, request_frame, write_frame_head, Enc, ErrorCode, Header, HelloReply, Kind, Request,
+    Welcome, HEADER_BYTES, WRITE_FIELDS_BYTES,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,10 +54,17 @@ pub(crate) static CONNECTIONS_OPENED: AtomicU64 = AtomicU64::new(0);
 /// WRITE data at least this large is written to the socket straight from the caller's buffer.
 const DIRECT_WRITE_BYTES_MIN: usize = 64 * 1024;
 
+/// How frames reach the server: a socket, or a channel to a core of this very process
+/// (brick_wire::local; a gateway hosted by brickd).
+enum Transport {
+    Socket(Arc<Outbox>),
+    Local(flume::Sender<LocalRequest>),
+}
+
 pub(crate) struct Conn {
     pub addr: String,
     pub core: u32,
-    outbox: Arc<Outbox>,
+    transport: Transport,
     pending: Pending,
     alive: Arc<AtomicBool>,
     next_id: AtomicU64,
@@ -73,6 +82,9 @@ impl Conn {
         user: &str,
         key: &[u8; 32],
     ) -> Result<(Conn, Welcome), ClientError> {
+        if let Some(core) = brick_wire::local::lookup(addr) {
+            return Conn::open_local(addr, core, user, key).await;
+        }
         let connect = TcpStream::connect(addr);
         let stream =
             tokio::time::timeout(Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS), connect)
@@ -98,19 +110,82 @@ impl Conn {
             alive.clone(),
             addr.to_string(),
         ));
-        tokio::spawn(watchdog(pending.clone(), alive.clone(), outbox.clone()));
+        tokio::spawn(watchdog(
+            pending.clone(),
+            alive.clone(),
+            Some(outbox.clone()),
+        ));
+        let transport = Transport::Socket(outbox);
         Ok((
-            Conn {
-                addr: addr.to_string(),
-                core: welcome.core,
-                outbox,
-                pending,
-                alive,
-                next_id: AtomicU64::new(1),
-                inflight: Arc::new(Semaphore::new(CLIENT_INFLIGHT_MAX)),
-            },
+            Conn::new(addr, welcome.core, transport, pending, alive),
             welcome,
         ))
+    }
+
+    /// An in-process connection to a core of this process. The key stands in for the
+    /// handshake's proof; the core checks it against its user table all the same.
+    async fn open_local(
+        addr: &str,
+        core: flume::Sender<LocalConnect>,
+        user: &str,
+        key: &[u8; 32],
+    ) -> Result<(Conn, Welcome), ClientError> {
+        // In flight on this connection never exceeds CLIENT_INFLIGHT_MAX (the semaphore), so
+        // neither channel ever fills.
+        let (request_tx, requests) = flume::bounded(CLIENT_INFLIGHT_MAX);
+        let (replies, reply_rx) = flume::bounded(CLIENT_INFLIGHT_MAX);
+        let (welcome, welcome_rx) = flume::bounded(1);
+        let connect = LocalConnect {
+            user: user.to_string(),
+            key: *key,
+            requests,
+            replies,
+            welcome,
+        };
+        let gone = || ClientError::Disconnected(format!("{addr}: the core stopped"));
+        core.send_async(connect).await.map_err(|_| gone())?;
+        let limit = Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS);
+        let welcome = tokio::time::timeout(limit, welcome_rx.recv_async())
+            .await
+            .map_err(|_| ClientError::Timeout(format!("{addr}: no welcome within {limit:?}")))?
+            .map_err(|_| gone())?
+            .map_err(|(code, message)| match code {
+                ErrorCode::AuthFailed => ClientError::Auth(message),
+                code => ClientError::Server { code, message },
+            })?;
+        CONNECTIONS_OPENED.fetch_add(1, Ordering::Relaxed);
+        let pending: Pending = Arc::new(Mutex::new(PendingMap::default()));
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(local_read_loop(
+            reply_rx,
+            pending.clone(),
+            alive.clone(),
+            addr.to_string(),
+        ));
+        tokio::spawn(watchdog(pending.clone(), alive.clone(), None));
+        let transport = Transport::Local(request_tx);
+        Ok((
+            Conn::new(addr, welcome.core, transport, pending, alive),
+            welcome,
+        ))
+    }
+
+    fn new(
+        addr: &str,
+        core: u32,
+        transport: Transport,
+        pending: Pending,
+        alive: Arc<AtomicBool>,
+    ) -> Conn {
+        Conn {
+            addr: addr.to_string(),
+            core,
+            transport,
+            pending,
+            alive,
+            next_id: AtomicU64::new(1),
+            inflight: Arc::new(Semaphore::new(CLIENT_INFLIGHT_MAX)),
+        }
     }
 
     /// Sends one request and waits for its reply (or the watchdog's timeout).
@@ -147,36 +222,9 @@ impl Conn {
                 },
             );
         }
-        match *req {
-            Request::Write {
-                vol,
-                fid,
-                offset,
-                flags,
-                data,
-            } if data.len() >= DIRECT_WRITE_BYTES_MIN => {
-                let head = write_frame_head(id, vol, fid, offset, flags, data);
-                let mut socket = self.outbox.socket.lock().await;
-                let sent = match socket.write_all(&head).await {
-                    Ok(()) => socket.write_all(data).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = sent {
-                    self.alive.store(false, Ordering::Release);
-                    fail_all(&self.pending, &format!("write failed: {e}"));
-                }
-            }
-            _ => {
-                let was_empty = {
-                    let mut buf = lock(&self.outbox.buf);
-                    let was_empty = buf.is_empty();
-                    request_frame(&mut buf, id, req);
-                    was_empty
-                };
-                if was_empty {
-                    self.outbox.notify.notify_one();
-                }
-            }
+        match &self.transport {
+            Transport::Socket(outbox) => self.send_socket(outbox, id, req).await,
+            Transport::Local(requests) => self.send_local(requests, id, req).await,
         }
         match reply_rx.await {
             Ok(reply) => reply,
@@ -188,10 +236,79 @@ impl Conn {
     }
 }
 
+impl Conn {
+    async fn send_socket(&self, outbox: &Outbox, id: u64, req: &Request<'_>) {
+        match *req {
+            Request::Write {
+                vol,
+                fid,
+                offset,
+                flags,
+                data,
+            } if data.len() >= DIRECT_WRITE_BYTES_MIN => {
+                let head = write_frame_head(id, vol, fid, offset, flags, data);
+                let mut socket = outbox.socket.lock().await;
+                let sent = match socket.write_all(&head).await {
+                    Ok(()) => socket.write_all(data).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    self.alive.store(false, Ordering::Release);
+                    fail_all(&self.pending, &format!("write failed: {e}"));
+                }
+            }
+            _ => {
+                let was_empty = {
+                    let mut buf = lock(&outbox.buf);
+                    let was_empty = buf.is_empty();
+                    request_frame(&mut buf, id, req);
+                    was_empty
+                };
+                if was_empty {
+                    outbox.notify.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Hands the request to the core as a message: the payload encoded once, no header bytes,
+    /// no crc32c (it never leaves this process's memory).
+    async fn send_local(&self, requests: &flume::Sender<LocalRequest>, id: u64, req: &Request<'_>) {
+        let capacity = match req {
+            Request::Write { data, .. } => WRITE_FIELDS_BYTES + data.len(),
+            _ => 64,
+        };
+        let mut e = Enc::with_capacity(capacity);
+        req.encode(&mut e);
+        let payload = e.buf;
+        if payload.len() > FRAME_PAYLOAD_BYTES_MAX as usize {
+            let too_big = ClientError::Usage(format!(
+                "a {} byte request exceeds the frame limit",
+                payload.len()
+            ));
+            if let Some(w) = lock(&self.pending).waiters.remove(&id) {
+                let _ = w.tx.send(Err(too_big));
+            }
+            return;
+        }
+        let header = Header::new(Kind::Request, req.opcode(), id, payload.len() as u32, 0);
+        if requests
+            .send_async(LocalRequest { header, payload })
+            .await
+            .is_err()
+        {
+            self.alive.store(false, Ordering::Release);
+            fail_all(&self.pending, "the core closed the connection");
+        }
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.alive.store(false, Ordering::Release);
-        self.outbox.notify.notify_one();
+        if let Transport::Socket(outbox) = &self.transport {
+            outbox.notify.notify_one();
+        }
     }
 }
 
@@ -241,7 +358,7 @@ async fn write_loop(outbox: Arc<Outbox>, alive: Arc<AtomicBool>, pending: Pendin
 
 /// Fails requests that got no reply in time; a connection that leaves one unanswered that long
 /// is considered broken and closed, so callers reconnect.
-async fn watchdog(pending: Pending, alive: Arc<AtomicBool>, outbox: Arc<Outbox>) {
+async fn watchdog(pending: Pending, alive: Arc<AtomicBool>, outbox: Option<Arc<Outbox>>) {
     let timeout = Duration::from_millis(brick_tuning::CLIENT_REQUEST_TIMEOUT_MS);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     while alive.load(Ordering::Acquire) {
@@ -259,7 +376,9 @@ async fn watchdog(pending: Pending, alive: Arc<AtomicBool>, outbox: Arc<Outbox>)
                     "no reply within {timeout:?}"
                 ))));
             }
-            outbox.notify.notify_one();
+            if let Some(outbox) = &outbox {
+                outbox.notify.notify_one();
+            }
         }
     }
 }
@@ -272,17 +391,7 @@ async fn read_loop(
 ) {
     let why = loop {
         match read_reply(&mut r).await {
-            Ok((header, payload)) => {
-                let Some(w) = lock(&pending).waiters.remove(&header.request_id) else {
-                    continue; // timed out meanwhile
-                };
-                let result = if header.status == 0 {
-                    Ok(payload)
-                } else {
-                    Err(server_error(header.status, &payload))
-                };
-                let _ = w.tx.send(result);
-            }
+            Ok((header, payload)) => deliver(&pending, header, payload),
             Err(e) => break e,
         }
         if !alive.load(Ordering::Acquire) {
@@ -292,6 +401,57 @@ async fn read_loop(
     alive.store(false, Ordering::Release);
     tracing::debug!("connection to {addr} ended: {why}");
     fail_all(&pending, &format!("connection to {addr} lost: {why}"));
+}
+
+/// Hands a reply to the request waiting for it (none if it timed out meanwhile).
+fn deliver(pending: &Pending, header: Header, payload: Vec<u8>) {
+    let Some(w) = lock(pending).waiters.remove(&header.request_id) else {
+        return;
+    };
+    let result = if header.status == 0 {
+        Ok(payload)
+    } else {
+        Err(server_error(header.status, &payload))
+    };
+    let _ = w.tx.send(result);
+}
+
+async fn local_read_loop(
+    replies: flume::Receiver<Vec<u8>>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    addr: String,
+) {
+    let why = loop {
+        let Ok(frame) = replies.recv_async().await else {
+            break "the core closed the connection".to_string();
+        };
+        match local_reply(frame) {
+            Ok((header, payload)) => deliver(&pending, header, payload),
+            Err(e) => break e,
+        }
+        if !alive.load(Ordering::Acquire) {
+            break "connection closed by client".to_string();
+        }
+    };
+    alive.store(false, Ordering::Release);
+    tracing::debug!("in-process connection to {addr} ended: {why}");
+    fail_all(&pending, &format!("connection to {addr} lost: {why}"));
+}
+
+/// A whole reply frame handed over in memory: its header checked, its payload moved to the
+/// front of the same buffer.
+fn local_reply(mut frame: Vec<u8>) -> Result<(Header, Vec<u8>), String> {
+    let header_bytes: [u8; HEADER_BYTES] = frame
+        .get(..HEADER_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("a reply shorter than a header")?;
+    let header = Header::parse(&header_bytes).map_err(|e| e.to_string())?;
+    if header.kind != Kind::Response || frame.len() != HEADER_BYTES + header.payload_len as usize {
+        return Err("a malformed reply frame".into());
+    }
+    frame.drain(..HEADER_BYTES);
+    Ok((header, frame))
 }
 
 pub(crate) fn server_error(status: u32, payload: &[u8]) -> ClientError {

@@ -28,10 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Single-process cluster: 3 bricks under DIR, volume "dev" (replica 3), on 127.0.0.1.
+    /// Single-process cluster: volume "dev" (replica 3 unless --replica) under DIR, on 127.0.0.1.
     Dev {
         #[arg(long, default_value = "./brickd-dev")]
         dir: PathBuf,
+        /// Replicas (and bricks) of the dev volume when it is first created: 1 to 3.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+        replica: u8,
         /// Native protocol address (core 0; other cores use ephemeral ports on the same host).
         #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_NATIVE_PORT)))]
         listen: SocketAddr,
@@ -108,6 +111,7 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Dev {
             dir,
+            replica,
             listen,
             cores,
             spin_us,
@@ -116,6 +120,7 @@ fn run() -> Result<()> {
             smb_listen,
         } => rt.block_on(run_dev(
             dir,
+            replica,
             listen,
             Gateways {
                 nbd: nbd_listen,
@@ -523,6 +528,7 @@ async fn start_dev_smb(
 
 async fn run_dev(
     dir: PathBuf,
+    replica: u8,
     listen: SocketAddr,
     gateways: Gateways,
     tuning: Tuning,
@@ -534,7 +540,7 @@ async fn run_dev(
     let running = start_node("dev", listen, &store, tuning).await?;
     let cluster = running.mgmt.cluster.clone();
     ensure_user(&cluster, "dev", &password, true).await?;
-    let bricks: Vec<BrickSpec> = (0..3)
+    let bricks: Vec<BrickSpec> = (0..replica)
         .map(|i| BrickSpec {
             node: "dev".into(),
             path: dir
@@ -544,7 +550,10 @@ async fn run_dev(
                 .into_owned(),
         })
         .collect();
-    match cluster.create_volume("dev", 3, bricks, None).await {
+    match cluster
+        .create_volume("dev", replica as u32, bricks, None)
+        .await
+    {
         Ok(_) | Err(ClusterError::Exists(_)) => {}
         Err(e) => return Err(e.into()),
     }
@@ -590,7 +599,8 @@ async fn run_dev(
         &serde_json::to_string_pretty(&endpoints)?,
     )?;
     println!(
-        "brickd dev serving volume \"dev\" (replica 3) from {}",
+        "brickd dev serving volume \"dev\" (replica {}) from {}",
+        cluster.volume("dev").await?.replica,
         dir.display()
     );
     println!("  native  {native}");

@@ -7,6 +7,7 @@ use brick_tuning::{
     CONNECTION_INFLIGHT_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, IO_BYTES_MAX,
 };
 use brick_wire::frame::{verify_crc, verify_crc_parts, VERSION_MAX, VERSION_MIN};
+use brick_wire::local::{LocalConnect, LocalRequest};
 use brick_wire::WRITE_FIELDS_BYTES;
 use brick_wire::{
     auth, error_frame, op, response_frame, Enc, ErrorCode, Header, HelloReply, Kind, Request,
@@ -125,6 +126,68 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let _ = writer_task.await;
 }
 
+/// An in-process connection (brick_wire::local): a client in this process, usually a gateway
+/// hosted by brickd. The same budget, dispatch and replies as a socket connection; the frames
+/// arrive as messages, so there is no stream to keep in frame and no crc32c to check.
+pub(crate) async fn serve_local(ctx: Rc<CoreCtx>, connect: LocalConnect) {
+    let session = match local_session(&ctx, &connect.user, &connect.key) {
+        Ok(s) => Rc::new(s),
+        Err(why) => {
+            tracing::info!(core = ctx.core, user = %connect.user, "in-process connection refused: {why}");
+            let _ = connect.welcome.send(Err((ErrorCode::AuthFailed, why)));
+            return;
+        }
+    };
+    let welcome = Welcome {
+        core: ctx.core as u32,
+        shard_addrs: ctx.shard_addrs.clone(),
+    };
+    if connect.welcome.send(Ok(welcome)).is_err() {
+        return;
+    }
+    let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX));
+    while let Ok(LocalRequest { header, payload }) = connect.requests.recv_async().await {
+        if header.kind != Kind::Request || header.payload_len as usize != payload.len() {
+            tracing::warn!(
+                core = ctx.core,
+                "in-process connection sent a malformed frame"
+            );
+            break;
+        }
+        let request_cost =
+            (header.payload_len as u64 + REQUEST_OVERHEAD_BYTES).max(REQUEST_COST_MIN);
+        let reply_bytes = read_reply_bytes(&header, &payload);
+        let needed = header.payload_len as u64 + REQUEST_OVERHEAD_BYTES + reply_bytes;
+        let Ok(permit) = budget.acquire_static_permit(needed.max(request_cost)).await else {
+            break;
+        };
+        let (ctx, session, replies) = (ctx.clone(), session.clone(), connect.replies.clone());
+        glommio::spawn_local(async move {
+            let frame = crate::exec::dispatch(&ctx, &session, header, payload).await;
+            if !frame.is_empty() {
+                let _ = replies.send(frame);
+            }
+            drop(permit);
+        })
+        .detach();
+    }
+    let _ = budget.acquire(CONNECTION_INFLIGHT_BYTES_MAX).await;
+}
+
+/// The session of an in-process client: the user must exist and the key must be the one the
+/// handshake's proof would have been made with.
+fn local_session(ctx: &CoreCtx, user: &str, key: &[u8; 32]) -> Result<Session, String> {
+    let state = ctx.state();
+    match state.users.get(user) {
+        Some(u) if auth::keys_equal(&u.key, key) => Ok(Session {
+            user: user.to_string(),
+            admin: u.admin,
+            peer: u.peer,
+        }),
+        _ => Err(format!("unknown user or wrong password ({user:?})")),
+    }
+}
+
 /// Replies waiting to be written. Small replies are appended to one buffer so that many go out
 /// in one write; large ones (read data) are queued as they are, never copied. The budget
 /// permits of each reply travel with it and are released once it is written.
@@ -207,11 +270,8 @@ impl Body {
     /// Bytes a READ's reply will need (the length it asks for); 0 for everything else.
     fn read_reply_bytes(&self, header: &Header) -> u64 {
         match self {
-            Body::Whole(p) if header.opcode == op::READ && p.len() == 24 => {
-                let len = u32::from_le_bytes([p[20], p[21], p[22], p[23]]);
-                len.min(IO_BYTES_MAX) as u64
-            }
-            _ => 0,
+            Body::Whole(p) => read_reply_bytes(header, p),
+            Body::BulkWrite(_) => 0,
         }
     }
 
@@ -223,6 +283,15 @@ impl Body {
             }
         }
     }
+}
+
+/// Bytes a READ's reply will need (the length it asks for); 0 for everything else.
+fn read_reply_bytes(header: &Header, payload: &[u8]) -> u64 {
+    if header.opcode != op::READ || payload.len() != 24 {
+        return 0;
+    }
+    let len = u32::from_le_bytes([payload[20], payload[21], payload[22], payload[23]]);
+    len.min(IO_BYTES_MAX) as u64
 }
 
 const BULK_WRITE_BYTES_MIN: u32 = 64 * 1024;

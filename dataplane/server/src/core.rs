@@ -5,6 +5,8 @@ use crate::{Control, Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeS
 use brick_tuning::{
     CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN,
 };
+use brick_wire::local::LocalConnect;
+use brick_wire::ErrorCode;
 use futures_lite::future;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -188,7 +190,21 @@ fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 enum Event {
     Accepted(glommio::Result<glommio::net::TcpStream, ()>),
+    Local(Result<LocalConnect, flume::RecvError>),
     Control(Result<Control, flume::RecvError>),
+}
+
+/// Connections a core has open, sockets and in-process ones alike, stay under the limit.
+fn admit(ctx: &CoreCtx) -> bool {
+    if ctx.connections.get() >= CORE_CONNECTIONS_MAX {
+        tracing::warn!(
+            core = ctx.core,
+            "connection limit reached; closing new connection"
+        );
+        return false;
+    }
+    ctx.connections.set(ctx.connections.get() + 1);
+    true
 }
 
 async fn run_core(
@@ -210,21 +226,37 @@ async fn run_core(
         }
     })
     .detach();
+    // Clients in this process (hosted gateways) reach this core without a socket.
+    let local = listener
+        .local_addr()
+        .map(|addr| brick_wire::local::register(addr, CORE_CHANNEL_DEPTH));
+    let _registration;
+    let local_rx = match local {
+        Ok((registration, rx)) => {
+            _registration = registration;
+            Some(rx)
+        }
+        Err(e) => {
+            tracing::warn!(core = ctx.core, "no in-process connections: {e}");
+            None
+        }
+    };
     loop {
-        let event = future::or(async { Event::Accepted(listener.accept().await) }, async {
-            Event::Control(control_rx.recv_async().await)
-        })
+        let event = future::or(
+            future::or(async { Event::Accepted(listener.accept().await) }, async {
+                match &local_rx {
+                    Some(rx) => Event::Local(rx.recv_async().await),
+                    None => future::pending().await,
+                }
+            }),
+            async { Event::Control(control_rx.recv_async().await) },
+        )
         .await;
         match event {
             Event::Accepted(Ok(stream)) => {
-                if ctx.connections.get() >= CORE_CONNECTIONS_MAX {
-                    tracing::warn!(
-                        core = ctx.core,
-                        "connection limit reached; closing new connection"
-                    );
+                if !admit(&ctx) {
                     continue;
                 }
-                ctx.connections.set(ctx.connections.get() + 1);
                 let conn_ctx = ctx.clone();
                 glommio::spawn_local(async move {
                     crate::conn::serve(conn_ctx.clone(), stream).await;
@@ -232,6 +264,20 @@ async fn run_core(
                 })
                 .detach();
             }
+            Event::Local(Ok(connect)) => {
+                if !admit(&ctx) {
+                    let why = "connection limit reached".to_string();
+                    let _ = connect.welcome.send(Err((ErrorCode::Unavailable, why)));
+                    continue;
+                }
+                let conn_ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    crate::conn::serve_local(conn_ctx.clone(), connect).await;
+                    conn_ctx.connections.set(conn_ctx.connections.get() - 1);
+                })
+                .detach();
+            }
+            Event::Local(Err(_)) => unreachable!("the registration holds a sender"),
             Event::Accepted(Err(e)) => {
                 tracing::warn!(core = ctx.core, "accept failed: {e}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;

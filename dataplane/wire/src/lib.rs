@@ -7,6 +7,7 @@ pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod local;
 pub mod msg;
 
 pub use codec::{Dec, DecodeError, Enc};

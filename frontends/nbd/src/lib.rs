@@ -14,7 +14,7 @@ use brick_client::{ClientError, Volume};
 use brick_wire::{ErrorCode, FileId, FileKind, ROOT_FILE_ID};
 use proto::*;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -25,6 +25,9 @@ pub const REQUEST_BYTES_MAX: u32 = 32 << 20;
 /// Bytes of READ and WRITE payload one connection holds in flight; reading further requests
 /// waits for earlier ones to finish.
 pub const IN_FLIGHT_BYTES_MAX: u32 = 64 << 20;
+/// Read buffer of a connection's request stream (WRITE data larger than what is buffered is
+/// read straight into its own buffer).
+const REQUEST_READ_BUFFER_BYTES: usize = 64 << 10;
 /// Options one handshake may send before choosing an export.
 const OPTIONS_MAX: usize = 64;
 /// Data of one option (export names are at most 4096 bytes).
@@ -274,7 +277,9 @@ fn errno_of(e: &ClientError) -> u32 {
 /// Serves requests until DISC, a bad request header or the client hanging up. Requests run
 /// concurrently and are answered as they finish; one writer task owns the socket's send side.
 async fn transmission(stream: TcpStream, vol: Volume, export: Export) -> NbdResult<()> {
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    // Buffered: the request headers a client pipelines arrive in one read, not one each.
+    let mut rd = BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
     let (replies, mut outbox) = mpsc::channel::<Reply>(256);
     let writer = tokio::spawn(async move {
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
@@ -304,7 +309,7 @@ async fn transmission(stream: TcpStream, vol: Volume, export: Export) -> NbdResu
 }
 
 async fn requests(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     vol: &Volume,
     export: &Export,
     replies: &mpsc::Sender<Reply>,

@@ -1,0 +1,72 @@
+//! The in-process transport. A client running in the same process as a dataplane core (a
+//! gateway hosted by `brickd`) hands its requests to the core over a channel instead of a
+//! socket: no kernel copies, no TCP, no crc32c over bytes that never leave the process's
+//! memory. The frames, the request ids, the replies and the limits are those of a socket
+//! connection (docs/wire.md, "In-process connections").
+//!
+//! Each core registers the address it listens on; a client that connects to a registered
+//! address gets an in-process connection, and to any other address a TCP one.
+
+use crate::{ErrorCode, Header, Welcome};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+/// One request: its header (payload length, opcode, id) and its encoded payload.
+pub struct LocalRequest {
+    pub header: Header,
+    pub payload: Vec<u8>,
+}
+
+/// What a core answers an in-process connection with: its shard list, or why not.
+pub type LocalWelcome = Result<Welcome, (ErrorCode, String)>;
+
+/// A client asking a core for an in-process connection.
+pub struct LocalConnect {
+    pub user: String,
+    /// The user's password key, checked against the core's user table as a proof would be.
+    pub key: [u8; 32],
+    /// Requests, bounded by the sender's capacity.
+    pub requests: flume::Receiver<LocalRequest>,
+    /// Whole response frames (header included), as a socket would carry them.
+    pub replies: flume::Sender<Vec<u8>>,
+    pub welcome: flume::Sender<LocalWelcome>,
+}
+
+type Registry = HashMap<SocketAddr, flume::Sender<LocalConnect>>;
+
+static CORES: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let mut guard = CORES.lock().unwrap_or_else(|p| p.into_inner());
+    f(guard.get_or_insert_with(HashMap::new))
+}
+
+/// Keeps a core's address registered; dropping it unregisters (the core stopped).
+pub struct Registration {
+    addr: SocketAddr,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        with_registry(|r| r.remove(&self.addr));
+    }
+}
+
+/// Registers the core listening on `addr`: connections to it from this process arrive on the
+/// returned receiver.
+pub fn register(addr: SocketAddr, depth: usize) -> (Registration, flume::Receiver<LocalConnect>) {
+    let (tx, rx) = flume::bounded(depth);
+    with_registry(|r| r.insert(addr, tx));
+    (Registration { addr }, rx)
+}
+
+/// The core serving `addr` in this process, if there is one. `BRICK_LOCAL_TRANSPORT=off`
+/// turns in-process connections off (to compare, or to test the socket path in-process).
+pub fn lookup(addr: &str) -> Option<flume::Sender<LocalConnect>> {
+    if std::env::var("BRICK_LOCAL_TRANSPORT").is_ok_and(|v| v == "off") {
+        return None;
+    }
+    let addr: SocketAddr = addr.parse().ok()?;
+    with_registry(|r| r.get(&addr).cloned())
+}
