@@ -3,8 +3,9 @@
 //! Data written over NBD is read back through the native client and the reverse; malformed
 //! handshakes and bad requests get the protocol's answers and the gateway keeps serving.
 
-use brick_client::Client;
-use brick_testkit::{free_port, pattern, run_tool as run, DevServer};
+use brick_client::{Client, ClientConfig};
+use brick_cluster::mgmt::MgmtOp;
+use brick_testkit::{free_port, pattern, run_tool as run, DevServer, ServeNode};
 use brick_wire::ROOT_FILE_ID;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -93,7 +94,11 @@ impl Drop for Gateway {
 
 /// Writes `len` bytes of `pattern(seed)` as a new file of the dev volume.
 async fn put(client: &Client, name: &str, seed: u64, len: u64) {
-    let vol = client.open_volume("dev").await.expect("open");
+    put_in(client, "dev", name, seed, len).await
+}
+
+async fn put_in(client: &Client, volume: &str, name: &str, seed: u64, len: u64) {
+    let vol = client.open_volume(volume).await.expect("open");
     let f = vol
         .create(ROOT_FILE_ID, name, 0o644, true)
         .await
@@ -105,7 +110,11 @@ async fn put(client: &Client, name: &str, seed: u64, len: u64) {
 }
 
 async fn get(client: &Client, name: &str) -> Vec<u8> {
-    let vol = client.open_volume("dev").await.expect("open");
+    get_in(client, "dev", name).await
+}
+
+async fn get_in(client: &Client, volume: &str, name: &str) -> Vec<u8> {
+    let vol = client.open_volume(volume).await.expect("open");
     let attr = vol.resolve(name).await.expect("resolve");
     let mut out = Vec::with_capacity(attr.size as usize);
     for off in (0..attr.size).step_by(1 << 20) {
@@ -301,6 +310,87 @@ fn nbd_clients_read_and_write_volume_files() {
         "an unknown export must be refused"
     );
     gw.stop();
+}
+
+/// `brickd serve --nbd VOLUME@ADDR --nfs VOLUME@ADDR`: the node hosts the gateways (their
+/// client in-process, logged in as the node), waits for the volume to be created and started,
+/// then serves its files.
+#[test]
+fn brickd_serve_hosts_an_nbd_gateway() {
+    for tool in ["nbdinfo", "nbdcopy", "nfs-ls"] {
+        need(tool);
+    }
+    let scratch = tempfile::tempdir_in(brick_testkit::scratch_root()).expect("scratch");
+    let dir = scratch.path();
+    let store = format!("embedded://{}", dir.join("store").display());
+    let nbd_addr = format!("127.0.0.1:{}", free_port());
+    let password = "hosted-gateway-test";
+    let nfs_port = free_port();
+    let hosted = [
+        "--nbd".to_string(),
+        format!("vm@{nbd_addr}"),
+        "--nfs".to_string(),
+        format!("vm@127.0.0.1:{nfs_port}"),
+    ];
+    let node = ServeNode::start_with(&brickd_exe(), "n1", dir, &store, password, &hosted);
+    let rt = brick_testkit::runtime();
+    let admin = rt
+        .block_on(Client::connect(ClientConfig {
+            servers: vec![node.addr.clone()],
+            user: "admin".into(),
+            password: password.into(),
+        }))
+        .expect("connect as admin");
+    rt.block_on(async {
+        let bricks = vec![format!("n1:{}", node.brick_dir("b").display())];
+        let create = MgmtOp::VolumeCreate {
+            name: "vm".into(),
+            replica: 1,
+            bricks,
+            pg_count: None,
+        };
+        admin.mgmt(&create).await.expect("create vm");
+        let start = MgmtOp::VolumeStart { name: "vm".into() };
+        admin.mgmt(&start).await.expect("start vm");
+        put_in(&admin, "vm", "img.raw", 21, IMAGE_BYTES).await;
+    });
+    let uri = format!("nbd://{nbd_addr}/img.raw");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new("nbdinfo")
+        .arg(&uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hosted gateway never served; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let down = dir.join("hosted-down.raw");
+    run(Command::new("nbdcopy").arg(&uri).arg(&down));
+    assert!(
+        std::fs::read(&down).expect("download") == whole_pattern(21, IMAGE_BYTES),
+        "read through the hosted gateway"
+    );
+    let up = dir.join("hosted-up.raw");
+    std::fs::write(&up, whole_pattern(22, IMAGE_BYTES)).expect("local image");
+    run(Command::new("nbdcopy").arg(&up).arg(&uri));
+    assert!(
+        rt.block_on(get_in(&admin, "vm", "img.raw")) == whole_pattern(22, IMAGE_BYTES),
+        "written through the hosted gateway, read natively"
+    );
+    let listing = run(Command::new("nfs-ls").arg(format!(
+        "nfs://127.0.0.1/?version=3&nfsport={nfs_port}&mountport={nfs_port}"
+    )));
+    assert!(listing.contains("img.raw"), "hosted NFS listing: {listing}");
+    for kind in ["nbd", "nfs"] {
+        let line = format!("{kind} gateway for volume \"vm\" serving");
+        assert!(node.log().contains(&line), "{line}: {}", node.log());
+    }
 }
 
 /// Raw protocol: a malformed handshake closes that connection only; out-of-range, unknown and

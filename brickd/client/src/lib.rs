@@ -105,6 +105,24 @@ impl Client {
             return Err(ClientError::Usage("no server addresses given".into()));
         }
         let key = auth::password_key(&cfg.user, &cfg.password);
+        Client::connect_with_key(cfg.servers, &cfg.user, key).await
+    }
+
+    /// Like `connect`, with the user's password key instead of the password (a gateway hosted
+    /// by brickd logs in as the node, whose key is all it has).
+    pub async fn connect_with_key(
+        servers: Vec<String>,
+        user: &str,
+        key: [u8; 32],
+    ) -> ClientResult<Client> {
+        if servers.is_empty() {
+            return Err(ClientError::Usage("no server addresses given".into()));
+        }
+        let cfg = ClientConfig {
+            servers,
+            user: user.to_string(),
+            password: String::new(),
+        };
         let client = Client {
             inner: Arc::new(Inner {
                 cfg,

@@ -78,6 +78,13 @@ enum Cmd {
         admin_password: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Host an NBD gateway for VOLUME on ADDR in this process (repeatable): its client
+        /// reaches the cores in-process and logs in as the node.
+        #[arg(long, value_name = "VOLUME@ADDR")]
+        nbd: Vec<String>,
+        /// Host an NFSv3 gateway for VOLUME on ADDR (NFS and MOUNT on one port; repeatable).
+        #[arg(long, value_name = "VOLUME@ADDR")]
+        nfs: Vec<String>,
     },
 }
 
@@ -139,18 +146,26 @@ fn run() -> Result<()> {
             admin_user,
             admin_password,
             config,
+            nbd,
+            nfs,
         } => {
             if config.is_some() {
                 bail!("--config is reserved for node tuning files and not read by this build");
             }
             let store = StoreSpec::parse(&store)?;
+            let mut hosted = Vec::new();
+            for (kind, specs) in [(GatewayKind::Nbd, nbd), (GatewayKind::Nfs, nfs)] {
+                for spec in specs {
+                    hosted.push(HostedGateway::parse(kind, &spec)?);
+                }
+            }
             rt.block_on(run_serve(
                 node,
                 listen,
                 store,
                 Tuning { cores, spin_us },
-                admin_user,
-                admin_password,
+                (admin_user, admin_password),
+                hosted,
             ))
         }
     }
@@ -431,20 +446,59 @@ enum GatewayKind {
     Nfs,
 }
 
-/// Serves the dev volume through a gateway over the native client library, as
-/// `brick nbd serve` and `brick nfs serve` do; returns the bound address and the switch that
-/// stops it. The client connects once the node serves management requests (after this
-/// returns).
-async fn start_dev_gateway(
+impl GatewayKind {
+    fn name(self) -> &'static str {
+        match self {
+            GatewayKind::Nbd => "nbd",
+            GatewayKind::Nfs => "nfs",
+        }
+    }
+}
+
+/// A gateway `brickd serve` hosts: `--nbd VOLUME@ADDR`, `--nfs VOLUME@ADDR`.
+struct HostedGateway {
     kind: GatewayKind,
-    native: &str,
-    password: &str,
+    volume: String,
+    listen: SocketAddr,
+}
+
+impl HostedGateway {
+    fn parse(kind: GatewayKind, spec: &str) -> Result<HostedGateway> {
+        let Some((volume, addr)) = spec.split_once('@') else {
+            bail!("gateway {spec:?}: expected VOLUME@ADDR, e.g. vm@127.0.0.1:10809");
+        };
+        brick_cluster::validate_name("volume", volume)?;
+        let listen = addr
+            .parse()
+            .with_context(|| format!("gateway {spec:?}: {addr:?} is not an address"))?;
+        Ok(HostedGateway {
+            kind,
+            volume: volume.to_string(),
+            listen,
+        })
+    }
+}
+
+/// Who a hosted gateway's client logs in as.
+#[derive(Clone)]
+struct GatewayLogin {
+    native: String,
+    user: String,
+    key: [u8; 32],
+}
+
+/// Serves a volume through a gateway over the native client library, as `brick nbd serve`
+/// and `brick nfs serve` do, in this process (the client reaches the cores in-process);
+/// returns the bound address and the switch that stops it. The volume is opened once the node
+/// serves management requests (after this returns), and retried every second until it is
+/// started.
+async fn start_gateway(
+    kind: GatewayKind,
+    volume: String,
+    login: GatewayLogin,
     listen: SocketAddr,
 ) -> Result<(SocketAddr, tokio::sync::watch::Sender<bool>)> {
-    let name = match kind {
-        GatewayKind::Nbd => "nbd",
-        GatewayKind::Nfs => "nfs",
-    };
+    let name = kind.name();
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         // A default port already taken (an NFS server on 2049, say) must not stop the dev
@@ -458,30 +512,51 @@ async fn start_dev_gateway(
         Err(e) => return Err(e).with_context(|| format!("{name} gateway: listening on {listen}")),
     };
     let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let cfg = brick_client::ClientConfig {
-        servers: vec![native.to_string()],
-        user: "dev".into(),
-        password: password.to_string(),
-    };
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let vol = match brick_client::Client::connect(cfg).await {
-            Ok(client) => client.open_volume("dev").await,
-            Err(e) => Err(e),
+        let Some(vol) = open_gateway_volume(&volume, &login, &mut stopped).await else {
+            return;
         };
-        let served = match vol {
-            Ok(vol) => match kind {
-                GatewayKind::Nbd => brick_nbd::serve(listener, vol, stopped).await,
-                GatewayKind::Nfs => brick_nfs::serve(listener, vol, stopped).await,
-            }
-            .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        tracing::info!("{name} gateway for volume {volume:?} serving on {addr}");
+        let served = match kind {
+            GatewayKind::Nbd => brick_nbd::serve(listener, vol, stopped).await,
+            GatewayKind::Nfs => brick_nfs::serve(listener, vol, stopped).await,
         };
         if let Err(e) = served {
-            tracing::error!("{name} gateway stopped: {e}");
+            tracing::error!("{name} gateway for volume {volume:?} stopped: {e}");
         }
     });
     Ok((addr, stop))
+}
+
+/// Opens `volume` for a hosted gateway, retrying every second (a volume created or started
+/// later); `None` once the node is stopping.
+async fn open_gateway_volume(
+    volume: &str,
+    login: &GatewayLogin,
+    stopped: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<brick_client::Volume> {
+    let mut warned = false;
+    loop {
+        let servers = vec![login.native.clone()];
+        let opened =
+            match brick_client::Client::connect_with_key(servers, &login.user, login.key).await {
+                Ok(client) => client.open_volume(volume).await,
+                Err(e) => Err(e),
+            };
+        match opened {
+            Ok(vol) => return Some(vol),
+            Err(e) if !warned => {
+                tracing::warn!("gateway for volume {volume:?} waits for it: {e}");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stopped.changed() => return None,
+        }
+    }
 }
 
 /// Serves the dev volume as SMB share "dev" for user "dev", as `brick smb serve` does;
@@ -579,10 +654,15 @@ async fn run_dev(
     }
     republish(&running.mgmt, &running.dataplane).await?;
     let native = running.dataplane.shard_addrs[0].to_string();
+    let login = GatewayLogin {
+        native: native.clone(),
+        user: "dev".into(),
+        key: auth::password_key("dev", &password),
+    };
     let (nbd, stop_nbd) =
-        start_dev_gateway(GatewayKind::Nbd, &native, &password, gateways.nbd).await?;
+        start_gateway(GatewayKind::Nbd, "dev".into(), login.clone(), gateways.nbd).await?;
     let (nfs, stop_nfs) =
-        start_dev_gateway(GatewayKind::Nfs, &native, &password, gateways.nfs).await?;
+        start_gateway(GatewayKind::Nfs, "dev".into(), login, gateways.nfs).await?;
     let (smb, stop_smb) = start_dev_smb(&native, &password, gateways.smb).await?;
     let endpoints = serde_json::json!({
         "native": native,
@@ -633,8 +713,8 @@ async fn run_serve(
     listen: SocketAddr,
     store: StoreSpec,
     tuning: Tuning,
-    admin_user: String,
-    admin_password: Option<String>,
+    (admin_user, admin_password): (String, Option<String>),
+    hosted: Vec<HostedGateway>,
 ) -> Result<()> {
     brick_cluster::validate_name("node", &node)?;
     let running = start_node(&node, listen, &store, tuning).await?;
@@ -651,9 +731,20 @@ async fn run_serve(
         ensure_user(&cluster, &admin_user, &password, true).await?;
         republish(&running.mgmt, &running.dataplane).await?;
     }
+    let login = GatewayLogin {
+        native: running.dataplane.shard_addrs[0].to_string(),
+        user: brick_dataplane::NODE_USER.to_string(),
+        key: cluster.node_key().await?,
+    };
+    let mut stops = Vec::new();
+    for g in hosted {
+        let (addr, stop) = start_gateway(g.kind, g.volume, login.clone(), g.listen).await?;
+        println!("brickd node {node}: {} gateway on {addr}", g.kind.name());
+        stops.push(stop);
+    }
     println!(
         "brickd node {node} serving on {}",
         running.dataplane.shard_addrs[0]
     );
-    serve_until_signal(running, Vec::new()).await
+    serve_until_signal(running, stops).await
 }

@@ -341,11 +341,24 @@ pub struct ServeNode {
     pub dir: PathBuf,
     store: String,
     password: String,
+    extra_args: Vec<String>,
 }
 
 impl ServeNode {
     /// Starts node `name` with its bricks under `dir/<name>/`; waits until it serves.
     pub fn start(brickd: &Path, name: &str, dir: &Path, store: &str, password: &str) -> ServeNode {
+        ServeNode::start_with(brickd, name, dir, store, password, &[])
+    }
+
+    /// `start` with more `brickd serve` arguments (hosted gateways, say).
+    pub fn start_with(
+        brickd: &Path,
+        name: &str,
+        dir: &Path,
+        store: &str,
+        password: &str,
+        extra_args: &[String],
+    ) -> ServeNode {
         let mut n = ServeNode {
             brickd: brickd.to_path_buf(),
             child: None,
@@ -354,6 +367,7 @@ impl ServeNode {
             dir: dir.join(name),
             store: store.to_string(),
             password: password.to_string(),
+            extra_args: extra_args.to_vec(),
         };
         std::fs::create_dir_all(&n.dir).expect("node dir");
         for _ in 0..PORT_ATTEMPTS {
@@ -378,6 +392,7 @@ impl ServeNode {
         let child = Command::new(&self.brickd)
             .args(["serve", "--node", &self.name, "--listen", &self.addr])
             .args(["--store", &self.store, "--cores", "1"])
+            .args(&self.extra_args)
             .env("BRICKD_ADMIN_PASSWORD", &self.password)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
