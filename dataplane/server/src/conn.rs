@@ -2,10 +2,10 @@
 //! a limit) and a writer task that coalesces replies into as few socket writes as it can.
 
 use crate::core::CoreCtx;
-use brick_tuning::CONNECTION_INFLIGHT_MAX;
 use brick_tuning::{
     CONNECTION_INFLIGHT_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, IO_BYTES_MAX,
 };
+use brick_tuning::{CONNECTION_INFLIGHT_MAX, FRAME_PAYLOAD_BYTES_MAX};
 use brick_wire::frame::{verify_crc, verify_crc_parts, VERSION_MAX, VERSION_MIN};
 use brick_wire::local::{LocalConnect, LocalRequest};
 use brick_wire::WRITE_FIELDS_BYTES;
@@ -147,7 +147,10 @@ pub(crate) async fn serve_local(ctx: Rc<CoreCtx>, connect: LocalConnect) {
     }
     let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX));
     while let Ok(LocalRequest { header, payload }) = connect.requests.recv_async().await {
-        if header.kind != Kind::Request || header.payload_len as usize != payload.len() {
+        if header.kind != Kind::Request
+            || header.payload_len as usize != payload.len()
+            || header.payload_len > FRAME_PAYLOAD_BYTES_MAX
+        {
             tracing::warn!(
                 core = ctx.core,
                 "in-process connection sent a malformed frame"

@@ -7,7 +7,6 @@ use brick_tuning::{
 };
 use brick_wire::local::LocalConnect;
 use brick_wire::ErrorCode;
-use futures_lite::future;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
@@ -188,12 +187,6 @@ fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
-enum Event {
-    Accepted(glommio::Result<glommio::net::TcpStream, ()>),
-    Local(Result<LocalConnect, flume::RecvError>),
-    Control(Result<Control, flume::RecvError>),
-}
-
 /// Connections a core has open, sockets and in-process ones alike, stay under the limit.
 fn admit(ctx: &CoreCtx) -> bool {
     if ctx.connections.get() >= CORE_CONNECTIONS_MAX {
@@ -230,30 +223,39 @@ async fn run_core(
     let local = listener
         .local_addr()
         .map(|addr| brick_wire::local::register(addr, CORE_CHANNEL_DEPTH));
-    let _registration;
-    let local_rx = match local {
-        Ok((registration, rx)) => {
-            _registration = registration;
-            Some(rx)
-        }
+    let (_registration, _local_task) = match local {
+        Ok((registration, rx)) => (
+            Some(registration),
+            Some(glommio::spawn_local(local_loop(ctx.clone(), rx))),
+        ),
         Err(e) => {
             tracing::warn!(core = ctx.core, "no in-process connections: {e}");
-            None
+            (None, None)
         }
     };
+    // Accepting runs in its own task and is never raced against other events: dropping an
+    // io_uring accept that the kernel has just completed loses that connection (its client
+    // then waits for a handshake reply that never comes).
+    let _accept_task = glommio::spawn_local(accept_loop(ctx.clone(), listener));
+    while let Ok(control) = control_rx.recv_async().await {
+        match control {
+            Control::State(state, applied) => {
+                probe_bricks(&ctx, &state).await;
+                ctx.files.borrow_mut().retain_volumes(&state);
+                *ctx.state.borrow_mut() = state.clone();
+                crate::repl::sync_slots(&ctx, &state);
+                let _ = applied.send(());
+            }
+            Control::Shutdown => break,
+        }
+    }
+    // Dropping the tasks stops accepting and unregisters this core.
+}
+
+async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
     loop {
-        let event = future::or(
-            future::or(async { Event::Accepted(listener.accept().await) }, async {
-                match &local_rx {
-                    Some(rx) => Event::Local(rx.recv_async().await),
-                    None => future::pending().await,
-                }
-            }),
-            async { Event::Control(control_rx.recv_async().await) },
-        )
-        .await;
-        match event {
-            Event::Accepted(Ok(stream)) => {
+        match listener.accept().await {
+            Ok(stream) => {
                 if !admit(&ctx) {
                     continue;
                 }
@@ -264,33 +266,28 @@ async fn run_core(
                 })
                 .detach();
             }
-            Event::Local(Ok(connect)) => {
-                if !admit(&ctx) {
-                    let why = "connection limit reached".to_string();
-                    let _ = connect.welcome.send(Err((ErrorCode::Unavailable, why)));
-                    continue;
-                }
-                let conn_ctx = ctx.clone();
-                glommio::spawn_local(async move {
-                    crate::conn::serve_local(conn_ctx.clone(), connect).await;
-                    conn_ctx.connections.set(conn_ctx.connections.get() - 1);
-                })
-                .detach();
-            }
-            Event::Local(Err(_)) => unreachable!("the registration holds a sender"),
-            Event::Accepted(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(core = ctx.core, "accept failed: {e}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
-            Event::Control(Ok(Control::State(state, applied))) => {
-                probe_bricks(&ctx, &state).await;
-                ctx.files.borrow_mut().retain_volumes(&state);
-                *ctx.state.borrow_mut() = state.clone();
-                crate::repl::sync_slots(&ctx, &state);
-                let _ = applied.send(());
-            }
-            Event::Control(Ok(Control::Shutdown)) | Event::Control(Err(_)) => break,
         }
+    }
+}
+
+/// In-process connections; ends only with the core (the registration holds a sender).
+async fn local_loop(ctx: Rc<CoreCtx>, connects: flume::Receiver<LocalConnect>) {
+    while let Ok(connect) = connects.recv_async().await {
+        if !admit(&ctx) {
+            let why = "connection limit reached".to_string();
+            let _ = connect.welcome.send(Err((ErrorCode::Unavailable, why)));
+            continue;
+        }
+        let conn_ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            crate::conn::serve_local(conn_ctx.clone(), connect).await;
+            conn_ctx.connections.set(conn_ctx.connections.get() - 1);
+        })
+        .detach();
     }
 }
 

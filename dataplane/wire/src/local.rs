@@ -45,11 +45,19 @@ fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
 /// Keeps a core's address registered; dropping it unregisters (the core stopped).
 pub struct Registration {
     addr: SocketAddr,
+    sender: flume::Sender<LocalConnect>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        with_registry(|r| r.remove(&self.addr));
+        with_registry(|r| {
+            // Only our own entry: a later core on the same address keeps its registration.
+            if r.get(&self.addr)
+                .is_some_and(|s| s.same_channel(&self.sender))
+            {
+                r.remove(&self.addr);
+            }
+        });
     }
 }
 
@@ -57,8 +65,8 @@ impl Drop for Registration {
 /// returned receiver.
 pub fn register(addr: SocketAddr, depth: usize) -> (Registration, flume::Receiver<LocalConnect>) {
     let (tx, rx) = flume::bounded(depth);
-    with_registry(|r| r.insert(addr, tx));
-    (Registration { addr }, rx)
+    with_registry(|r| r.insert(addr, tx.clone()));
+    (Registration { addr, sender: tx }, rx)
 }
 
 /// The core serving `addr` in this process, if there is one. `BRICK_LOCAL_TRANSPORT=off`
@@ -69,4 +77,33 @@ pub fn lookup(addr: &str) -> Option<flume::Sender<LocalConnect>> {
     }
     let addr: SocketAddr = addr.parse().ok()?;
     with_registry(|r| r.get(&addr).cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_is_found_by_its_address_until_it_unregisters() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        assert!(lookup("127.0.0.1:1").is_none());
+        let (first, first_rx) = register(addr, 4);
+        let found = lookup("127.0.0.1:1").expect("registered");
+        assert!(found.same_channel(&first.sender));
+        drop(found);
+        assert!(lookup("127.0.0.2:1").is_none(), "another address");
+        assert!(lookup("not an address").is_none());
+
+        // A later core on the same address keeps its entry when the earlier one goes.
+        let (second, _second_rx) = register(addr, 4);
+        drop(first);
+        let found = lookup("127.0.0.1:1").expect("still registered");
+        assert!(found.same_channel(&second.sender));
+        assert!(
+            first_rx.is_disconnected(),
+            "an unregistered core's channel has no sender left"
+        );
+        drop(second);
+        assert!(lookup("127.0.0.1:1").is_none());
+    }
 }
