@@ -398,9 +398,14 @@ async fn read_loop(
             break "connection closed by client".to_string();
         }
     };
+    connection_ended(&pending, &alive, &addr, &why);
+}
+
+/// A connection's reader stopped: the connection is dead and what waits on it fails.
+fn connection_ended(pending: &Pending, alive: &AtomicBool, addr: &str, why: &str) {
     alive.store(false, Ordering::Release);
     tracing::debug!("connection to {addr} ended: {why}");
-    fail_all(&pending, &format!("connection to {addr} lost: {why}"));
+    fail_all(pending, &format!("connection to {addr} lost: {why}"));
 }
 
 /// Hands a reply to the request waiting for it (none if it timed out meanwhile).
@@ -434,9 +439,7 @@ async fn local_read_loop(
             break "connection closed by client".to_string();
         }
     };
-    alive.store(false, Ordering::Release);
-    tracing::debug!("in-process connection to {addr} ended: {why}");
-    fail_all(&pending, &format!("connection to {addr} lost: {why}"));
+    connection_ended(&pending, &alive, &addr, &format!("{why} (in-process)"));
 }
 
 /// A whole reply frame handed over in memory: its header checked, its payload moved to the

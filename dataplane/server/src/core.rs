@@ -256,15 +256,9 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if !admit(&ctx) {
-                    continue;
+                if admit(&ctx) {
+                    spawn_connection(&ctx, crate::conn::serve(ctx.clone(), stream));
                 }
-                let conn_ctx = ctx.clone();
-                glommio::spawn_local(async move {
-                    crate::conn::serve(conn_ctx.clone(), stream).await;
-                    conn_ctx.connections.set(conn_ctx.connections.get() - 1);
-                })
-                .detach();
             }
             Err(e) => {
                 tracing::warn!(core = ctx.core, "accept failed: {e}");
@@ -282,13 +276,18 @@ async fn local_loop(ctx: Rc<CoreCtx>, connects: flume::Receiver<LocalConnect>) {
             let _ = connect.welcome.send(Err((ErrorCode::Unavailable, why)));
             continue;
         }
-        let conn_ctx = ctx.clone();
-        glommio::spawn_local(async move {
-            crate::conn::serve_local(conn_ctx.clone(), connect).await;
-            conn_ctx.connections.set(conn_ctx.connections.get() - 1);
-        })
-        .detach();
+        spawn_connection(&ctx, crate::conn::serve_local(ctx.clone(), connect));
     }
+}
+
+/// Runs an admitted connection as its own task; it counts against the limit until it ends.
+fn spawn_connection(ctx: &Rc<CoreCtx>, serve: impl std::future::Future<Output = ()> + 'static) {
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        serve.await;
+        ctx.connections.set(ctx.connections.get() - 1);
+    })
+    .detach();
 }
 
 /// glommio decides once per device and thread whether the device supports polled I/O, by
