@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SMB throughput of a 1 GiB file through our gateway (`brick smb serve` on a replica-1 volume
-# of `brickd dev`) and through Samba (Debian's smbd sharing a local directory on the same
+# of `brickd dev`), through the share brickd dev hosts itself (its client reaches the cores
+# in-process; `brickd dev --replica 1`) and through Samba (Debian's smbd sharing a local directory on the same
 # filesystem), in one run, interleaved per round: smbclient put, smbclient get (to a local
 # file, compared), smbclient get to /dev/null. Medians over the rounds and our / Samba ratios
 # (>= 0.8 is the target). Then the smbtorture subset of docs/smb.md against both, with the
@@ -42,7 +43,10 @@ BIN="$ROOT/target/release"
 bench_start smb
 
 # --- brickd: a replica-1 volume (one copy, as Samba's share) and the gateway --------------
-start_dev "$CORES"
+start_dev "$CORES" 1
+"$BIN/brick" --quiet volume set dev io.mode "$IO_MODE" >/dev/null
+HOSTED_ADDR=$(python3 -c 'import json,os; print(json.load(open(os.environ["BRICK_ENDPOINTS"]))["smb"])' )
+HOSTED_PORT=${HOSTED_ADDR##*:}
 OUR_PASSWORD=$(python3 -c 'import json,os; print(json.load(open(os.environ["BRICK_ENDPOINTS"]))["password"])')
 "$BIN/brick" --quiet volume create smbbench replica 1 "dev:$RUN/brick" >/dev/null
 "$BIN/brick" --quiet volume start smbbench >/dev/null
@@ -97,6 +101,8 @@ done
 smbc() { # system command: smbclient on that system's share
   if [ "$1" = ours ]; then
     smbclient //127.0.0.1/bench -p "$OUR_PORT" -U "dev%$OUR_PASSWORD" -c "$2" 2>>"$RUN/smbclient.log"
+  elif [ "$1" = hosted ]; then
+    smbclient //127.0.0.1/dev -p "$HOSTED_PORT" -U "dev%$OUR_PASSWORD" -c "$2" 2>>"$RUN/smbclient.log"
   else
     smbclient //127.0.0.1/bench -p "$SAMBA_PORT" -U "$SAMBA_USER%$SAMBA_PASSWORD" -c "$2" 2>>"$RUN/smbclient.log"
   fi
@@ -109,7 +115,7 @@ RESULTS="$RUN/results.txt"
 : >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  for system in ours samba; do
+  for system in ours hosted samba; do
     smbc $system "del bench.bin" >/dev/null 2>&1 || true
     sync
     timed put $system "$SIZE" smbc $system "put $SRC bench.bin"
@@ -143,14 +149,17 @@ for line in open(path):
     name, system, mbps = line.split()
     runs.setdefault(name, {}).setdefault(system, []).append(float(mbps))
 rows = []
-print(f"\n{'workload':<9} {'ours MB/s':>10} {'samba MB/s':>11} {'ratio':>6}  (median of {rounds}, {size >> 20} MiB file)")
+print(f"\n{'workload':<9} {'ours MB/s':>10} {'hosted MB/s':>12} {'samba MB/s':>11} {'ratio':>6} {'hosted ratio':>13}"
+      f"  (median of {rounds}, {size >> 20} MiB file)")
 for name in ("put", "get", "get-null"):
     ours = statistics.median(runs[name]["ours"])
+    hosted = statistics.median(runs[name]["hosted"])
     samba = statistics.median(runs[name]["samba"])
-    ratio = ours / samba
-    print(f"{name:<9} {ours:>10.0f} {samba:>11.0f} {ratio:>6.2f}")
-    rows.append({"workload": name, "ours_mb_s": ours, "samba_mb_s": samba, "ratio": ratio,
-                 "ours_runs": runs[name]["ours"], "samba_runs": runs[name]["samba"]})
+    ratio, hosted_ratio = ours / samba, hosted / samba
+    print(f"{name:<9} {ours:>10.0f} {hosted:>12.0f} {samba:>11.0f} {ratio:>6.2f} {hosted_ratio:>13.2f}")
+    rows.append({"workload": name, "ours_mb_s": ours, "hosted_mb_s": hosted, "samba_mb_s": samba,
+                 "ratio": ratio, "hosted_ratio": hosted_ratio, "ours_runs": runs[name]["ours"],
+                 "hosted_runs": runs[name]["hosted"], "samba_runs": runs[name]["samba"]})
 torture = {}
 for line in open(torture_path):
     suite, system, ok, fail, skip = line.split()
@@ -169,6 +178,7 @@ if torture:
     print(f"{'total':<14} {'/'.join(map(str, totals['ours'])):>20} {'/'.join(map(str, totals['samba'])):>21}")
 doc = {"bench": "smb", "at_unix": int(time.time()), "file_bytes": size, "rounds": rounds,
        "ours": "brick smb serve, replica-1 volume of brickd dev, io.mode " + io_mode,
+       "hosted": "the share brickd dev hosts (in-process client), replica-1 dev volume, io.mode " + io_mode,
        "anchor": "Samba smbd sharing a local directory on the same filesystem",
        "target": "smbclient put and get: ratio >= 0.8", "rows": rows, "smbtorture": torture}
 json.dump(doc, open(out, "w"), indent=2)

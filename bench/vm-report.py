@@ -3,7 +3,7 @@ import json
 import statistics
 import sys
 
-results, small_path, out, size, secs, rounds, cores = sys.argv[1:8]
+results, small_path, out, size, secs, rounds, cores, client_cpus = sys.argv[1:9]
 size = int(size)
 rows = [json.loads(line) for line in open(results)]
 small = {r["side"]: r for r in (json.loads(line) for line in open(small_path))}
@@ -13,7 +13,7 @@ targets = {"randread-4k-qd32": 0.5, "randwrite-4k-qd32": 0.5, "seqread-1m-qd8": 
 names = list(dict.fromkeys(r["workload"] for r in rows))
 print(f"\nfio: local io_uring (O_DIRECT); the nbd engine through qemu-nbd on a local file (io_uring, "
       f"O_DIRECT) and through the NBD gateway brickd hosts; io_uring (O_DIRECT) on `brick mount`; "
-      f"replica 1, brickd dev with {cores} cores; {size >> 20} MiB image, {secs} s x {rounds} "
+      f"replica 1, brickd dev with {cores} cores, fio on CPUs {client_cpus}; {size >> 20} MiB image, {secs} s x {rounds} "
       f"interleaved rounds, medians")
 print(f"{'workload':<18} {'local IOPS':>10} {'qemu-nbd':>9} {'nbd IOPS':>9} {'fuse IOPS':>9} {'local MiB/s':>11} "
       f"{'nbd MiB/s':>9} {'fuse MiB/s':>10} {'nbd/local':>9} {'target':>6} {'met':>4} {'nbd/qemu-nbd':>12} "
@@ -48,5 +48,6 @@ for step in ["create", "list", "stat", "read", "delete"]:
     print(f"{step:<8} {lo:>8.3f} {fu:>8.3f} {fu / lo if lo else 0:>10.1f}")
 if out:
     json.dump({"size_bytes": size, "seconds": int(secs), "rounds": int(rounds), "cores": int(cores),
+               "client_cpus": client_cpus,
                "workloads": summary, "small_files": small}, open(out, "w"), indent=2)
     print(f"\nwritten to {out}")

@@ -124,5 +124,11 @@ pub const SMB_USERS_REFRESH_MS: u64 = 2000;
 /// An SMB gateway that has not heard from the cluster about its users for this long admits
 /// nobody until it does (a user removed meanwhile must not keep access).
 pub const SMB_USERS_STALE_MS: u64 = 60_000;
-/// Largest SMB READ and WRITE the gateway offers (the native protocol's largest I/O).
-pub const SMB_IO_BYTES_MAX: u32 = 1 << 20;
+/// Largest SMB READ the gateway offers (at most the native protocol's largest I/O, 4 MiB).
+pub const SMB_READ_BYTES_MAX: u32 = 1 << 20;
+/// Largest SMB WRITE the gateway accepts (the crate's limit, 8 MiB): the crate answers one
+/// request of a connection at a time, so a large WRITE is how an upload keeps several native
+/// writes in flight.
+pub const SMB_WRITE_BYTES_MAX: u32 = 8 << 20;
+/// Native writes an SMB WRITE is split into, all sent at once.
+pub const SMB_WRITE_PIECE_BYTES: u32 = 1 << 20;

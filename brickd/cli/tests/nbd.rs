@@ -298,7 +298,14 @@ fn nbd_clients_read_and_write_volume_files() {
         "verified: {doc:#}"
     );
 
-    bad_requests(&gw);
+    bad_requests(&gw.addr);
+    // The same on the hosted gateway, whose connections a core serves after the handshake.
+    bad_requests(dev_nbd);
+    assert!(
+        server.log().contains("NBD connection served on core"),
+        "brickd dev's NBD connections are served on the core: {}",
+        server.log()
+    );
     // Still serving after all of the above.
     run(Command::new("nbdinfo").arg(gw.uri("img.raw")));
     let unknown = Command::new("nbdinfo")
@@ -395,8 +402,8 @@ fn brickd_serve_hosts_an_nbd_gateway() {
 
 /// Raw protocol: a malformed handshake closes that connection only; out-of-range, unknown and
 /// oversized requests get EINVAL, EINVAL and EOVERFLOW.
-fn bad_requests(gw: &Gateway) {
-    let mut s = TcpStream::connect(&gw.addr).expect("connect");
+fn bad_requests(addr: &str) {
+    let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let mut hello = [0u8; 18];
@@ -410,7 +417,7 @@ fn bad_requests(gw: &Gateway) {
         .unwrap_or(true);
     assert!(closed, "unknown client flags must close the connection");
 
-    let mut s = TcpStream::connect(&gw.addr).expect("connect");
+    let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     s.read_exact(&mut hello).expect("hello");
@@ -474,4 +481,129 @@ fn bad_requests(gw: &Gateway) {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "nothing after DISC");
+}
+
+/// A connection served on the core of the export's primary goes back to the gateway when that
+/// core can no longer serve it: node n1 hosts the NBD gateway and is the primary of the
+/// image's PG; it is frozen (SIGSTOP) under fio's writes long enough for n2 to take over in
+/// a new epoch, then thawed. n1's core refuses what it still holds, hands the connection back,
+/// and the gateway's native client follows the failover to n2: fio's crc32c verification of
+/// every block must pass on the same connection.
+#[test]
+fn a_fenced_primary_hands_its_nbd_connection_back_to_the_gateway() {
+    for tool in ["nbdinfo", "fio"] {
+        need(tool);
+    }
+    let etcd = brick_testkit::Etcd::start();
+    let scratch = tempfile::tempdir_in(brick_testkit::scratch_root()).expect("scratch");
+    let dir = scratch.path();
+    let store = etcd.store_url();
+    let password = "nbd-handback-test";
+    let nbd_addr = format!("127.0.0.1:{}", free_port());
+    let hosted = ["--nbd".to_string(), format!("vm@{nbd_addr}")];
+    let n1 = ServeNode::start_with(&brickd_exe(), "n1", dir, &store, password, &hosted);
+    let n2 = ServeNode::start(&brickd_exe(), "n2", dir, &store, password);
+    let rt = brick_testkit::runtime();
+    let admin = rt
+        .block_on(Client::connect(ClientConfig {
+            servers: vec![n1.addr.clone(), n2.addr.clone()],
+            user: "admin".into(),
+            password: password.into(),
+        }))
+        .expect("connect as admin");
+    rt.block_on(async {
+        let bricks = vec![
+            format!("n1:{}", n1.brick_dir("b").display()),
+            format!("n2:{}", n2.brick_dir("b").display()),
+        ];
+        // One PG, whose preferred primary is the first member: n1.
+        let create = MgmtOp::VolumeCreate {
+            name: "vm".into(),
+            replica: 2,
+            bricks,
+            pg_count: Some(1),
+        };
+        admin.mgmt(&create).await.expect("create vm");
+        let start = MgmtOp::VolumeStart { name: "vm".into() };
+        admin.mgmt(&start).await.expect("start vm");
+        put_in(&admin, "vm", "fio.raw", 5, 16 << 20).await;
+    });
+    let uri = format!("nbd://{nbd_addr}/fio.raw");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new("nbdinfo")
+        .arg(&uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(Instant::now() < deadline, "no gateway; log:\n{}", n1.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // 4096 writes at 500 a second: the freeze lands in the middle of them.
+    let mut fio = Command::new("fio")
+        .args([
+            "--name=handback",
+            "--ioengine=nbd",
+            "--rw=randwrite",
+            "--bs=4k",
+        ])
+        .args(["--iodepth=8", "--size=16M", "--rate_iops=500"])
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_state_save=0"])
+        .args(["--output-format=json"])
+        .arg(format!("--uri={uri}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio");
+    let fio_guard = ChildGuard(fio.id());
+    std::thread::sleep(Duration::from_millis(1500));
+    n1.freeze();
+    std::thread::sleep(Duration::from_secs(4));
+    n1.thaw();
+    let status = brick_testkit::wait_exit(&mut fio, "fio", Duration::from_secs(120));
+    drop(fio_guard);
+    let mut out = String::new();
+    if let Some(mut o) = fio.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    let mut err = String::new();
+    if let Some(mut e) = fio.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        status.success(),
+        "fio failed: {err}\n{out}\nn1:\n{}",
+        n1.log()
+    );
+    let doc: Value = serde_json::from_str(&out[out.find('{').expect("fio JSON")..]).expect("JSON");
+    let job = &doc["jobs"][0];
+    assert_eq!(job["error"], Value::from(0), "{doc:#}");
+    assert_eq!(
+        job["read"]["io_bytes"],
+        Value::from(16u64 << 20),
+        "verified"
+    );
+    let log = n1.log();
+    assert!(
+        log.contains("NBD connection served on core"),
+        "the connection never reached the core:\n{log}"
+    );
+    assert!(
+        log.contains("handed back to the gateway"),
+        "the core never handed the connection back:\n{log}"
+    );
+    drop((n1, n2, etcd));
+}
+
+/// Kills a child by PID when a test fails before waiting for it.
+struct ChildGuard(u32);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
 }

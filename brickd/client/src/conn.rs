@@ -5,7 +5,7 @@ use crate::ClientError;
 use brick_tuning::FRAME_PAYLOAD_BYTES_MAX;
 use brick_tuning::{CLIENT_CONNECT_TIMEOUT_MS, CLIENT_INFLIGHT_MAX};
 use brick_wire::frame::{verify_crc, VERSION_MAX, VERSION_MIN};
-use brick_wire::local::{LocalConnect, LocalRequest};
+use brick_wire::local::{LocalConnect, LocalRequest, ToCore};
 use brick_wire::{
     auth, request_frame, write_frame_head, Enc, ErrorCode, Header, HelloReply, Kind, Request,
     Welcome, HEADER_BYTES, WRITE_FIELDS_BYTES,
@@ -126,7 +126,7 @@ impl Conn {
     /// handshake's proof; the core checks it against its user table all the same.
     async fn open_local(
         addr: &str,
-        core: flume::Sender<LocalConnect>,
+        core: flume::Sender<ToCore>,
         user: &str,
         key: &[u8; 32],
     ) -> Result<(Conn, Welcome), ClientError> {
@@ -143,7 +143,9 @@ impl Conn {
             welcome,
         };
         let gone = || ClientError::Disconnected(format!("{addr}: the core stopped"));
-        core.send_async(connect).await.map_err(|_| gone())?;
+        core.send_async(ToCore::Connect(connect))
+            .await
+            .map_err(|_| gone())?;
         let limit = Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS);
         let welcome = tokio::time::timeout(limit, welcome_rx.recv_async())
             .await

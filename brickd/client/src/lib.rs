@@ -385,6 +385,13 @@ enum Retry {
     NotExecuted,
 }
 
+/// A core of this process, and the login to present to it.
+pub struct InProcessPrimary {
+    pub core: flume::Sender<brick_wire::local::ToCore>,
+    pub user: String,
+    pub key: [u8; 32],
+}
+
 /// Operations on one volume, by file id.
 #[derive(Clone)]
 pub struct Volume {
@@ -537,6 +544,21 @@ impl Volume {
                 }
             }
         }
+    }
+
+    /// The core of this very process that is the primary of `fid`'s PG, if there is one: a
+    /// gateway hosted by brickd can hand it whole connections (the NBD gateway does). The
+    /// user and key are this client's, for the core to check as an in-process login would.
+    pub async fn in_process_primary(&self, fid: FileId) -> Option<InProcessPrimary> {
+        let pg = brick_wire::pg_of(fid);
+        let (addr, _epoch) = self.routes.primary(pg)?;
+        let conn = self.client.node_conn(&addr, pg).await.ok()?;
+        let core = brick_wire::local::lookup(&conn.addr)?;
+        Some(InProcessPrimary {
+            core,
+            user: self.client.inner.cfg.user.clone(),
+            key: self.client.inner.key,
+        })
     }
 
     pub async fn lookup(&self, parent: FileId, name: &str) -> ClientResult<Attr> {

@@ -57,7 +57,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
         }
     };
     let outbox = Rc::new(Outbox::default());
-    let writer_task = glommio::spawn_local(write_loop(writer, outbox.clone()));
+    let writer_task = glommio::spawn_local(write_and_close(writer, outbox.clone()));
     let budget = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_BYTES_MAX));
     loop {
         let (header, header_bytes) = match read_header(&mut reader).await {
@@ -179,7 +179,7 @@ pub(crate) async fn serve_local(ctx: Rc<CoreCtx>, connect: LocalConnect) {
 
 /// The session of an in-process client: the user must exist and the key must be the one the
 /// handshake's proof would have been made with.
-fn local_session(ctx: &CoreCtx, user: &str, key: &[u8; 32]) -> Result<Session, String> {
+pub(crate) fn local_session(ctx: &CoreCtx, user: &str, key: &[u8; 32]) -> Result<Session, String> {
     let state = ctx.state();
     match state.users.get(user) {
         Some(u) if auth::keys_equal(&u.key, key) => Ok(Session {
@@ -195,8 +195,9 @@ fn local_session(ctx: &CoreCtx, user: &str, key: &[u8; 32]) -> Result<Session, S
 /// in one write; large ones (read data) are queued as they are, never copied. The budget
 /// permits of each reply travel with it and are released once it is written.
 #[derive(Default)]
-struct Outbox {
-    queue: RefCell<VecDeque<Vec<u8>>>,
+pub(crate) struct Outbox {
+    /// Bytes to write, each from an offset (a reply sent from inside a larger buffer).
+    queue: RefCell<VecDeque<(Vec<u8>, usize)>>,
     permits: RefCell<Vec<StaticPermit>>,
     closed: Cell<bool>,
     waker: RefCell<Option<Waker>>,
@@ -218,24 +219,35 @@ impl Outbox {
         self.push(frame);
     }
 
-    fn push(&self, frame: Vec<u8>) {
+    pub(crate) fn push(&self, frame: Vec<u8>) {
         {
             let mut q = self.queue.borrow_mut();
             match q.back_mut() {
-                Some(last)
+                Some((last, _))
                     if frame.len() <= SMALL_REPLY_BYTES_MAX && last.len() < COALESCE_BYTES_MAX =>
                 {
                     last.extend_from_slice(&frame)
                 }
-                _ => q.push_back(frame),
+                _ => q.push_back((frame, 0)),
             }
         }
+        self.wake_writer();
+    }
+
+    /// Queues `bytes[from..]` as they are (never copied).
+    pub(crate) fn push_from(&self, bytes: Vec<u8>, from: usize) {
+        assert!(from <= bytes.len());
+        self.queue.borrow_mut().push_back((bytes, from));
+        self.wake_writer();
+    }
+
+    fn wake_writer(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
 
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.set(true);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -244,7 +256,11 @@ impl Outbox {
 
     /// Waits until there is something to write (moved into `batch`, with its permits) or the
     /// outbox is closed.
-    async fn take(&self, batch: &mut VecDeque<Vec<u8>>, permits: &mut Vec<StaticPermit>) -> bool {
+    async fn take(
+        &self,
+        batch: &mut VecDeque<(Vec<u8>, usize)>,
+        permits: &mut Vec<StaticPermit>,
+    ) -> bool {
         std::future::poll_fn(|cx| {
             let mut q = self.queue.borrow_mut();
             if !q.is_empty() {
@@ -381,21 +397,32 @@ fn malformed(request_id: u64, opcode: u16, why: &str) -> Vec<u8> {
     out
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Rc<Outbox>) {
+/// Writes what the outbox is given until it is closed; returns the writer then (`None` when
+/// the peer went away), so the caller decides whether the stream ends with it.
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    outbox: Rc<Outbox>,
+) -> Option<W> {
     let mut batch = VecDeque::new();
     let mut permits = Vec::new();
     while outbox.take(&mut batch, &mut permits).await {
-        for frame in batch.drain(..) {
-            if writer.write_all(&frame).await.is_err() {
-                return;
+        for (frame, from) in batch.drain(..) {
+            if writer.write_all(&frame[from..]).await.is_err() {
+                return None;
             }
         }
         if writer.flush().await.is_err() {
-            return;
+            return None;
         }
         permits.clear(); // written: give the budget back
     }
-    let _ = writer.close().await;
+    Some(writer)
+}
+
+async fn write_and_close<W: AsyncWrite + Unpin>(writer: W, outbox: Rc<Outbox>) {
+    if let Some(mut writer) = write_loop(writer, outbox).await {
+        let _ = writer.close().await;
+    }
 }
 
 /// HELLO (version + user) -> challenge, AUTH (proof) -> WELCOME with every core's address.

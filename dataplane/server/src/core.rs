@@ -5,7 +5,7 @@ use crate::{Control, Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeS
 use brick_tuning::{
     CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN,
 };
-use brick_wire::local::LocalConnect;
+use brick_wire::local::{NbdSessionEnd, ToCore};
 use brick_wire::ErrorCode;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -269,8 +269,23 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
 }
 
 /// In-process connections; ends only with the core (the registration holds a sender).
-async fn local_loop(ctx: Rc<CoreCtx>, connects: flume::Receiver<LocalConnect>) {
-    while let Ok(connect) = connects.recv_async().await {
+async fn local_loop(ctx: Rc<CoreCtx>, connects: flume::Receiver<ToCore>) {
+    while let Ok(message) = connects.recv_async().await {
+        let connect = match message {
+            ToCore::Connect(connect) => connect,
+            ToCore::Nbd(handoff) => {
+                if admit(&ctx) {
+                    spawn_connection(&ctx, crate::nbd::serve(ctx.clone(), handoff));
+                } else {
+                    // The gateway keeps serving it through its own connections.
+                    let _ = handoff.ended.send(NbdSessionEnd::HandBack {
+                        buffered: Vec::new(),
+                        unanswered: Vec::new(),
+                    });
+                }
+                continue;
+            }
+        };
         if !admit(&ctx) {
             let why = "connection limit reached".to_string();
             let _ = connect.welcome.send(Err((ErrorCode::Unavailable, why)));

@@ -12,6 +12,7 @@ mod dirt;
 mod exec;
 mod files;
 mod heal;
+mod nbd;
 mod peer;
 mod repl;
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod local;
 pub mod msg;
+pub mod nbd;
 
 pub use codec::{Dec, DecodeError, Enc};
 pub use error::ErrorCode;

@@ -33,7 +33,53 @@ pub struct LocalConnect {
     pub welcome: flume::Sender<LocalWelcome>,
 }
 
-type Registry = HashMap<SocketAddr, flume::Sender<LocalConnect>>;
+/// An NBD connection past its handshake, handed by the NBD gateway to the core that owns its
+/// export's file (docs/nbd.md, "Connections served on the owning core").
+pub struct NbdHandoff {
+    pub user: String,
+    pub key: [u8; 32],
+    /// The connected socket; the gateway keeps a duplicate to take the connection back.
+    pub socket: std::net::TcpStream,
+    pub export: NbdExport,
+    /// Told once how the core's session ended.
+    pub ended: flume::Sender<NbdSessionEnd>,
+}
+
+/// The file an NBD connection serves.
+#[derive(Debug, Clone, Copy)]
+pub struct NbdExport {
+    pub vol: u32,
+    pub fid: u64,
+    pub size: u64,
+}
+
+/// A request the core did not answer, handed back to the gateway.
+pub struct NbdUnanswered {
+    pub request: crate::nbd::Request,
+    /// A WRITE's data (empty otherwise).
+    pub data: Vec<u8>,
+}
+
+/// How a core's NBD session ended.
+pub enum NbdSessionEnd {
+    /// The client disconnected or broke the protocol; the connection is finished.
+    Closed,
+    /// The core cannot go on serving it (not the primary any more, the PG unavailable, the
+    /// handoff refused): the gateway answers `unanswered` and reads the stream on from
+    /// `buffered`. Every other request was answered and its reply written.
+    HandBack {
+        buffered: Vec<u8>,
+        unanswered: Vec<NbdUnanswered>,
+    },
+}
+
+/// What a core accepts through its registration.
+pub enum ToCore {
+    Connect(LocalConnect),
+    Nbd(NbdHandoff),
+}
+
+type Registry = HashMap<SocketAddr, flume::Sender<ToCore>>;
 
 static CORES: Mutex<Option<Registry>> = Mutex::new(None);
 
@@ -45,7 +91,7 @@ fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
 /// Keeps a core's address registered; dropping it unregisters (the core stopped).
 pub struct Registration {
     addr: SocketAddr,
-    sender: flume::Sender<LocalConnect>,
+    sender: flume::Sender<ToCore>,
 }
 
 impl Drop for Registration {
@@ -63,7 +109,7 @@ impl Drop for Registration {
 
 /// Registers the core listening on `addr`: connections to it from this process arrive on the
 /// returned receiver.
-pub fn register(addr: SocketAddr, depth: usize) -> (Registration, flume::Receiver<LocalConnect>) {
+pub fn register(addr: SocketAddr, depth: usize) -> (Registration, flume::Receiver<ToCore>) {
     let (tx, rx) = flume::bounded(depth);
     with_registry(|r| r.insert(addr, tx.clone()));
     (Registration { addr, sender: tx }, rx)
@@ -71,7 +117,7 @@ pub fn register(addr: SocketAddr, depth: usize) -> (Registration, flume::Receive
 
 /// The core serving `addr` in this process, if there is one. `BRICK_LOCAL_TRANSPORT=off`
 /// turns in-process connections off (to compare, or to test the socket path in-process).
-pub fn lookup(addr: &str) -> Option<flume::Sender<LocalConnect>> {
+pub fn lookup(addr: &str) -> Option<flume::Sender<ToCore>> {
     if std::env::var("BRICK_LOCAL_TRANSPORT").is_ok_and(|v| v == "off") {
         return None;
     }

@@ -8,11 +8,10 @@
 //! replies to READ, WRITE (with FUA), FLUSH, TRIM, WRITE_ZEROES and DISC, pipelined and
 //! answered out of order. Byte layout, limits and error mapping: docs/nbd.md.
 
-mod proto;
-
 use brick_client::{ClientError, Volume};
-use brick_wire::{ErrorCode, FileId, FileKind, ROOT_FILE_ID};
-use proto::*;
+use brick_wire::local::{NbdExport, NbdHandoff, NbdSessionEnd, NbdUnanswered, ToCore};
+use brick_wire::nbd::*;
+use brick_wire::{FileId, FileKind, ROOT_FILE_ID};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,11 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Connections served at once; more wait in the listen backlog.
 pub const CONNECTIONS_MAX: usize = 256;
-/// The largest READ or WRITE payload (advertised as the maximum block size; clients split).
-pub const REQUEST_BYTES_MAX: u32 = 32 << 20;
-/// Bytes of READ and WRITE payload one connection holds in flight; reading further requests
-/// waits for earlier ones to finish.
-pub const IN_FLIGHT_BYTES_MAX: u32 = 64 << 20;
+pub use brick_wire::nbd::{IN_FLIGHT_BYTES_MAX, REQUEST_BYTES_MAX};
 /// Read buffer of a connection's request stream (WRITE data larger than what is buffered is
 /// read straight into its own buffer).
 const REQUEST_READ_BUFFER_BYTES: usize = 64 << 10;
@@ -88,9 +83,77 @@ pub async fn serve(
 
 async fn connection(mut stream: TcpStream, vol: Volume) -> NbdResult<()> {
     stream.set_nodelay(true)?;
-    match handshake(&mut stream, &vol).await? {
-        Some(export) => transmission(stream, vol, export).await,
-        None => Ok(()),
+    let Some(export) = handshake(&mut stream, &vol).await? else {
+        return Ok(());
+    };
+    match hand_to_core(stream, &vol, &export).await? {
+        Handed::Finished => Ok(()),
+        Handed::Back(stream, resume) => transmission(stream, vol, export, resume).await,
+    }
+}
+
+/// Where a connection is after `hand_to_core`.
+enum Handed {
+    /// A core served it to its end.
+    Finished,
+    /// Served here: from its start, or from where the core left it.
+    Back(TcpStream, Resume),
+}
+
+/// What a core did not answer before handing a connection back.
+#[derive(Default)]
+struct Resume {
+    buffered: Vec<u8>,
+    unanswered: Vec<NbdUnanswered>,
+}
+
+/// When the export's primary is a core of this process (a gateway hosted by brickd), hands the
+/// connection to that core, which serves it with no thread hop (docs/nbd.md); waits until the
+/// core is done with it. `BRICK_NBD_ON_CORE=off` keeps every connection here.
+async fn hand_to_core(stream: TcpStream, vol: &Volume, export: &Export) -> NbdResult<Handed> {
+    let off = std::env::var("BRICK_NBD_ON_CORE").is_ok_and(|v| v == "off");
+    let primary = match off {
+        true => None,
+        false => vol.in_process_primary(export.fid).await,
+    };
+    let Some(primary) = primary else {
+        return Ok(Handed::Back(stream, Resume::default()));
+    };
+    // The core gets a duplicate of the socket; this one takes the connection back if needed.
+    let socket = stream.into_std()?;
+    let (ended, ended_rx) = flume::bounded(1);
+    let handoff = NbdHandoff {
+        user: primary.user,
+        key: primary.key,
+        socket: socket.try_clone()?,
+        export: NbdExport {
+            vol: vol.id,
+            fid: export.fid,
+            size: export.size,
+        },
+        ended,
+    };
+    let end = match primary.core.send_async(ToCore::Nbd(handoff)).await {
+        Ok(()) => ended_rx.recv_async().await,
+        Err(_) => Ok(NbdSessionEnd::HandBack {
+            buffered: Vec::new(),
+            unanswered: Vec::new(),
+        }),
+    };
+    match end {
+        // A core that stopped took the connection with it: the node is shutting down.
+        Ok(NbdSessionEnd::Closed) | Err(_) => Ok(Handed::Finished),
+        Ok(NbdSessionEnd::HandBack {
+            buffered,
+            unanswered,
+        }) => {
+            socket.set_nonblocking(true)?;
+            let resume = Resume {
+                buffered,
+                unanswered,
+            };
+            Ok(Handed::Back(TcpStream::from_std(socket)?, resume))
+        }
     }
 }
 
@@ -265,20 +328,20 @@ fn parse_info_request(data: &[u8]) -> Option<(String, Vec<u16>)> {
 
 /// The errno an NBD client gets for a failed native call.
 fn errno_of(e: &ClientError) -> u32 {
-    match e.code() {
-        Some(ErrorCode::NoSpace) | Some(ErrorCode::FileTooBig) => ENOSPC,
-        Some(ErrorCode::Perm) | Some(ErrorCode::Access) | Some(ErrorCode::ReadOnly) => EPERM,
-        Some(ErrorCode::Invalid) => EINVAL,
-        Some(ErrorCode::Unavailable) | Some(ErrorCode::VolumeStopped) => ESHUTDOWN,
-        _ => EIO,
-    }
+    e.code().map_or(EIO, errno_for)
 }
 
 /// Serves requests until DISC, a bad request header or the client hanging up. Requests run
 /// concurrently and are answered as they finish; one writer task owns the socket's send side.
-async fn transmission(stream: TcpStream, vol: Volume, export: Export) -> NbdResult<()> {
+async fn transmission(
+    stream: TcpStream,
+    vol: Volume,
+    export: Export,
+    resume: Resume,
+) -> NbdResult<()> {
     let (rd, wr) = stream.into_split();
     // Buffered: the request headers a client pipelines arrive in one read, not one each.
+    let rd = std::io::Cursor::new(resume.buffered).chain(rd);
     let mut rd = BufReader::with_capacity(REQUEST_READ_BUFFER_BYTES, rd);
     let (replies, mut outbox) = mpsc::channel::<Reply>(256);
     let writer = tokio::spawn(async move {
@@ -296,6 +359,21 @@ async fn transmission(stream: TcpStream, vol: Volume, export: Export) -> NbdResu
         Ok::<_, std::io::Error>(())
     });
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES_MAX as usize));
+    for NbdUnanswered { request, data } in resume.unanswered {
+        let permit = budget
+            .clone()
+            .acquire_many_owned(request_weight(request.length))
+            .await
+            .map_err(|e| NbdError::Protocol(e.to_string()))?;
+        let op = Op {
+            vol: &vol,
+            export: &export,
+            req: request,
+        };
+        if let Some(reply) = op.start(permit, &replies, data) {
+            let _ = replies.send(reply).await;
+        }
+    }
     let result = requests(&mut rd, &vol, &export, &replies, &budget).await;
     // DISC (or an error): let the requests in flight finish and be answered first.
     let _all = budget.acquire_many(IN_FLIGHT_BYTES_MAX).await;
@@ -308,8 +386,8 @@ async fn transmission(stream: TcpStream, vol: Volume, export: Export) -> NbdResu
     result
 }
 
-async fn requests(
-    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+async fn requests<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
     vol: &Volume,
     export: &Export,
     replies: &mpsc::Sender<Reply>,
@@ -324,30 +402,23 @@ async fn requests(
         }
         let req =
             Request::parse(&head).ok_or_else(|| NbdError::Protocol("bad request magic".into()))?;
-        let weight = req.length.clamp(4096, REQUEST_BYTES_MAX);
+        let weight = request_weight(req.length);
         let permit = budget
             .clone()
             .acquire_many_owned(weight)
             .await
             .map_err(|e| NbdError::Protocol(e.to_string()))?;
-        let fail = |errno: u32| (simple_reply(errno, req.cookie), Vec::new());
-        let in_range = req
-            .offset
-            .checked_add(req.length as u64)
-            .is_some_and(|end| end <= export.size);
-        let reply_now = match req.command {
+        let mut data = Vec::new();
+        match req.command {
             CMD_DISC => return Ok(()),
-            CMD_READ | CMD_WRITE if req.length > REQUEST_BYTES_MAX => {
-                let _ = replies.send(fail(EOVERFLOW)).await;
-                if req.command == CMD_WRITE {
-                    // Its payload follows and is not worth reading: hang up.
-                    return Err(NbdError::Protocol(format!("write of {} bytes", req.length)));
-                }
-                continue;
+            CMD_WRITE if req.length > REQUEST_BYTES_MAX => {
+                let _ = replies.send(failure(EOVERFLOW, req)).await;
+                // Its payload follows and is not worth reading: hang up.
+                return Err(NbdError::Protocol(format!("write of {} bytes", req.length)));
             }
             CMD_WRITE => {
                 // Read into spare capacity: no zeroing of up to 32 MiB first.
-                let mut data = Vec::with_capacity(req.length as usize);
+                data.reserve_exact(req.length as usize);
                 (&mut *rd)
                     .take(req.length as u64)
                     .read_to_end(&mut data)
@@ -355,25 +426,56 @@ async fn requests(
                 if data.len() != req.length as usize {
                     return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                 }
-                if !in_range {
-                    Some(fail(ENOSPC))
-                } else {
-                    spawn_op(
-                        permit,
-                        replies,
-                        req,
-                        write_op(vol.clone(), export.fid, req, data),
-                    );
-                    None
-                }
             }
-            CMD_READ if !in_range => Some(fail(EINVAL)),
+            _ => {}
+        }
+        let op = Op { vol, export, req };
+        if let Some(reply) = op.start(permit, replies, data) {
+            if replies.send(reply).await.is_err() {
+                return Ok(()); // the writer stopped: the client is gone
+            }
+        }
+    }
+}
+
+fn failure(errno: u32, req: Request) -> Reply {
+    (simple_reply(errno, req.cookie), Vec::new())
+}
+
+/// One request of a connection, read whole (a WRITE's data included).
+struct Op<'a> {
+    vol: &'a Volume,
+    export: &'a Export,
+    req: Request,
+}
+
+impl Op<'_> {
+    /// Starts the request; returns the reply when it is answered at once.
+    fn start(
+        self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        replies: &mpsc::Sender<Reply>,
+        data: Vec<u8>,
+    ) -> Option<Reply> {
+        let Op { vol, export, req } = self;
+        let in_range = req
+            .offset
+            .checked_add(req.length as u64)
+            .is_some_and(|end| end <= export.size);
+        let (vol, fid) = (vol.clone(), export.fid);
+        match req.command {
+            CMD_READ if req.length > REQUEST_BYTES_MAX => Some(failure(EOVERFLOW, req)),
+            CMD_WRITE if !in_range => Some(failure(ENOSPC, req)),
+            CMD_WRITE => {
+                spawn_op(permit, replies, req, write_op(vol, fid, req, data));
+                None
+            }
+            CMD_READ if !in_range => Some(failure(EINVAL, req)),
             CMD_READ => {
-                spawn_op(permit, replies, req, read_op(vol.clone(), export.fid, req));
+                spawn_op(permit, replies, req, read_op(vol, fid, req));
                 None
             }
             CMD_FLUSH => {
-                let (vol, fid) = (vol.clone(), export.fid);
                 spawn_op(permit, replies, req, async move {
                     vol.fsync(fid).await.map(|()| Vec::new())
                 });
@@ -382,16 +484,11 @@ async fn requests(
             // Trimming is advisory: the bytes stay as they were, which the protocol allows.
             CMD_TRIM if in_range => Some((simple_reply(0, req.cookie), Vec::new())),
             CMD_WRITE_ZEROES if in_range => {
-                spawn_op(permit, replies, req, zero_op(vol.clone(), export.fid, req));
+                spawn_op(permit, replies, req, zero_op(vol, fid, req));
                 None
             }
-            CMD_TRIM | CMD_WRITE_ZEROES => Some(fail(ENOSPC)),
-            _ => Some(fail(EINVAL)),
-        };
-        if let Some(reply) = reply_now {
-            if replies.send(reply).await.is_err() {
-                return Ok(()); // the writer stopped: the client is gone
-            }
+            CMD_TRIM | CMD_WRITE_ZEROES => Some(failure(ENOSPC, req)),
+            _ => Some(failure(EINVAL, req)),
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::wildcard;
 use async_trait::async_trait;
 use brick_client::readahead::ReadAhead;
 use brick_client::{ClientError, Volume};
-use brick_tuning::{NAME_BYTES_MAX, SMB_IO_BYTES_MAX};
+use brick_tuning::{NAME_BYTES_MAX, SMB_READ_BYTES_MAX, SMB_WRITE_PIECE_BYTES};
 use brick_wire::{Attr, ErrorCode, FileId, FileKind, SetAttr, Time, TimeSet, ROOT_FILE_ID};
 use smb_server::{
     BackendCapabilities, Bytes, DirEntry, FileInfo, FileTimes, Handle, OpenAction, OpenIntent,
@@ -302,6 +302,30 @@ impl ShareBackend for BrickShare {
     }
 }
 
+/// Runs `futures` concurrently on the calling task; their outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *output = Some(v),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
 struct BrickHandle {
     vol: Volume,
     readahead: Arc<ReadAhead>,
@@ -311,16 +335,24 @@ struct BrickHandle {
 }
 
 impl BrickHandle {
+    /// Writes `data` as native writes of at most `SMB_WRITE_PIECE_BYTES`, all in flight at
+    /// once (the crate hands us one WRITE at a time; its pieces need not wait for each other).
+    /// Answers only once every piece is written; on a failure, the bytes written without a gap
+    /// from `offset` (an error if there are none).
     async fn write_chunks(&self, offset: u64, data: &[u8]) -> SmbResult<u32> {
+        let piece = SMB_WRITE_PIECE_BYTES as usize;
+        let writes = data.chunks(piece).enumerate().map(|(i, chunk)| {
+            let at = offset + (i * piece) as u64;
+            self.vol.write(self.fid, at, chunk, false)
+        });
+        let results = join_all(writes.collect()).await;
         let mut done = 0usize;
-        // The server never sends more than SMB_IO_BYTES_MAX, but a write is a write.
-        for chunk in data.chunks(SMB_IO_BYTES_MAX as usize) {
-            let at = offset + done as u64;
-            let n = self.vol.write(self.fid, at, chunk, false).await;
-            let n = n.map_err(to_smb)? as usize;
-            done += n;
-            if n < chunk.len() {
-                break;
+        for (result, chunk) in results.into_iter().zip(data.chunks(piece)) {
+            match result {
+                Ok(n) if n as usize == chunk.len() => done += chunk.len(),
+                Ok(n) => return Ok((done + n as usize) as u32),
+                Err(e) if done == 0 => return Err(to_smb(e)),
+                Err(_) => break,
             }
         }
         Ok(done as u32)
@@ -339,7 +371,7 @@ impl BrickHandle {
 #[async_trait]
 impl Handle for BrickHandle {
     async fn read(&self, offset: u64, len: u32) -> SmbResult<Bytes> {
-        let len = len.min(SMB_IO_BYTES_MAX);
+        let len = len.min(SMB_READ_BYTES_MAX);
         let data = self
             .readahead
             .read(&self.vol, self.fid, offset, len)

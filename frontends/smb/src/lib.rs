@@ -15,7 +15,8 @@ pub use backend::BrickShare;
 use brick_client::{Client, ClientError};
 use brick_cluster::mgmt::{MgmtOp, ShareUsers};
 use brick_cluster::{hex_decode, ShareAccess, SEAL_IN_TRANSIT};
-use brick_tuning::{SMB_IO_BYTES_MAX, SMB_USERS_REFRESH_MS, SMB_USERS_STALE_MS};
+use brick_tuning::SMB_WRITE_BYTES_MAX;
+use brick_tuning::{SMB_READ_BYTES_MAX, SMB_USERS_REFRESH_MS, SMB_USERS_STALE_MS};
 use brick_wire::auth;
 use smb_server::{Access, ConfigHandle, Share, SmbServer};
 use std::collections::HashMap;
@@ -41,8 +42,8 @@ pub async fn bind(settings: &SmbSettings) -> std::io::Result<Bound> {
     let server = SmbServer::builder()
         .listen(settings.listen)
         .require_signing(settings.require_signing)
-        .max_read_size(SMB_IO_BYTES_MAX)
-        .max_write_size(SMB_IO_BYTES_MAX)
+        .max_read_size(SMB_READ_BYTES_MAX)
+        .max_write_size(SMB_WRITE_BYTES_MAX)
         .netbios_name("BRICKD")
         .build()
         .map_err(|e| std::io::Error::other(format!("smb server settings: {e}")))?;

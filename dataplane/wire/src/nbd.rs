@@ -1,5 +1,24 @@
-//! NBD wire constants and encodings (the fixed newstyle protocol, simple replies only).
+//! NBD wire constants and encodings (the fixed newstyle protocol, simple replies only), shared
+//! by the NBD gateway (handshake) and the dataplane cores that serve handed-over connections.
 //! Byte-level description: docs/nbd.md.
+
+use crate::ErrorCode;
+
+/// The largest READ or WRITE payload (advertised as the maximum block size; clients split).
+pub const REQUEST_BYTES_MAX: u32 = 32 << 20;
+/// Bytes of READ and WRITE payload one connection holds in flight; reading further requests
+/// waits for earlier ones to finish.
+pub const IN_FLIGHT_BYTES_MAX: u32 = 64 << 20;
+/// Requests one connection holds in flight: each weighs at least this share of the budget.
+pub const IN_FLIGHT_REQUESTS_MAX: u32 = 256;
+
+/// What a request of `length` payload bytes takes of its connection's in-flight budget.
+pub fn request_weight(length: u32) -> u32 {
+    length.clamp(
+        IN_FLIGHT_BYTES_MAX / IN_FLIGHT_REQUESTS_MAX,
+        REQUEST_BYTES_MAX,
+    )
+}
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
@@ -64,6 +83,17 @@ pub const EINVAL: u32 = 22;
 pub const ENOSPC: u32 = 28;
 pub const EOVERFLOW: u32 = 75;
 pub const ESHUTDOWN: u32 = 108;
+
+/// The errno an NBD client gets for a failed native request.
+pub fn errno_for(code: ErrorCode) -> u32 {
+    match code {
+        ErrorCode::NoSpace | ErrorCode::FileTooBig => ENOSPC,
+        ErrorCode::Perm | ErrorCode::Access | ErrorCode::ReadOnly => EPERM,
+        ErrorCode::Invalid => EINVAL,
+        ErrorCode::Unavailable | ErrorCode::VolumeStopped => ESHUTDOWN,
+        _ => EIO,
+    }
+}
 
 /// A transmission request header (28 bytes on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
