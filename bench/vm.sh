@@ -11,11 +11,12 @@
 # Workloads: 4 KiB random read and write at queue depth 1 and 32, a 70/30 random mix at
 # queue depth 32, 1 MiB sequential read and write at queue depth 8.
 #
-# CPUs: brickd's cores are pinned to the first --cores CPUs (one image is served by one core).
-# `--client-cpus LIST` runs every fio (the local ones included) on LIST and qemu-nbd and the
-# FUSE daemon on brickd's CPUs, as a VM host keeps its guests' CPUs apart from its storage
-# daemons'; by default the scheduler places them (on this VM, whose disk interrupts all land
-# on CPU 1, pinning fio to CPU 1 costs local fio a third of its 4 KiB IOPS).
+# CPUs: brickd's cores are pinned to the last --cores CPUs (one image is served by one core;
+# on this VM the disk's interrupts all land on the last CPU, so its completions reach the core
+# without a cross-CPU wake-up), qemu-nbd and the FUSE daemon run on those CPUs too, and every
+# fio (the local ones included) on the others, as a VM host keeps its guests' CPUs apart from
+# its storage daemons'. Left to the scheduler, fio's thread is often woken onto the serving
+# core's CPU and a round loses half its IOPS. `--client-cpus none` turns the pinning off.
 #
 #   bench/vm.sh [--seconds N] [--rounds N] [--size BYTES] [--cores N] [--scratch DIR]
 #               [--client-cpus LIST|none] [--out FILE.json]
@@ -45,10 +46,17 @@ done
 command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 2; }
 command -v qemu-nbd >/dev/null || { echo "qemu-nbd is not installed (apt-get install qemu-utils)" >&2; exit 2; }
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine" >&2; exit 2; }
-SERVER_CPUS="0-$((CORES - 1))"
-[ -n "$CLIENT_CPUS" ] || CLIENT_CPUS=none
-if [ "$CLIENT_CPUS" = none ]; then ON_CLIENT=(); ON_SERVER=(); else
-  ON_CLIENT=(taskset -c "$CLIENT_CPUS"); ON_SERVER=(taskset -c "$SERVER_CPUS"); fi
+CPUS=$(nproc)
+SERVER_CPUS="$((CPUS - CORES))-$((CPUS - 1))"
+if [ -z "$CLIENT_CPUS" ]; then
+  if [ "$CPUS" -gt "$CORES" ]; then CLIENT_CPUS="0-$((CPUS - CORES - 1))"; else CLIENT_CPUS=none; fi
+fi
+if [ "$CLIENT_CPUS" = none ]; then
+  ON_CLIENT=(); ON_SERVER=(); CORE_CPUS=()
+else
+  ON_CLIENT=(taskset -c "$CLIENT_CPUS"); ON_SERVER=(taskset -c "$SERVER_CPUS")
+  CORE_CPUS=(--cpus "$(seq -s, $((CPUS - CORES)) $((CPUS - 1)))")
+fi
 echo "brickd cores: $CORES (CPUs $SERVER_CPUS); fio on CPUs: $CLIENT_CPUS" >&2
 BIN="$ROOT/target/release"
 (cd "$ROOT" && cargo build --release -p brickd -p brick)
@@ -72,7 +80,7 @@ trap cleanup EXIT INT TERM
 
 "$BIN/brickd" dev --dir "$RUN/dev" --replica 1 --listen "127.0.0.1:$PORT" \
   --nbd-listen 127.0.0.1:0 --nfs-listen 127.0.0.1:0 --smb-listen 127.0.0.1:0 \
-  --cores "$CORES" >"$RUN/brickd.log" 2>&1 &
+  --cores "$CORES" "${CORE_CPUS[@]}" >"$RUN/brickd.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 300); do [ -f "$RUN/dev/endpoints.json" ] && break; sleep 0.1; done
 [ -f "$RUN/dev/endpoints.json" ] || { echo "brickd did not start:" >&2; cat "$RUN/brickd.log" >&2; exit 1; }
@@ -96,6 +104,19 @@ MNT=$(cd "$MNT" && pwd -P)
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q " $MNT " /proc/mounts && break; sleep 0.1; done
 grep -q " $MNT " /proc/mounts || { echo "FUSE mount failed:" >&2; cat "$RUN/mount.log" >&2; exit 1; }
+
+# Unmeasured warm-up: fio lays out the local and FUSE images (1 GiB each of writes), every
+# path serves a few seconds of 4 KiB reads, then the writeback settles. Without it the first
+# measured 4 KiB QD32 round of every path ran at a third to half of the later ones.
+for target in "--filename=$RUN/local.img --ioengine=io_uring --direct=1" \
+  "--ioengine=nbd --uri=$QEMU_URI" "--ioengine=nbd --uri=$URI" \
+  "--filename=$MNT/fuse.img --ioengine=io_uring --direct=1"; do
+  # shellcheck disable=SC2086
+  "${ON_CLIENT[@]}" fio --name=warmup $target --size="$SIZE" --rw=randread --bs=4k --iodepth=32 \
+    --time_based --runtime=3 --output-format=json >/dev/null 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
+done
+sync
+sleep 5
 
 # name|fio options|queue depth
 WORKLOADS=(

@@ -319,12 +319,12 @@ fn nbd_clients_read_and_write_volume_files() {
     gw.stop();
 }
 
-/// `brickd serve --nbd VOLUME@ADDR --nfs VOLUME@ADDR`: the node hosts the gateways (their
-/// client in-process, logged in as the node), waits for the volume to be created and started,
-/// then serves its files.
+/// `brickd serve --nbd VOLUME@ADDR --nfs VOLUME@ADDR --smb VOLUME@ADDR`: the node hosts the
+/// gateways (their client in-process, logged in as the node), waits for the volume to be
+/// created and started, then serves its files; the SMB share admits the volume's users.
 #[test]
 fn brickd_serve_hosts_an_nbd_gateway() {
-    for tool in ["nbdinfo", "nbdcopy", "nfs-ls"] {
+    for tool in ["nbdinfo", "nbdcopy", "nfs-ls", "smbclient"] {
         need(tool);
     }
     let scratch = tempfile::tempdir_in(brick_testkit::scratch_root()).expect("scratch");
@@ -333,11 +333,14 @@ fn brickd_serve_hosts_an_nbd_gateway() {
     let nbd_addr = format!("127.0.0.1:{}", free_port());
     let password = "hosted-gateway-test";
     let nfs_port = free_port();
+    let smb_port = free_port();
     let hosted = [
         "--nbd".to_string(),
         format!("vm@{nbd_addr}"),
         "--nfs".to_string(),
         format!("vm@127.0.0.1:{nfs_port}"),
+        "--smb".to_string(),
+        format!("vm@127.0.0.1:{smb_port}"),
     ];
     let node = ServeNode::start_with(&brickd_exe(), "n1", dir, &store, password, &hosted);
     let rt = brick_testkit::runtime();
@@ -361,6 +364,32 @@ fn brickd_serve_hosts_an_nbd_gateway() {
         admin.mgmt(&start).await.expect("start vm");
         put_in(&admin, "vm", "img.raw", 21, IMAGE_BYTES).await;
     });
+    // An SMB user of the volume (the share is named after it).
+    let admin_cli = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(brick_exe())
+            .args([
+                "--servers",
+                &node.addr,
+                "--user",
+                "admin",
+                "--password",
+                password,
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("brick");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).expect("brick stdin");
+        }
+        let out = child.wait_with_output().expect("brick");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "brick {args:?}: {err}");
+    };
+    admin_cli(&["user", "add", "carol"], "carol-pw-1\n");
+    admin_cli(&["volume", "set", "vm", "access.carol", "rw"], "");
     let uri = format!("nbd://{nbd_addr}/img.raw");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !Command::new("nbdinfo")
@@ -394,7 +423,44 @@ fn brickd_serve_hosts_an_nbd_gateway() {
         "nfs://127.0.0.1/?version=3&nfsport={nfs_port}&mountport={nfs_port}"
     )));
     assert!(listing.contains("img.raw"), "hosted NFS listing: {listing}");
-    for kind in ["nbd", "nfs"] {
+    // The hosted SMB share: an upload read back natively, a download of what NBD wrote.
+    let smb = |command: &str| {
+        Command::new("smbclient")
+            .arg("//127.0.0.1/vm")
+            .args([
+                "-p",
+                &smb_port.to_string(),
+                "-U",
+                "carol%carol-pw-1",
+                "-c",
+                command,
+            ])
+            .output()
+            .expect("smbclient")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !smb("ls").status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "no SMB share; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let put = smb(&format!("put {} smb.raw", up.display()));
+    assert!(put.status.success(), "smbclient put: {put:?}");
+    assert!(
+        rt.block_on(get_in(&admin, "vm", "smb.raw")) == whole_pattern(22, IMAGE_BYTES),
+        "written through the hosted SMB share, read natively"
+    );
+    let smb_down = dir.join("smb-down.raw");
+    let get = smb(&format!("get img.raw {}", smb_down.display()));
+    assert!(get.status.success(), "smbclient get: {get:?}");
+    assert!(
+        std::fs::read(&smb_down).expect("smb download") == whole_pattern(22, IMAGE_BYTES),
+        "read through the hosted SMB share"
+    );
+    for kind in ["nbd", "nfs", "smb"] {
         let line = format!("{kind} gateway for volume \"vm\" serving");
         assert!(node.log().contains(&line), "{line}: {}", node.log());
     }

@@ -44,6 +44,10 @@ enum Cmd {
         /// Microseconds an idle core polls before sleeping (0: sleep at once).
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// CPUs the cores are pinned to, core i on the i-th (default: core i on CPU i), e.g. to
+        /// keep the CPU that takes the disk's interrupts for brickd and the others for VMs.
+        #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+        cpus: Vec<usize>,
         /// NBD gateway address for the dev volume's files (port 0: any free port).
         #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEV_NBD_PORT)))]
         nbd_listen: SocketAddr,
@@ -71,6 +75,10 @@ enum Cmd {
         /// Microseconds an idle core polls before sleeping (0: sleep at once).
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// CPUs the cores are pinned to, core i on the i-th (default: core i on CPU i), e.g. to
+        /// keep the CPU that takes the disk's interrupts for brickd and the others for VMs.
+        #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+        cpus: Vec<usize>,
         /// Admin user created on first start if the store has no users.
         #[arg(long, default_value = "admin")]
         admin_user: String,
@@ -85,6 +93,10 @@ enum Cmd {
         /// Host an NFSv3 gateway for VOLUME on ADDR (NFS and MOUNT on one port; repeatable).
         #[arg(long, value_name = "VOLUME@ADDR")]
         nfs: Vec<String>,
+        /// Host an SMB2/3 gateway sharing VOLUME as share VOLUME on ADDR, for the users with
+        /// access to it (`brick volume set VOLUME access.USER rw`; repeatable).
+        #[arg(long, value_name = "VOLUME@ADDR")]
+        smb: Vec<String>,
     },
 }
 
@@ -122,6 +134,7 @@ fn run() -> Result<()> {
             listen,
             cores,
             spin_us,
+            cpus,
             nbd_listen,
             nfs_listen,
             smb_listen,
@@ -134,7 +147,11 @@ fn run() -> Result<()> {
                 nfs: nfs_listen,
                 smb: smb_listen,
             },
-            Tuning { cores, spin_us },
+            Tuning {
+                cores,
+                spin_us,
+                cpus,
+            },
         )),
         Cmd::Serve {
             node,
@@ -143,18 +160,25 @@ fn run() -> Result<()> {
             brick: _,
             cores,
             spin_us,
+            cpus,
             admin_user,
             admin_password,
             config,
             nbd,
             nfs,
+            smb,
         } => {
             if config.is_some() {
                 bail!("--config is reserved for node tuning files and not read by this build");
             }
             let store = StoreSpec::parse(&store)?;
             let mut hosted = Vec::new();
-            for (kind, specs) in [(GatewayKind::Nbd, nbd), (GatewayKind::Nfs, nfs)] {
+            let kinds = [
+                (GatewayKind::Nbd, nbd),
+                (GatewayKind::Nfs, nfs),
+                (GatewayKind::Smb, smb),
+            ];
+            for (kind, specs) in kinds {
                 for spec in specs {
                     hosted.push(HostedGateway::parse(kind, &spec)?);
                 }
@@ -163,7 +187,11 @@ fn run() -> Result<()> {
                 node,
                 listen,
                 store,
-                Tuning { cores, spin_us },
+                Tuning {
+                    cores,
+                    spin_us,
+                    cpus,
+                },
                 (admin_user, admin_password),
                 hosted,
             ))
@@ -205,6 +233,7 @@ impl StoreSpec {
 struct Tuning {
     cores: Option<usize>,
     spin_us: u64,
+    cpus: Vec<usize>,
 }
 
 struct Running {
@@ -239,6 +268,9 @@ async fn start_node(
     if cores == 0 || cores > 256 {
         bail!("--cores must be 1..=256");
     }
+    if !tuning.cpus.is_empty() && tuning.cpus.len() < cores {
+        bail!("--cpus names {} CPUs for {cores} cores", tuning.cpus.len());
+    }
     let (mgmt_tx, mgmt_rx) = flume::bounded(1024);
     let (maps_tx, maps_rx) = flume::bounded(4096);
     let dataplane = Dataplane::start(
@@ -246,6 +278,7 @@ async fn start_node(
             cores,
             listen,
             pin: true,
+            cpus: tuning.cpus,
             spin_before_park_us: tuning.spin_us,
         },
         Arc::new(state),
@@ -444,6 +477,7 @@ struct Gateways {
 enum GatewayKind {
     Nbd,
     Nfs,
+    Smb,
 }
 
 impl GatewayKind {
@@ -451,11 +485,12 @@ impl GatewayKind {
         match self {
             GatewayKind::Nbd => "nbd",
             GatewayKind::Nfs => "nfs",
+            GatewayKind::Smb => "smb",
         }
     }
 }
 
-/// A gateway `brickd serve` hosts: `--nbd VOLUME@ADDR`, `--nfs VOLUME@ADDR`.
+/// A gateway `brickd serve` hosts: `--nbd`, `--nfs` or `--smb VOLUME@ADDR`.
 struct HostedGateway {
     kind: GatewayKind,
     volume: String,
@@ -499,13 +534,13 @@ async fn start_gateway(
     listen: SocketAddr,
 ) -> Result<(SocketAddr, tokio::sync::watch::Sender<bool>)> {
     let name = kind.name();
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let listener = match GatewayListener::bind(kind, listen).await {
         Ok(l) => l,
         // A default port already taken (an NFS server on 2049, say) must not stop the dev
         // cluster: take any free port; the address printed and in endpoints.json is the truth.
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && listen.port() != 0 => {
             tracing::warn!("{name} gateway: {listen} is in use; listening on another port");
-            tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0))
+            GatewayListener::bind(kind, SocketAddr::new(listen.ip(), 0))
                 .await
                 .with_context(|| format!("{name} gateway: listening on {}:0", listen.ip()))?
         }
@@ -518,15 +553,55 @@ async fn start_gateway(
             return;
         };
         tracing::info!("{name} gateway for volume {volume:?} serving on {addr}");
-        let served = match kind {
-            GatewayKind::Nbd => brick_nbd::serve(listener, vol, stopped).await,
-            GatewayKind::Nfs => brick_nfs::serve(listener, vol, stopped).await,
+        let served = match listener {
+            GatewayListener::Nbd(l) => brick_nbd::serve(l, vol, stopped)
+                .await
+                .map_err(|e| e.to_string()),
+            GatewayListener::Nfs(l) => brick_nfs::serve(l, vol, stopped)
+                .await
+                .map_err(|e| e.to_string()),
+            // The share is named after the volume; its users are the volume's (fetched as
+            // the node, which may read them: mgmt.rs).
+            GatewayListener::Smb(bound) => {
+                let client = vol.client.clone();
+                brick_smb::serve(bound, client, &volume, &volume, login.key, stopped).await
+            }
         };
         if let Err(e) = served {
             tracing::error!("{name} gateway for volume {volume:?} stopped: {e}");
         }
     });
     Ok((addr, stop))
+}
+
+/// A hosted gateway's bound listener.
+enum GatewayListener {
+    Nbd(tokio::net::TcpListener),
+    Nfs(tokio::net::TcpListener),
+    Smb(brick_smb::Bound),
+}
+
+impl GatewayListener {
+    async fn bind(kind: GatewayKind, listen: SocketAddr) -> std::io::Result<GatewayListener> {
+        Ok(match kind {
+            GatewayKind::Nbd => GatewayListener::Nbd(tokio::net::TcpListener::bind(listen).await?),
+            GatewayKind::Nfs => GatewayListener::Nfs(tokio::net::TcpListener::bind(listen).await?),
+            GatewayKind::Smb => {
+                let settings = brick_smb::SmbSettings {
+                    listen,
+                    require_signing: false,
+                };
+                GatewayListener::Smb(brick_smb::bind(&settings).await?)
+            }
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            GatewayListener::Nbd(l) | GatewayListener::Nfs(l) => l.local_addr(),
+            GatewayListener::Smb(bound) => Ok(bound.addr),
+        }
+    }
 }
 
 /// Opens `volume` for a hosted gateway, retrying every second (a volume created or started

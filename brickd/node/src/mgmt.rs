@@ -220,7 +220,10 @@ impl Mgmt {
     /// Applies one request. Returns the reply and whether the served state may have changed.
     pub async fn handle(&self, op: MgmtOp, caller: &str, admin: bool) -> (MgmtResult, bool) {
         let secret = matches!(op, MgmtOp::ShareUsers { .. } | MgmtOp::UserList);
-        if secret && !admin {
+        // An SMB gateway hosted by a node (`brickd serve --smb`) logs in as the node; the
+        // passwords it fetches are sealed under the node key, which every node holds anyway.
+        let node_gateway = caller == NODE_USER && matches!(op, MgmtOp::ShareUsers { .. });
+        if secret && !admin && !node_gateway {
             return (
                 Err((
                     ErrorCode::Access,

@@ -19,6 +19,10 @@ fn invalid(why: impl Into<String>) -> (ErrorCode, String) {
 
 /// The password key of the user a request runs as: what transit seals are made under.
 async fn caller_key(cluster: &Cluster, caller: &str) -> Result<[u8; 32], (ErrorCode, String)> {
+    if caller == brick_dataplane::NODE_USER {
+        // A gateway a node hosts logs in with the node key.
+        return cluster.node_key().await.map_err(cluster_err);
+    }
     let record = cluster.user(caller).await.map_err(cluster_err)?;
     record.and_then(|u| u.key()).ok_or_else(|| {
         (

@@ -75,10 +75,10 @@ pub(crate) fn start(
         } else {
             SocketAddr::new(cfg.listen.ip(), 0)
         };
-        let placement = if cfg.pin && core < cpus {
-            Placement::Fixed(core)
-        } else {
-            Placement::Unbound
+        let placement = match cfg.cpus.get(core) {
+            Some(&cpu) if cfg.pin => Placement::Fixed(cpu),
+            None if cfg.pin && core < cpus => Placement::Fixed(core),
+            _ => Placement::Unbound,
         };
         let (peers, mgmt, maps, state, bound_tx) = (
             fwd_txs.clone(),

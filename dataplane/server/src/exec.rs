@@ -186,6 +186,30 @@ pub(crate) async fn execute_payload(
 /// Serves one request on the core that owns its PG: replication traffic, reads on the PG's
 /// primary, and writes and namespace changes through the replication core.
 async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Vec<u8>) -> Vec<u8> {
+    serve_shared(ctx, id, opcode, Rc::new(payload)).await
+}
+
+/// A data request built on this core by a protocol it serves itself (NBD): the payload is
+/// shared, so the caller still has it if the request has to go elsewhere.
+pub(crate) async fn dispatch_shared(
+    ctx: &Rc<CoreCtx>,
+    header: Header,
+    payload: Rc<Vec<u8>>,
+) -> Vec<u8> {
+    let (id, opcode) = (header.request_id, header.opcode);
+    let pg = match Request::decode(opcode, &payload) {
+        Ok(req) if req.volume().is_some() => req.pg(),
+        Ok(_) => return error_reply(id, opcode, ErrorCode::UnknownOp, "not a volume operation"),
+        Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
+    };
+    let core = pg as usize % ctx.ncores.max(1);
+    if core != ctx.core {
+        return forward(ctx, core, header, (*payload).clone()).await;
+    }
+    serve_shared(ctx, id, opcode, payload).await
+}
+
+async fn serve_shared(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Rc<Vec<u8>>) -> Vec<u8> {
     if opcode == op::REPL {
         return match repl::on_peer_frame(ctx, &payload) {
             Ok(()) => Vec::new(), // one-way: no reply
@@ -221,7 +245,7 @@ async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Vec<u8>) -> Vec
         body: repl::Body {
             opcode,
             minted: 0,
-            payload: Rc::new(payload),
+            payload,
         },
         lock,
         local_first,

@@ -176,6 +176,8 @@ pub struct DataplaneConfig {
     /// clients in the handshake.
     pub listen: SocketAddr,
     pub pin: bool,
+    /// With `pin`, the CPU of each core in order (empty: core i on CPU i, when it exists).
+    pub cpus: Vec<usize>,
     /// How long an idle core polls before it sleeps. Spinning trades CPU for lower wake-up
     /// latency (on VMs a halted vCPU takes long to wake for a completion).
     pub spin_before_park_us: u64,

@@ -11,7 +11,9 @@ use crate::core::CoreCtx;
 use brick_tuning::IO_BYTES_MAX;
 use brick_wire::local::{NbdHandoff, NbdSessionEnd, NbdUnanswered};
 use brick_wire::nbd::{self, Request as NbdRequest};
-use brick_wire::{Enc, ErrorCode, Header, Kind, Request, WriteReply, HEADER_BYTES};
+use brick_wire::{
+    op, write_fields, Enc, ErrorCode, Header, Kind, Request, WriteReply, HEADER_BYTES,
+};
 use brick_wire::{WRITE_FIELDS_BYTES, WRITE_FLAG_FUA};
 use futures_lite::io::{AsyncRead, AsyncReadExt};
 use glommio::net::TcpStream;
@@ -31,8 +33,9 @@ const ZERO_CHUNK_BYTES: u32 = 1 << 20;
 enum Outcome {
     /// Answered (success or an error the client should see).
     Reply(Vec<u8>, Option<Vec<u8>>),
-    /// The gateway must retry it: this core cannot serve it any more.
-    HandBack,
+    /// The gateway must retry it: this core cannot serve it any more. A WRITE's data goes
+    /// back with it (empty for other requests).
+    HandBack(Vec<u8>),
 }
 
 /// The state the request tasks share with the reader.
@@ -170,7 +173,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             }
             nbd::CMD_WRITE => {
                 let data = buf
-                    .read_vec(reader, req.length as usize)
+                    .read_vec(reader, WRITE_FIELDS_BYTES, req.length as usize)
                     .await
                     .map_err(|e| e.to_string())?;
                 if in_range {
@@ -193,10 +196,9 @@ async fn read_requests<R: AsyncRead + Unpin>(
 fn spawn_request(shared: &Rc<Shared>, permit: StaticPermit, req: NbdRequest, data: Vec<u8>) {
     let shared = shared.clone();
     glommio::spawn_local(async move {
-        // A WRITE's data is kept until it is answered, in case it has to be handed back.
         let outcome = match req.command {
             nbd::CMD_READ => read(&shared, req).await,
-            nbd::CMD_WRITE => write(&shared, req, &data).await,
+            nbd::CMD_WRITE => write(&shared, req, data).await,
             nbd::CMD_FLUSH => fsync(&shared, req).await,
             _ => write_zeroes(&shared, req).await,
         };
@@ -212,7 +214,7 @@ fn spawn_request(shared: &Rc<Shared>, permit: StaticPermit, req: NbdRequest, dat
                     shared.outbox.push_from(frame, HEADER_BYTES);
                 }
             }
-            Outcome::HandBack => {
+            Outcome::HandBack(data) => {
                 shared
                     .handing_back
                     .borrow_mut()
@@ -238,16 +240,19 @@ async fn native(
     req.encode(&mut e);
     let header = Header::new(Kind::Request, req.opcode(), 0, e.buf.len() as u32, 0);
     let frame = crate::exec::dispatch(&shared.ctx, &shared.session, header, e.buf).await;
+    (frame_status(&frame), frame)
+}
+
+fn frame_status(frame: &[u8]) -> Result<(), ErrorCode> {
     let status = frame
         .get(..HEADER_BYTES)
         .and_then(|b| <[u8; HEADER_BYTES]>::try_from(b).ok())
         .and_then(|b| Header::parse(&b).ok())
         .map(|h| h.status)
         .unwrap_or(ErrorCode::Io.code());
-    if status == 0 {
-        (Ok(()), frame)
-    } else {
-        (Err(ErrorCode::from_code(status)), frame)
+    match status {
+        0 => Ok(()),
+        status => Err(ErrorCode::from_code(status)),
     }
 }
 
@@ -255,7 +260,7 @@ async fn native(
 /// still serve it, the protocol's errno otherwise.
 fn failed(shared: &Shared, req: NbdRequest, code: ErrorCode, why: &str) -> Outcome {
     if matches!(code, ErrorCode::NotPrimary | ErrorCode::Unavailable) {
-        return Outcome::HandBack;
+        return Outcome::HandBack(Vec::new());
     }
     tracing::warn!(
         core = shared.ctx.core,
@@ -318,19 +323,53 @@ fn read_request(shared: &Shared, offset: u64, len: u32) -> Request<'static> {
     }
 }
 
-async fn write(shared: &Shared, req: NbdRequest, data: &[u8]) -> Outcome {
+/// `payload` is the WRITE's data behind `WRITE_FIELDS_BYTES` of room for the native fields:
+/// a WRITE that fits one native request is executed from that very buffer, no copy.
+async fn write(shared: &Shared, req: NbdRequest, mut payload: Vec<u8>) -> Outcome {
     let flags = if req.flags & nbd::CMD_FLAG_FUA != 0 {
         WRITE_FLAG_FUA
     } else {
         0
     };
-    for (i, chunk) in data.chunks(IO_BYTES_MAX as usize).enumerate() {
-        let offset = req.offset + i as u64 * IO_BYTES_MAX as u64;
-        if let Some(outcome) = write_chunk(shared, req, offset, flags, chunk).await {
-            return outcome;
+    let len = payload.len() - WRITE_FIELDS_BYTES;
+    if len > IO_BYTES_MAX as usize {
+        let data = &payload[WRITE_FIELDS_BYTES..];
+        for (i, chunk) in data.chunks(IO_BYTES_MAX as usize).enumerate() {
+            let offset = req.offset + i as u64 * IO_BYTES_MAX as u64;
+            match write_chunk(shared, req, offset, flags, chunk).await {
+                None => {}
+                Some(Outcome::HandBack(_)) => return Outcome::HandBack(data.to_vec()),
+                Some(outcome) => return outcome,
+            }
         }
+        return ok(req);
     }
-    ok(req)
+    let fields = write_fields(shared.vol, shared.fid, req.offset, flags);
+    payload[..WRITE_FIELDS_BYTES].copy_from_slice(&fields);
+    let payload = Rc::new(payload);
+    let header = Header::new(Kind::Request, op::WRITE, 0, payload.len() as u32, 0);
+    let frame = crate::exec::dispatch_shared(&shared.ctx, header, payload.clone()).await;
+    match written(shared, req, len, &frame) {
+        None => ok(req),
+        Some(Outcome::HandBack(_)) => {
+            // The replication path may still hold the payload: copy it only then.
+            let mut data = Rc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
+            data.drain(..WRITE_FIELDS_BYTES);
+            Outcome::HandBack(data)
+        }
+        Some(outcome) => outcome,
+    }
+}
+
+/// What a native WRITE's reply frame means: `None` when all `len` bytes were written.
+fn written(shared: &Shared, req: NbdRequest, len: usize, frame: &[u8]) -> Option<Outcome> {
+    if let Err(code) = frame_status(frame) {
+        return Some(failed(shared, req, code, &message_of(frame)));
+    }
+    match WriteReply::decode(&frame[HEADER_BYTES..]) {
+        Ok(r) if r.written as usize == len => None,
+        _ => Some(failed(shared, req, ErrorCode::Io, "short write")),
+    }
 }
 
 /// One native WRITE; `None` when all of it was written.
@@ -348,14 +387,8 @@ async fn write_chunk(
         flags,
         data,
     };
-    let (status, frame) = native(shared, &native_req, WRITE_FIELDS_BYTES + data.len()).await;
-    if let Err(code) = status {
-        return Some(failed(shared, req, code, &message_of(&frame)));
-    }
-    match WriteReply::decode(&frame[HEADER_BYTES..]) {
-        Ok(r) if r.written as usize == data.len() => None,
-        _ => Some(failed(shared, req, ErrorCode::Io, "short write")),
-    }
+    let (_, frame) = native(shared, &native_req, WRITE_FIELDS_BYTES + data.len()).await;
+    written(shared, req, data.len(), &frame)
 }
 
 async fn fsync(shared: &Shared, req: NbdRequest) -> Outcome {
@@ -435,18 +468,21 @@ impl StreamBuf {
         out
     }
 
-    /// `len` bytes: what is buffered, then straight from the stream into the result.
+    /// `room` zero bytes, then `len` bytes of the stream: what is buffered, then straight from
+    /// the stream into the result.
     async fn read_vec<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
+        room: usize,
         len: usize,
     ) -> std::io::Result<Vec<u8>> {
         let from_buf = self.buffered().min(len);
-        let mut out = Vec::with_capacity(len);
+        let mut out = Vec::with_capacity(room + len);
+        out.resize(room, 0);
         out.extend_from_slice(&self.bytes[self.head..self.head + from_buf]);
         self.head += from_buf;
-        out.resize(len, 0);
-        r.read_exact(&mut out[from_buf..]).await?;
+        out.resize(room + len, 0);
+        r.read_exact(&mut out[room + from_buf..]).await?;
         Ok(out)
     }
 

@@ -52,6 +52,20 @@ fn seal_frame(frame: &mut [u8], kind: Kind, opcode: u16, request_id: u64, status
 /// Bytes of a WRITE request before its data: volume, file id, offset, flags.
 pub const WRITE_FIELDS_BYTES: usize = 24;
 
+/// A WRITE payload's fields, which its data follows (docs/wire.md).
+pub fn write_fields(
+    vol: VolumeId,
+    fid: FileId,
+    offset: u64,
+    flags: u32,
+) -> [u8; WRITE_FIELDS_BYTES] {
+    let mut e = Enc::with_capacity(WRITE_FIELDS_BYTES);
+    e.u32(vol).u64(fid).u64(offset).u32(flags);
+    let mut out = [0u8; WRITE_FIELDS_BYTES];
+    out.copy_from_slice(&e.buf);
+    out
+}
+
 /// Everything of a WRITE frame except its data, for senders that write the data straight from
 /// the caller's buffer (no copy). Byte-identical to what `request_frame` produces.
 pub fn write_frame_head(
@@ -63,18 +77,18 @@ pub fn write_frame_head(
     data: &[u8],
 ) -> [u8; HEADER_BYTES + WRITE_FIELDS_BYTES] {
     let mut head = [0u8; HEADER_BYTES + WRITE_FIELDS_BYTES];
-    let mut e = Enc::with_capacity(WRITE_FIELDS_BYTES);
-    e.u32(vol).u64(fid).u64(offset).u32(flags);
-    head[HEADER_BYTES..].copy_from_slice(&e.buf);
+    let fields = write_fields(vol, fid, offset, flags);
+    head[HEADER_BYTES..].copy_from_slice(&fields);
     let payload_len = WRITE_FIELDS_BYTES + data.len();
     assert!(
         payload_len <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize,
         "write exceeds the frame limit"
     );
     let header = Header::new(Kind::Request, op::WRITE, request_id, payload_len as u32, 0);
-    let fields = header.encode_fields();
-    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&fields), &e.buf), data);
-    head[..24].copy_from_slice(&fields);
+    let header_fields = header.encode_fields();
+    let crc = crc32c::crc32c(&header_fields);
+    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, &fields), data);
+    head[..24].copy_from_slice(&header_fields);
     head[24..28].copy_from_slice(&crc.to_le_bytes());
     head
 }
