@@ -391,21 +391,7 @@ fn brickd_serve_hosts_an_nbd_gateway() {
     admin_cli(&["user", "add", "carol"], "carol-pw-1\n");
     admin_cli(&["volume", "set", "vm", "access.carol", "rw"], "");
     let uri = format!("nbd://{nbd_addr}/img.raw");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !Command::new("nbdinfo")
-        .arg(&uri)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the hosted gateway never served; log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_export(&uri, &node);
     let down = dir.join("hosted-down.raw");
     run(Command::new("nbdcopy").arg(&uri).arg(&down));
     assert!(
@@ -463,6 +449,25 @@ fn brickd_serve_hosts_an_nbd_gateway() {
     for kind in ["nbd", "nfs", "smb"] {
         let line = format!("{kind} gateway for volume \"vm\" serving");
         assert!(node.log().contains(&line), "{line}: {}", node.log());
+    }
+}
+
+/// Waits (at most 20 s) until the gateway `node` hosts serves `uri` (it waits for its volume).
+fn wait_for_export(uri: &str, node: &ServeNode) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new("nbdinfo")
+        .arg(uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hosted gateway never served {uri}; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -595,17 +600,7 @@ fn a_fenced_primary_hands_its_nbd_connection_back_to_the_gateway() {
         put_in(&admin, "vm", "fio.raw", 5, 16 << 20).await;
     });
     let uri = format!("nbd://{nbd_addr}/fio.raw");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !Command::new("nbdinfo")
-        .arg(&uri)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(Instant::now() < deadline, "no gateway; log:\n{}", n1.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_export(&uri, &n1);
     // 4096 writes at 500 a second: the freeze lands in the middle of them.
     let mut fio = Command::new("fio")
         .args([

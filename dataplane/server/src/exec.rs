@@ -54,7 +54,7 @@ pub(crate) async fn dispatch(
         let Some(pg) = repl::repl_pg(&payload) else {
             return error_reply(id, opcode, ErrorCode::Malformed, "short REPL frame");
         };
-        return route(ctx, pg, header, payload).await;
+        return route(ctx, pg, header, Rc::new(payload)).await;
     }
     let pg = match Request::decode(opcode, &payload) {
         Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
@@ -69,13 +69,15 @@ pub(crate) async fn dispatch(
         Ok(Request::Mgmt { doc }) => return mgmt(ctx, session, id, doc.to_vec()).await,
         Ok(req) => req.pg(),
     };
-    route(ctx, pg, header, payload).await
+    route(ctx, pg, header, Rc::new(payload)).await
 }
 
 /// Serves a request on the core owning its PG (here, or through that core's channel).
-async fn route(ctx: &Rc<CoreCtx>, pg: u32, header: Header, payload: Vec<u8>) -> Vec<u8> {
+async fn route(ctx: &Rc<CoreCtx>, pg: u32, header: Header, payload: Rc<Vec<u8>>) -> Vec<u8> {
     let core = pg as usize % ctx.ncores.max(1);
     if core != ctx.core {
+        // Another core's channel takes an owned buffer: copied only if the caller kept a share.
+        let payload = Rc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
         return forward(ctx, core, header, payload).await;
     }
     serve(ctx, header.request_id, header.opcode, payload).await
@@ -102,7 +104,7 @@ pub(crate) async fn dispatch_bulk_write(
     let mut payload = Vec::with_capacity(fields.len() + data.len());
     payload.extend_from_slice(&fields);
     payload.extend_from_slice(data.as_bytes());
-    route(ctx, pg_of(fid), header, payload).await
+    route(ctx, pg_of(fid), header, Rc::new(payload)).await
 }
 
 async fn forward(ctx: &CoreCtx, core: usize, header: Header, payload: Vec<u8>) -> Vec<u8> {
@@ -180,13 +182,7 @@ pub(crate) async fn execute_payload(
     id: u64,
     payload: Vec<u8>,
 ) -> Vec<u8> {
-    serve(ctx, id, opcode, payload).await
-}
-
-/// Serves one request on the core that owns its PG: replication traffic, reads on the PG's
-/// primary, and writes and namespace changes through the replication core.
-async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Vec<u8>) -> Vec<u8> {
-    serve_shared(ctx, id, opcode, Rc::new(payload)).await
+    serve(ctx, id, opcode, Rc::new(payload)).await
 }
 
 /// A data request built on this core by a protocol it serves itself (NBD): the payload is
@@ -202,14 +198,12 @@ pub(crate) async fn dispatch_shared(
         Ok(_) => return error_reply(id, opcode, ErrorCode::UnknownOp, "not a volume operation"),
         Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
     };
-    let core = pg as usize % ctx.ncores.max(1);
-    if core != ctx.core {
-        return forward(ctx, core, header, (*payload).clone()).await;
-    }
-    serve_shared(ctx, id, opcode, payload).await
+    route(ctx, pg, header, payload).await
 }
 
-async fn serve_shared(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Rc<Vec<u8>>) -> Vec<u8> {
+/// Serves one request on the core that owns its PG: replication traffic, reads on the PG's
+/// primary, and writes and namespace changes through the replication core.
+async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Rc<Vec<u8>>) -> Vec<u8> {
     if opcode == op::REPL {
         return match repl::on_peer_frame(ctx, &payload) {
             Ok(()) => Vec::new(), // one-way: no reply
