@@ -242,10 +242,7 @@ fn nbd_clients_read_and_write_volume_files() {
         ])
         .args(["--output-format=json"])
         .arg(format!("--uri={}", gw.uri("fio.raw"))));
-    let start = fio.find('{').expect("fio JSON");
-    let doc: Value = serde_json::from_str(&fio[start..]).expect("fio JSON");
-    let job = &doc["jobs"][0];
-    assert_eq!(job["error"], Value::from(0), "{job:#}");
+    let job = &fio_job(&fio);
     assert!(
         job["write"]["io_bytes"].as_u64() >= Some(32 << 20),
         "{job:#}"
@@ -288,14 +285,11 @@ fn nbd_clients_read_and_write_volume_files() {
         .args(["--verify=crc32c", "--do_verify=1", "--verify_state_save=0"])
         .args(["--output-format=json"])
         .arg(format!("--uri=nbd://{dev_nbd}/fio.raw")));
-    let doc: Value =
-        serde_json::from_str(&fio[fio.find('{').expect("fio JSON")..]).expect("fio JSON");
-    let job = &doc["jobs"][0];
-    assert_eq!(job["error"], Value::from(0), "{doc:#}");
+    let job = &fio_job(&fio);
     assert_eq!(
         job["read"]["io_bytes"],
         Value::from(32u64 << 20),
-        "verified: {doc:#}"
+        "verified: {job:#}"
     );
 
     bad_requests(&gw.addr);
@@ -366,27 +360,16 @@ fn brickd_serve_hosts_an_nbd_gateway() {
     });
     // An SMB user of the volume (the share is named after it).
     let admin_cli = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(brick_exe())
-            .args([
-                "--servers",
-                &node.addr,
-                "--user",
-                "admin",
-                "--password",
-                password,
-            ])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("brick");
-        if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin.as_bytes()).expect("brick stdin");
-        }
-        let out = child.wait_with_output().expect("brick");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "brick {args:?}: {err}");
+        let mut cmd = Command::new(brick_exe());
+        cmd.args([
+            "--servers",
+            &node.addr,
+            "--user",
+            "admin",
+            "--password",
+            password,
+        ]);
+        brick_testkit::run_tool_with_stdin(cmd.args(args), stdin);
     };
     admin_cli(&["user", "add", "carol"], "carol-pw-1\n");
     admin_cli(&["volume", "set", "vm", "access.carol", "rw"], "");
@@ -450,6 +433,15 @@ fn brickd_serve_hosts_an_nbd_gateway() {
         let line = format!("{kind} gateway for volume \"vm\" serving");
         assert!(node.log().contains(&line), "{line}: {}", node.log());
     }
+}
+
+/// The one job of fio's JSON output (after whatever fio printed first), which must have
+/// ended without an error.
+fn fio_job(out: &str) -> Value {
+    let doc: Value = serde_json::from_str(&out[out.find('{').expect("fio JSON")..]).expect("JSON");
+    let job = doc["jobs"][0].clone();
+    assert_eq!(job["error"], Value::from(0), "{doc:#}");
+    job
 }
 
 /// Waits (at most 20 s) until the gateway `node` hosts serves `uri` (it waits for its volume).
@@ -637,13 +629,11 @@ fn a_fenced_primary_hands_its_nbd_connection_back_to_the_gateway() {
         "fio failed: {err}\n{out}\nn1:\n{}",
         n1.log()
     );
-    let doc: Value = serde_json::from_str(&out[out.find('{').expect("fio JSON")..]).expect("JSON");
-    let job = &doc["jobs"][0];
-    assert_eq!(job["error"], Value::from(0), "{doc:#}");
+    let job = &fio_job(&out);
     assert_eq!(
         job["read"]["io_bytes"],
         Value::from(16u64 << 20),
-        "verified"
+        "verified: {job:#}"
     );
     let log = n1.log();
     assert!(

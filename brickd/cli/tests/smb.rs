@@ -136,25 +136,11 @@ async fn volume(server: &DevServer) -> Volume {
 
 /// `brick` with the dev server's endpoints; `stdin` is fed to it. Returns stdout.
 fn brick(server: &DevServer, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(brick_exe())
-        .arg("--endpoints")
+    let mut cmd = Command::new(brick_exe());
+    cmd.arg("--endpoints")
         .arg(server.endpoints_path())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn brick");
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes()).expect("brick stdin");
-    }
-    let out = child.wait_with_output().expect("brick");
-    assert!(
-        out.status.success(),
-        "brick {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .args(args);
+    brick_testkit::run_tool_with_stdin(&mut cmd, stdin)
 }
 
 /// `brick smb serve`, stopped by its PID when dropped (also when the test fails).

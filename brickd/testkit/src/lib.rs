@@ -485,6 +485,27 @@ pub fn run_tool(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `run_tool` with `stdin` fed to the command (passwords, say).
+pub fn run_tool_with_stdin(cmd: &mut Command, stdin: &str) -> String {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tool");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("tool stdin");
+    }
+    let out = child.wait_with_output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Waits for a child process this test started to exit; fails the test after `limit`.
 pub fn wait_exit(child: &mut Child, what: &str, limit: Duration) -> ExitStatus {
     let start = Instant::now();

@@ -278,10 +278,7 @@ async fn local_loop(ctx: Rc<CoreCtx>, connects: flume::Receiver<ToCore>) {
                     spawn_connection(&ctx, crate::nbd::serve(ctx.clone(), handoff));
                 } else {
                     // The gateway keeps serving it through its own connections.
-                    let _ = handoff.ended.send(NbdSessionEnd::HandBack {
-                        buffered: Vec::new(),
-                        unanswered: Vec::new(),
-                    });
+                    let _ = handoff.ended.send(NbdSessionEnd::untouched());
                 }
                 continue;
             }

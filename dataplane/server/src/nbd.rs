@@ -63,13 +63,13 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, handoff: NbdHandoff) {
         Ok(s) => s,
         Err(why) => {
             tracing::info!(core = ctx.core, "NBD handoff refused: {why}");
-            let _ = ended.send(hand_back_all(Vec::new(), Vec::new()));
+            let _ = ended.send(NbdSessionEnd::untouched());
             return;
         }
     };
     if let Err(e) = socket.set_nonblocking(false) {
         tracing::warn!(core = ctx.core, "NBD handoff: {e}");
-        let _ = ended.send(hand_back_all(Vec::new(), Vec::new()));
+        let _ = ended.send(NbdSessionEnd::untouched());
         return;
     }
     tracing::info!(
@@ -106,7 +106,10 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, handoff: NbdHandoff) {
             requests = unanswered.len(),
             "NBD connection handed back to the gateway"
         );
-        hand_back_all(stream_buf.unread(), unanswered)
+        NbdSessionEnd::HandBack {
+            buffered: stream_buf.unread(),
+            unanswered,
+        }
     } else {
         if let Err(why) = reading {
             tracing::info!(core = shared.ctx.core, "NBD connection closed: {why}");
@@ -114,13 +117,6 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, handoff: NbdHandoff) {
         NbdSessionEnd::Closed
     };
     let _ = ended.send(end);
-}
-
-fn hand_back_all(buffered: Vec<u8>, unanswered: Vec<NbdUnanswered>) -> NbdSessionEnd {
-    NbdSessionEnd::HandBack {
-        buffered,
-        unanswered,
-    }
 }
 
 /// Reads and starts requests until DISC, end of stream, a broken request, or a hand-back.

@@ -73,6 +73,16 @@ pub enum NbdSessionEnd {
     },
 }
 
+impl NbdSessionEnd {
+    /// The whole connection back, untouched: the core did not serve it at all.
+    pub fn untouched() -> NbdSessionEnd {
+        NbdSessionEnd::HandBack {
+            buffered: Vec::new(),
+            unanswered: Vec::new(),
+        }
+    }
+}
+
 /// What a core accepts through its registration.
 pub enum ToCore {
     Connect(LocalConnect),

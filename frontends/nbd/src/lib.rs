@@ -135,10 +135,7 @@ async fn hand_to_core(stream: TcpStream, vol: &Volume, export: &Export) -> NbdRe
     };
     let end = match primary.core.send_async(ToCore::Nbd(handoff)).await {
         Ok(()) => ended_rx.recv_async().await,
-        Err(_) => Ok(NbdSessionEnd::HandBack {
-            buffered: Vec::new(),
-            unanswered: Vec::new(),
-        }),
+        Err(_) => Ok(NbdSessionEnd::untouched()),
     };
     match end {
         // A core that stopped took the connection with it: the node is shutting down.
