@@ -104,6 +104,9 @@ pub const REPL_TICK_MS: u64 = 10;
 pub const PEER_QUEUE_FRAMES: usize = 8192;
 /// How long a node waits for a peer's TCP connect and handshake.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+/// Size of a PG member's activity log, mapped into memory (32-byte records; a full log is
+/// compacted at once, otherwise once a second).
+pub const ACTIVITY_LOG_BYTES: usize = 1 << 20;
 
 /// A node whose liveness lease is not renewed for this long is considered down.
 pub const NODE_LIVENESS_TTL_MS: u64 = 2000;

@@ -452,7 +452,11 @@ pub(crate) fn drive(ctx: &Rc<CoreCtx>, key: SlotKey, outputs: Vec<Output>) {
                 absent,
             } => record_dirt(ctx, key, (origin, op), lock, absent),
             Output::RecordActivity { lock } => {
-                if let Some(Err(e)) = with_slot(ctx, key, |s| s.activity.append(lock)) {
+                let appended = with_slot(ctx, key, |s| {
+                    let replica = &s.replica;
+                    s.activity.append(lock, || replica.activity_keys())
+                });
+                if let Some(Err(e)) = appended {
                     tracing::error!(vol = key.0, pg = key.1, "activity log: {e}");
                 }
             }
