@@ -720,20 +720,8 @@ const KNOWN_FAILURES: &[&str] = &[
     "smb2.getinfo.qfs_buffercheck",
     "smb2.rename.no_share_delete_no_delete_access",
     "smb2.setinfo.setinfo",
-    // The smb-server crate: ECHO on a connection whose sessions all logged off closes it.
-    "smb2.connect.connect",
-    // The crate: no FilePositionInformation; a directory READ maps to FILE_IS_A_DIRECTORY.
-    "smb2.read.position",
-    "smb2.read.dir",
-    // The crate: no blocking byte-range locks (a conflicting LOCK fails at once), and a
-    // different status for an invalid unlock.
-    "smb2.lock.valid-request",
-    "smb2.lock.async",
-    "smb2.lock.cancel",
-    "smb2.lock.cancel-tdis",
-    "smb2.lock.cancel-logoff",
-    // Ours: leases and durable handles are off unless `smb.leases on` (docs/smb.md).
-    "smb2.lock.replay_broken_windows",
+    // Ours: it needs a batch oplock with a durable handle; the gateway grants no caching
+    // by default, since native, NFS and NBD writers would not break it (docs/smb.md).
     "smb2.lock.replay_smb3_specification_durable",
     // The crate: no security descriptors, extended attributes, short names or ARCHIVE;
     // leading slashes and impersonation levels are not checked; a listing is a snapshot.
