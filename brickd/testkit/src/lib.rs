@@ -476,13 +476,7 @@ pub fn need_tool(tool: &str, install_hint: &str) {
 /// stdout; fails the test with its output when it fails.
 pub fn run_tool(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of_success(cmd, out)
 }
 
 /// `run_tool` with `stdin` fed to the command (passwords, say).
@@ -497,6 +491,11 @@ pub fn run_tool_with_stdin(cmd: &mut Command, stdin: &str) -> String {
         input.write_all(stdin.as_bytes()).expect("tool stdin");
     }
     let out = child.wait_with_output().expect("run tool");
+    stdout_of_success(cmd, out)
+}
+
+/// A tool's stdout; fails the test with its output when it failed.
+fn stdout_of_success(cmd: &Command, out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
