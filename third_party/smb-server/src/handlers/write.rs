@@ -1,7 +1,7 @@
 //! WRITE handler.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::proto::header::Smb2Header;
 use crate::proto::messages::{Dialect, WriteRequest, WriteResponse};
@@ -39,18 +39,54 @@ pub async fn handle(
         Err(response) => Outcome::Done(response),
         Ok(ready) if ready.req.length < ASYNC_WRITE_BYTES_MIN => Outcome::Done(ready.run().await),
         Ok(ready) => {
-            // Past the connection's limits the WRITE runs here, as before.
+            // Past the process's or the connection's limits the WRITE runs
+            // here, as before.
+            let Some(held) = AsyncWriteBytes::take(retained) else {
+                return Outcome::Done(ready.run().await);
+            };
             let Some((op, _stop)) = conn.pending.reserve(hdr, Some(ready.req.file_id), retained)
             else {
                 return Outcome::Done(ready.run().await);
             };
             // A CANCEL or CLOSE does not stop a write under way: its data may
             // already be on disk, and the final response says what was written.
+            let work = async move {
+                let response = ready.run().await;
+                drop(held);
+                response
+            };
             Outcome::Pending(Pending {
                 op,
-                work: Box::pin(ready.run()),
+                work: Box::pin(work),
             })
         }
+    }
+}
+
+/// brickd: request bytes all asynchronous WRITEs of the process may hold at
+/// once, whatever the number of connections (each may hold up to
+/// `MAX_PENDING_BYTES`).
+const ASYNC_WRITE_BYTES_MAX: usize = 256 << 20;
+
+static ASYNC_WRITE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// A share of `ASYNC_WRITE_BYTES_MAX`, given back when dropped.
+struct AsyncWriteBytes(usize);
+
+impl AsyncWriteBytes {
+    fn take(bytes: usize) -> Option<Self> {
+        ASYNC_WRITE_BYTES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + bytes <= ASYNC_WRITE_BYTES_MAX).then_some(held + bytes)
+            })
+            .ok()?;
+        Some(Self(bytes))
+    }
+}
+
+impl Drop for AsyncWriteBytes {
+    fn drop(&mut self) {
+        ASYNC_WRITE_BYTES.fetch_sub(self.0, Ordering::AcqRel);
     }
 }
 
