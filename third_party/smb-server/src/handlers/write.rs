@@ -98,6 +98,8 @@ struct Ready {
     write_through: bool,
 }
 
+/// Runs the WRITE's checks. `Err` is the answer when the WRITE ends here: an
+/// error, or the success of a zero-length WRITE.
 async fn prepare(
     _server: &Arc<ServerState>,
     conn: &Arc<Connection>,
