@@ -392,20 +392,15 @@ impl ActivityLog {
         lock: LockKey,
         in_doubt: impl FnOnce() -> Vec<LockKey>,
     ) -> io::Result<()> {
+        let rec = encode_lock(lock);
         let Some(map) = self.map.as_mut() else {
             return Err(io::Error::other("activity log not open"));
         };
-        if map.push(&encode_lock(lock)) {
-            self.appended += 1;
-            return Ok(());
-        }
-        self.rewrite(&in_doubt())?;
-        let pushed = self
-            .map
-            .as_mut()
-            .is_some_and(|m| m.push(&encode_lock(lock)));
-        if !pushed {
-            return Err(io::Error::other("activity log full after a rewrite"));
+        if !map.push(&rec) {
+            self.rewrite(&in_doubt())?;
+            if !self.map.as_mut().is_some_and(|m| m.push(&rec)) {
+                return Err(io::Error::other("activity log full after a rewrite"));
+            }
         }
         self.appended += 1;
         Ok(())
