@@ -311,19 +311,6 @@ impl Client {
     }
 }
 
-/// Keeps freed large buffers (READ and WRITE payloads up to a few MiB) in the heap for reuse.
-/// glibc otherwise maps and unmaps each one, and every request pays page faults and page
-/// clearing for its buffer: measured 20% of a gateway's time on 1 MiB NFS READs. Call once at
-/// process start, before other threads exist.
-pub fn keep_large_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
-    }
-}
-
 /// How many connections to servers this process has opened so far (see `conn.rs`): unchanged
 /// between two moments means no server connection was lost and re-made in between.
 pub fn connections_opened() -> u64 {
