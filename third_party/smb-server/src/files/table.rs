@@ -395,6 +395,15 @@ impl FileState {
         self.opens.iter().find(|e| e.id == id)
     }
 
+    /// brickd: where in `leases` the oplock of the open `id` is, if it
+    /// holds one.
+    fn oplock_of(&self, id: u64) -> Option<usize> {
+        let lease = self.entry(id)?.lease?;
+        self.leases
+            .iter()
+            .position(|l| l.id == lease && l.version == LeaseVersion::Oplock)
+    }
+
     /// The connections of the opens holding the lease `id`, each once, in
     /// open order: where a break of the lease may go (MS-SMB2 3.3.4.7).
     fn owners(&self, id: LeaseId) -> Vec<Weak<Outbound>> {
@@ -1024,27 +1033,15 @@ impl FileRef {
     /// brickd: the oplock this open holds, as a lease.
     pub(crate) fn oplock(&self) -> Option<LeaseId> {
         let state = self.node.state();
-        let id = state.entry(self.id)?.lease?;
-        state
-            .leases
-            .iter()
-            .any(|l| l.id == id && l.version == LeaseVersion::Oplock)
-            .then_some(id)
+        state.oplock_of(self.id).map(|at| state.leases[at].id)
     }
 
     /// brickd: names `file_id` in the break notifications of this open's
     /// oplock, if it holds one.
     pub(crate) fn set_oplock_file(&self, file_id: FileId) {
         let mut state = self.node.state();
-        let Some(id) = state.entry(self.id).and_then(|e| e.lease) else {
-            return;
-        };
-        if let Some(lease) = state
-            .leases
-            .iter_mut()
-            .find(|l| l.id == id && l.version == LeaseVersion::Oplock)
-        {
-            lease.oplock_file = Some(file_id);
+        if let Some(at) = state.oplock_of(self.id) {
+            state.leases[at].oplock_file = Some(file_id);
         }
     }
 
