@@ -4,7 +4,11 @@
 # in-process; `brickd dev --replica 1`) and through Samba (Debian's smbd sharing a local directory on the same
 # filesystem), in one run, interleaved per round: smbclient put, smbclient get (to a local
 # file, compared), smbclient get to /dev/null. Medians over the rounds and our / Samba ratios
-# (>= 0.8 is the target). Then the smbtorture subset of docs/smb.md against both, with the
+# (>= 0.8 is the target), and the CPU time the whole machine spent per transfer (every process:
+# smbclient, the servers, the kernel), which says what a ratio is made of on 2 cores. Beside them,
+# fio's rate for a new 1 GiB file written with O_DIRECT on the same filesystem: where an upload
+# to brickd ends (io.mode auto writes large files with O_DIRECT), while Samba's ends in the page
+# cache. Then the smbtorture subset of docs/smb.md against both, with the
 # pass, fail and skip counts side by side (--no-torture skips it).
 #
 #   bench/smb.sh [--rounds N] [--size BYTES] [--cores N] [--scratch DIR] [--out FILE.json]
@@ -36,7 +40,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 source "$ROOT/bench/lib.sh"
-need_tools "apt-get install smbclient samba samba-testsuite" smbclient smbd smbpasswd smbtorture python3
+need_tools "apt-get install smbclient samba samba-testsuite fio" smbclient smbd smbpasswd smbtorture fio python3
 [ "$(id -u)" = 0 ] || { echo "smb.sh runs as root: it creates a Unix account for Samba" >&2; exit 2; }
 BIN="$ROOT/target/release"
 (cd "$ROOT" && cargo build --release -p brickd -p brick)
@@ -122,19 +126,36 @@ SRC="$RUN/src.bin"
 head -c "$SIZE" /dev/urandom >"$SRC"
 RESULTS="$RUN/results.txt"
 : >"$RESULTS"
+CPU_RESULTS="$RUN/cpu.txt"
+: >"$CPU_RESULTS"
+busy_jiffies() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+timed_cpu() { # name system bytes command...: timed, and "name system cpu-seconds" to $CPU_RESULTS
+  local before
+  before=$(busy_jiffies)
+  timed "$@"
+  echo "$1 $2 $((  $(busy_jiffies) - before ))" >>"$CPU_RESULTS"
+}
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   for system in ours hosted samba; do
     smbc $system "del bench.bin" >/dev/null 2>&1 || true
     sync
-    timed put $system "$SIZE" smbc $system "put $SRC bench.bin"
+    timed_cpu put $system "$SIZE" smbc $system "put $SRC bench.bin"
     rm -f "$RUN/down.bin"
-    timed get $system "$SIZE" smbc $system "get bench.bin $RUN/down.bin"
+    timed_cpu get $system "$SIZE" smbc $system "get bench.bin $RUN/down.bin"
     cmp -s "$SRC" "$RUN/down.bin" || { echo "$system: downloaded file differs" >&2; exit 1; }
     rm -f "$RUN/down.bin"
-    timed get-null $system "$SIZE" smbc $system "get bench.bin /dev/null"
+    timed_cpu get-null $system "$SIZE" smbc $system "get bench.bin /dev/null"
   done
 done
+
+# --- the disk's own rate for an O_DIRECT upload --------------------------------------------
+FIO_OUT="$RUN/fio-direct.json"
+rm -f "$RUN/fio.tmp"
+sync
+fio --name=direct-new-file --filename="$RUN/fio.tmp" --rw=write --bs=1M --direct=1 \
+  --ioengine=io_uring --iodepth=8 --size="$SIZE" --fallocate=none --output-format=json >"$FIO_OUT"
+rm -f "$RUN/fio.tmp"
 
 # --- smbtorture: the subset of docs/smb.md against both ------------------------------------
 TORTURE_OUT="$RUN/torture.txt"
@@ -157,9 +178,16 @@ if [ "$TORTURE" = 1 ]; then
   done
 fi
 
-python3 - "$RESULTS" "$TORTURE_OUT" "$SIZE" "$ROUNDS" "$IO_MODE" "${OUT:-$ROOT/bench/results/$(date +%Y-%m-%d)-smb.json}" <<'PY'
-import json, statistics, sys, time
+python3 - "$RESULTS" "$TORTURE_OUT" "$SIZE" "$ROUNDS" "$IO_MODE" "${OUT:-$ROOT/bench/results/$(date +%Y-%m-%d)-smb.json}" "$CPU_RESULTS" "$FIO_OUT" <<'PY'
+import json, os, statistics, sys, time
 path, torture_path, size, rounds, io_mode, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+cpu_path, fio_path = sys.argv[7], sys.argv[8]
+hz = os.sysconf("SC_CLK_TCK")
+cpu = {}
+for line in open(cpu_path):
+    name, system, jiffies = line.split()
+    cpu.setdefault(name, {}).setdefault(system, []).append(int(jiffies) / hz)
+fio_direct_mb_s = json.load(open(fio_path))["jobs"][0]["write"]["bw_bytes"] / 1e6
 runs = {}
 for line in open(path):
     name, system, mbps = line.split()
@@ -175,7 +203,13 @@ for name in ("put", "get", "get-null"):
     print(f"{name:<9} {ours:>10.0f} {hosted:>12.0f} {samba:>11.0f} {ratio:>6.2f} {hosted_ratio:>13.2f}")
     rows.append({"workload": name, "ours_mb_s": ours, "hosted_mb_s": hosted, "samba_mb_s": samba,
                  "ratio": ratio, "hosted_ratio": hosted_ratio, "ours_runs": runs[name]["ours"],
-                 "hosted_runs": runs[name]["hosted"], "samba_runs": runs[name]["samba"]})
+                 "hosted_runs": runs[name]["hosted"], "samba_runs": runs[name]["samba"],
+                 "cpu_s": {system: statistics.median(v) for system, v in cpu[name].items()}})
+print(f"\n{'CPU s':<9} {'ours':>10} {'hosted':>12} {'samba':>11}  (whole machine, every process, median per transfer)")
+for row in rows:
+    c = row["cpu_s"]
+    print(f"{row['workload']:<9} {c['ours']:>10.2f} {c['hosted']:>12.2f} {c['samba']:>11.2f}")
+print(f"\nfio, a new {size >> 20} MiB file written with O_DIRECT on the same filesystem: {fio_direct_mb_s:.0f} MB/s")
 torture = {}
 for line in open(torture_path):
     suite, system, ok, fail, skip = line.split()
@@ -202,7 +236,8 @@ doc = {"bench": "smb", "at_unix": int(time.time()), "file_bytes": size, "rounds"
        "ours": "brick smb serve, replica-1 volume of brickd dev, io.mode " + io_mode,
        "hosted": "the share brickd dev hosts (in-process client), replica-1 dev volume, io.mode " + io_mode,
        "anchor": "Samba smbd sharing a local directory on the same filesystem",
-       "target": "smbclient put and get: ratio >= 0.8", "rows": rows, "smbtorture": torture}
+       "target": "smbclient put and get: ratio >= 0.8", "rows": rows, "smbtorture": torture,
+       "fio_direct_new_file_mb_s": fio_direct_mb_s}
 json.dump(doc, open(out, "w"), indent=2)
 print(f"wrote {out}")
 PY
