@@ -36,6 +36,10 @@ pub const CORE_CONNECTIONS_MAX: usize = 1024;
 /// Open files one core caches (each holds up to two descriptors).
 pub const CORE_OPEN_FILES_MAX: usize = 4096;
 
+/// How often a core looks for cached descriptors of files unlinked since (only when a brick's
+/// generation moved): a deleted file's space is freed within this time.
+pub const UNLINKED_SWEEP_INTERVAL_MS: u64 = 500;
+
 /// Entries one READDIR reply carries at most.
 pub const READDIR_ENTRIES_MAX: u32 = 1024;
 

@@ -4,6 +4,7 @@ use crate::files::FileCache;
 use crate::{Control, Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeState};
 use brick_tuning::{
     CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN,
+    UNLINKED_SWEEP_INTERVAL_MS,
 };
 use brick_wire::local::{NbdSessionEnd, ToCore};
 use brick_wire::ErrorCode;
@@ -14,6 +15,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A request forwarded from the core that received it to the core that owns its PG.
 pub(crate) struct Forward {
@@ -125,6 +127,7 @@ pub(crate) fn start(
                 crate::repl::sync_slots(&ctx, &ctx.state());
                 glommio::spawn_local(crate::repl::tick_loop(ctx.clone())).detach();
                 glommio::spawn_local(crate::heal::heal_loop(ctx.clone())).detach();
+                glommio::spawn_local(release_unlinked_loop(ctx.clone())).detach();
                 run_core(ctx, listener, control_rx, fwd_rx).await;
             })
             .map_err(std::io::Error::from)?;
@@ -250,6 +253,33 @@ async fn run_core(
         }
     }
     // Dropping the tasks stops accepting and unregisters this core.
+}
+
+/// Releases cached descriptors of unlinked files (`FileCache::release_unlinked`) after any
+/// brick of this node changed its namespace, checked every `UNLINKED_SWEEP_INTERVAL_MS`.
+async fn release_unlinked_loop(ctx: Rc<CoreCtx>) {
+    let mut swept_at = None;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(UNLINKED_SWEEP_INTERVAL_MS)).await;
+        let generations: Vec<u64> = ctx
+            .state()
+            .volumes
+            .values()
+            .flat_map(|v| v.local_members().map(|(_, brick)| brick.generation()))
+            .collect();
+        if swept_at.as_ref() == Some(&generations) {
+            continue;
+        }
+        let released = ctx.files.borrow_mut().release_unlinked();
+        if released > 0 {
+            tracing::debug!(
+                core = ctx.core,
+                released,
+                "released descriptors of unlinked files"
+            );
+        }
+        swept_at = Some(generations);
+    }
 }
 
 async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {

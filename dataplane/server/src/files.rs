@@ -44,6 +44,17 @@ impl FileCache {
             .retain(|(vol, _, _)| state.volumes.contains_key(vol));
     }
 
+    /// Drops the entries of files that no longer have a name (unlinked, or replaced by a
+    /// rename): their descriptors would keep the space of a deleted file, and for buffered
+    /// files its page cache, until the entry happened to be evicted. Returns how many.
+    pub fn release_unlinked(&mut self) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, f| has_name(&f.buffered));
+        let map = &self.map;
+        self.order.retain(|key| map.contains_key(key));
+        before - self.map.len()
+    }
+
     fn get(&self, key: CacheKey) -> Option<Rc<OpenFile>> {
         self.map.get(&key).cloned()
     }
@@ -67,6 +78,13 @@ impl FileCache {
             self.order.push_back(key);
         }
     }
+}
+
+/// Whether the file behind `file` still has a link (stat through /proc/self/fd follows the
+/// descriptor, not a path). An error counts as no: the entry is dropped and reopened if used.
+fn has_name(file: &BufferedFile) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd())).is_ok_and(|m| m.nlink() > 0)
 }
 
 fn io_err(what: &str, e: impl Into<std::io::Error>) -> FsError {
