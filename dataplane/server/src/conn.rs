@@ -2,6 +2,7 @@
 //! a limit) and a writer task that coalesces replies into as few socket writes as it can.
 
 use crate::core::CoreCtx;
+use crate::exec::Reply;
 use brick_tuning::{
     CONNECTION_INFLIGHT_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, IO_BYTES_MAX,
 };
@@ -15,7 +16,7 @@ use brick_wire::{
 };
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::io::DmaBuffer;
+use glommio::io::{DmaBuffer, ReadResult};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::sync::StaticPermit;
@@ -108,15 +109,15 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
         let permits = (request_permit, reply_permit);
         let (ctx, session, outbox) = (ctx.clone(), session.clone(), outbox.clone());
         glommio::spawn_local(async move {
-            let frame = match body {
+            let reply = match body {
                 Body::Whole(payload) => {
-                    crate::exec::dispatch(&ctx, &session, header, payload).await
+                    crate::exec::dispatch_socket(&ctx, &session, header, payload).await
                 }
                 Body::BulkWrite((fields, data)) => {
-                    crate::exec::dispatch_bulk_write(&ctx, header, fields, data).await
+                    Reply::Frame(crate::exec::dispatch_bulk_write(&ctx, header, fields, data).await)
                 }
             };
-            outbox.push_with(frame, permits);
+            outbox.push_with(reply, permits);
         })
         .detach();
     }
@@ -196,11 +197,18 @@ pub(crate) fn local_session(ctx: &CoreCtx, user: &str, key: &[u8; 32]) -> Result
 /// permits of each reply travel with it and are released once it is written.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    /// Bytes to write, each from an offset (a reply sent from inside a larger buffer).
-    queue: RefCell<VecDeque<(Vec<u8>, usize)>>,
+    queue: RefCell<VecDeque<Queued>>,
     permits: RefCell<Vec<StaticPermit>>,
     closed: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+}
+
+/// What the writer writes next.
+enum Queued {
+    /// Bytes from an offset (a reply sent from inside a larger buffer).
+    Bytes(Vec<u8>, usize),
+    /// A READ's data in the DMA buffer it was read into, after its header.
+    Data(ReadResult),
 }
 
 const SMALL_REPLY_BYTES_MAX: usize = 16 * 1024;
@@ -211,24 +219,30 @@ const REQUEST_OVERHEAD_BYTES: u64 = 256;
 const REQUEST_COST_MIN: u64 = CONNECTION_INFLIGHT_BYTES_MAX / CONNECTION_INFLIGHT_MAX as u64;
 
 impl Outbox {
-    fn push_with(&self, frame: Vec<u8>, (request, reply): (StaticPermit, Option<StaticPermit>)) {
+    fn push_with(&self, reply: Reply, (request, permit): (StaticPermit, Option<StaticPermit>)) {
         let mut permits = self.permits.borrow_mut();
         permits.push(request);
-        permits.extend(reply);
+        permits.extend(permit);
         drop(permits);
-        self.push(frame);
+        match reply {
+            Reply::Frame(frame) => self.push(frame),
+            Reply::Read { head, data } => {
+                self.push(head.to_vec());
+                self.queue.borrow_mut().push_back(Queued::Data(data));
+            }
+        }
     }
 
     pub(crate) fn push(&self, frame: Vec<u8>) {
         {
             let mut q = self.queue.borrow_mut();
             match q.back_mut() {
-                Some((last, _))
+                Some(Queued::Bytes(last, _))
                     if frame.len() <= SMALL_REPLY_BYTES_MAX && last.len() < COALESCE_BYTES_MAX =>
                 {
                     last.extend_from_slice(&frame)
                 }
-                _ => q.push_back((frame, 0)),
+                _ => q.push_back(Queued::Bytes(frame, 0)),
             }
         }
         self.wake_writer();
@@ -237,7 +251,9 @@ impl Outbox {
     /// Queues `bytes[from..]` as they are (never copied).
     pub(crate) fn push_from(&self, bytes: Vec<u8>, from: usize) {
         assert!(from <= bytes.len());
-        self.queue.borrow_mut().push_back((bytes, from));
+        self.queue
+            .borrow_mut()
+            .push_back(Queued::Bytes(bytes, from));
         self.wake_writer();
     }
 
@@ -256,11 +272,7 @@ impl Outbox {
 
     /// Waits until there is something to write (moved into `batch`, with its permits) or the
     /// outbox is closed.
-    async fn take(
-        &self,
-        batch: &mut VecDeque<(Vec<u8>, usize)>,
-        permits: &mut Vec<StaticPermit>,
-    ) -> bool {
+    async fn take(&self, batch: &mut VecDeque<Queued>, permits: &mut Vec<StaticPermit>) -> bool {
         std::future::poll_fn(|cx| {
             let mut q = self.queue.borrow_mut();
             if !q.is_empty() {
@@ -406,8 +418,12 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut batch = VecDeque::new();
     let mut permits = Vec::new();
     while outbox.take(&mut batch, &mut permits).await {
-        for (frame, from) in batch.drain(..) {
-            if writer.write_all(&frame[from..]).await.is_err() {
+        for queued in batch.drain(..) {
+            let bytes = match &queued {
+                Queued::Bytes(frame, from) => &frame[*from..],
+                Queued::Data(data) => &data[..],
+            };
+            if writer.write_all(bytes).await.is_err() {
                 return None;
             }
         }

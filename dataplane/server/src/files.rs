@@ -87,7 +87,7 @@ fn has_name(file: &BufferedFile) -> bool {
     std::fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd())).is_ok_and(|m| m.nlink() > 0)
 }
 
-fn io_err(what: &str, e: impl Into<std::io::Error>) -> FsError {
+pub(crate) fn io_err(what: &str, e: impl Into<std::io::Error>) -> FsError {
     let e: std::io::Error = e.into();
     FsError::new(ErrorCode::from_io(&e), format!("{what}: {e}"))
 }
@@ -191,6 +191,11 @@ pub(crate) async fn open(
 fn aligned(offset: u64, len: usize) -> bool {
     offset.is_multiple_of(DIRECT_IO_ALIGN_BYTES)
         && (len as u64).is_multiple_of(DIRECT_IO_ALIGN_BYTES)
+}
+
+/// The file's O_DIRECT descriptor, if it is served with one.
+pub(crate) fn direct(f: &OpenFile) -> Option<Rc<DmaFile>> {
+    f.dma.borrow().clone()
 }
 
 /// Reads into `out` (appending); short at end of file.

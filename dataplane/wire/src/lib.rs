@@ -119,6 +119,16 @@ pub fn begin_response(capacity: usize) -> Vec<u8> {
     out
 }
 
+/// The header of a success response whose payload is `payload`, for a payload sent from where
+/// it is (a READ's data in its DMA buffer) rather than copied behind the header.
+pub fn response_head(request_id: u64, opcode: u16, payload: &[u8]) -> [u8; HEADER_BYTES] {
+    assert!(
+        payload.len() <= brick_tuning::FRAME_PAYLOAD_BYTES_MAX as usize,
+        "frame exceeds the payload limit"
+    );
+    Header::new(Kind::Response, opcode, request_id, payload.len() as u32, 0).encode(payload)
+}
+
 pub fn seal_response(out: &mut [u8], request_id: u64, opcode: u16) {
     seal_frame(out, Kind::Response, opcode, request_id, 0);
 }
