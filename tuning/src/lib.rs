@@ -40,6 +40,20 @@ pub const CORE_OPEN_FILES_MAX: usize = 4096;
 /// generation moved): a deleted file's space is freed within this time.
 pub const UNLINKED_SWEEP_INTERVAL_MS: u64 = 500;
 
+/// Each core checks its event loop's lateness this often, and logs a warning when a timer
+/// fires `CORE_STALL_WARN_MS` late (a blocking call on the core).
+pub const CORE_STALL_CHECK_INTERVAL_MS: u64 = 100;
+pub const CORE_STALL_WARN_MS: u64 = 250;
+
+/// How long the closer thread holds its copy of a dropped file's descriptor before closing it:
+/// long enough for the core's own (asynchronous) close to go first, so that the last close,
+/// which frees a deleted file's blocks, runs off the cores.
+pub const DEFERRED_CLOSE_DELAY_MS: u64 = 1000;
+
+/// Descriptor copies the closer thread holds at most (above this a core closes its last
+/// descriptor itself): a bound on how many descriptors the process spends on deferral.
+pub const DEFERRED_CLOSE_FDS_MAX: usize = 256;
+
 /// Entries one READDIR reply carries at most.
 pub const READDIR_ENTRIES_MAX: u32 = 1024;
 

@@ -190,6 +190,7 @@ impl DevServer {
 impl Drop for DevServer {
     fn drop(&mut self) {
         self.kill9();
+        report_core_stalls(&self.log());
         if std::thread::panicking() {
             let log = self.log();
             // The tail is what matters; a whole log of a long test would bury the panic.
@@ -452,6 +453,26 @@ impl ServeNode {
 impl Drop for ServeNode {
     fn drop(&mut self) {
         self.kill9();
+        report_core_stalls(&self.log());
+    }
+}
+
+/// Appends brickd's "event loop ran late" warnings to `core-stalls.log` in the scratch root,
+/// named by test, so that a run (CI prints the file) shows which tests blocked a core and for
+/// how long, also when they passed.
+fn report_core_stalls(log: &str) {
+    let stalls: Vec<&str> = log.lines().filter(|l| l.contains("ran late")).collect();
+    if stalls.is_empty() {
+        return;
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let text: String = stalls.iter().map(|l| format!("{test}: {l}\n")).collect();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch_root().join("core-stalls.log"));
+    if let Ok(mut f) = file {
+        let _ = f.write_all(text.as_bytes());
     }
 }
 

@@ -8,7 +8,7 @@ use brick_wire::{ErrorCode, FileId};
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
 pub(crate) struct OpenFile {
@@ -25,6 +25,18 @@ pub(crate) struct OpenFile {
     generation: Cell<u64>,
     /// The brick the file is on: a member whose brick was replaced keeps its number.
     brick_id: String,
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        // Freeing a deleted file's blocks happens in the last close, which would otherwise
+        // be this core's (see `closer`).
+        if !has_name(&self.buffered) {
+            // SAFETY: `buffered` owns this descriptor and is open until after this returns.
+            let fd = unsafe { BorrowedFd::borrow_raw(self.buffered.as_raw_fd()) };
+            crate::closer::defer_last_close(fd);
+        }
+    }
 }
 
 /// (volume, member, file): on one node several members of a volume may share a core.

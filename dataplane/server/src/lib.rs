@@ -6,6 +6,7 @@
 //! The management plane (tokio) talks to the cores only through channels: it pushes the set
 //! of served volumes and users (`Control::State`), and cores hand it MGMT requests.
 
+mod closer;
 mod conn;
 mod core;
 mod dirt;
