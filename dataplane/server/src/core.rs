@@ -4,7 +4,7 @@ use crate::files::FileCache;
 use crate::{Control, Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeState};
 use brick_tuning::{
     CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN,
-    CORE_STALL_CHECK_INTERVAL_MS, CORE_STALL_WARN_MS, UNLINKED_SWEEP_INTERVAL_MS,
+    UNLINKED_SWEEP_INTERVAL_MS,
 };
 use brick_wire::local::{NbdSessionEnd, ToCore};
 use brick_wire::ErrorCode;
@@ -128,7 +128,7 @@ pub(crate) fn start(
                 glommio::spawn_local(crate::repl::tick_loop(ctx.clone())).detach();
                 glommio::spawn_local(crate::heal::heal_loop(ctx.clone())).detach();
                 glommio::spawn_local(release_unlinked_loop(ctx.clone())).detach();
-                glommio::spawn_local(stall_watch_loop(core)).detach();
+                glommio::spawn_local(crate::stall::stall_watch_loop(core)).detach();
                 run_core(ctx, listener, control_rx, fwd_rx).await;
             })
             .map_err(std::io::Error::from)?;
@@ -258,25 +258,6 @@ async fn run_core(
 
 /// Releases cached descriptors of unlinked files (`FileCache::release_unlinked`) after any
 /// brick of this node changed its namespace, checked every `UNLINKED_SWEEP_INTERVAL_MS`.
-/// A core that does not get back to its event loop for a while misses heartbeats (its
-/// members may leave the write path) and holds every client it serves: say so in the log,
-/// with how long, so that a blocking call on a core is found rather than guessed.
-async fn stall_watch_loop(core: usize) {
-    let period = Duration::from_millis(CORE_STALL_CHECK_INTERVAL_MS);
-    loop {
-        let slept_at = std::time::Instant::now();
-        glommio::timer::sleep(period).await;
-        let late_ms = slept_at.elapsed().saturating_sub(period).as_millis();
-        if late_ms >= u128::from(CORE_STALL_WARN_MS) {
-            tracing::warn!(
-                core,
-                late_ms,
-                "core event loop ran late (a blocking call, or no CPU)"
-            );
-        }
-    }
-}
-
 async fn release_unlinked_loop(ctx: Rc<CoreCtx>) {
     let mut swept_at = None;
     loop {

@@ -16,6 +16,7 @@ mod heal;
 mod nbd;
 mod peer;
 mod repl;
+mod stall;
 
 use brick_replication::PgMap;
 use brick_store::Brick;
