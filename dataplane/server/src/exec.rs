@@ -3,7 +3,7 @@
 use crate::conn::Session;
 use crate::core::{CoreCtx, Forward};
 use crate::files;
-use crate::repl;
+use crate::repl::{self, PreparedData};
 use crate::{MgmtRequest, ServedVolume};
 use brick_replication::LockKey;
 use brick_store::{Brick, FsError, FsResult};
@@ -54,7 +54,7 @@ pub(crate) async fn dispatch(
         let Some(pg) = repl::repl_pg(&payload) else {
             return error_reply(id, opcode, ErrorCode::Malformed, "short REPL frame");
         };
-        return route(ctx, pg, header, Rc::new(payload)).await;
+        return route(ctx, pg, header, Rc::new(payload), PreparedData::default()).await;
     }
     let pg = match Request::decode(opcode, &payload) {
         Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
@@ -69,7 +69,7 @@ pub(crate) async fn dispatch(
         Ok(Request::Mgmt { doc }) => return mgmt(ctx, session, id, doc.to_vec()).await,
         Ok(req) => req.pg(),
     };
-    route(ctx, pg, header, Rc::new(payload)).await
+    route(ctx, pg, header, Rc::new(payload), PreparedData::default()).await
 }
 
 /// A reply as it goes to a socket: a whole frame, or a READ's header and its data as the disk
@@ -137,14 +137,22 @@ async fn read_direct(ctx: &Rc<CoreCtx>, header: &Header, payload: &[u8]) -> Opti
 }
 
 /// Serves a request on the core owning its PG (here, or through that core's channel).
-async fn route(ctx: &Rc<CoreCtx>, pg: u32, header: Header, payload: Rc<Vec<u8>>) -> Vec<u8> {
+async fn route(
+    ctx: &Rc<CoreCtx>,
+    pg: u32,
+    header: Header,
+    payload: Rc<Vec<u8>>,
+    data_dma: PreparedData,
+) -> Vec<u8> {
     let core = pg as usize % ctx.ncores.max(1);
     if core != ctx.core {
+        // A DMA buffer stays on the core that allocated it; the owner copies the payload.
+        drop(data_dma);
         // Another core's channel takes an owned buffer: copied only if the caller kept a share.
         let payload = Rc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
         return forward(ctx, core, header, payload).await;
     }
-    serve(ctx, header.request_id, header.opcode, payload).await
+    serve(ctx, header.request_id, header.opcode, payload, data_dma).await
 }
 
 /// A WRITE whose data was read straight into a DMA buffer (see conn.rs).
@@ -163,12 +171,13 @@ pub(crate) async fn dispatch_bulk_write(
             "write fields",
         );
     };
-    // Replication forwards the bytes to the other members, so they are needed as a plain
-    // buffer anyway; the local write copies them into an aligned one.
+    // Replication forwards the bytes to the other members and logs them, so they are needed
+    // as a plain buffer; the local O_DIRECT write takes the DMA buffer itself.
     let mut payload = Vec::with_capacity(fields.len() + data.len());
     payload.extend_from_slice(&fields);
     payload.extend_from_slice(data.as_bytes());
-    route(ctx, pg_of(fid), header, Rc::new(payload)).await
+    let data_dma = PreparedData::new(data);
+    route(ctx, pg_of(fid), header, Rc::new(payload), data_dma).await
 }
 
 async fn forward(ctx: &CoreCtx, core: usize, header: Header, payload: Vec<u8>) -> Vec<u8> {
@@ -246,7 +255,7 @@ pub(crate) async fn execute_payload(
     id: u64,
     payload: Vec<u8>,
 ) -> Vec<u8> {
-    serve(ctx, id, opcode, Rc::new(payload)).await
+    serve(ctx, id, opcode, Rc::new(payload), PreparedData::default()).await
 }
 
 /// A data request built on this core by a protocol it serves itself (NBD): the payload is
@@ -262,12 +271,18 @@ pub(crate) async fn dispatch_shared(
         Ok(_) => return error_reply(id, opcode, ErrorCode::UnknownOp, "not a volume operation"),
         Err(e) => return error_reply(id, opcode, decode_error_code(&e), &e.to_string()),
     };
-    route(ctx, pg, header, payload).await
+    route(ctx, pg, header, payload, PreparedData::default()).await
 }
 
 /// Serves one request on the core that owns its PG: replication traffic, reads on the PG's
 /// primary, and writes and namespace changes through the replication core.
-async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Rc<Vec<u8>>) -> Vec<u8> {
+async fn serve(
+    ctx: &Rc<CoreCtx>,
+    id: u64,
+    opcode: u16,
+    payload: Rc<Vec<u8>>,
+    data_dma: PreparedData,
+) -> Vec<u8> {
     if opcode == op::REPL {
         return match repl::on_peer_frame(ctx, &payload) {
             Ok(()) => Vec::new(), // one-way: no reply
@@ -291,7 +306,7 @@ async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Rc<Vec<u8>>) ->
             Ok(m) => m,
             Err(why) => return error_reply(id, opcode, ErrorCode::NotPrimary, &why),
         };
-        return match execute(ctx, id, &vol, member, req, None).await {
+        return match execute(ctx, id, &vol, member, req, None, &PreparedData::default()).await {
             Ok(frame) => frame,
             Err(e) => fs_error_reply(id, opcode, e),
         };
@@ -304,6 +319,7 @@ async fn serve(ctx: &Rc<CoreCtx>, id: u64, opcode: u16, payload: Rc<Vec<u8>>) ->
             opcode,
             minted: 0,
             payload,
+            data_dma,
         },
         lock,
         local_first,
@@ -352,7 +368,7 @@ pub(crate) async fn apply(
             Ok(r) => r,
             Err(e) => return error_reply(id, body.opcode, decode_error_code(&e), &e.to_string()),
         };
-        match execute(ctx, id, vol, member, req, minted).await {
+        match execute(ctx, id, vol, member, req, minted, &body.data_dma).await {
             Ok(frame) => return frame,
             // The namespace changed while a file was being opened: resolve it again.
             Err(e) if e.code == ErrorCode::Unavailable && attempt < APPLY_ATTEMPTS_MAX => {}
@@ -409,6 +425,7 @@ pub(crate) async fn resync_body(
             opcode: op::SETATTR,
             minted: 0,
             payload: Rc::new(e.buf),
+            data_dma: Default::default(),
         });
     }
     let len = (lock.end - lock.start).min(IO_BYTES_MAX as u64) as u32;
@@ -433,6 +450,7 @@ pub(crate) async fn resync_body(
         opcode: op::WRITE,
         minted: 0,
         payload: Rc::new(e.buf),
+        data_dma: Default::default(),
     })
 }
 
@@ -480,6 +498,7 @@ async fn execute(
     member: u8,
     req: Request<'_>,
     minted: Option<FileId>,
+    data_dma: &PreparedData,
 ) -> Result<Vec<u8>, FsError> {
     let opcode = req.opcode();
     let brick = &local_brick(vol, member)?;
@@ -506,7 +525,8 @@ async fn execute(
             offset
                 .checked_add(data.len() as u64)
                 .ok_or_else(|| FsError::new(ErrorCode::FileTooBig, "offset + length overflows"))?;
-            let written = files::write(&f, offset, data, flags & WRITE_FLAG_FUA != 0).await?;
+            let fua = flags & WRITE_FLAG_FUA != 0;
+            let written = files::write(&f, offset, data, data_dma.take(), fua).await?;
             ok_payload(id, opcode, |e| WriteReply { written }.encode(e))
         }
         Request::Fsync { fid, .. } => {

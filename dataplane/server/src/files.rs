@@ -5,7 +5,7 @@ use crate::{IoMode, ServeState, ServedVolume};
 use brick_store::{Brick, FsError, FsResult};
 use brick_tuning::{CORE_OPEN_FILES_MAX, DIRECT_IO_ALIGN_BYTES};
 use brick_wire::{ErrorCode, FileId};
-use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -256,12 +256,32 @@ async fn direct_for_write(f: &OpenFile, offset: u64, len: usize) -> Option<Rc<Dm
     }
 }
 
-pub(crate) async fn write(f: &OpenFile, offset: u64, data: &[u8], durable: bool) -> FsResult<u32> {
+/// Writes `data` at `offset`. `prepared`, when given, holds the same bytes as `data` in an
+/// aligned buffer: an O_DIRECT write then uses it as it is instead of copying `data`.
+pub(crate) async fn write(
+    f: &OpenFile,
+    offset: u64,
+    data: &[u8],
+    prepared: Option<DmaBuffer>,
+    durable: bool,
+) -> FsResult<u32> {
     let dma = direct_for_write(f, offset, data.len()).await;
     let written = match &dma {
         Some(dma) if aligned(offset, data.len()) && !data.is_empty() => {
-            let mut buf = dma.alloc_dma_buffer(data.len());
-            buf.as_bytes_mut().copy_from_slice(data);
+            let buf = match prepared {
+                Some(buf) if buf.len() == data.len() => {
+                    debug_assert!(
+                        buf.as_bytes() == data,
+                        "prepared bytes differ from the data"
+                    );
+                    buf
+                }
+                _ => {
+                    let mut buf = dma.alloc_dma_buffer(data.len());
+                    buf.as_bytes_mut().copy_from_slice(data);
+                    buf
+                }
+            };
             dma.write_at(buf, offset)
                 .await
                 .map_err(|e| io_err("write", e))?

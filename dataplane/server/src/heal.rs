@@ -655,6 +655,7 @@ fn catch_up_body(brick: &Brick, dirs: &BTreeSet<FileId>, tree: bool) -> Result<B
         opcode: HEAL_NAMESPACE,
         minted: 0,
         payload: Rc::new(e.buf),
+        data_dma: Default::default(),
     })
 }
 
@@ -691,6 +692,7 @@ pub(crate) fn handoff_body(slot: &repl::Slot, targets: u8) -> Body {
         opcode: HEAL_DIRT,
         minted: 0,
         payload: Rc::new(bytes),
+        data_dma: Default::default(),
     }
 }
 

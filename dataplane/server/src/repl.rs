@@ -17,7 +17,8 @@ use brick_tuning::{FRAME_PAYLOAD_BYTES_MAX, REPL_TICK_MS};
 use brick_wire::{
     encode_frame, error_frame, op, Dec, DecodeError, Enc, ErrorCode, Header, Kind, HEADER_BYTES,
 };
-use std::cell::RefCell;
+use glommio::io::DmaBuffer;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,6 +35,25 @@ pub(crate) struct Body {
     pub opcode: u16,
     pub minted: u64,
     pub payload: Rc<Vec<u8>>,
+    /// A WRITE's data as it was read off the socket, in an aligned DMA buffer.
+    pub data_dma: PreparedData,
+}
+
+/// A WRITE's data already in an aligned DMA buffer (read off the socket into it,
+/// `exec::dispatch_bulk_write`), the same bytes as the data in `Body::payload`. The local
+/// O_DIRECT write takes it instead of copying the payload into a new aligned buffer. Clones of
+/// a body share it and the first local write takes it; every other use reads `payload`.
+#[derive(Clone, Default)]
+pub(crate) struct PreparedData(Option<Rc<Cell<Option<DmaBuffer>>>>);
+
+impl PreparedData {
+    pub fn new(data: DmaBuffer) -> Self {
+        PreparedData(Some(Rc::new(Cell::new(Some(data)))))
+    }
+
+    pub fn take(&self) -> Option<DmaBuffer> {
+        self.0.as_ref().and_then(|cell| cell.take())
+    }
 }
 
 pub(crate) const NOOP: u16 = 0;
@@ -44,6 +64,7 @@ impl Body {
             opcode: NOOP,
             minted: 0,
             payload: Rc::new(Vec::new()),
+            data_dma: Default::default(),
         }
     }
 }
@@ -1053,6 +1074,7 @@ fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
                 opcode,
                 minted,
                 payload: Rc::new(bytes.to_vec()),
+                data_dma: Default::default(),
             });
             Msg::Forward {
                 epoch,
@@ -1154,6 +1176,7 @@ mod tests {
             opcode: op::WRITE,
             minted: 0,
             payload: Rc::new(vec![1, 2, 3]),
+            data_dma: Default::default(),
         };
         roundtrip(
             Msg::Forward {
