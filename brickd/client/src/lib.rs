@@ -510,7 +510,12 @@ impl Volume {
                     return result.map_err(|e| {
                         let retry = match e.code() {
                             Some(ErrorCode::NotPrimary) => Some(Retry::NotExecuted),
-                            Some(ErrorCode::Unavailable) => Some(Retry::Ambiguous),
+                            // Too few members up to date is a failover or heal under way:
+                            // the write waits for it (as long as `FAILOVER_WAIT_MS`) rather
+                            // than failing. The primary may have applied it locally.
+                            Some(ErrorCode::Unavailable | ErrorCode::BelowMinSize) => {
+                                Some(Retry::Ambiguous)
+                            }
                             Some(_) => None,
                             None => match e {
                                 ClientError::Disconnected(_) | ClientError::Timeout(_) => {

@@ -55,3 +55,63 @@ fn a_client_reconnects_after_the_server_restarts() {
     });
     assert!(server.terminate().success());
 }
+
+/// A single-node cluster frozen for 2 s (SIGSTOP: a stuck disk, a paused VM) is nobody's
+/// failure, since every member was frozen alike: when it resumes, no PG changes its map, and
+/// a write sent during the freeze completes.
+#[test]
+fn a_frozen_single_node_cluster_resumes_without_failover() {
+    let mut server = DevServer::start(Path::new(env!("CARGO_BIN_EXE_brickd")), 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(Client::connect(server.client_config()))
+        .expect("connect");
+    let vol = rt.block_on(client.open_volume("dev")).expect("open");
+    let before = pattern(8, 0, 1 << 20);
+    let during = pattern(9, 0, 1 << 20);
+    let fid = rt.block_on(async {
+        let a = vol
+            .create(ROOT_FILE_ID, "frozen", 0o644, true)
+            .await
+            .unwrap();
+        vol.write(a.fid, 0, &before, true).await.unwrap();
+        a.fid
+    });
+    let installs = |log: &str| log.lines().filter(|l| l.contains(" installed ")).count();
+    let installed_before = installs(&server.log());
+
+    server.freeze();
+    rt.block_on(async {
+        let thaw_later = async {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            server.thaw();
+        };
+        let (written, ()) = tokio::join!(vol.write(fid, 0, &during, true), thaw_later);
+        written.expect("a write sent during the freeze completes after it");
+    });
+    // Long enough for a failover (1 s of silence) and a removal's grace (2 s) to have shown.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let log = server.log();
+    let installed_after: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" installed "))
+        .skip(installed_before)
+        .collect();
+    assert!(
+        installed_after.is_empty(),
+        "{} maps changed after the freeze, e.g. {:?}",
+        installed_after.len(),
+        &installed_after[..installed_after.len().min(5)]
+    );
+    let got = rt
+        .block_on(vol.read(fid, 0, during.len() as u32))
+        .expect("read");
+    assert!(
+        got == during,
+        "the write sent during the freeze did not land"
+    );
+    assert!(server.terminate().success());
+}

@@ -70,3 +70,120 @@ fn acknowledged_writes_survive_kill_and_freeze_of_primary_and_secondary() {
     }
     eprintln!("{}", summary.join("\n"));
 }
+
+/// A replica-3 volume (min_size 2) that loses two of its nodes refuses writes until one is
+/// back. A client's write in that time is not failed at once with "too few up-to-date
+/// replicas": it waits, and lands if a member is back and healed within the client's failover
+/// wait (30 s); after that it gets the refusal.
+#[test]
+fn a_write_below_min_size_waits_for_a_member_to_return() {
+    use brick_client::{Client, ClientConfig};
+    use brick_cluster::mgmt::MgmtOp;
+    use brick_wire::ROOT_FILE_ID;
+
+    let mut cluster = LocalCluster::start(
+        std::path::Path::new(BRICKD),
+        "belowmin",
+        &["n1", "n2", "n3"],
+        PASSWORD,
+    );
+    // The write below runs on a worker thread while this one sleeps and restarts a node.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let first = ClientConfig {
+        servers: vec![cluster.nodes[0].addr.clone()],
+        ..cluster.admin.clone()
+    };
+    let bricks: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.name, n.brick_dir("belowmin").display()))
+        .collect();
+    let (client, vol, fid) = rt.block_on(async {
+        let client = Client::connect(first).await.expect("connect");
+        let name = "belowmin".to_string();
+        let create = MgmtOp::VolumeCreate {
+            name: name.clone(),
+            replica: 3,
+            bricks,
+            pg_count: None,
+        };
+        client.mgmt(&create).await.expect("volume create");
+        client
+            .mgmt(&MgmtOp::VolumeStart { name })
+            .await
+            .expect("volume start");
+        let vol = client.open_volume("belowmin").await.expect("open");
+        let a = vol
+            .create(ROOT_FILE_ID, "f", 0o644, true)
+            .await
+            .expect("create");
+        vol.write(a.fid, 0, &[1u8; 4096], true)
+            .await
+            .expect("first write");
+        (client, vol, a.fid)
+    });
+    let pg = brick_wire::pg_of(fid) as usize;
+    let up_to_date = |client: &Client| {
+        let op = MgmtOp::VolumeOpen {
+            name: "belowmin".into(),
+        };
+        let handle = rt.block_on(client.mgmt(&op)).expect("volume maps");
+        let bits = handle["pg_maps"][pg]["up_to_date"].as_u64().expect("map");
+        bits.count_ones()
+    };
+
+    cluster.nodes[1].kill9();
+    cluster.nodes[2].kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while up_to_date(&client) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PG {pg} kept more than one member up to date with two of three nodes dead"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // While no member comes back, a write waits out the client's failover wait, then gets
+    // the clear refusal.
+    let refused = {
+        let vol = vol.clone();
+        rt.spawn(async move { vol.write(fid, 0, &[2u8; 4096], true).await })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !refused.is_finished(),
+        "a write below min_size ended at once: {:?}",
+        rt.block_on(refused)
+    );
+    let err = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(40), refused).await })
+        .expect("the client gives up after its failover wait")
+        .expect("task")
+        .expect_err("no member came back");
+    assert_eq!(
+        err.code(),
+        Some(brick_wire::ErrorCode::BelowMinSize),
+        "{err}"
+    );
+    assert!(err.to_string().contains("to accept writes"), "{err}");
+    // A member that comes back while a write waits lets it land.
+    let data = brick_testkit::pattern(11, 0, 64 << 10);
+    let write = {
+        let (vol, data) = (vol.clone(), data.clone());
+        rt.spawn(async move { vol.write(fid, 0, &data, true).await })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.nodes[1].restart();
+    let written = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(40), write).await })
+        .expect("the write ends once a member is back")
+        .expect("task");
+    written.expect("the write waited for a member and landed");
+    let got = rt
+        .block_on(vol.read(fid, 0, data.len() as u32))
+        .expect("read");
+    assert!(got == data, "the write that waited did not land");
+}

@@ -161,6 +161,23 @@ impl DevServer {
         }
     }
 
+    /// SIGSTOP: every core of the cluster hangs with its sockets open (a paused VM).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on the PID of a child this handle owns and has not reaped.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("server is running");

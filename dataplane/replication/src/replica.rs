@@ -209,6 +209,12 @@ pub struct Config {
     pub resend_ms: u64,
     /// Operations in flight or remembered for de-duplication, per PG.
     pub window_ops_max: u64,
+    /// A tick this much later than the previous one means this member itself did not run
+    /// (its process was frozen or starved of CPU): the silence it then sees is its own.
+    pub local_pause_ms: u64,
+    /// At most one local pause is excused per this interval, so that a member that is late
+    /// at every tick still detects a peer that died (later, not never).
+    pub pause_excuse_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -219,6 +225,8 @@ impl Default for Config {
             failover_ms: 1000,
             resend_ms: 250,
             window_ops_max: 4096,
+            local_pause_ms: 250,
+            pause_excuse_interval_ms: 10_000,
         }
     }
 }
@@ -292,6 +300,9 @@ pub struct Replica {
     suspect: u8,
     suspect_since_ms: u64,
     last_heartbeat_ms: u64,
+    last_tick_ms: u64,
+    /// When the last local pause was excused (`None`: never).
+    pause_excused_ms: Option<u64>,
     // member side
     last_heard_primary_ms: u64,
     recovery: Option<Recovery>,
@@ -335,6 +346,8 @@ impl Replica {
             suspect: 0,
             suspect_since_ms: now_ms,
             last_heartbeat_ms: 0,
+            last_tick_ms: now_ms,
+            pause_excused_ms: None,
             last_heard_primary_ms: now_ms,
             recovery: None,
             seen: HashMap::new(),
@@ -1115,6 +1128,11 @@ impl Replica {
 
     /// Time passes: heartbeats, resends, timeouts, failover.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let gap_ms = now_ms.saturating_sub(self.last_tick_ms);
+        self.last_tick_ms = now_ms;
+        if gap_ms > self.cfg.local_pause_ms {
+            self.excuse_local_pause(now_ms, gap_ms);
+        }
         if self.is_primary() {
             self.tick_primary(now_ms, out);
         } else if self.serving() {
@@ -1129,6 +1147,30 @@ impl Replica {
                     self.maybe_propose(now_ms, false, out);
                 }
             }
+        }
+    }
+
+    /// This member did not run for `pause_ms` (its ticks stopped): peers' messages from that
+    /// time still wait in its sockets, so the pause does not count as their silence. Without
+    /// this, every PG of a process frozen for longer than `failover_ms` changes its map on
+    /// resume although nobody else failed (as the Cassandra failure detector, which ignores
+    /// its own JVM's pauses).
+    fn excuse_local_pause(&mut self, now_ms: u64, pause_ms: u64) {
+        if self
+            .pause_excused_ms
+            .is_some_and(|at| now_ms < at + self.cfg.pause_excuse_interval_ms)
+        {
+            return;
+        }
+        self.pause_excused_ms = Some(now_ms);
+        let later = |t: &mut u64| *t = t.saturating_add(pause_ms).min(now_ms);
+        self.last_heard_ms.iter_mut().for_each(later);
+        later(&mut self.last_heard_primary_ms);
+        for p in self.pending.values_mut() {
+            later(&mut p.forwarded_at_ms);
+        }
+        if let Some(rec) = self.recovery.as_mut() {
+            later(&mut rec.started_ms);
         }
     }
 

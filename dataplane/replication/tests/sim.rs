@@ -1255,3 +1255,52 @@ fn seeded_simulation() {
         "no brick was replaced"
     );
 }
+
+/// Steps a fault-free simulation for `ms`, the client writing throughout.
+fn run_quietly(sim: &mut Sim, ms: u64) {
+    for _ in 0..ms {
+        sim.step(false, true);
+    }
+}
+
+/// Every member frozen at once (a single-node cluster's process stopped, its VM paused, its
+/// only core starved) is nobody's failure: when they resume, no map changes. The same freeze
+/// of the primary alone still replaces it.
+#[test]
+fn a_freeze_of_every_member_at_once_changes_no_map() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(seed, 3, 2);
+        sim.faults = false;
+        run_quietly(&mut sim, 2000);
+        let (epoch, acks) = (sim.store.epoch, sim.client.acks);
+        let thaw_ms = sim.now_ms + 2500;
+        for node in &mut sim.nodes {
+            node.frozen_until_ms = thaw_ms;
+        }
+        run_quietly(&mut sim, 6000);
+        assert_eq!(
+            sim.store.epoch, epoch,
+            "seed {seed}: the map changed after a freeze of every member ({:?})",
+            sim.store
+        );
+        assert!(
+            sim.client.acks > acks + 100,
+            "seed {seed}: writes did not resume after the freeze ({} acks before, {} after)",
+            acks,
+            sim.client.acks
+        );
+
+        let mut sim = Sim::new(seed, 3, 2);
+        sim.faults = false;
+        run_quietly(&mut sim, 2000);
+        let epoch = sim.store.epoch;
+        let primary = sim.store.primary().expect("a primary");
+        sim.nodes[primary as usize].frozen_until_ms = sim.now_ms + 2500;
+        run_quietly(&mut sim, 6000);
+        assert!(
+            sim.store.epoch > epoch,
+            "seed {seed}: primary {primary}, frozen alone for 2.5 s, was not replaced ({:?})",
+            sim.store
+        );
+    }
+}

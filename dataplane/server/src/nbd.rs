@@ -253,9 +253,13 @@ fn frame_status(frame: &[u8]) -> Result<(), ErrorCode> {
 }
 
 /// What a failed native request becomes: handed back when another node or a later epoch can
-/// still serve it, the protocol's errno otherwise.
+/// still serve it (too few members up to date: the gateway waits for the heal or failover),
+/// the protocol's errno otherwise.
 fn failed(shared: &Shared, req: NbdRequest, code: ErrorCode, why: &str) -> Outcome {
-    if matches!(code, ErrorCode::NotPrimary | ErrorCode::Unavailable) {
+    if matches!(
+        code,
+        ErrorCode::NotPrimary | ErrorCode::Unavailable | ErrorCode::BelowMinSize
+    ) {
         return Outcome::HandBack(Vec::new());
     }
     tracing::warn!(
