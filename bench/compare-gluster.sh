@@ -105,11 +105,14 @@ AFTER_STOP_HOOKS+=("collect_our_logs")
 export BRICK_USER=admin BRICK_PASSWORD=compare-password
 declare -A NODE_PID NODE_ADDR
 start_node() { # name: starts (or restarts) `brickd serve` node NAME, waits until it serves
-  local n=$1 before
+  local n=$1 before cpu
   mkdir -p "$RUN/$n"
   before=$(grep -c "serving on" "$RUN/$n/brickd.log" 2>/dev/null || true)
+  # Node nK's core on CPU (K-1) mod nproc: brickd pins core 0 to CPU 0 by default, which would
+  # put both nodes on one CPU.
+  cpu=$(( (${n#n} - 1) % $(nproc) ))
   BRICKD_ADMIN_PASSWORD=$BRICK_PASSWORD "$BIN/brickd" serve --node "$n" --listen "${NODE_ADDR[$n]}" \
-    --store "etcd://127.0.0.1:$ETCD_PORT" --cores 1 >>"$RUN/$n/brickd.log" 2>&1 &
+    --store "etcd://127.0.0.1:$ETCD_PORT" --cores 1 --cpus "$cpu" >>"$RUN/$n/brickd.log" 2>&1 &
   NODE_PID[$n]=$!
   PIDS+=($!)
   disown "$!" # killing it is part of the run: no "Killed" line from the shell

@@ -60,11 +60,16 @@ for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$EP/health" >/dev/null 2>&1
 
 export BRICK_USER=admin BRICK_PASSWORD=bench-password
 ADDRS=()
+# Each node's core gets its own CPU, round robin: by default core i is pinned to CPU i, which
+# on one machine would put every node's only core on CPU 0 and leave the others idle.
+NCPU=$(nproc)
+IDX=0
 for n in n1 n2 n3; do
   P=$(free_port)
   mkdir -p "$RUN/$n"
   BRICKD_ADMIN_PASSWORD=$BRICK_PASSWORD "$BIN/brickd" serve --node "$n" --listen "127.0.0.1:$P" \
-    --store "etcd://127.0.0.1:$EP" --cores 1 >"$RUN/$n/brickd.log" 2>&1 &
+    --store "etcd://127.0.0.1:$EP" --cores 1 --cpus $((IDX % NCPU)) >"$RUN/$n/brickd.log" 2>&1 &
+  IDX=$((IDX + 1))
   PIDS+=($!)
   ADDRS+=("127.0.0.1:$P")
   for _ in $(seq 1 100); do grep -q "serving on" "$RUN/$n/brickd.log" && break; sleep 0.1; done

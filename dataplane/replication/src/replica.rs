@@ -212,9 +212,10 @@ pub struct Config {
     /// A tick this much later than the previous one means this member itself did not run
     /// (its process was frozen or starved of CPU): the silence it then sees is its own.
     pub local_pause_ms: u64,
-    /// At most one local pause is excused per this interval, so that a member that is late
-    /// at every tick still detects a peer that died (later, not never).
-    pub pause_excuse_interval_ms: u64,
+    /// Local pauses are excused from a budget that running time refills, up to this much: a
+    /// member that is late at every tick drains it and still detects a peer that died (at
+    /// most this much later, not never).
+    pub pause_excuse_max_ms: u64,
 }
 
 impl Default for Config {
@@ -226,7 +227,7 @@ impl Default for Config {
             resend_ms: 250,
             window_ops_max: 4096,
             local_pause_ms: 250,
-            pause_excuse_interval_ms: 10_000,
+            pause_excuse_max_ms: 10_000,
         }
     }
 }
@@ -301,8 +302,8 @@ pub struct Replica {
     suspect_since_ms: u64,
     last_heartbeat_ms: u64,
     last_tick_ms: u64,
-    /// When the last local pause was excused (`None`: never).
-    pause_excused_ms: Option<u64>,
+    /// How much local pause can still be excused (see `Config::pause_excuse_max_ms`).
+    pause_budget_ms: u64,
     // member side
     last_heard_primary_ms: u64,
     recovery: Option<Recovery>,
@@ -347,7 +348,7 @@ impl Replica {
             suspect_since_ms: now_ms,
             last_heartbeat_ms: 0,
             last_tick_ms: now_ms,
-            pause_excused_ms: None,
+            pause_budget_ms: cfg.pause_excuse_max_ms,
             last_heard_primary_ms: now_ms,
             recovery: None,
             seen: HashMap::new(),
@@ -1132,6 +1133,9 @@ impl Replica {
         self.last_tick_ms = now_ms;
         if gap_ms > self.cfg.local_pause_ms {
             self.excuse_local_pause(now_ms, gap_ms);
+        } else {
+            self.pause_budget_ms =
+                (self.pause_budget_ms + gap_ms).min(self.cfg.pause_excuse_max_ms);
         }
         if self.is_primary() {
             self.tick_primary(now_ms, out);
@@ -1150,19 +1154,15 @@ impl Replica {
         }
     }
 
-    /// This member did not run for `pause_ms` (its ticks stopped): peers' messages from that
-    /// time still wait in its sockets, so the pause does not count as their silence. Without
+    /// This member did not run for `gap_ms` (its ticks stopped): peers' messages from that
+    /// time still wait in its sockets, so the pause, as far as the budget covers it, does not
+    /// count as their silence. Without
     /// this, every PG of a process frozen for longer than `failover_ms` changes its map on
     /// resume although nobody else failed (as the Cassandra failure detector, which ignores
     /// its own JVM's pauses).
-    fn excuse_local_pause(&mut self, now_ms: u64, pause_ms: u64) {
-        if self
-            .pause_excused_ms
-            .is_some_and(|at| now_ms < at + self.cfg.pause_excuse_interval_ms)
-        {
-            return;
-        }
-        self.pause_excused_ms = Some(now_ms);
+    fn excuse_local_pause(&mut self, now_ms: u64, gap_ms: u64) {
+        let pause_ms = gap_ms.min(self.pause_budget_ms);
+        self.pause_budget_ms -= pause_ms;
         let later = |t: &mut u64| *t = t.saturating_add(pause_ms).min(now_ms);
         self.last_heard_ms.iter_mut().for_each(later);
         later(&mut self.last_heard_primary_ms);
