@@ -1156,10 +1156,9 @@ impl Replica {
 
     /// This member did not run for `gap_ms` (its ticks stopped): peers' messages from that
     /// time still wait in its sockets, so the pause, as far as the budget covers it, does not
-    /// count as their silence. Without
-    /// this, every PG of a process frozen for longer than `failover_ms` changes its map on
-    /// resume although nobody else failed (as the Cassandra failure detector, which ignores
-    /// its own JVM's pauses).
+    /// count as their silence. Without this, every PG of a process frozen for longer than
+    /// `failover_ms` changes its map on resume although nobody else failed (Cassandra's
+    /// failure detector ignores its own JVM's pauses the same way).
     fn excuse_local_pause(&mut self, now_ms: u64, gap_ms: u64) {
         let pause_ms = gap_ms.min(self.pause_budget_ms);
         self.pause_budget_ms -= pause_ms;
