@@ -2,14 +2,13 @@
 //! ports change), the same `Client` reconnects, re-learns the shard addresses, and idempotent
 //! requests succeed; the file ids it holds are still valid.
 
-use brick_client::Client;
+use brick_client::{Client, Volume};
 use brick_testkit::{pattern, DevServer};
 use brick_wire::ROOT_FILE_ID;
 use std::path::Path;
 
-#[test]
-fn a_client_reconnects_after_the_server_restarts() {
-    let mut server = DevServer::start(Path::new(env!("CARGO_BIN_EXE_brickd")), 2);
+/// A one-thread runtime and the dev volume, opened through a client of `server`.
+fn open_dev(server: &DevServer) -> (tokio::runtime::Runtime, Volume) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -18,6 +17,18 @@ fn a_client_reconnects_after_the_server_restarts() {
         .block_on(Client::connect(server.client_config()))
         .expect("connect");
     let vol = rt.block_on(client.open_volume("dev")).expect("open");
+    (rt, vol)
+}
+
+/// The log's lines saying a PG map was installed, in order.
+fn map_installs(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains(" installed ")).collect()
+}
+
+#[test]
+fn a_client_reconnects_after_the_server_restarts() {
+    let mut server = DevServer::start(Path::new(env!("CARGO_BIN_EXE_brickd")), 2);
+    let (rt, vol) = open_dev(&server);
     let data = pattern(7, 0, 1 << 20);
     let fid = rt.block_on(async {
         let a = vol
@@ -62,14 +73,7 @@ fn a_client_reconnects_after_the_server_restarts() {
 #[test]
 fn a_frozen_single_node_cluster_resumes_without_failover() {
     let mut server = DevServer::start(Path::new(env!("CARGO_BIN_EXE_brickd")), 2);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt
-        .block_on(Client::connect(server.client_config()))
-        .expect("connect");
-    let vol = rt.block_on(client.open_volume("dev")).expect("open");
+    let (rt, vol) = open_dev(&server);
     let before = pattern(8, 0, 1 << 20);
     let during = pattern(9, 0, 1 << 20);
     let fid = rt.block_on(async {
@@ -80,8 +84,7 @@ fn a_frozen_single_node_cluster_resumes_without_failover() {
         vol.write(a.fid, 0, &before, true).await.unwrap();
         a.fid
     });
-    let installs = |log: &str| log.lines().filter(|l| l.contains(" installed ")).count();
-    let installed_before = installs(&server.log());
+    let installed_before = map_installs(&server.log()).len();
 
     server.freeze();
     rt.block_on(async {
@@ -95,11 +98,7 @@ fn a_frozen_single_node_cluster_resumes_without_failover() {
     // Long enough for a failover (1 s of silence) and a removal's grace (2 s) to have shown.
     std::thread::sleep(std::time::Duration::from_secs(4));
     let log = server.log();
-    let installed_after: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" installed "))
-        .skip(installed_before)
-        .collect();
+    let installed_after = &map_installs(&log)[installed_before..];
     assert!(
         installed_after.is_empty(),
         "{} maps changed after the freeze, e.g. {:?}",

@@ -97,26 +97,9 @@ fn a_write_below_min_size_waits_for_a_member_to_return() {
         servers: vec![cluster.nodes[0].addr.clone()],
         ..cluster.admin.clone()
     };
-    let bricks: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| format!("{}:{}", n.name, n.brick_dir("belowmin").display()))
-        .collect();
     let (client, vol, fid) = rt.block_on(async {
         let client = Client::connect(first).await.expect("connect");
-        let name = "belowmin".to_string();
-        let create = MgmtOp::VolumeCreate {
-            name: name.clone(),
-            replica: 3,
-            bricks,
-            pg_count: None,
-        };
-        client.mgmt(&create).await.expect("volume create");
-        client
-            .mgmt(&MgmtOp::VolumeStart { name })
-            .await
-            .expect("volume start");
-        let vol = client.open_volume("belowmin").await.expect("open");
+        let vol = failover::create_volume(&client, &cluster.nodes, "belowmin", 3).await;
         let a = vol
             .create(ROOT_FILE_ID, "f", 0o644, true)
             .await

@@ -229,19 +229,21 @@ pub fn run(nodes: &mut [ServeNode], admin: ClientConfig, sc: &Scenario) -> Repor
     }
 }
 
-/// Creates and fills the volume; returns it, the loaded file and the index of the node to
-/// fault.
-async fn setup(nodes: &[ServeNode], admin: ClientConfig, sc: &Scenario) -> (Volume, FileId, usize) {
-    let client = Client::connect(admin).await.expect("connect as admin");
-    let members = &nodes[..sc.replica as usize];
+/// Creates and starts volume `name` with one brick on each of `members`, and opens it.
+pub async fn create_volume(
+    client: &Client,
+    members: &[ServeNode],
+    name: &str,
+    replica: u32,
+) -> Volume {
     let bricks: Vec<String> = members
         .iter()
-        .map(|n| format!("{}:{}", n.name, n.brick_dir(&sc.volume).display()))
+        .map(|n| format!("{}:{}", n.name, n.brick_dir(name).display()))
         .collect();
     client
         .mgmt(&MgmtOp::VolumeCreate {
-            name: sc.volume.clone(),
-            replica: sc.replica,
+            name: name.to_string(),
+            replica,
             bricks,
             pg_count: None,
         })
@@ -249,11 +251,19 @@ async fn setup(nodes: &[ServeNode], admin: ClientConfig, sc: &Scenario) -> (Volu
         .expect("volume create");
     client
         .mgmt(&MgmtOp::VolumeStart {
-            name: sc.volume.clone(),
+            name: name.to_string(),
         })
         .await
         .expect("volume start");
-    let vol = client.open_volume(&sc.volume).await.expect("open volume");
+    client.open_volume(name).await.expect("open volume")
+}
+
+/// Creates and fills the volume; returns it, the loaded file and the index of the node to
+/// fault.
+async fn setup(nodes: &[ServeNode], admin: ClientConfig, sc: &Scenario) -> (Volume, FileId, usize) {
+    let client = Client::connect(admin).await.expect("connect as admin");
+    let members = &nodes[..sc.replica as usize];
+    let vol = create_volume(&client, members, &sc.volume, sc.replica).await;
     let f = vol
         .create(ROOT_FILE_ID, "load", 0o644, true)
         .await

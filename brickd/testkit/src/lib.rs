@@ -164,26 +164,18 @@ impl DevServer {
 
     /// SIGSTOP: every core of the cluster hangs with its sockets open (a paused VM).
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
+        signal_child(self.child.as_ref(), libc::SIGSTOP);
     }
 
     /// SIGCONT after `freeze`.
     pub fn thaw(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&self, sig: i32) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on the PID of a child this handle owns and has not reaped.
-            unsafe { libc::kill(pid as i32, sig) };
-        }
+        signal_child(self.child.as_ref(), libc::SIGCONT);
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("server is running");
-        // SAFETY: sending a signal to our own child by its PID.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        signal_child(Some(&c), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -216,6 +208,14 @@ impl Drop for DevServer {
             let tail = lines[lines.len().saturating_sub(60)..].join("\n");
             eprintln!("brickd dev log (last 60 lines):\n{tail}");
         }
+    }
+}
+
+/// Sends `sig` to a child this process started and has not reaped (none: nothing to signal).
+fn signal_child(child: Option<&Child>, sig: i32) {
+    if let Some(c) = child {
+        // SAFETY: kill(2) on the PID of our own child, not yet reaped, so not reused.
+        unsafe { libc::kill(c.id() as i32, sig) };
     }
 }
 
@@ -460,19 +460,12 @@ impl ServeNode {
 
     /// SIGSTOP: the process hangs with its sockets open (what a stuck disk or VM looks like).
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
+        signal_child(self.child.as_ref(), libc::SIGSTOP);
     }
 
     /// SIGCONT after `freeze`.
     pub fn thaw(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&self, sig: i32) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on the PID of a child this handle owns and has not reaped.
-            unsafe { libc::kill(pid as i32, sig) };
-        }
+        signal_child(self.child.as_ref(), libc::SIGCONT);
     }
 
     pub fn restart(&mut self) {
