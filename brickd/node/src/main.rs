@@ -77,6 +77,8 @@ enum Cmd {
         spin_us: u64,
         /// CPUs the cores are pinned to, core i on the i-th (default: core i on CPU i), e.g. to
         /// keep the CPU that takes the disk's interrupts for brickd and the others for VMs.
+        /// Several nodes on one host (a test cluster) each need their own: by default every
+        /// one of them pins its core 0 to CPU 0.
         #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
         cpus: Vec<usize>,
         /// Admin user created on first start if the store has no users.
