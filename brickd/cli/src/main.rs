@@ -33,6 +33,16 @@ struct Cli {
     /// No progress on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// How long a write waits for a placement group with too few members up to date to get
+    /// one back before failing with "below min_size" (default and most: 30000; 0: fail at
+    /// once).
+    #[arg(
+        long,
+        env = "BRICK_BELOW_MIN_SIZE_WAIT_MS",
+        global = true,
+        value_name = "MS"
+    )]
+    below_min_size_wait_ms: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -362,6 +372,9 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let caller_key = brick_wire::auth::password_key(&cfg.user, &cfg.password);
     let client = Client::connect(cfg).await?;
+    if let Some(ms) = cli.below_min_size_wait_ms {
+        client.set_below_min_size_wait(std::time::Duration::from_millis(ms));
+    }
     match cli.cmd {
         Cmd::User { cmd } => users::run(&client, &caller_key, &out, cmd).await,
         Cmd::Smb {

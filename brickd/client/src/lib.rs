@@ -16,6 +16,7 @@ use brick_wire::{
 };
 use conn::Conn;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -82,6 +83,9 @@ struct Inner {
     nodes: Mutex<HashMap<String, Vec<Arc<Conn>>>>,
     /// One reconnect at a time per node address.
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How long a write refused for too few up-to-date members keeps waiting for one to
+    /// return (at most `FAILOVER_WAIT_MS`; see `set_below_min_size_wait`).
+    below_min_size_wait_ms: AtomicU64,
 }
 
 /// How often a request waiting on a silent primary checks whether its PG moved.
@@ -130,10 +134,25 @@ impl Client {
                 shards: RwLock::new(Vec::new()),
                 nodes: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
+                below_min_size_wait_ms: AtomicU64::new(FAILOVER_WAIT_MS),
             }),
         };
         client.bootstrap().await?;
         Ok(client)
+    }
+
+    /// How long a write to a PG with fewer than `min_size` members up to date waits for one to
+    /// come back before it fails with `BelowMinSize` (default and upper limit: the failover
+    /// wait, 30 s; zero: the refusal is returned at once, for tools that would rather fail).
+    pub fn set_below_min_size_wait(&self, wait: Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .below_min_size_wait_ms
+            .store(ms.min(FAILOVER_WAIT_MS), Ordering::Relaxed);
+    }
+
+    fn below_min_size_wait(&self) -> Duration {
+        Duration::from_millis(self.inner.below_min_size_wait_ms.load(Ordering::Relaxed))
     }
 
     /// Connects to the first reachable server and then to every one of its cores.
@@ -314,7 +333,7 @@ impl Client {
 /// How many connections to servers this process has opened so far (see `conn.rs`): unchanged
 /// between two moments means no server connection was lost and re-made in between.
 pub fn connections_opened() -> u64 {
-    conn::CONNECTIONS_OPENED.load(std::sync::atomic::Ordering::Relaxed)
+    conn::CONNECTIONS_OPENED.load(Ordering::Relaxed)
 }
 
 fn check_io_len(len: usize) -> ClientResult<()> {
@@ -452,7 +471,9 @@ impl Volume {
     /// earlier attempt may have been executed.
     async fn call_tracked(&self, req: &Request<'_>) -> (ClientResult<Vec<u8>>, bool) {
         let pg = req.pg();
-        let deadline = Instant::now() + Duration::from_millis(FAILOVER_WAIT_MS);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(FAILOVER_WAIT_MS);
+        let below_min_deadline = started + self.client.below_min_size_wait();
         let mut ambiguous = false;
         let mut attempt = 0u64;
         loop {
@@ -462,6 +483,12 @@ impl Volume {
             };
             let retry = match self.call_at(&addr, epoch, pg, req).await {
                 Ok(reply) => return (Ok(reply), ambiguous),
+                Err((e, _))
+                    if e.code() == Some(ErrorCode::BelowMinSize)
+                        && Instant::now() >= below_min_deadline =>
+                {
+                    return (Err(e), ambiguous)
+                }
                 Err((e, retry)) if Instant::now() < deadline => match retry {
                     Some(r) => r,
                     None => return (Err(e), ambiguous),

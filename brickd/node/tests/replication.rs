@@ -141,6 +141,25 @@ fn a_write_below_min_size_waits_for_a_member_to_return() {
         "a write below min_size ended at once: {:?}",
         rt.block_on(refused)
     );
+    // A client told not to wait (`brick --below-min-size-wait-ms 0`) gets the refusal while
+    // the one above still waits.
+    let impatient = rt
+        .block_on(async {
+            let client = Client::connect(cluster.admin.clone()).await?;
+            client.set_below_min_size_wait(Duration::ZERO);
+            let vol = client.open_volume("belowmin").await?;
+            vol.write(fid, 0, &[3u8; 4096], true).await
+        })
+        .expect_err("a write below min_size succeeded");
+    assert_eq!(
+        impatient.code(),
+        Some(brick_wire::ErrorCode::BelowMinSize),
+        "{impatient}"
+    );
+    assert!(
+        !refused.is_finished(),
+        "the waiting write ended before the impatient one was refused"
+    );
     let err = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(40), refused).await })
         .expect("the client gives up after its failover wait")
