@@ -88,25 +88,34 @@ BRICK_SERVERS=$(IFS=,; echo "${ADDRS[*]}")
 "$BIN/brick" --quiet volume start r3 >/dev/null
 sleep 1 # every node serves the new volumes once its watch fires
 
+# Busy CPU time of the whole machine (user, nice, system, irq, softirq) in microseconds.
+TICKS=$(getconf CLK_TCK)
+cpu_busy_us() { awk -v t="$TICKS" '/^cpu /{printf "%.0f\n", ($2+$3+$4+$7+$8)*1000000/t}' /proc/stat; }
+
 RESULTS="$RUN/results.jsonl"
 : >"$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
+  FIO_CPU_START=$(cpu_busy_us)
   fio --name=local --filename="$RUN/fio.img" --size="$SIZE" --rw=randwrite --bs=4k \
     --iodepth="$QD" --ioengine=io_uring --direct=1 --time_based --runtime="$SECONDS_PER_RUN" \
     --output-format=json >"$RUN/fio.json" 2>"$RUN/fio.err" || { cat "$RUN/fio.err" >&2; exit 1; }
+  FIO_CPU_US=$(( $(cpu_busy_us) - FIO_CPU_START ))
   for vol in r1 r2 r3; do
     "$BIN/brick" --quiet --json bench --volume "$vol" --workload randwrite-4k --qd "$QD" --jobs "$JOBS" \
       --seconds "$SECONDS_PER_RUN" --size "$SIZE" >"$RUN/$vol.json"
   done
-  python3 - "$round" "$RUN/fio.json" "$RUN/r1.json" "$RUN/r2.json" "$RUN/r3.json" >>"$RESULTS" <<'PY'
+  python3 - "$round" "$FIO_CPU_US" "$RUN/fio.json" "$RUN/r1.json" "$RUN/r2.json" "$RUN/r3.json" >>"$RESULTS" <<'PY'
 import json, sys
-rnd, fio, r1, r2, r3 = int(sys.argv[1]), *sys.argv[2:]
+rnd, fio_cpu_us, fio, r1, r2, r3 = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
 w = json.load(open(fio))["jobs"][0]["write"]
-row = {"round": rnd, "local_iops": w["iops"]}
+row = {"round": rnd, "local_iops": w["iops"],
+       "local_cpu_us_per_op": fio_cpu_us / max(w["total_ios"], 1)}
 for name, path in (("r1", r1), ("r2", r2), ("r3", r3)):
     b = json.load(open(path))
     row.update({f"{name}_iops": b["iops"], f"{name}_p50_us": b["lat_us"]["p50"],
-                f"{name}_p99_us": b["lat_us"]["p99"], f"{name}_errors": b["errors"]})
+                f"{name}_p99_us": b["lat_us"]["p99"], f"{name}_errors": b["errors"],
+                f"{name}_cpu_us_per_op": b.get("host_cpu_us_per_op") or 0.0,
+                "cpus": b.get("host_cpus", 1)})
 print(json.dumps(row))
 PY
   tail -n 1 "$RESULTS" >&2
@@ -117,9 +126,14 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 out, size, qd, secs, rounds = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 local = statistics.median(r["local_iops"] for r in rows)
+local_cpu = statistics.median(r["local_cpu_us_per_op"] for r in rows)
+cpus = rows[0]["cpus"]
 print(f"\nrandwrite-4k qd {qd}, {size >> 20} MiB file, {secs} s x {rounds} interleaved rounds, medians; "
-      f"every node --cores 1, all on this machine")
-print(f"{'volume':<10} {'IOPS':>9} {'local/R':>9} {'ratio':>7} {'target':>7}  met   p99 us")
+      f"every node --cores 1, all on this machine ({cpus} CPUs)")
+# CPU us/op: busy time of the whole machine per request. CPU ceiling: the requests per second
+# all its CPUs could carry at that cost. Disk share: R x fio's CPU per 4 KiB write, over that.
+print(f"{'volume':<10} {'IOPS':>9} {'local/R':>9} {'ratio':>7} {'target':>7}  met   p99 us"
+      f"  CPU us/op  CPU ceiling  disk share")
 summary = []
 for name, r in (("replica 1", 1), ("replica 2", 2), ("replica 3", 3)):
     key = f"r{r}_iops"
@@ -127,12 +141,19 @@ for name, r in (("replica 1", 1), ("replica 2", 2), ("replica 3", 3)):
     ceiling = local / r
     ratio = iops / ceiling if ceiling else 0.0
     p99 = statistics.median(x[f"r{r}_p99_us"] for x in rows)
+    cpu = statistics.median(x[f"r{r}_cpu_us_per_op"] for x in rows)
+    cpu_ceiling = cpus * 1e6 / cpu if cpu else 0.0
+    disk_share = r * local_cpu / cpu if cpu else 0.0
     summary.append({"volume": name, "iops": iops, "ceiling_iops": ceiling, "ratio": ratio,
-                    "target": 0.8, "met": ratio >= 0.8, "p99_us": p99})
-    print(f"{name:<10} {iops:>9.0f} {ceiling:>9.0f} {ratio:>7.2f} {0.8:>7.2f}  {'yes' if ratio >= 0.8 else 'NO ':<4} {p99:>7.0f}")
-print(f"local fio {local:.0f} IOPS")
+                    "target": 0.8, "met": ratio >= 0.8, "p99_us": p99, "cpu_us_per_op": cpu,
+                    "cpu_ceiling_iops": cpu_ceiling, "disk_cpu_share": disk_share})
+    print(f"{name:<10} {iops:>9.0f} {ceiling:>9.0f} {ratio:>7.2f} {0.8:>7.2f}  {'yes' if ratio >= 0.8 else 'NO ':<4} {p99:>7.0f}"
+          f"  {cpu:>9.1f}  {cpu_ceiling:>11.0f}  {disk_share:>10.2f}")
+print(f"local fio {local:.0f} IOPS, {local_cpu:.1f} CPU us per write "
+      f"(CPU ceiling {cpus * 1e6 / local_cpu if local_cpu else 0:.0f})")
 if out:
-    json.dump({"local_iops": local, "qd": qd, "size_bytes": size, "seconds": secs, "rounds": rounds,
+    json.dump({"local_iops": local, "local_cpu_us_per_op": local_cpu, "cpus": cpus, "qd": qd,
+               "size_bytes": size, "seconds": secs, "rounds": rounds,
                "volumes": summary, "rows": rows}, open(out, "w"), indent=2)
     print(f"written to {out}")
 PY

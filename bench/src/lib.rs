@@ -113,6 +113,54 @@ pub struct BenchReport {
     pub iops: f64,
     pub mib_s: f64,
     pub lat_us: Latency,
+    /// CPU time this whole machine spent (user, system, interrupts; not idle, I/O wait or
+    /// steal) during the timed phase, per completed request. Meaningful when the servers run
+    /// on this machine too, as in the replicated-write bench; None where /proc/stat is absent.
+    pub host_cpu_us_per_op: Option<f64>,
+    /// CPUs of this machine: with `host_cpu_us_per_op`, the most requests per second its
+    /// CPUs could carry at that cost (`host_cpus * 1e6 / host_cpu_us_per_op`).
+    pub host_cpus: usize,
+}
+
+/// Busy CPU time of the whole machine so far, in microseconds, from the first line of
+/// /proc/stat: user + nice + system + irq + softirq (idle, iowait and steal excluded).
+pub fn host_cpu_busy_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cpu_busy_us(stat.lines().next()?, clock_ticks_per_second())
+}
+
+/// CPUs of this machine (the `cpuN` lines of /proc/stat; not this process's affinity).
+pub fn host_cpu_count() -> usize {
+    let counted = std::fs::read_to_string("/proc/stat").map_or(0, |stat| {
+        stat.lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count()
+    });
+    counted.max(1)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 when the value is unknown.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+fn parse_cpu_busy_us(line: &str, ticks_per_s: u64) -> Option<u64> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal
+    let busy_ticks = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
+    Some(busy_ticks.saturating_mul(1_000_000) / ticks_per_s.max(1))
 }
 
 const DIR: &str = ".brick-bench";
@@ -221,6 +269,7 @@ pub async fn run(
     let block = opts.workload.block_bytes();
     let blocks = opts.size_bytes / block;
     let start = Instant::now();
+    let cpu_busy_us_at_start = host_cpu_busy_us();
     let deadline = start + Duration::from_secs(opts.seconds);
     let mut workers = Vec::new();
     for (job, fid) in files.iter().enumerate() {
@@ -293,6 +342,9 @@ pub async fn run(
             .map_err(|e| ClientError::Usage(e.to_string()))?;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_busy_us = cpu_busy_us_at_start
+        .zip(host_cpu_busy_us())
+        .map(|(a, b)| b.saturating_sub(a));
     let ops = shared.ops.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     if ops == 0 {
@@ -318,5 +370,22 @@ pub async fn run(
             max: merged.max(),
             mean: merged.mean(),
         },
+        host_cpu_us_per_op: cpu_busy_us.map(|us| us as f64 / ops as f64),
+        host_cpus: host_cpu_count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_time_counts_user_system_and_interrupts_only() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let line = "cpu  100 5 40 9000 700 3 2 50 0 0";
+        assert_eq!(parse_cpu_busy_us(line, 100), Some(150 * 10_000));
+        assert_eq!(parse_cpu_busy_us("cpu0 1 2 3 4 5 6 7 8", 100), None);
+        assert_eq!(parse_cpu_busy_us("cpu 1 2 x", 100), None);
+        assert!(host_cpu_count() >= 1);
+    }
 }

@@ -656,8 +656,14 @@ async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {
     let report = brick_bench::run(&vol, &opts, &|line| out.progress(line)).await?;
     let doc = serde_json::to_value(&report)?;
     out.report(&doc, |d| {
+        let cpu = report.host_cpu_us_per_op.map_or(String::new(), |us| {
+            format!(
+                "; this machine's CPUs: {us:.1} us per op ({} CPUs)",
+                report.host_cpus
+            )
+        });
         format!(
-            "{} qd={} jobs={}: {:.0} IOPS, {:.1} MiB/s, latency us p50={} p99={} p99.9={} max={} ({} ops, {} errors)",
+            "{} qd={} jobs={}: {:.0} IOPS, {:.1} MiB/s, latency us p50={} p99={} p99.9={} max={} ({} ops, {} errors){cpu}",
             workload.name(),
             d["qd"],
             d["jobs"],
