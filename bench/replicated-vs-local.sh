@@ -109,13 +109,13 @@ import json, sys
 rnd, fio_cpu_us, fio, r1, r2, r3 = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
 w = json.load(open(fio))["jobs"][0]["write"]
 row = {"round": rnd, "local_iops": w["iops"],
-       "local_cpu_us_per_op": fio_cpu_us / max(w["total_ios"], 1)}
+       "local_cpu_us_per_op": fio_cpu_us / max(w["total_ios"], 1),
+       "cpus": json.load(open(r1)).get("host_cpus", 1)}
 for name, path in (("r1", r1), ("r2", r2), ("r3", r3)):
     b = json.load(open(path))
     row.update({f"{name}_iops": b["iops"], f"{name}_p50_us": b["lat_us"]["p50"],
                 f"{name}_p99_us": b["lat_us"]["p99"], f"{name}_errors": b["errors"],
-                f"{name}_cpu_us_per_op": b.get("host_cpu_us_per_op") or 0.0,
-                "cpus": b.get("host_cpus", 1)})
+                f"{name}_cpu_us_per_op": b.get("host_cpu_us_per_op") or 0.0})
 print(json.dumps(row))
 PY
   tail -n 1 "$RESULTS" >&2

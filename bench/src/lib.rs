@@ -122,21 +122,32 @@ pub struct BenchReport {
     pub host_cpus: usize,
 }
 
-/// Busy CPU time of the whole machine so far, in microseconds, from the first line of
-/// /proc/stat: user + nice + system + irq + softirq (idle, iowait and steal excluded).
-pub fn host_cpu_busy_us() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_cpu_busy_us(stat.lines().next()?, clock_ticks_per_second())
+/// The machine's CPUs as /proc/stat shows them at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HostCpu {
+    /// Busy time so far, in microseconds: user + nice + system + irq + softirq of the first
+    /// line (idle, iowait and steal excluded).
+    busy_us: u64,
+    /// The `cpuN` lines: every CPU of the machine, not this process's affinity.
+    cpus: usize,
 }
 
-/// CPUs of this machine (the `cpuN` lines of /proc/stat; not this process's affinity).
-pub fn host_cpu_count() -> usize {
-    let counted = std::fs::read_to_string("/proc/stat").map_or(0, |stat| {
-        stat.lines()
-            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-            .count()
-    });
-    counted.max(1)
+/// One read of /proc/stat; None where it is absent or not understood.
+fn host_cpu() -> Option<HostCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_host_cpu(&stat, clock_ticks_per_second())
+}
+
+fn parse_host_cpu(stat: &str, ticks_per_s: u64) -> Option<HostCpu> {
+    let busy_us = parse_cpu_busy_us(stat.lines().next()?, ticks_per_s)?;
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
+    Some(HostCpu {
+        busy_us,
+        cpus: cpus.max(1),
+    })
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -269,7 +280,7 @@ pub async fn run(
     let block = opts.workload.block_bytes();
     let blocks = opts.size_bytes / block;
     let start = Instant::now();
-    let cpu_busy_us_at_start = host_cpu_busy_us();
+    let cpu_at_start = host_cpu();
     let deadline = start + Duration::from_secs(opts.seconds);
     let mut workers = Vec::new();
     for (job, fid) in files.iter().enumerate() {
@@ -342,9 +353,10 @@ pub async fn run(
             .map_err(|e| ClientError::Usage(e.to_string()))?;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let cpu_busy_us = cpu_busy_us_at_start
-        .zip(host_cpu_busy_us())
-        .map(|(a, b)| b.saturating_sub(a));
+    let cpu_at_end = host_cpu();
+    let cpu_busy_us = cpu_at_start
+        .zip(cpu_at_end)
+        .map(|(a, b)| b.busy_us.saturating_sub(a.busy_us));
     let ops = shared.ops.load(Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     if ops == 0 {
@@ -371,7 +383,7 @@ pub async fn run(
             mean: merged.mean(),
         },
         host_cpu_us_per_op: cpu_busy_us.map(|us| us as f64 / ops as f64),
-        host_cpus: host_cpu_count(),
+        host_cpus: cpu_at_end.map_or(1, |c| c.cpus),
     })
 }
 
@@ -386,6 +398,14 @@ mod tests {
         assert_eq!(parse_cpu_busy_us(line, 100), Some(150 * 10_000));
         assert_eq!(parse_cpu_busy_us("cpu0 1 2 3 4 5 6 7 8", 100), None);
         assert_eq!(parse_cpu_busy_us("cpu 1 2 x", 100), None);
-        assert!(host_cpu_count() >= 1);
+        let stat =
+            format!("{line}\ncpu0 50 2 20 4500 350 1 1 25\ncpu1 50 3 20 4500 350 2 1 25\nintr 9\n");
+        assert_eq!(
+            parse_host_cpu(&stat, 100),
+            Some(HostCpu {
+                busy_us: 150 * 10_000,
+                cpus: 2
+            })
+        );
     }
 }
