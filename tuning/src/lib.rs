@@ -153,3 +153,62 @@ pub const SMB_READ_BYTES_MAX: u32 = 1 << 20;
 pub const SMB_WRITE_BYTES_MAX: u32 = 8 << 20;
 /// Native writes an SMB WRITE is split into, all sent at once.
 pub const SMB_WRITE_PIECE_BYTES: u32 = 1 << 20;
+
+// Replication of one PG (docs/replication.md). The defaults of `brick_replication::Config`.
+
+/// A forward not acknowledged within this takes its member out of the write path.
+pub const REPLICA_TIMEOUT_MS: u64 = 1000;
+/// The primary sends heartbeats this often (to absent members too: their answer says they
+/// are back to be healed).
+pub const REPL_HEARTBEAT_MS: u64 = 150;
+/// A member not heard from within this is suspected; a silent primary is replaced.
+pub const FAILOVER_MS: u64 = 1000;
+/// Unacknowledged forwards are sent again this often (lost messages).
+pub const REPL_RESEND_MS: u64 = 250;
+/// A forward refused for its epoch is sent again after this (the member is learning the map).
+pub const REPL_NACK_RESEND_MS: u64 = 10;
+/// Operations in flight or remembered for de-duplication, per PG.
+pub const PG_WINDOW_OPS_MAX: u64 = 4096;
+/// A tick this much later than the previous one means the member itself did not run.
+pub const LOCAL_PAUSE_MS: u64 = 250;
+/// Local pauses are excused from a budget that running time refills, up to this much.
+pub const PAUSE_EXCUSE_MAX_MS: u64 = 10_000;
+/// In-doubt ranges one heartbeat answer carries at most (more: "everything").
+pub const IN_DOUBT_REPORT_KEYS_MAX: usize = 4096;
+
+// Dirty tracking and heal (docs/heal.md). The defaults of `brick_replication::HealConfig`.
+
+/// Ranges written while a member is away are recorded in whole blocks of this size (the
+/// brief's 64 KiB default would copy 16x the data of 4 KiB random writes).
+pub const DIRT_BLOCK_BYTES: u64 = 4096;
+/// How often a PG's healer starts heals of members that came back and forgets the dirt of
+/// members that are up to date again.
+pub const HEAL_TICK_MS: u64 = 100;
+/// One heal copy moves at most this much.
+pub const HEAL_CHUNK_BYTES: u64 = 256 * 1024;
+/// Heal copies in flight per healing member, at most (the adaptive throttle halves it).
+pub const HEAL_WINDOW_MAX: usize = 2;
+/// A heal that failed to start or finish is tried again after this (not in a loop of epochs).
+pub const HEAL_RETRY_MS: u64 = 1000;
+/// A member's heal pauses this long after a copy failed.
+pub const HEAL_FAILED_COPY_PAUSE_MS: u64 = 100;
+/// While clients suffer, each heal copy is followed by a pause this long.
+pub const HEAL_SUFFER_PAUSE_MS: u64 = 2;
+/// Weights of the client latency averages the adaptive throttle compares: the fast one moves
+/// by this share of each new sample, the slow one by `HEAL_LATENCY_SLOW_WEIGHT`.
+pub const HEAL_LATENCY_FAST_WEIGHT: f64 = 0.2;
+pub const HEAL_LATENCY_SLOW_WEIGHT: f64 = 0.01;
+/// Clients suffer when the fast latency average exceeds the slow one by this factor.
+pub const HEAL_SUFFER_RATIO: f64 = 1.5;
+/// PGs one core heals at once (each start and end is a map change).
+pub const HEALING_PGS_PER_CORE_MAX: usize = 8;
+/// How often a core publishes its heal progress for `brick heal status`.
+pub const HEAL_REPORT_INTERVAL_MS: u64 = 500;
+/// Files with the most left that a heal report names.
+pub const HEAL_REPORT_FILES_MAX: usize = 16;
+/// Namespace bodies a member keeps, so that the record of a member that left names the
+/// directories of in-doubt namespace changes instead of the whole tree.
+pub const RECENT_NAMESPACE_BODIES_MAX: usize = 1024;
+/// Namespace ops run one at a time per PG, so only the last few can be in doubt at a
+/// failover: a new primary resyncs the directories of this many.
+pub const NAMESPACE_RESYNC_OPS: usize = 16;

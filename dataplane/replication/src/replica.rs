@@ -18,58 +18,14 @@
 //!   member of the current up-to-date set, which adopts the new epoch at once. So a deposed
 //!   primary can never again collect acknowledgements from all of its old set.
 
+use crate::dirt::LogWrite;
+use crate::lock::LockKey;
 use crate::map::{mask_of, Epoch, Member, PgMap, MEMBERS_MAX};
+use brick_tuning as tuning;
 use std::collections::{BTreeMap, HashMap};
 
 /// Operation ids are assigned by the primary, increasing, unique per primary incarnation.
 pub type OpId = u64;
-
-/// The part of the data an operation changes. Overlapping operations never run at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LockKey {
-    pub fid: u64,
-    pub start: u64,
-    pub end: u64,
-}
-
-impl LockKey {
-    /// Namespace operations (create, unlink, rename...) run one at a time per PG.
-    pub const NAMESPACE: LockKey = LockKey {
-        fid: 0,
-        start: 0,
-        end: u64::MAX,
-    };
-
-    /// A heal's namespace catch-up: excludes every other operation of the PG while it runs.
-    pub const EVERYTHING: LockKey = LockKey {
-        fid: u64::MAX,
-        start: 0,
-        end: u64::MAX,
-    };
-
-    pub fn whole_file(fid: u64) -> LockKey {
-        LockKey {
-            fid,
-            start: 0,
-            end: u64::MAX,
-        }
-    }
-
-    pub fn range(fid: u64, offset: u64, len: u64) -> LockKey {
-        LockKey {
-            fid,
-            start: offset,
-            end: offset.saturating_add(len.max(1)),
-        }
-    }
-
-    pub fn conflicts(&self, other: &LockKey) -> bool {
-        if self.fid == LockKey::EVERYTHING.fid || other.fid == LockKey::EVERYTHING.fid {
-            return true;
-        }
-        self.fid == other.fid && self.start < other.end && other.start < self.end
-    }
-}
 
 /// What applying an operation on one member gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +145,10 @@ pub enum Output {
     RecordActivity {
         lock: LockKey,
     },
+    /// Change the dirt log (`Healer`): performed in order with the other outputs.
+    WriteDirtLog {
+        write: LogWrite,
+    },
     /// Compare-and-set the cluster store from epoch `map.epoch - 1` to `map`, then
     /// `on_proposal_result`.
     Propose {
@@ -216,18 +176,22 @@ pub struct Config {
     /// member that is late at every tick drains it and still detects a peer that died (at
     /// most this much later, not never).
     pub pause_excuse_max_ms: u64,
+    /// A primary sends every map it installs to the members (`Msg::Map`) before the first
+    /// forward of the new epoch, so they need not wait for the store's watch (docs/replication.md).
+    pub push_maps: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
-            replica_timeout_ms: 1000,
-            heartbeat_ms: 150,
-            failover_ms: 1000,
-            resend_ms: 250,
-            window_ops_max: 4096,
-            local_pause_ms: 250,
-            pause_excuse_max_ms: 10_000,
+            replica_timeout_ms: tuning::REPLICA_TIMEOUT_MS,
+            heartbeat_ms: tuning::REPL_HEARTBEAT_MS,
+            failover_ms: tuning::FAILOVER_MS,
+            resend_ms: tuning::REPL_RESEND_MS,
+            window_ops_max: tuning::PG_WINDOW_OPS_MAX,
+            local_pause_ms: tuning::LOCAL_PAUSE_MS,
+            pause_excuse_max_ms: tuning::PAUSE_EXCUSE_MAX_MS,
+            push_maps: PUSH_MAPS,
         }
     }
 }
@@ -265,11 +229,7 @@ struct Recovery {
     last_send_ms: u64,
 }
 
-/// In-doubt ranges one heartbeat answer carries at most (the wire's limit).
-pub const IN_DOUBT_REPORT_KEYS_MAX: usize = 4096;
-
-/// A forward refused for its epoch is sent again after this (the member is learning the map).
-const NACK_RESEND_MS: u64 = 10;
+use tuning::{IN_DOUBT_REPORT_KEYS_MAX, REPL_NACK_RESEND_MS as NACK_RESEND_MS};
 
 /// How a member starts.
 #[derive(Debug, Clone)]
@@ -424,7 +384,7 @@ impl Replica {
                 .map(|p| p.lock),
         );
         keys.extend(self.own_in_doubt.iter().copied());
-        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.sort();
         keys.dedup();
         keys
     }
@@ -433,7 +393,7 @@ impl Replica {
     /// restart), or "everything" when that is more than one message may carry.
     fn reported_keys(&self) -> Vec<LockKey> {
         let mut keys = self.own_in_doubt.clone();
-        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.sort();
         keys.dedup();
         if keys.len() > IN_DOUBT_REPORT_KEYS_MAX {
             vec![LockKey::EVERYTHING]
@@ -444,6 +404,11 @@ impl Replica {
 
     pub fn pending_ops(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether `op` (started here) has not finished yet.
+    pub fn has_op(&self, op: OpId) -> bool {
+        self.pending.contains_key(&op)
     }
 
     fn serving(&self) -> bool {
@@ -954,7 +919,7 @@ impl Replica {
     /// Ranges of forwards seen here that are not known to be on every member.
     fn in_doubt_keys(&self) -> Vec<LockKey> {
         let mut keys: Vec<LockKey> = self.seen.values().map(|(k, _)| *k).collect();
-        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.sort();
         keys.dedup();
         keys
     }
@@ -990,7 +955,7 @@ impl Replica {
             return;
         }
         let mut keys = self.recovery.take().map(|r| r.keys).unwrap_or_default();
-        keys.sort_by_key(|k| (k.fid, k.start, k.end));
+        keys.sort();
         keys.dedup();
         let targets = self.others();
         // An in-doubt catch-up is not resynced: it is started again below for the members
@@ -1364,7 +1329,7 @@ impl Replica {
         // Up to date: nothing to report; left again: a new report (a new absence).
         self.reported &= !map.up_to_date & !(old.receivers() & !map.receivers());
         if self.is_primary() {
-            if PUSH_MAPS {
+            if self.cfg.push_maps {
                 // Before any forward of the new epoch (links deliver in order).
                 for m in members_of(mask_of(map.members) & !me_bit) {
                     out.push(Output::Send {

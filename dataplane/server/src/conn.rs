@@ -1,8 +1,8 @@
 //! One client connection: handshake, then a read loop that spawns one task per request (up to
 //! a limit) and a writer task that coalesces replies into as few socket writes as it can.
 
-use crate::core::CoreCtx;
-use crate::exec::Reply;
+use crate::ctx::CoreCtx;
+use crate::dispatch::{Reply, Session};
 use brick_tuning::{
     CONNECTION_INFLIGHT_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, IO_BYTES_MAX,
 };
@@ -29,13 +29,6 @@ use std::time::Duration;
 /// Initial size of a connection's reply buffer.
 const COALESCE_BYTES_MAX: usize = 256 * 1024;
 
-pub(crate) struct Session {
-    pub user: String,
-    pub admin: bool,
-    /// Another node: may send replication traffic (REPL).
-    pub peer: bool,
-}
-
 pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let peer = stream
@@ -53,7 +46,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let session = match handshake {
         Ok(s) => Rc::new(s),
         Err(why) => {
-            tracing::info!(core = ctx.core, %peer, "handshake refused: {why}");
+            tracing::info!(core = ctx.core(), %peer, "handshake refused: {why}");
             return;
         }
     };
@@ -111,11 +104,11 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
         glommio::spawn_local(async move {
             let reply = match body {
                 Body::Whole(payload) => {
-                    crate::exec::dispatch_socket(&ctx, &session, header, payload).await
+                    crate::dispatch::dispatch_socket(&ctx, &session, header, payload).await
                 }
-                Body::BulkWrite((fields, data)) => {
-                    Reply::Frame(crate::exec::dispatch_bulk_write(&ctx, header, fields, data).await)
-                }
+                Body::BulkWrite((fields, data)) => Reply::Frame(
+                    crate::dispatch::dispatch_bulk_write(&ctx, header, fields, data).await,
+                ),
             };
             outbox.push_with(reply, permits);
         })
@@ -134,14 +127,14 @@ pub(crate) async fn serve_local(ctx: Rc<CoreCtx>, connect: LocalConnect) {
     let session = match local_session(&ctx, &connect.user, &connect.key) {
         Ok(s) => Rc::new(s),
         Err(why) => {
-            tracing::info!(core = ctx.core, user = %connect.user, "in-process connection refused: {why}");
+            tracing::info!(core = ctx.core(), user = %connect.user, "in-process connection refused: {why}");
             let _ = connect.welcome.send(Err((ErrorCode::AuthFailed, why)));
             return;
         }
     };
     let welcome = Welcome {
-        core: ctx.core as u32,
-        shard_addrs: ctx.shard_addrs.clone(),
+        core: ctx.core() as u32,
+        shard_addrs: ctx.shard_addrs().to_vec(),
     };
     if connect.welcome.send(Ok(welcome)).is_err() {
         return;
@@ -153,7 +146,7 @@ pub(crate) async fn serve_local(ctx: Rc<CoreCtx>, connect: LocalConnect) {
             || header.payload_len > FRAME_PAYLOAD_BYTES_MAX
         {
             tracing::warn!(
-                core = ctx.core,
+                core = ctx.core(),
                 "in-process connection sent a malformed frame"
             );
             break;
@@ -167,7 +160,7 @@ pub(crate) async fn serve_local(ctx: Rc<CoreCtx>, connect: LocalConnect) {
         };
         let (ctx, session, replies) = (ctx.clone(), session.clone(), connect.replies.clone());
         glommio::spawn_local(async move {
-            let frame = crate::exec::dispatch(&ctx, &session, header, payload).await;
+            let frame = crate::dispatch::dispatch(&ctx, &session, header, payload).await;
             if !frame.is_empty() {
                 let _ = replies.send(frame);
             }
@@ -517,8 +510,8 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     let mut e = Enc::default();
     Welcome {
-        core: ctx.core as u32,
-        shard_addrs: ctx.shard_addrs.clone(),
+        core: ctx.core() as u32,
+        shard_addrs: ctx.shard_addrs().to_vec(),
     }
     .encode(&mut e);
     send(writer, h.request_id, op::AUTH, &e.buf).await?;

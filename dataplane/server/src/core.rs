@@ -1,7 +1,9 @@
 //! Starting the per-core executors and each core's accept / control / forward loops.
 
+use crate::ctx::{CoreCtx, CoreParts, Forward};
 use crate::files::FileCache;
-use crate::{Control, Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeState};
+use crate::repl::ReplCore;
+use crate::state::{Control, DataplaneConfig, HealReports, MapRequest, MgmtRequest, ServeState};
 use brick_tuning::{
     CORE_CHANNEL_DEPTH, CORE_CONNECTIONS_MAX, CORE_IO_MEMORY_BYTES, CORE_IO_MEMORY_BYTES_MIN,
     UNLINKED_SWEEP_INTERVAL_MS,
@@ -10,42 +12,18 @@ use brick_wire::local::{NbdSessionEnd, ToCore};
 use brick_wire::ErrorCode;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A request forwarded from the core that received it to the core that owns its PG.
-pub(crate) struct Forward {
-    pub opcode: u16,
-    pub request_id: u64,
-    pub payload: Vec<u8>,
-    pub reply: flume::Sender<Vec<u8>>,
-}
-
-/// One core's state. Never shared with another thread: other cores reach it through `Forward`.
-pub(crate) struct CoreCtx {
-    pub core: usize,
-    pub ncores: usize,
-    pub state: RefCell<Arc<ServeState>>,
-    pub peers: Vec<flume::Sender<Forward>>,
-    pub mgmt: flume::Sender<MgmtRequest>,
-    pub maps: flume::Sender<MapRequest>,
-    pub shard_addrs: Vec<String>,
-    pub files: RefCell<FileCache>,
-    pub connections: Cell<usize>,
-    pub repl: crate::repl::ReplCore,
-    pub links: crate::peer::PeerLinks,
-    pub heal_reports: crate::HealReports,
-    probed_devices: RefCell<HashSet<u64>>,
-}
-
-impl CoreCtx {
-    pub fn state(&self) -> Arc<ServeState> {
-        self.state.borrow().clone()
-    }
+/// The running cores.
+pub(crate) struct Started {
+    pub shard_addrs: Vec<SocketAddr>,
+    pub heal_reports: HealReports,
+    pub controls: Vec<flume::Sender<Control>>,
+    pub handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
 pub(crate) fn start(
@@ -53,7 +31,7 @@ pub(crate) fn start(
     state: Arc<ServeState>,
     mgmt: flume::Sender<MgmtRequest>,
     maps: flume::Sender<MapRequest>,
-) -> std::io::Result<Dataplane> {
+) -> std::io::Result<Started> {
     assert!(cfg.cores >= 1);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -64,7 +42,7 @@ pub(crate) fn start(
         .unzip();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<SocketAddr>)>();
     let mut addr_txs = Vec::new();
-    let heal_reports: crate::HealReports = Default::default();
+    let heal_reports: HealReports = Default::default();
     let mut controls = Vec::new();
     let mut handles = Vec::new();
     for (core, fwd_rx) in fwd_rxs.into_iter().enumerate() {
@@ -108,25 +86,21 @@ pub(crate) fn start(
                 let Ok(shard_addrs) = addr_rx.recv_async().await else {
                     return;
                 };
-                let ctx = Rc::new(CoreCtx {
+                let files = Rc::new(RefCell::new(FileCache::default()));
+                let repl = ReplCore::new((core, ncores), files.clone(), maps, heal_reports);
+                let ctx = Rc::new(CoreCtx::new(CoreParts {
                     core,
                     ncores,
-                    state: RefCell::new(state),
-                    peers,
+                    state: state.clone(),
+                    cores: peers,
                     mgmt,
-                    maps,
                     shard_addrs,
-                    files: RefCell::new(FileCache::default()),
-                    connections: Cell::new(0),
-                    repl: Default::default(),
-                    links: Default::default(),
-                    heal_reports,
-                    probed_devices: RefCell::new(HashSet::new()),
-                });
-                probe_bricks(&ctx, &ctx.state()).await;
-                crate::repl::sync_slots(&ctx, &ctx.state());
-                glommio::spawn_local(crate::repl::tick_loop(ctx.clone())).detach();
-                glommio::spawn_local(crate::heal::heal_loop(ctx.clone())).detach();
+                    files,
+                    repl: repl.clone(),
+                }));
+                probe_bricks(&ctx, &state).await;
+                ctx.set_state(state);
+                glommio::spawn_local(repl.tick_loop()).detach();
                 glommio::spawn_local(release_unlinked_loop(ctx.clone())).detach();
                 glommio::spawn_local(crate::stall::stall_watch_loop(core)).detach();
                 run_core(ctx, listener, control_rx, fwd_rx).await;
@@ -149,7 +123,7 @@ pub(crate) fn start(
     for tx in &addr_txs {
         let _ = tx.send(texts.clone());
     }
-    Ok(Dataplane {
+    Ok(Started {
         shard_addrs,
         heal_reports,
         controls,
@@ -160,7 +134,7 @@ pub(crate) fn start(
 /// io_uring-registered memory per core: the full pool when the memlock limit allows it for
 /// every core, else a small one (glommio then allocates the rest from the heap, slower).
 fn io_memory_per_core(cores: usize) -> usize {
-    let limit = crate::raise_soft_limit(libc::RLIMIT_MEMLOCK).unwrap_or(libc::rlimit {
+    let limit = raise_soft_limit(libc::RLIMIT_MEMLOCK).unwrap_or(libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     });
@@ -193,14 +167,13 @@ fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Connections a core has open, sockets and in-process ones alike, stay under the limit.
 fn admit(ctx: &CoreCtx) -> bool {
-    if ctx.connections.get() >= CORE_CONNECTIONS_MAX {
+    if !ctx.admit(CORE_CONNECTIONS_MAX) {
         tracing::warn!(
-            core = ctx.core,
+            core = ctx.core(),
             "connection limit reached; closing new connection"
         );
         return false;
     }
-    ctx.connections.set(ctx.connections.get() + 1);
     true
 }
 
@@ -216,7 +189,7 @@ async fn run_core(
             let ctx = fwd_ctx.clone();
             glommio::spawn_local(async move {
                 let frame =
-                    crate::exec::execute_payload(&ctx, f.opcode, f.request_id, f.payload).await;
+                    crate::dispatch::execute_payload(&ctx, f.opcode, f.request_id, f.payload).await;
                 let _ = f.reply.send(frame);
             })
             .detach();
@@ -233,7 +206,7 @@ async fn run_core(
             Some(glommio::spawn_local(local_loop(ctx.clone(), rx))),
         ),
         Err(e) => {
-            tracing::warn!(core = ctx.core, "no in-process connections: {e}");
+            tracing::warn!(core = ctx.core(), "no in-process connections: {e}");
             (None, None)
         }
     };
@@ -245,9 +218,7 @@ async fn run_core(
         match control {
             Control::State(state, applied) => {
                 probe_bricks(&ctx, &state).await;
-                ctx.files.borrow_mut().retain_volumes(&state);
-                *ctx.state.borrow_mut() = state.clone();
-                crate::repl::sync_slots(&ctx, &state);
+                ctx.set_state(state);
                 let _ = applied.send(());
             }
             Control::Shutdown => break,
@@ -271,10 +242,10 @@ async fn release_unlinked_loop(ctx: Rc<CoreCtx>) {
         if swept_at.as_ref() == Some(&generations) {
             continue;
         }
-        let released = ctx.files.borrow_mut().release_unlinked();
+        let released = ctx.files().borrow_mut().release_unlinked();
         if released > 0 {
             tracing::debug!(
-                core = ctx.core,
+                core = ctx.core(),
                 released,
                 "released descriptors of unlinked files"
             );
@@ -292,7 +263,7 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
                 }
             }
             Err(e) => {
-                tracing::warn!(core = ctx.core, "accept failed: {e}");
+                tracing::warn!(core = ctx.core(), "accept failed: {e}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
@@ -328,7 +299,7 @@ fn spawn_connection(ctx: &Rc<CoreCtx>, serve: impl std::future::Future<Output = 
     let ctx = ctx.clone();
     glommio::spawn_local(async move {
         serve.await;
-        ctx.connections.set(ctx.connections.get() - 1);
+        ctx.connection_ended();
     })
     .detach();
 }
@@ -348,7 +319,7 @@ async fn probe_bricks(ctx: &CoreCtx, state: &ServeState) {
         let Ok(meta) = std::fs::metadata(&probe) else {
             continue;
         };
-        if !ctx.probed_devices.borrow_mut().insert(meta.dev()) {
+        if !ctx.first_probe_of(meta.dev()) {
             continue;
         }
         match glommio::io::DmaFile::open(&probe).await {
@@ -357,10 +328,35 @@ async fn probe_bricks(ctx: &CoreCtx, state: &ServeState) {
                 let _ = f.close().await;
             }
             Err(e) => tracing::warn!(
-                core = ctx.core,
+                core = ctx.core(),
                 "direct I/O probe on {} failed: {e}",
                 probe.display()
             ),
         }
     }
+}
+
+/// Raises a resource's soft limit to its hard limit (no privilege needed) and returns the limit
+/// now in force, or `None` if it cannot be read.
+pub fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, properly sized out-parameter.
+    unsafe {
+        if libc::getrlimit(resource, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(resource, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit)
 }

@@ -1,7 +1,7 @@
 //! Per-core open-file cache and the io_uring data path (glommio DmaFile for O_DIRECT,
 //! BufferedFile for the page cache).
 
-use crate::{IoMode, ServeState, ServedVolume};
+use crate::state::{IoMode, ServeState, ServedVolume};
 use brick_store::{Brick, FsError, FsResult};
 use brick_tuning::{CORE_OPEN_FILES_MAX, DIRECT_IO_ALIGN_BYTES};
 use brick_wire::{ErrorCode, FileId};

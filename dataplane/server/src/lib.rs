@@ -6,209 +6,57 @@
 //! The management plane (tokio) talks to the cores only through channels: it pushes the set
 //! of served volumes and users (`Control::State`), and cores hand it MGMT requests.
 
-mod closer;
-mod conn;
+// The modules from the top layer down: each imports only modules below it (the layering is
+// drawn in docs/ARCHITECTURE.md, "The dataplane's modules").
+
+/// Starting the cores; each core's accept, control and forward loops.
 mod core;
-mod dirt;
-mod exec;
-mod files;
-mod heal;
+
+/// NBD connections served on the core that owns their image.
 mod nbd;
-mod peer;
+
+/// Native connections: handshake, read loop, write loop.
+mod conn;
+
+/// One request: to the owning core, the management plane, a read, or the replication driver.
+mod dispatch;
+
+/// One core's services and channels.
+mod ctx;
+
+/// The replication driver: a replica and a healer per (volume, PG, local member).
 mod repl;
+
+/// Executing a request or a replicated body on a member's brick.
+mod apply;
+
+/// The dirt and activity log files.
+mod logs;
+
+/// Replication links to other nodes.
+mod peer;
+
+/// The open-file cache and the io_uring data path.
+mod files;
+
+/// Last closes of deleted files, off the cores.
+mod closer;
+
+/// Core stall warnings.
 mod stall;
 
-use brick_replication::PgMap;
-use brick_store::Brick;
-use brick_wire::ErrorCode;
-use std::collections::HashMap;
+/// Types shared with the management plane.
+mod state;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+pub use crate::core::raise_soft_limit;
 pub use brick_wire::core_of;
-
-/// One PG's heal progress as its primary last published it (`brick heal status`).
-#[derive(Debug, Clone)]
-pub struct HealReport {
-    pub volume_id: u32,
-    pub volume: String,
-    pub pg: u32,
-    pub epoch: u64,
-    /// The member copying (the PG's primary).
-    pub source_member: u8,
-    pub targets: Vec<HealTarget>,
-    /// Bytes this slot's heals copied since the process started (benchmarks read it).
-    pub copied_total_bytes: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealTarget {
-    pub member: u8,
-    /// "absent" (not back yet) or "healing".
-    pub state: &'static str,
-    pub bytes_left: u64,
-    pub bytes_copied: u64,
-    pub rate_bytes_s: u64,
-    pub namespace_pending: bool,
-    /// The files with the most bytes left (at most 16).
-    pub files: Vec<HealFile>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealFile {
-    pub fid: u64,
-    pub path: String,
-    pub bytes_left: u64,
-    pub bytes_copied: u64,
-}
-
-/// Heal progress of this node's cores, by (core, volume, PG); written twice a second.
-pub type HealReports = Arc<Mutex<HashMap<(usize, u32, u32), HealReport>>>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoMode {
-    /// O_DIRECT for files at or above `direct_min_bytes`, the page cache below.
-    Auto,
-    Direct,
-    Buffered,
-}
-
-impl IoMode {
-    pub fn parse(s: &str) -> Option<IoMode> {
-        match s {
-            "auto" => Some(IoMode::Auto),
-            "direct" => Some(IoMode::Direct),
-            "buffered" => Some(IoMode::Buffered),
-            _ => None,
-        }
-    }
-}
-
-/// One replica of a volume's (single) replica set, by member index.
-pub struct MemberSpec {
-    pub node: String,
-    /// The brick's directory on its node: with `node`, which brick the member is (a
-    /// `replace-brick` changes it).
-    pub path: String,
-    /// The member's node's dataplane address (its core 0).
-    pub addr: String,
-    /// Present when the member's brick is on this node.
-    pub brick: Option<Arc<Brick>>,
-    /// The brick's copy was complete when this process started it: the daemon stopped cleanly
-    /// before, or the brick is new. A member that crashed may have missed writes.
-    pub clean_start: bool,
-}
-
-pub struct ServedVolume {
-    pub id: u32,
-    pub name: String,
-    pub io_mode: IoMode,
-    pub direct_min_bytes: u64,
-    pub members: Vec<MemberSpec>,
-    /// The map of every PG, by PG number, as last read from the cluster store.
-    pub pg_maps: Vec<PgMap>,
-    /// Volume option `heal.rate`: bytes per second a heal copies per PG (0: adaptive).
-    pub heal_rate_bytes: u64,
-}
-
-impl ServedVolume {
-    pub fn local_members(&self) -> impl Iterator<Item = (u8, &Arc<Brick>)> + '_ {
-        self.members
-            .iter()
-            .enumerate()
-            .filter_map(|(m, spec)| spec.brick.as_ref().map(|b| (m as u8, b)))
-    }
-}
-
-pub struct User {
-    pub key: [u8; 32],
-    pub admin: bool,
-    /// A brickd node (replication traffic), not a person.
-    pub peer: bool,
-}
-
-/// The user name nodes authenticate as to each other; user names cannot start with '@'.
-pub const NODE_USER: &str = "@node";
-
-/// Everything a core needs to serve requests; replaced wholesale on every change.
-pub struct ServeState {
-    pub node: String,
-    pub volumes: HashMap<u32, Arc<ServedVolume>>,
-    pub users: HashMap<String, User>,
-    /// The key this node proves itself with to other nodes (user `NODE_USER`).
-    pub node_key: [u8; 32],
-}
-
-/// A request from a core's replication driver to the management plane, which owns the
-/// cluster store.
-pub enum MapRequest {
-    /// Compare-and-set the map of one PG from `map.epoch - 1` to `map`. The reply is the
-    /// installed map, or the current one (`None`: the store could not be read).
-    Propose {
-        volume: String,
-        pg: u32,
-        map: PgMap,
-        reply: flume::Sender<Result<PgMap, Option<PgMap>>>,
-    },
-    Fetch {
-        volume: String,
-        pg: u32,
-        reply: flume::Sender<Option<PgMap>>,
-    },
-}
-
-pub enum Control {
-    /// Serve this state from now on; the sender is told once the core has switched.
-    State(Arc<ServeState>, flume::Sender<()>),
-    Shutdown,
-}
-
-/// A management request handed from a core to the management plane.
-pub struct MgmtRequest {
-    pub user: String,
-    pub admin: bool,
-    pub doc: Vec<u8>,
-    pub reply: flume::Sender<Result<Vec<u8>, (ErrorCode, String)>>,
-}
-
-pub struct DataplaneConfig {
-    pub cores: usize,
-    /// Core 0 listens here; the other cores on ephemeral ports of the same host, announced to
-    /// clients in the handshake.
-    pub listen: SocketAddr,
-    pub pin: bool,
-    /// With `pin`, the CPU of each core in order (empty: core i on CPU i, when it exists).
-    pub cpus: Vec<usize>,
-    /// How long an idle core polls before it sleeps. Spinning trades CPU for lower wake-up
-    /// latency (on VMs a halted vCPU takes long to wake for a completion).
-    pub spin_before_park_us: u64,
-}
-
-/// Raises a resource's soft limit to its hard limit (no privilege needed) and returns the limit
-/// now in force, or `None` if it cannot be read.
-pub fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid, properly sized out-parameter.
-    unsafe {
-        if libc::getrlimit(resource, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(resource, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    Some(limit)
-}
+pub use state::{
+    Control, DataplaneConfig, HealFile, HealReport, HealReports, HealTarget, IoMode, MapRequest,
+    MemberSpec, MgmtRequest, ServeState, ServedVolume, User, NODE_USER,
+};
 
 pub struct Dataplane {
     pub shard_addrs: Vec<SocketAddr>,
@@ -224,7 +72,13 @@ impl Dataplane {
         mgmt: flume::Sender<MgmtRequest>,
         maps: flume::Sender<MapRequest>,
     ) -> std::io::Result<Dataplane> {
-        core::start(cfg, state, mgmt, maps)
+        let started = core::start(cfg, state, mgmt, maps)?;
+        Ok(Dataplane {
+            shard_addrs: started.shard_addrs,
+            heal_reports: started.heal_reports,
+            controls: started.controls,
+            handles: started.handles,
+        })
     }
 
     /// Hands `state` to every core and returns once all of them serve it, so that a reply

@@ -6,8 +6,9 @@
 //! longer the primary, the PG is unavailable) goes back to the gateway with the bytes it has
 //! not answered, and the gateway's native client follows the failover (docs/nbd.md).
 
-use crate::conn::{local_session, Outbox, Session};
-use crate::core::CoreCtx;
+use crate::conn::{local_session, Outbox};
+use crate::ctx::CoreCtx;
+use crate::dispatch::Session;
 use brick_tuning::IO_BYTES_MAX;
 use brick_wire::local::{NbdHandoff, NbdSessionEnd, NbdUnanswered};
 use brick_wire::nbd::{self, Request as NbdRequest};
@@ -62,18 +63,18 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, handoff: NbdHandoff) {
     let session = match local_session(&ctx, &user, &key) {
         Ok(s) => s,
         Err(why) => {
-            tracing::info!(core = ctx.core, "NBD handoff refused: {why}");
+            tracing::info!(core = ctx.core(), "NBD handoff refused: {why}");
             let _ = ended.send(NbdSessionEnd::untouched());
             return;
         }
     };
     if let Err(e) = socket.set_nonblocking(false) {
-        tracing::warn!(core = ctx.core, "NBD handoff: {e}");
+        tracing::warn!(core = ctx.core(), "NBD handoff: {e}");
         let _ = ended.send(NbdSessionEnd::untouched());
         return;
     }
     tracing::info!(
-        core = ctx.core,
+        core = ctx.core(),
         fid = export.fid,
         "NBD connection served on core"
     );
@@ -102,7 +103,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, handoff: NbdHandoff) {
     let end = if shared.hand_back_now.get() && reading.is_ok() && written {
         let unanswered = std::mem::take(&mut *shared.handing_back.borrow_mut());
         tracing::info!(
-            core = shared.ctx.core,
+            core = shared.ctx.core(),
             requests = unanswered.len(),
             "NBD connection handed back to the gateway"
         );
@@ -112,7 +113,7 @@ pub(crate) async fn serve(ctx: Rc<CoreCtx>, handoff: NbdHandoff) {
         }
     } else {
         if let Err(why) = reading {
-            tracing::info!(core = shared.ctx.core, "NBD connection closed: {why}");
+            tracing::info!(core = shared.ctx.core(), "NBD connection closed: {why}");
         }
         NbdSessionEnd::Closed
     };
@@ -235,7 +236,7 @@ async fn native(
     let mut e = Enc::with_capacity(capacity);
     req.encode(&mut e);
     let header = Header::new(Kind::Request, req.opcode(), 0, e.buf.len() as u32, 0);
-    let frame = crate::exec::dispatch(&shared.ctx, &shared.session, header, e.buf).await;
+    let frame = crate::dispatch::dispatch(&shared.ctx, &shared.session, header, e.buf).await;
     (frame_status(&frame), frame)
 }
 
@@ -263,7 +264,7 @@ fn failed(shared: &Shared, req: NbdRequest, code: ErrorCode, why: &str) -> Outco
         return Outcome::HandBack(Vec::new());
     }
     tracing::warn!(
-        core = shared.ctx.core,
+        core = shared.ctx.core(),
         command = req.command,
         offset = req.offset,
         "nbd request failed: {code:?}: {why}"
@@ -348,7 +349,7 @@ async fn write(shared: &Shared, req: NbdRequest, mut payload: Vec<u8>) -> Outcom
     payload[..WRITE_FIELDS_BYTES].copy_from_slice(&fields);
     let payload = Rc::new(payload);
     let header = Header::new(Kind::Request, op::WRITE, 0, payload.len() as u32, 0);
-    let frame = crate::exec::dispatch_shared(&shared.ctx, header, payload.clone()).await;
+    let frame = crate::dispatch::dispatch_shared(&shared.ctx, header, payload.clone()).await;
     match written(shared, req, len, &frame) {
         None => ok(req),
         Some(Outcome::HandBack(_)) => {

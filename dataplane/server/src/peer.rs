@@ -3,14 +3,14 @@
 //! frozen or gone never blocks the core: frames beyond `PEER_QUEUE_FRAMES` are dropped, and so
 //! is whatever queued while the link was down. The replication protocol resends what matters.
 
-use crate::core::CoreCtx;
-use crate::NODE_USER;
+use crate::state::NODE_USER;
 use brick_tuning::{HANDSHAKE_PAYLOAD_BYTES_MAX, PEER_CONNECT_TIMEOUT_MS, PEER_QUEUE_FRAMES};
 use brick_wire::frame::{verify_crc, VERSION_MAX, VERSION_MIN};
 use brick_wire::{auth, op, request_frame, Header, HelloReply, Kind, Request, HEADER_BYTES};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -19,43 +19,58 @@ use std::time::Duration;
 const BATCH_BYTES_MAX: usize = 256 * 1024;
 const RECONNECT_DELAY_MS: u64 = 100;
 
-#[derive(Default)]
+/// The links of one core, by peer address.
 pub(crate) struct PeerLinks {
-    links: std::cell::RefCell<HashMap<String, flume::Sender<Vec<u8>>>>,
+    core: usize,
+    links: RefCell<HashMap<String, flume::Sender<Vec<u8>>>>,
+    /// The key this node proves itself with (the cluster's node key, from the served state).
+    node_key: Cell<[u8; 32]>,
 }
 
-/// Queues one frame for the node at `addr`, starting its link on first use.
-pub(crate) fn send(ctx: &Rc<CoreCtx>, addr: &str, frame: Vec<u8>) {
-    let existing = ctx.links.links.borrow().get(addr).cloned();
-    let tx = match existing {
-        Some(tx) => tx,
-        None => {
-            let (tx, rx) = flume::bounded(PEER_QUEUE_FRAMES);
-            ctx.links
-                .links
-                .borrow_mut()
-                .insert(addr.to_string(), tx.clone());
-            glommio::spawn_local(link(ctx.clone(), addr.to_string(), rx)).detach();
-            tx
+impl PeerLinks {
+    pub fn new(core: usize) -> PeerLinks {
+        PeerLinks {
+            core,
+            links: RefCell::new(HashMap::new()),
+            node_key: Cell::new([0; 32]),
         }
-    };
-    let _ = tx.try_send(frame); // full: the peer is not keeping up; dropped
+    }
+
+    pub fn set_node_key(&self, key: [u8; 32]) {
+        self.node_key.set(key);
+    }
+
+    /// Queues one frame for the node at `addr`, starting its link on first use.
+    pub fn send(self: &Rc<Self>, addr: &str, frame: Vec<u8>) {
+        let existing = self.links.borrow().get(addr).cloned();
+        let tx = match existing {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = flume::bounded(PEER_QUEUE_FRAMES);
+                self.links.borrow_mut().insert(addr.to_string(), tx.clone());
+                glommio::spawn_local(link(self.clone(), addr.to_string(), rx)).detach();
+                tx
+            }
+        };
+        let _ = tx.try_send(frame); // full: the peer is not keeping up; dropped
+    }
 }
 
-async fn link(ctx: Rc<CoreCtx>, addr: String, rx: flume::Receiver<Vec<u8>>) {
+async fn link(links: Rc<PeerLinks>, addr: String, rx: flume::Receiver<Vec<u8>>) {
     let mut failures = 0u32;
+    let core = links.core;
     loop {
-        match connect(&ctx, &addr).await {
+        match connect(&links.node_key.get(), &addr).await {
             Ok(stream) => {
                 failures = 0;
-                tracing::debug!(core = ctx.core, %addr, "replication link up");
+                tracing::debug!(core, %addr, "replication link up");
                 let why = pump(stream, &rx).await;
-                tracing::info!(core = ctx.core, %addr, "replication link down: {why}");
+                tracing::info!(core, %addr, "replication link down: {why}");
             }
             Err(why) => {
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(100) {
-                    tracing::info!(core = ctx.core, %addr, "replication link: {why}");
+                    tracing::info!(core, %addr, "replication link: {why}");
                 }
             }
         }
@@ -114,15 +129,14 @@ async fn drain_replies<R: AsyncRead + Unpin>(mut reader: R, closed: Rc<std::cell
     }
 }
 
-async fn connect(ctx: &CoreCtx, addr: &str) -> Result<TcpStream, String> {
+async fn connect(key: &[u8; 32], addr: &str) -> Result<TcpStream, String> {
     let limit = Duration::from_millis(PEER_CONNECT_TIMEOUT_MS);
     let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut stream = TcpStream::connect_timeout(sock, limit)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let key = ctx.state().node_key;
-    glommio::timer::timeout(limit, async { Ok(handshake(&mut stream, &key).await) })
+    glommio::timer::timeout(limit, async { Ok(handshake(&mut stream, key).await) })
         .await
         .map_err(|e| format!("handshake: {e}"))??;
     Ok(stream)

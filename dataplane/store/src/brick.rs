@@ -87,10 +87,43 @@ pub struct Brick {
     /// Bumped whenever a file id stops naming the file it named (unlink, rename over it), so
     /// per-core open-file caches know to revalidate without taking the index lock per I/O.
     generation: AtomicU64,
+    /// The machine restarted since the brick was last opened and the daemon had not stopped
+    /// cleanly: writes it had not synced (data in the page cache, log records) may be lost.
+    power_lost: bool,
 }
 
 fn meta_dir(root: &Path) -> PathBuf {
     root.join(".brickd")
+}
+
+const CLEAN_SHUTDOWN_MARK: &str = "clean-shutdown";
+const BOOT_ID_FILE: &str = "boot-id";
+
+/// The kernel's id of this boot, new at every start of the machine.
+fn current_boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+/// Records this boot's id in `meta`; returns whether a different one was recorded before (the
+/// machine restarted since the brick was last opened). A brick seen for the first time, or a
+/// kernel without boot ids, counts as not restarted.
+fn record_boot(meta: &Path) -> FsResult<bool> {
+    let Some(now) = current_boot_id() else {
+        return Ok(false);
+    };
+    let path = meta.join(BOOT_ID_FILE);
+    let before = fs::read_to_string(&path).ok();
+    if before.as_deref().map(str::trim) == Some(now.as_str()) {
+        return Ok(false);
+    }
+    let tmp = meta.join(format!("{BOOT_ID_FILE}.tmp"));
+    fs::write(&tmp, format!("{now}\n")).map_err(|e| FsError::io("boot id", e))?;
+    fs::rename(&tmp, &path).map_err(|e| FsError::io("boot id", e))?;
+    fs::File::open(meta)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FsError::io("boot id", e))?;
+    Ok(before.is_some())
 }
 
 impl Brick {
@@ -122,6 +155,8 @@ impl Brick {
             ));
         }
         write_probe_file(&meta)?;
+        let clean_mark = meta.join(CLEAN_SHUTDOWN_MARK).exists();
+        let rebooted = record_boot(&meta)?;
         let (index, replay) =
             Index::open(&meta.join("index.log")).map_err(|e| FsError::io("opening index", e))?;
         Ok(Brick {
@@ -133,7 +168,15 @@ impl Brick {
             syncing: Mutex::new(()),
             pg_count,
             generation: AtomicU64::new(1),
+            power_lost: rebooted && !clean_mark,
         })
+    }
+
+    /// Whether the machine lost power (or otherwise restarted without the daemon stopping
+    /// cleanly) since this brick was last open: what was not synced may be gone, so logs of
+    /// what was written cannot be trusted to be complete.
+    pub fn power_lost(&self) -> bool {
+        self.power_lost
     }
 
     /// Whether `root` already holds a brick (it was opened before, by any process).
@@ -144,7 +187,7 @@ impl Brick {
     /// Records that the daemon stopped cleanly after its last write to this brick: on the next
     /// start its copy counts as complete (a crashed member's copy may have missed writes).
     pub fn mark_clean_shutdown(&self) -> FsResult<()> {
-        let path = meta_dir(&self.root).join("clean-shutdown");
+        let path = meta_dir(&self.root).join(CLEAN_SHUTDOWN_MARK);
         fs::write(&path, b"clean\n").map_err(|e| FsError::io("clean-shutdown mark", e))?;
         fs::File::open(meta_dir(&self.root))
             .and_then(|d| d.sync_all())
@@ -154,7 +197,7 @@ impl Brick {
     /// Whether the last run ended with `mark_clean_shutdown`; removes the mark (durably), so a
     /// crash of this run is not mistaken for a clean stop.
     pub fn take_clean_shutdown(&self) -> bool {
-        let path = meta_dir(&self.root).join("clean-shutdown");
+        let path = meta_dir(&self.root).join(CLEAN_SHUTDOWN_MARK);
         if fs::remove_file(&path).is_err() {
             return false;
         }
@@ -1062,6 +1105,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = Brick::open(dir.path(), "v", 64).unwrap();
         (dir, b)
+    }
+
+    #[test]
+    fn a_restart_of_the_machine_without_a_clean_stop_is_a_power_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Brick::open(dir.path(), "v", 64).unwrap();
+        assert!(!b.power_lost(), "a new brick");
+        drop(b);
+        let b = Brick::open(dir.path(), "v", 64).unwrap();
+        assert!(
+            !b.power_lost(),
+            "a crash of the daemon alone keeps the page cache"
+        );
+        drop(b);
+        if current_boot_id().is_none() {
+            return; // a kernel without boot ids: nothing more to tell apart
+        }
+        let boot_id = dir.path().join(".brickd").join(BOOT_ID_FILE);
+        std::fs::write(&boot_id, "another-boot\n").unwrap();
+        let b = Brick::open(dir.path(), "v", 64).unwrap();
+        assert!(
+            b.power_lost(),
+            "the machine restarted under a running daemon"
+        );
+        b.mark_clean_shutdown().unwrap();
+        drop(b);
+        let b = Brick::open(dir.path(), "v", 64).unwrap();
+        assert!(!b.power_lost(), "the same boot again");
+        drop(b);
+        std::fs::write(&boot_id, "another-boot\n").unwrap();
+        let b = Brick::open(dir.path(), "v", 64).unwrap();
+        assert!(
+            !b.power_lost(),
+            "restarted after a clean stop: everything was synced"
+        );
     }
 
     #[test]
