@@ -309,7 +309,7 @@ mod tests {
         }
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes.len(), 3 * RECORD_BYTES);
+        assert_eq!(bytes.len(), 4 * RECORD_BYTES, "one range, a directory for two, a clear");
         bytes.extend_from_slice(&[1, 2, 3]);
         std::fs::write(&path, &bytes).unwrap();
         let opened = DirtLog::open(&path, 0, false).unwrap();
@@ -317,7 +317,7 @@ mod tests {
         assert!(opened.state.members[2].is_empty());
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
-            3 * RECORD_BYTES as u64
+            4 * RECORD_BYTES as u64
         );
         let (mut log, mut state) = (opened.log, opened.state);
         log.write(&state.clear(1).unwrap()).unwrap();
