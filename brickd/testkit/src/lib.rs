@@ -23,6 +23,8 @@ pub struct DevServer {
     _tmp: Option<tempfile::TempDir>,
     pub addr: String,
     pub cores: usize,
+    /// More arguments of `brickd dev` (first start only, e.g. `--replica 1`).
+    extra: Vec<String>,
 }
 
 /// A loopback port that was free a moment ago.
@@ -67,6 +69,11 @@ pub fn free_port() -> u16 {
 impl DevServer {
     /// Starts `brickd dev` in a new temporary directory.
     pub fn start(brickd: &Path, cores: usize) -> DevServer {
+        DevServer::start_with(brickd, cores, &[])
+    }
+
+    /// Starts `brickd dev` with more arguments (`--replica 1`...).
+    pub fn start_with(brickd: &Path, cores: usize, extra: &[&str]) -> DevServer {
         let tmp = tempfile::Builder::new()
             .prefix("brickd-test")
             .tempdir_in(scratch_root())
@@ -79,6 +86,7 @@ impl DevServer {
             _tmp: Some(tmp),
             addr: format!("127.0.0.1:{}", free_port()),
             cores,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         // The port was free a moment ago; a test running in parallel may have taken it since.
         for _ in 0..PORT_ATTEMPTS {
@@ -115,6 +123,7 @@ impl DevServer {
             .args(["--nbd-listen", "127.0.0.1:0"])
             .args(["--nfs-listen", "127.0.0.1:0"])
             .args(["--smb-listen", "127.0.0.1:0"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -1392,7 +1392,7 @@ impl Replica {
 /// primary) ended with two up-to-date members holding different contents for a small file
 /// in 2 of 5 runs, which the simulator does not reproduce; not yet understood. Members still
 /// accept a pushed map (it was read from the store, so adopting it is safe).
-const PUSH_MAPS: bool = false;
+const PUSH_MAPS: bool = true;
 
 /// The members in a bit mask, in member order.
 fn members_of(mask: u8) -> impl Iterator<Item = Member> {

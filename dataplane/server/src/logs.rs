@@ -309,7 +309,11 @@ mod tests {
         }
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes.len(), 4 * RECORD_BYTES, "one range, a directory for two, a clear");
+        assert_eq!(
+            bytes.len(),
+            4 * RECORD_BYTES,
+            "one range, a directory for two, a clear"
+        );
         bytes.extend_from_slice(&[1, 2, 3]);
         std::fs::write(&path, &bytes).unwrap();
         let opened = DirtLog::open(&path, 0, false).unwrap();
