@@ -99,6 +99,25 @@ pub const CORE_IO_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// glommio's own default exceeds it, see docs/ARCHITECTURE.md).
 pub const CORE_IO_MEMORY_BYTES_MIN: usize = 1024 * 1024;
 
+/// Initial size of a connection's reply buffer (replies are coalesced into it).
+pub const COALESCE_BYTES_MAX: usize = 256 * 1024;
+/// Replies up to this size are copied into the coalescing buffer; larger ones are queued as
+/// they are.
+pub const SMALL_REPLY_BYTES_MAX: usize = 16 * 1024;
+/// Budget a connection charges per request beyond its payload (header, task, bookkeeping).
+pub const REQUEST_OVERHEAD_BYTES: u64 = 256;
+/// WRITEs with at least this much data are read off the socket straight into a DMA buffer.
+pub const BULK_WRITE_BYTES_MIN: u32 = 64 * 1024;
+/// A replicated op whose file was renamed while it was being opened is resolved again at
+/// most this many times.
+pub const APPLY_ATTEMPTS_MAX: u32 = 5;
+/// NBD served on a core: bytes of the request stream read at once (pipelined headers arrive
+/// together), READ replies copied into the shared reply buffer up to this size, and
+/// WRITE_ZEROES written in pieces of this size.
+pub const NBD_STREAM_BUFFER_BYTES: usize = 64 << 10;
+pub const NBD_SMALL_READ_BYTES_MAX: usize = 16 << 10;
+pub const NBD_ZERO_CHUNK_BYTES: u32 = 1 << 20;
+
 /// Cross-core channel depth (requests forwarded to the owning core).
 pub const CORE_CHANNEL_DEPTH: usize = 1024;
 
@@ -123,8 +142,13 @@ pub const PEER_QUEUE_FRAMES: usize = 8192;
 /// How long a node waits for a peer's TCP connect and handshake.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
 /// Size of a PG member's activity log, mapped into memory (32-byte records; a full log is
-/// compacted at once, otherwise once a second).
+/// compacted at once, otherwise every `ACTIVITY_REWRITE_INTERVAL_MS` while ops arrive).
 pub const ACTIVITY_LOG_BYTES: usize = 1 << 20;
+pub const ACTIVITY_REWRITE_INTERVAL_MS: u64 = 1000;
+/// Bytes of queued replication frames written with one socket write.
+pub const PEER_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// A replication link that failed is tried again after this.
+pub const PEER_RECONNECT_DELAY_MS: u64 = 100;
 
 /// A node whose liveness lease is not renewed for this long is considered down.
 pub const NODE_LIVENESS_TTL_MS: u64 = 2000;

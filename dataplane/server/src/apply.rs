@@ -8,7 +8,7 @@ use crate::state::ServedVolume;
 use brick_replication::body::{decode_catch_up, CatchUpWriter, ListedEntry};
 use brick_replication::{BodyOp, LocalCopy, LockKey, LockKind};
 use brick_store::{Brick, FsError, FsResult, HealEntry};
-use brick_tuning::IO_BYTES_MAX;
+use brick_tuning::{APPLY_ATTEMPTS_MAX, IO_BYTES_MAX};
 use brick_wire::{
     begin_response, error_frame, op, response_frame, seal_response, DecodeError, Enc, ErrorCode,
     FileId, FileKind, Request, SetAttr, TimeSet, WriteReply, RENAME_NOREPLACE, ROOT_FILE_ID,
@@ -134,8 +134,6 @@ pub(crate) async fn apply(
         "the namespace kept changing",
     )
 }
-
-const APPLY_ATTEMPTS_MAX: u32 = 5;
 
 /// What a new primary forwards to make an in-doubt range identical on every member: the
 /// range's bytes as a WRITE, a whole file's attributes as a SETATTR. (The namespace is

@@ -4,6 +4,9 @@
 use crate::ctx::CoreCtx;
 use crate::dispatch::{Reply, Session};
 use brick_tuning::{
+    BULK_WRITE_BYTES_MIN, COALESCE_BYTES_MAX, REQUEST_OVERHEAD_BYTES, SMALL_REPLY_BYTES_MAX,
+};
+use brick_tuning::{
     CONNECTION_INFLIGHT_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX, HANDSHAKE_TIMEOUT_MS, IO_BYTES_MAX,
 };
 use brick_tuning::{CONNECTION_INFLIGHT_MAX, FRAME_PAYLOAD_BYTES_MAX};
@@ -25,9 +28,6 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
-
-/// Initial size of a connection's reply buffer.
-const COALESCE_BYTES_MAX: usize = 256 * 1024;
 
 pub(crate) async fn serve(ctx: Rc<CoreCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -204,10 +204,6 @@ enum Queued {
     Data(ReadResult),
 }
 
-const SMALL_REPLY_BYTES_MAX: usize = 16 * 1024;
-
-/// Budget charged per request beyond its payload (header, task, bookkeeping).
-const REQUEST_OVERHEAD_BYTES: u64 = 256;
 /// The least a request costs, so that at most CONNECTION_INFLIGHT_MAX are in flight.
 const REQUEST_COST_MIN: u64 = CONNECTION_INFLIGHT_BYTES_MAX / CONNECTION_INFLIGHT_MAX as u64;
 
@@ -317,8 +313,6 @@ fn read_reply_bytes(header: &Header, payload: &[u8]) -> u64 {
     let len = u32::from_le_bytes([payload[20], payload[21], payload[22], payload[23]]);
     len.min(IO_BYTES_MAX) as u64
 }
-
-const BULK_WRITE_BYTES_MIN: u32 = 64 * 1024;
 
 fn is_bulk_write(h: &Header) -> bool {
     h.opcode == op::WRITE

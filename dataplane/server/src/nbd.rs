@@ -9,7 +9,10 @@
 use crate::conn::{local_session, Outbox};
 use crate::ctx::CoreCtx;
 use crate::dispatch::Session;
-use brick_tuning::IO_BYTES_MAX;
+use brick_tuning::{
+    IO_BYTES_MAX, NBD_SMALL_READ_BYTES_MAX, NBD_STREAM_BUFFER_BYTES as STREAM_BUFFER_BYTES,
+    NBD_ZERO_CHUNK_BYTES as ZERO_CHUNK_BYTES,
+};
 use brick_wire::local::{NbdHandoff, NbdSessionEnd, NbdUnanswered};
 use brick_wire::nbd::{self, Request as NbdRequest};
 use brick_wire::{
@@ -23,12 +26,8 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 
-/// Bytes of the request stream read at once (pipelined headers arrive together).
-const STREAM_BUFFER_BYTES: usize = 64 << 10;
 /// READ replies up to this size (native frame) are copied into the shared reply buffer.
-const SMALL_READ_FRAME_BYTES: usize = HEADER_BYTES + (16 << 10);
-/// WRITE_ZEROES writes zeros in pieces of this size.
-const ZERO_CHUNK_BYTES: u32 = 1 << 20;
+const SMALL_READ_FRAME_BYTES: usize = HEADER_BYTES + NBD_SMALL_READ_BYTES_MAX;
 
 /// How a request ended on this core.
 enum Outcome {

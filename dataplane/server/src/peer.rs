@@ -4,7 +4,10 @@
 //! is whatever queued while the link was down. The replication protocol resends what matters.
 
 use crate::state::NODE_USER;
-use brick_tuning::{HANDSHAKE_PAYLOAD_BYTES_MAX, PEER_CONNECT_TIMEOUT_MS, PEER_QUEUE_FRAMES};
+use brick_tuning::{
+    HANDSHAKE_PAYLOAD_BYTES_MAX, PEER_BATCH_BYTES_MAX as BATCH_BYTES_MAX, PEER_CONNECT_TIMEOUT_MS,
+    PEER_QUEUE_FRAMES, PEER_RECONNECT_DELAY_MS as RECONNECT_DELAY_MS,
+};
 use brick_wire::frame::{verify_crc, VERSION_MAX, VERSION_MIN};
 use brick_wire::{auth, op, request_frame, Header, HelloReply, Kind, Request, HEADER_BYTES};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,10 +17,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Bytes of queued frames written with one socket write.
-const BATCH_BYTES_MAX: usize = 256 * 1024;
-const RECONNECT_DELAY_MS: u64 = 100;
 
 /// The links of one core, by peer address.
 pub(crate) struct PeerLinks {

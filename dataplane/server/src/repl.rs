@@ -24,8 +24,8 @@ use brick_replication::{
 };
 use brick_store::Brick;
 use brick_tuning::{
-    HEALING_PGS_PER_CORE_MAX, HEAL_REPORT_INTERVAL_MS, HEAL_TICK_MS, NAMESPACE_RESYNC_OPS,
-    REPL_TICK_MS,
+    ACTIVITY_REWRITE_INTERVAL_MS, HEALING_PGS_PER_CORE_MAX, HEAL_REPORT_INTERVAL_MS, HEAL_TICK_MS,
+    NAMESPACE_RESYNC_OPS, REPL_TICK_MS,
 };
 use brick_wire::{op, DecodeError, ErrorCode, Header, HEADER_BYTES};
 use std::cell::RefCell;
@@ -91,7 +91,9 @@ impl Slot {
     /// when it grew (so an idle PG writes nothing).
     fn compact_activity(&mut self) {
         let a = &self.activity;
-        if a.appended == 0 || a.rewritten_at.elapsed() < Duration::from_secs(ACTIVITY_REWRITE_S) {
+        if a.appended == 0
+            || a.rewritten_at.elapsed() < Duration::from_millis(ACTIVITY_REWRITE_INTERVAL_MS)
+        {
             return;
         }
         let keys = self.replica.activity_keys();
@@ -100,8 +102,6 @@ impl Slot {
         }
     }
 }
-
-const ACTIVITY_REWRITE_S: u64 = 1;
 
 /// Runs `f` with the healer, its replica, its environment and what it reads of the brick.
 fn with_healer<R>(
