@@ -5,11 +5,11 @@
 use crate::dirt::{self, Dirt, DirtState, FileId, RECORD_BYTES};
 use crate::lock::{LockKey, LockKind};
 use crate::map::{Member, MEMBERS_MAX};
-use crate::replica::OpId;
+use crate::replica::{OpId, Outcome};
 use brick_tuning::{
     FRAME_PAYLOAD_BYTES_MAX, RECENT_NAMESPACE_BODIES_MAX, SYMLINK_TARGET_BYTES_MAX,
 };
-use brick_wire::{Dec, DecodeError, Enc, FileKind, Request};
+use brick_wire::{Dec, DecodeError, Enc, ErrorCode, FileKind, Request};
 use std::collections::{HashMap, VecDeque};
 
 /// The kind of a body, as its 16-bit code on the wire (REPL forwards only).
@@ -19,6 +19,11 @@ pub enum BodyOp {
     Noop,
     /// A request as a client sent it, by its opcode (CREATE, WRITE, SETATTR...).
     Request(u16),
+    /// A copy that a heal or a new primary makes of a range (WRITE) or of a file's attributes
+    /// (SETATTR), from its own copy: applied as the request, except that a file missing on
+    /// the member was removed from the namespace there, so there is nothing to copy into and
+    /// the copy succeeds doing nothing.
+    Copy(u16),
     /// A heal's namespace catch-up: directory listings the member makes its own.
     CatchUp,
     /// A heal's dirt hand-off: dirt-log records of the members still away.
@@ -28,12 +33,15 @@ pub enum BodyOp {
 const NOOP_CODE: u16 = 0;
 const CATCH_UP_CODE: u16 = 0xFF01;
 const HANDOFF_CODE: u16 = 0xFF02;
+/// A copy's code is its request's opcode with this bit (request opcodes are below it).
+const COPY_BIT: u16 = 0x8000;
 
 impl BodyOp {
     pub fn code(self) -> u16 {
         match self {
             BodyOp::Noop => NOOP_CODE,
             BodyOp::Request(op) => op,
+            BodyOp::Copy(op) => COPY_BIT | op,
             BodyOp::CatchUp => CATCH_UP_CODE,
             BodyOp::Handoff => HANDOFF_CODE,
         }
@@ -44,6 +52,7 @@ impl BodyOp {
             NOOP_CODE => BodyOp::Noop,
             CATCH_UP_CODE => BodyOp::CatchUp,
             HANDOFF_CODE => BodyOp::Handoff,
+            op if op & COPY_BIT != 0 => BodyOp::Copy(op & !COPY_BIT),
             op => BodyOp::Request(op),
         }
     }
@@ -70,7 +79,7 @@ pub fn dirt_of_body(op: BodyOp, payload: &[u8]) -> Option<Vec<Dirt>> {
             let dirs = decode_catch_up(payload).ok()?;
             return Some(dirs.into_iter().map(|(d, _)| Dirt::Dir(d)).collect());
         }
-        BodyOp::Request(code) => code,
+        BodyOp::Request(code) | BodyOp::Copy(code) => code,
     };
     let req = Request::decode(code, payload).ok()?;
     Some(match req {
@@ -119,6 +128,19 @@ pub fn dirt_of_lock(lock: LockKey) -> Vec<Dirt> {
             },
         ],
         LockKind::Range { fid, start, end } => vec![Dirt::range(fid, start, end - start)],
+    }
+}
+
+/// What a data op's refusal means on a member: the file it names is missing there
+/// (`Stale`, `NotFound`) while the member is not up to date in the namespace PG (PG 0): its
+/// namespace is behind, not the file gone, so the member failed the op (it leaves the PG)
+/// rather than refused it alike with the others (a primary that refused would otherwise
+/// remove the members that have the file). Any other outcome stands.
+pub fn outcome_in_data_pg(outcome: Outcome, namespace_current: bool) -> Outcome {
+    let missing = [ErrorCode::Stale.code(), ErrorCode::NotFound.code()];
+    match outcome {
+        Outcome::Refused(code) if !namespace_current && missing.contains(&code) => Outcome::Failed,
+        other => other,
     }
 }
 
@@ -335,6 +357,8 @@ mod tests {
             BodyOp::Handoff,
             BodyOp::Request(op::WRITE),
             BodyOp::Request(op::RENAME),
+            BodyOp::Copy(op::WRITE),
+            BodyOp::Copy(op::SETATTR),
         ] {
             assert_eq!(BodyOp::from_code(b.code()), b);
         }

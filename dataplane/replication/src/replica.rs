@@ -19,10 +19,10 @@
 //!   primary can never again collect acknowledgements from all of its old set.
 
 use crate::dirt::LogWrite;
-use crate::lock::LockKey;
+use crate::lock::{LockKey, LockKind};
 use crate::map::{mask_of, Epoch, Member, PgMap, MEMBERS_MAX};
 use brick_tuning as tuning;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Operation ids are assigned by the primary, increasing, unique per primary incarnation.
 pub type OpId = u64;
@@ -275,6 +275,10 @@ pub struct Replica {
     /// Members whose in-doubt ranges this primary has recorded (they report with every
     /// heartbeat answer while behind); a heal begins and ends only after that.
     reported: u8,
+    /// The in-doubt keys of each member recorded this absence: a key reported again is not
+    /// recorded again (copied ranges leave the dirt, and recording them again would bring them
+    /// back), a new one is (a member may learn of more while it is away: `lost_data`).
+    recorded: [BTreeSet<LockKey>; MEMBERS_MAX as usize],
 }
 
 impl Replica {
@@ -315,6 +319,7 @@ impl Replica {
             seen_watermark: [0; MEMBERS_MAX as usize],
             own_in_doubt: if restarted { activity } else { Vec::new() },
             reported: 0,
+            recorded: Default::default(),
         };
         let listed = map.is_healing(me) || (map.is_up_to_date(me) && map.up_to_date_count() > 1);
         if restarted && listed {
@@ -368,6 +373,22 @@ impl Replica {
         self.me
     }
 
+    /// Whether no namespace change this member applied (or that a catch-up made) can still be
+    /// undone by a repair: none is in doubt (`activity_keys`). Files removed from the
+    /// namespace are kept until then, so that a repair that brings one back restores its data.
+    pub fn namespace_settled(&self) -> bool {
+        !self
+            .activity_keys()
+            .iter()
+            .any(|k| matches!(k.kind(), LockKind::Namespace | LockKind::Everything))
+    }
+
+    /// Whether this member is leaving the up-to-date set (it restarted, failed, or lost data):
+    /// it serves nothing until a map without it arrives.
+    pub fn is_leaving(&self) -> bool {
+        self.retiring
+    }
+
     /// Whether this member serves as primary right now (reads and writes go here).
     pub fn is_primary(&self) -> bool {
         !self.retiring && self.map.primary() == Some(self.me)
@@ -387,6 +408,33 @@ impl Replica {
         keys.sort();
         keys.dedup();
         keys
+    }
+
+    /// Keeps the reports of the members in `keep` only.
+    fn forget_reports(&mut self, keep: u8) {
+        self.reported &= keep;
+        for m in (0..MEMBERS_MAX).filter(|m| keep & (1 << m) == 0) {
+            self.recorded[m as usize].clear();
+        }
+    }
+
+    /// Parts of this member's copy no longer hold what was acknowledged there (a repair of the
+    /// namespace recreated these files empty: their data lives in this PG). Like a member that
+    /// crashed, it must be healed of them: up to date or healing, it leaves the PG and reports
+    /// them when it is back (the last up-to-date copy stays, and what it holds becomes the
+    /// others'); absent, it reports them with its next heartbeat answer.
+    pub fn lost_data(&mut self, keys: &[LockKey], out: &mut Vec<Output>) {
+        if keys.is_empty() {
+            return;
+        }
+        for &lock in keys {
+            // Persisted like an op's range: a crash before the heal must not forget them.
+            out.push(Output::RecordActivity { lock });
+        }
+        self.own_in_doubt.extend_from_slice(keys);
+        if self.receiving() {
+            self.retire(out);
+        }
     }
 
     /// What a member behind reports to the primary: its activity when it left (or at its
@@ -822,18 +870,20 @@ impl Replica {
             }
             Msg::HeartbeatAck { epoch, in_doubt } => {
                 self.heard(now_ms, from, epoch, out);
-                // Recorded once per primary and absence: copied ranges leave the dirt, and a
-                // report recorded again would bring them back.
-                let fresh = self.reported & (1 << from) == 0;
-                let behind = !self.map.is_up_to_date(from) && fresh;
+                // Each key recorded once per primary and absence: copied ranges leave the
+                // dirt, and a report recorded again would bring them back.
+                let behind = !self.map.is_up_to_date(from);
                 if let (Some(keys), true, true) = (in_doubt, behind, self.is_primary()) {
+                    let recorded = &mut self.recorded[from as usize];
                     for lock in keys {
-                        out.push(Output::RecordDirty {
-                            origin: from,
-                            op: 0,
-                            lock,
-                            absent: 1 << from,
-                        });
+                        if recorded.len() < IN_DOUBT_REPORT_KEYS_MAX && recorded.insert(lock) {
+                            out.push(Output::RecordDirty {
+                                origin: from,
+                                op: 0,
+                                lock,
+                                absent: 1 << from,
+                            });
+                        }
                     }
                     self.reported |= 1 << from;
                 }
@@ -1327,7 +1377,7 @@ impl Replica {
             self.own_in_doubt.clear();
         }
         // Up to date: nothing to report; left again: a new report (a new absence).
-        self.reported &= !map.up_to_date & !(old.receivers() & !map.receivers());
+        self.forget_reports(!map.up_to_date & !(old.receivers() & !map.receivers()));
         if self.is_primary() {
             if self.cfg.push_maps {
                 // Before any forward of the new epoch (links deliver in order).
@@ -1339,7 +1389,7 @@ impl Replica {
                 }
             }
             if !was_primary {
-                self.reported = 0;
+                self.forget_reports(0);
                 self.last_heard_ms = [now_ms; MEMBERS_MAX as usize];
                 self.last_heartbeat_ms = 0;
                 self.begin_recovery(now_ms, out);

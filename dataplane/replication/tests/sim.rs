@@ -1,15 +1,18 @@
-//! Deterministic simulation of one placement group: R members running the production
-//! `Replica` and `Healer`, a cluster store (a compare-and-set register, as etcd gives), a
-//! client, and a network and disks that fail. Everything comes from one seeded RNG and one
-//! clock, so a failing seed replays exactly: `SIM_SEED=1234 cargo test -p brick-replication
-//! --test sim`.
+//! Deterministic simulation of a volume's namespace PG (PG 0: creates and unlinks) and one data
+//! PG (PG 1: writes), each with R members running the production `Replica` and `Healer`, on
+//! R nodes whose bricks both PGs share, with a cluster store (compare-and-set registers, as
+//! etcd gives), a client, and a network and disks that fail. Everything comes from one seeded
+//! RNG and one clock, so a failing seed replays exactly: `SIM_SEED=1234 cargo test -p
+//! brick-replication --test sim`.
 //!
 //! What is simulated is only what is not production code: the network, the disk (a brick
 //! holding a flat root directory of small files) and the store. Every message between members
 //! is encoded and decoded by the REPL codec; every operation's body is a real request
 //! (`Request::Write`, `Create`, `Unlink`) or a heal body built by the heal code; the dirt log
 //! holds the real 32-byte records and is replayed at start by `DirtState::replay`, as is the
-//! activity log; the heal is the `Healer`, fed exactly as the dataplane feeds it.
+//! activity log; the heal is the `Healer`, fed exactly as the dataplane feeds it. As in the
+//! dataplane, the data PG heals a member only once PG 0 has it up to date, and a write to a
+//! file names it by the id the namespace PG gave it: what one PG does depends on the other.
 //!
 //! Faults: process crashes (SIGKILL: volatile state gone, completed disk writes kept, queued
 //! ones kept or lost) and restarts; power losses (as a crash, and the logs lose their
@@ -19,38 +22,42 @@
 //! that fail; bricks replaced by empty ones (`volume replace-brick`). Whether primaries push
 //! each new map to the members (`Config::push_maps`) is chosen per seed.
 //!
-//! Checked after every step: the map is valid; no two members answered client operations in
-//! one epoch; every up-to-date member holds, for every file, the last acknowledged state or one
-//! written after it (no acknowledged write or namespace change lost). At the end, after the
-//! faults stop: every member is healed and up to date, all hold identical bricks, and every
-//! client operation got an answer.
+//! Checked after every step: the maps are valid; no two members answered client operations of
+//! one PG in one epoch; every member up to date holds, for every file, the last acknowledged
+//! state or one written after it (no acknowledged write or namespace change lost). At the
+//! end, after the faults stop: every member is healed and up to date, all hold identical
+//! bricks, and every client operation got an answer.
 
 use brick_replication::body::{
-    decode_catch_up, dirt_of_body, dirt_of_lock, CatchUpWriter, ListedEntry, RecentNamespace,
+    decode_catch_up, dirt_of_body, dirt_of_lock, outcome_in_data_pg, CatchUpWriter, ListedEntry,
+    RecentNamespace,
 };
 use brick_replication::codec::{decode_repl, encode_repl, BodyRef, OwnedBody};
 use brick_replication::dirt::{
     activity_keys_of, activity_rewrite, boot_activity, encode_activity, RECORD_BYTES,
 };
 use brick_replication::{
-    BodyOp, Boot, Config, DirtState, HealConfig, HealEnv, Healer, LocalCopy, LockKey, LockKind,
-    LogWrite, Member, Msg, OpError, OpId, Outcome, Output, PgMap, Replica, ResyncRead,
+    mask_of, BodyOp, Boot, Config, DirtState, HealConfig, HealEnv, Healer, LocalCopy, LockKey,
+    LockKind, LogWrite, Member, Msg, OpError, OpId, Outcome, Output, PgMap, Replica,
+    ResyncRead,
 };
 use brick_wire::{op, Enc, ErrorCode, FileKind, Request, HEADER_BYTES, ROOT_FILE_ID};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The namespace PG and the data PG.
+const NAMESPACE_PG: u32 = 0;
+const DATA_PG: u32 = 1;
+const PGS: usize = 2;
 /// Files written by the client (always present): file ids `REG_BASE..REG_BASE + KEYS`.
 const KEYS: u64 = 16;
-/// Names the client creates and removes: file ids `NS_BASE..NS_BASE + NS_KEYS`.
+/// Names the client creates, writes and removes: file ids `NS_BASE..NS_BASE + NS_KEYS`.
 const NS_KEYS: u64 = 4;
 const REG_BASE: u64 = 100;
 const NS_BASE: u64 = 200;
 /// A WRITE at this offset is beyond the largest file: every member refuses it alike.
 const REFUSE_OFFSET: u64 = 1 << 40;
-/// What a checked slot reads as when its file is missing.
-const MISSING: u64 = u64::MAX;
 const TICK_MS: u64 = 5;
 const FAULT_PHASE_MS: u64 = 20_000;
 const SETTLE_MS: u64 = 15_000;
@@ -75,8 +82,10 @@ struct ClientOp {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpKind {
-    /// Sets register `slot` to `value`; `refuse`: every member refuses it (it must never land).
+    /// Sets file `fid` (the slot's, as the client last learned it) to `value`; `refuse`:
+    /// every member refuses it (it must never land).
     Write {
+        fid: u64,
         value: u64,
         refuse: bool,
     },
@@ -85,13 +94,18 @@ enum OpKind {
 }
 
 impl ClientOp {
-    /// The slot's state once this op landed.
-    fn value(&self) -> u64 {
+    /// Namespace changes go to PG 0, writes to the data PG.
+    fn pg(&self) -> u32 {
         match self.kind {
-            OpKind::Write { value, .. } => value,
-            OpKind::Create => 1,
-            OpKind::Unlink => 0,
+            OpKind::Write { .. } => DATA_PG,
+            OpKind::Create | OpKind::Unlink => NAMESPACE_PG,
         }
+    }
+
+    /// A refusal is an answer the client may get: for a name (it may be gone or exist), or
+    /// for a write made to be refused; never for a plain write of a register.
+    fn may_be_refused(&self) -> bool {
+        self.slot >= KEYS || matches!(self.kind, OpKind::Write { refuse: true, .. })
     }
 
     /// The request as the client sends it: its body, lock and whether it is applied locally
@@ -100,8 +114,7 @@ impl ClientOp {
         let mut e = Enc::default();
         let name = ns_name(self.slot);
         let (req, lock) = match self.kind {
-            OpKind::Write { value, refuse } => {
-                let fid = REG_BASE + self.slot;
+            OpKind::Write { fid, value, refuse } => {
                 let offset = if refuse { REFUSE_OFFSET } else { 0 };
                 let data = value.to_le_bytes();
                 Request::Write {
@@ -144,44 +157,40 @@ impl ClientOp {
     }
 }
 
-fn ns_name(slot: u64) -> String {
-    format!("n{}", slot.saturating_sub(KEYS))
-}
-
-fn name_of(fid: u64) -> String {
-    if fid >= NS_BASE {
-        format!("n{}", fid - NS_BASE)
+/// The name of slot `slot`'s file in the root directory.
+fn slot_name(slot: u64) -> String {
+    if slot < KEYS {
+        format!("r{slot}")
     } else {
-        format!("r{}", fid - REG_BASE)
+        format!("n{}", slot - KEYS)
     }
 }
 
-fn fid_of_name(name: &str) -> Option<u64> {
-    let i: u64 = name.strip_prefix('n')?.parse().ok()?;
-    (i < NS_KEYS).then_some(NS_BASE + i)
+fn ns_name(slot: u64) -> String {
+    slot_name(slot)
 }
 
-/// A brick: a root directory of small files, each holding one number.
+/// A brick: a root directory of small files, each holding one number. Registers have fixed
+/// ids; a created name gets a new id each time (the primary mints it), as in the dataplane.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Disk {
     files: BTreeMap<u64, u64>,
+    names: BTreeMap<String, u64>,
+    /// Files a namespace repair created empty here, whose data the data PG must bring back
+    /// (the brick keeps this list until the data PG's member took them as lost).
+    lost: BTreeSet<u64>,
+    /// Files removed from the namespace, kept (by id, with their data) while a namespace
+    /// change here may still be undone: a repair that brings one back restores it whole.
+    limbo: BTreeMap<u64, u64>,
 }
 
 impl Disk {
     fn formatted() -> Disk {
         Disk {
             files: (0..KEYS).map(|k| (REG_BASE + k, 0)).collect(),
-        }
-    }
-
-    fn value_of(&self, slot: u64) -> u64 {
-        if slot < KEYS {
-            self.files
-                .get(&(REG_BASE + slot))
-                .copied()
-                .unwrap_or(MISSING)
-        } else {
-            self.files.contains_key(&(NS_BASE + slot - KEYS)) as u64
+            names: (0..KEYS).map(|k| (slot_name(k), REG_BASE + k)).collect(),
+            lost: BTreeSet::new(),
+            limbo: BTreeMap::new(),
         }
     }
 
@@ -200,15 +209,24 @@ impl Disk {
                 }
                 Err(_) => Outcome::Refused(ErrorCode::Malformed.code()),
             },
-            BodyOp::Request(code) => match Request::decode(code, &body.payload) {
+            BodyOp::Copy(code) | BodyOp::Request(code) => match Request::decode(code, &body.payload) {
                 Ok(Request::Write {
                     fid, offset, data, ..
                 }) => {
                     if offset >= REFUSE_OFFSET {
                         return Outcome::Refused(ErrorCode::FileTooBig.code());
                     }
-                    let Some(content) = self.files.get_mut(&fid) else {
-                        return Outcome::Refused(ErrorCode::Stale.code());
+                    let copy = matches!(body.op, BodyOp::Copy(_));
+                    // A copy also reaches a file removed from the namespace while the removal
+                    // may still be undone (its data is kept, in limbo), or does nothing if it
+                    // is gone; a client's write finds only files in the namespace.
+                    let content = match (self.files.get_mut(&fid), copy) {
+                        (Some(c), _) => c,
+                        (None, true) => match self.limbo.get_mut(&fid) {
+                            Some(c) => c,
+                            None => return Outcome::Ok,
+                        },
+                        (None, false) => return Outcome::Refused(ErrorCode::Stale.code()),
                     };
                     let mut word = [0u8; 8];
                     let n = data.len().min(8);
@@ -217,21 +235,30 @@ impl Disk {
                     Outcome::Ok
                 }
                 Ok(Request::Create { name, .. }) => {
-                    let Some(fid) = fid_of_name(name) else {
+                    if !name.starts_with('n') {
                         return Outcome::Refused(ErrorCode::Invalid.code());
-                    };
-                    if self.files.contains_key(&fid) {
+                    }
+                    if self.names.contains_key(name) {
                         return Outcome::Refused(ErrorCode::Exists.code());
                     }
-                    self.files.insert(fid, 0);
+                    // The id the primary minted rides in the forward; the primary's own apply
+                    // mints it (`minted` is then the sim's next free id).
+                    self.names.insert(name.to_string(), body.minted);
+                    self.files.insert(body.minted, 0);
                     Outcome::Ok
                 }
                 Ok(Request::Unlink { name, .. }) => {
-                    let Some(fid) = fid_of_name(name) else {
+                    if !name.starts_with('n') {
                         return Outcome::Refused(ErrorCode::Invalid.code());
-                    };
-                    if self.files.remove(&fid).is_none() {
+                    }
+                    let Some(fid) = self.names.remove(name) else {
                         return Outcome::Refused(ErrorCode::NotFound.code());
+                    };
+                    if std::env::var("SIM_TRACE").is_ok() {
+                        eprintln!("  unlink {name} = {fid}");
+                    }
+                    if let Some(content) = self.files.remove(&fid) {
+                        self.limbo.insert(fid, content);
                     }
                     Outcome::Ok
                 }
@@ -242,10 +269,10 @@ impl Disk {
 
     /// The root's entries as a catch-up lists them.
     fn listing(&self) -> Vec<ListedEntry> {
-        self.files
-            .keys()
-            .map(|&fid| ListedEntry {
-                name: name_of(fid),
+        self.names
+            .iter()
+            .map(|(name, &fid)| ListedEntry {
+                name: name.clone(),
                 fid,
                 kind: FileKind::File,
                 mode: 0o644,
@@ -254,14 +281,49 @@ impl Disk {
             .collect()
     }
 
-    /// The brick's `reconcile_dir` for the root: drop what is not listed, create (empty) what
-    /// is missing; the data of what was created follows as range copies.
+    /// The brick's `reconcile_dir` for the root: drop what is not listed (or listed under
+    /// another id), create (empty) what is missing; the data of what was created follows as
+    /// range copies.
     fn reconcile_root(&mut self, entries: &[ListedEntry]) {
-        let wanted: BTreeSet<u64> = entries.iter().map(|e| e.fid).collect();
-        self.files.retain(|fid, _| wanted.contains(fid));
-        for fid in wanted {
-            self.files.entry(fid).or_insert(0);
+        let wanted: BTreeMap<&str, u64> = entries.iter().map(|e| (e.name.as_str(), e.fid)).collect();
+        let (files, limbo) = (&mut self.files, &mut self.limbo);
+        let trace = std::env::var("SIM_TRACE").is_ok();
+        self.names.retain(|name, fid| {
+            let keep = wanted.get(name.as_str()) == Some(fid);
+            if !keep {
+                if trace {
+                    eprintln!("  reconcile removes {name} = {fid}");
+                }
+                if let Some(content) = files.remove(fid) {
+                    limbo.insert(*fid, content);
+                }
+            }
+            keep
+        });
+        if trace {
+            eprintln!("  reconcile wants {wanted:?}");
         }
+        for (name, fid) in wanted {
+            if !self.names.contains_key(name) {
+                self.names.insert(name.to_string(), fid);
+                if let std::collections::btree_map::Entry::Vacant(e) = self.files.entry(fid) {
+                    match self.limbo.remove(&fid) {
+                        Some(content) => {
+                            e.insert(content);
+                        }
+                        None => {
+                            e.insert(0);
+                            self.lost.insert(fid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Holds the same namespace and data as `other`.
+    fn same_as(&self, other: &Disk) -> bool {
+        self.files == other.files && self.names == other.names
     }
 
     /// The body a heal or a new primary forwards for `lock`'s range: its bytes as a WRITE, or
@@ -277,7 +339,7 @@ impl Disk {
             LockKind::Range { fid, start, .. } => (fid, start),
             _ => return noop,
         };
-        let Some(content) = self.files.get(&fid) else {
+        let Some(content) = self.files.get(&fid).or_else(|| self.limbo.get(&fid)) else {
             return noop;
         };
         if start >= 8 {
@@ -293,7 +355,7 @@ impl Disk {
         }
         .encode(&mut e);
         OwnedBody {
-            op: BodyOp::Request(op::WRITE),
+            op: BodyOp::Copy(op::WRITE),
             minted: 0,
             payload: e.buf,
         }
@@ -314,13 +376,26 @@ impl Disk {
     }
 }
 
-impl LocalCopy for Disk {
-    fn ids_in_pg(&self, _pg: u32) -> Vec<u64> {
-        self.files.keys().copied().collect()
+/// What a PG's healer reads of the brick: every file's data is in the data PG.
+struct PgCopy<'a> {
+    disk: &'a Disk,
+}
+
+/// Files in limbo are data the PG still holds (a repair may bring them back), as in the
+/// dataplane.
+impl LocalCopy for PgCopy<'_> {
+    fn ids_in_pg(&self, pg: u32) -> Vec<u64> {
+        if pg == DATA_PG {
+            let limbo = self.disk.limbo.keys();
+            self.disk.files.keys().chain(limbo).copied().collect()
+        } else {
+            Vec::new()
+        }
     }
 
     fn file_size(&self, fid: u64) -> Option<u64> {
-        self.files.get(&fid).map(|_| 8)
+        let held = self.disk.files.contains_key(&fid) || self.disk.limbo.contains_key(&fid);
+        held.then_some(8)
     }
 }
 
@@ -340,6 +415,8 @@ enum Event {
         attempt: u64,
         op: ClientOp,
         result: Result<(), OpError>,
+        /// The id a create gave its entry (0: none).
+        minted: u64,
     },
     ClientDisconnected {
         attempt: u64,
@@ -347,16 +424,19 @@ enum Event {
     DiskDone {
         node: Member,
         incarnation: u64,
+        pg: u32,
         job: DiskJob,
     },
     Propose {
         node: Member,
         incarnation: u64,
+        pg: u32,
         map: PgMap,
     },
     MapDelivery {
         node: Member,
         incarnation: u64,
+        pg: u32,
         map: PgMap,
         proposal_result: Option<bool>,
     },
@@ -364,38 +444,25 @@ enum Event {
 
 #[derive(Debug, Clone)]
 enum DiskJob {
-    Local {
-        op: OpId,
-        body: OwnedBody,
-    },
-    Forwarded {
-        from: Member,
-        op: OpId,
-        body: OwnedBody,
-    },
+    Local { op: OpId, body: OwnedBody },
+    Forwarded { from: Member, op: OpId, body: OwnedBody },
     /// A read for a `ReadForResync`.
-    Resync {
-        op: OpId,
-        lock: LockKey,
-    },
+    Resync { op: OpId, lock: LockKey },
 }
 
-/// An op this node runs as primary: its body (`None` while its resync read runs), the client
-/// attempt if any, and when it started.
+/// An op a PG's member runs as primary: its body (`None` while its resync read runs), the
+/// client attempt if any, and when it started.
 struct PrimaryOp {
     body: Option<OwnedBody>,
     attempt: Option<(u64, ClientOp)>,
     started_ms: u64,
 }
 
-struct Node {
-    up: bool,
-    incarnation: u64,
-    frozen_until_ms: u64,
-    inbox: Vec<Event>,
+/// One PG's member on a node: the dataplane's slot.
+#[derive(Default)]
+struct Slot {
     replica: Option<Replica>,
     healer: Option<Healer>,
-    disk: Disk,
     ops: BTreeMap<OpId, PrimaryOp>,
     /// Forwarded bodies received and not yet applied, by (sender, op).
     bodies_in: BTreeMap<(Member, OpId), OwnedBody>,
@@ -407,6 +474,26 @@ struct Node {
     activity_log: Vec<u8>,
     activity_appended: usize,
     activity_rewritten_ms: u64,
+}
+
+impl Slot {
+    /// What a process crash loses.
+    fn crash(&mut self) {
+        self.replica = None;
+        self.healer = None;
+        self.ops.clear();
+        self.bodies_in.clear();
+        self.recent_namespace = RecentNamespace::default();
+    }
+}
+
+struct Node {
+    up: bool,
+    incarnation: u64,
+    frozen_until_ms: u64,
+    inbox: Vec<Event>,
+    disk: Disk,
+    slots: [Slot; PGS],
     down_since_ms: u64,
     /// The last crash was a power loss: the next start knows its logs may have lost records.
     power_lost: bool,
@@ -421,18 +508,99 @@ struct Outstanding {
 }
 
 struct Client {
-    map: PgMap,
+    maps: [PgMap; PGS],
     next_value: u64,
     next_attempt: u64,
     outstanding: BTreeMap<u64, Outstanding>,
     /// Attempts that are no longer current, by id: their slot (an Ok still acknowledges).
     attempts: BTreeMap<u64, u64>,
-    acked: BTreeMap<u64, u64>,
-    /// States a slot was set to since its last acknowledged one (they may or may not land).
-    since_ack: BTreeMap<u64, Vec<u64>>,
+    /// What the client can tell of every file's content and every name.
+    ledger: Ledger,
     retry_at_ms: BTreeMap<u64, u64>,
     acks: u64,
     below_min: u64,
+}
+
+/// What a file (by id) must hold: the last acknowledged content, or one written since (the
+/// writes not answered yet, or answered with an error, may or may not have landed).
+#[derive(Debug, Clone, Default)]
+struct Content {
+    acked: u64,
+    since: Vec<u64>,
+}
+
+/// What a name must be: the entry of the last acknowledged create or unlink (its file id, or
+/// none), or what a create or unlink issued since may have made it.
+#[derive(Debug, Clone, Default)]
+struct NameState {
+    acked: Option<u64>,
+    created_since: bool,
+    unlinked_since: bool,
+    /// Ids minted for this name since its last acknowledged change are at least this.
+    minted_from: u64,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    contents: BTreeMap<u64, Content>,
+    names: BTreeMap<u64, NameState>,
+}
+
+impl Ledger {
+    fn issued(&mut self, op: &ClientOp) {
+        match op.kind {
+            OpKind::Write { refuse: true, .. } => {}
+            OpKind::Write { fid, value, .. } => {
+                self.contents.entry(fid).or_default().since.push(value)
+            }
+            OpKind::Create => self.names.entry(op.slot).or_default().created_since = true,
+            OpKind::Unlink => self.names.entry(op.slot).or_default().unlinked_since = true,
+        }
+    }
+
+    /// `op` was acknowledged; `minted`: the id a create gave its entry; `next_fid`: the next
+    /// id the primaries would mint.
+    fn acknowledged(&mut self, op: &ClientOp, minted: u64, next_fid: u64) {
+        let name = |acked| NameState {
+            acked,
+            minted_from: next_fid,
+            ..NameState::default()
+        };
+        match op.kind {
+            OpKind::Write { fid, value, .. } => {
+                self.contents.insert(
+                    fid,
+                    Content {
+                        acked: value,
+                        since: Vec::new(),
+                    },
+                );
+            }
+            OpKind::Create => {
+                self.names.insert(op.slot, name(Some(minted)));
+                self.contents.insert(minted, Content::default());
+            }
+            OpKind::Unlink => {
+                self.names.insert(op.slot, name(None));
+            }
+        }
+    }
+
+    /// Whether the entry `entry` (a file id, or none) may be what name `slot` holds; `minted_for`
+    /// says which name each id was minted for.
+    fn name_may_be(&self, slot: u64, entry: Option<u64>, minted_for: &BTreeMap<u64, u64>) -> bool {
+        let state = self.names.get(&slot).cloned().unwrap_or_default();
+        entry == state.acked
+            || (entry.is_none() && state.unlinked_since)
+            || entry.is_some_and(|f| {
+                state.created_since && f >= state.minted_from && minted_for.get(&f) == Some(&slot)
+            })
+    }
+
+    fn content_may_be(&self, fid: u64, content: u64) -> bool {
+        let c = self.contents.get(&fid).cloned().unwrap_or_default();
+        content == c.acked || c.since.contains(&content)
+    }
 }
 
 struct Sim {
@@ -440,7 +608,7 @@ struct Sim {
     rng: StdRng,
     now_ms: u64,
     cfg: Config,
-    store: PgMap,
+    store: [PgMap; PGS],
     nodes: Vec<Node>,
     queue: BTreeMap<(u64, u64), Event>,
     seq: u64,
@@ -448,11 +616,14 @@ struct Sim {
     disk_fault_per_mille: u32,
     faults: bool,
     client: Client,
-    /// Epoch -> the member that answered client operations in it.
-    writers_by_epoch: BTreeMap<u64, Member>,
+    /// (PG, epoch) -> the member that answered client operations in it.
+    writers_by_epoch: BTreeMap<(u32, u64), Member>,
     trace: bool,
     /// Run the heal (default; `SIM_HEAL=0` runs replication alone).
     heal: bool,
+    /// The next id a primary mints for a new entry, and the name (slot) each was minted for.
+    next_fid: u64,
+    minted_for: BTreeMap<u64, u64>,
     stats: Stats,
 }
 
@@ -474,6 +645,7 @@ struct Stats {
     namespace_ops: u32,
     replacements: u32,
     push_maps_seeds: u32,
+    lost_data: u32,
 }
 
 impl Stats {
@@ -494,17 +666,15 @@ impl Stats {
         self.namespace_ops += o.namespace_ops;
         self.replacements += o.replacements;
         self.push_maps_seeds += o.push_maps_seeds;
+        self.lost_data += o.lost_data;
     }
 }
 
-fn push_maps_for(seed: u64, rng: &mut StdRng) -> bool {
+fn push_maps_for(rng: &mut StdRng) -> bool {
     match std::env::var("SIM_PUSH_MAPS").as_deref() {
         Ok("0") => false,
         Ok("1") => true,
-        _ => {
-            let _ = seed;
-            rng.gen_bool(0.5)
-        }
+        _ => rng.gen_bool(0.5),
     }
 }
 
@@ -512,9 +682,13 @@ impl Sim {
     fn new(seed: u64, members: u8, min_size: u8) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let preferred = rng.gen_range(0..members);
-        let store = PgMap::initial(members, min_size, preferred);
+        // The two PGs' primaries start on different members when there are several.
+        let store = [
+            PgMap::initial(members, min_size, preferred),
+            PgMap::initial(members, min_size, (preferred + 1) % members),
+        ];
         let cfg = Config {
-            push_maps: push_maps_for(seed, &mut rng),
+            push_maps: push_maps_for(&mut rng),
             ..Config::default()
         };
         let mut sim = Sim {
@@ -530,13 +704,12 @@ impl Sim {
             disk_fault_per_mille: 0,
             faults: true,
             client: Client {
-                map: store,
+                maps: store,
                 next_value: 1,
                 next_attempt: 1,
                 outstanding: BTreeMap::new(),
                 attempts: BTreeMap::new(),
-                acked: BTreeMap::new(),
-                since_ack: BTreeMap::new(),
+                ledger: Ledger::default(),
                 retry_at_ms: BTreeMap::new(),
                 acks: 0,
                 below_min: 0,
@@ -544,34 +717,21 @@ impl Sim {
             writers_by_epoch: BTreeMap::new(),
             trace: std::env::var("SIM_TRACE").is_ok(),
             heal: heal_enabled(),
+            next_fid: NS_BASE,
+            minted_for: BTreeMap::new(),
             stats: Stats {
                 push_maps_seeds: cfg.push_maps as u32,
                 ..Stats::default()
             },
         };
-        for (slot, value) in (0..KEYS)
-            .map(|k| (k, 0))
-            .chain((KEYS..KEYS + NS_KEYS).map(|k| (k, 0)))
-        {
-            sim.client.acked.insert(slot, value);
-        }
         for _ in 0..members {
             sim.nodes.push(Node {
                 up: false,
                 incarnation: 0,
                 frozen_until_ms: 0,
                 inbox: Vec::new(),
-                replica: None,
-                healer: None,
                 disk: Disk::formatted(),
-                ops: BTreeMap::new(),
-                bodies_in: BTreeMap::new(),
-                recent_namespace: RecentNamespace::default(),
-                dirt_log: Vec::new(),
-                dirt_synced: 0,
-                activity_log: Vec::new(),
-                activity_appended: 0,
-                activity_rewritten_ms: 0,
+                slots: Default::default(),
                 down_since_ms: 0,
                 power_lost: false,
             });
@@ -612,75 +772,74 @@ impl Sim {
         false
     }
 
+    /// What the dataplane tells a PG's healer: the members PG 0 has up to date, as the
+    /// cluster store says.
     fn heal_env(&self) -> HealEnv {
         HealEnv {
-            namespace_healed: self.store.up_to_date,
+            namespace_healed: self.store[NAMESPACE_PG as usize].up_to_date,
             rate_bytes_s: 0,
         }
     }
 
-    /// Performs a node's outputs in order, as the dataplane's driver does.
-    fn run_outputs(&mut self, n: Member, outs: Vec<Output>) {
+    fn slot(&mut self, n: Member, pg: u32) -> &mut Slot {
+        &mut self.nodes[n as usize].slots[pg as usize]
+    }
+
+    /// Performs the outputs of a node's member of `pg` in order, as the dataplane's driver
+    /// does.
+    fn run_outputs(&mut self, n: Member, pg: u32, outs: Vec<Output>) {
         for o in outs {
-            self.log(|| format!("node {n} -> {o:?}"));
+            self.log(|| format!("node {n} pg {pg} -> {o:?}"));
             let inc = self.nodes[n as usize].incarnation;
+            let disk_done = |job| Event::DiskDone {
+                node: n,
+                incarnation: inc,
+                pg,
+                job,
+            };
             match o {
                 Output::ApplyLocal { op } => {
-                    let body = self.nodes[n as usize]
-                        .ops
-                        .get(&op)
-                        .and_then(|p| p.body.clone());
-                    let Some(body) = body else {
+                    let body = self.slot(n, pg).ops.get(&op).and_then(|p| p.body.clone());
+                    let Some(mut body) = body else {
                         panic!("seed {}: ApplyLocal of unknown op {op}", self.seed)
                     };
+                    if body.op == BodyOp::Request(op::CREATE) && body.minted == 0 {
+                        // The primary's brick mints the new entry's id as it creates it; the
+                        // forward (sent only once the create succeeded here) carries it.
+                        body.minted = self.next_fid;
+                        self.next_fid += 1;
+                        if let Some(slot) = slot_of_create(&body.payload) {
+                            self.minted_for.insert(body.minted, slot);
+                        }
+                        if let Some(b) = self.slot(n, pg).ops.get_mut(&op).and_then(|p| p.body.as_mut()) {
+                            b.minted = body.minted;
+                        }
+                    }
                     let d = self.rng.gen_range(0..4);
-                    self.at(
-                        d,
-                        Event::DiskDone {
-                            node: n,
-                            incarnation: inc,
-                            job: DiskJob::Local { op, body },
-                        },
-                    );
+                    self.at(d, disk_done(DiskJob::Local { op, body }));
                 }
                 Output::ReadForResync { op, lock } => {
-                    self.nodes[n as usize].ops.entry(op).or_insert(PrimaryOp {
+                    let now = self.now_ms;
+                    self.slot(n, pg).ops.entry(op).or_insert(PrimaryOp {
                         body: None,
                         attempt: None,
-                        started_ms: self.now_ms,
+                        started_ms: now,
                     });
                     let d = self.rng.gen_range(0..4);
-                    self.at(
-                        d,
-                        Event::DiskDone {
-                            node: n,
-                            incarnation: inc,
-                            job: DiskJob::Resync { op, lock },
-                        },
-                    );
+                    self.at(d, disk_done(DiskJob::Resync { op, lock }));
                 }
                 Output::ApplyForwarded { from, op } => {
-                    let body = self.nodes[n as usize].bodies_in.remove(&(from, op));
+                    let body = self.slot(n, pg).bodies_in.remove(&(from, op));
                     let Some(body) = body else {
-                        panic!(
-                            "seed {}: forward {op} from {from} without its body",
-                            self.seed
-                        )
+                        panic!("seed {}: forward {op} from {from} without its body", self.seed)
                     };
                     let d = self.rng.gen_range(0..4);
-                    self.at(
-                        d,
-                        Event::DiskDone {
-                            node: n,
-                            incarnation: inc,
-                            job: DiskJob::Forwarded { from, op, body },
-                        },
-                    );
+                    self.at(d, disk_done(DiskJob::Forwarded { from, op, body }));
                 }
                 Output::Send { to, msg } => {
                     let body = match &msg {
                         Msg::Forward { op, .. } => {
-                            match self.nodes[n as usize].ops.get(op).map(|p| p.body.clone()) {
+                            match self.slot(n, pg).ops.get(op).map(|p| p.body.clone()) {
                                 Some(Some(body)) => Some(body),
                                 // Its resync read is still running; the resend timer retries.
                                 Some(None) => continue,
@@ -690,7 +849,7 @@ impl Sim {
                         _ => None,
                     };
                     let frame = encode_repl(
-                        (0, 0),
+                        (0, pg),
                         n,
                         to,
                         &msg,
@@ -702,37 +861,37 @@ impl Sim {
                     );
                     self.send_peer(n, to, frame);
                 }
-                Output::Reply { op, result } => self.reply(n, op, result),
+                Output::Reply { op, result } => self.reply(n, pg, op, result),
                 Output::RecordDirty {
                     origin,
                     op,
                     lock,
                     absent,
                 } => {
-                    let node = &mut self.nodes[n as usize];
+                    let slot = self.slot(n, pg);
                     let items = if origin == n {
-                        node.ops
+                        slot.ops
                             .get(&op)
                             .and_then(|p| p.body.as_ref())
                             .and_then(|b| dirt_of_body(b.op, &b.payload))
                     } else {
-                        node.bodies_in
+                        slot.bodies_in
                             .get(&(origin, op))
                             .and_then(|b| dirt_of_body(b.op, &b.payload))
-                            .or_else(|| node.recent_namespace.dirt_of((origin, op)))
+                            .or_else(|| slot.recent_namespace.dirt_of((origin, op)))
                     }
                     .unwrap_or_else(|| dirt_of_lock(lock));
-                    let write = node.healer.as_mut().and_then(|h| h.record(absent, &items));
+                    let write = slot.healer.as_mut().and_then(|h| h.record(absent, &items));
                     if let Some(w) = write {
-                        self.write_dirt_log(n, w);
+                        self.write_dirt_log(n, pg, w);
                     }
                 }
                 Output::RecordActivity { lock } => {
-                    let node = &mut self.nodes[n as usize];
-                    node.activity_log.extend_from_slice(&encode_activity(lock));
-                    node.activity_appended += 1;
+                    let slot = self.slot(n, pg);
+                    slot.activity_log.extend_from_slice(&encode_activity(lock));
+                    slot.activity_appended += 1;
                 }
-                Output::WriteDirtLog { write } => self.write_dirt_log(n, write),
+                Output::WriteDirtLog { write } => self.write_dirt_log(n, pg, write),
                 Output::Propose { map } => {
                     let d = self.rng.gen_range(1..6);
                     self.at(
@@ -740,18 +899,20 @@ impl Sim {
                         Event::Propose {
                             node: n,
                             incarnation: inc,
+                            pg,
                             map,
                         },
                     );
                 }
                 Output::FetchMap => {
                     let d = self.rng.gen_range(1..6);
-                    let map = self.store;
+                    let map = self.store[pg as usize];
                     self.at(
                         d,
                         Event::MapDelivery {
                             node: n,
                             incarnation: inc,
+                            pg,
                             map,
                             proposal_result: None,
                         },
@@ -761,54 +922,51 @@ impl Sim {
         }
     }
 
-    fn write_dirt_log(&mut self, n: Member, write: LogWrite) {
-        let node = &mut self.nodes[n as usize];
+    fn write_dirt_log(&mut self, n: Member, pg: u32, write: LogWrite) {
+        let slot = self.slot(n, pg);
         match write {
-            LogWrite::Append { records, .. } => node.dirt_log.extend_from_slice(&records),
+            LogWrite::Append { records, .. } => slot.dirt_log.extend_from_slice(&records),
             LogWrite::Truncate => {
                 // Truncated and synced.
-                node.dirt_log.clear();
-                node.dirt_synced = 0;
+                slot.dirt_log.clear();
+                slot.dirt_synced = 0;
             }
         }
     }
 
-    /// An op finished on primary `n`: the healer hears of it, the client gets its answer.
-    fn reply(&mut self, n: Member, op: OpId, result: Result<(), OpError>) {
+    /// An op finished on a primary: the healer hears of it, the client gets its answer.
+    fn reply(&mut self, n: Member, pg: u32, op: OpId, result: Result<(), OpError>) {
         let now = self.now_ms;
         let env = self.heal_env();
         let node = &mut self.nodes[n as usize];
+        let slot = &mut node.slots[pg as usize];
         let mut out = Vec::new();
         let mut copied = false;
-        if let (Some(r), Some(h)) = (node.replica.as_mut(), node.healer.as_mut()) {
+        if let (Some(r), Some(h)) = (slot.replica.as_mut(), slot.healer.as_mut()) {
             copied = h.owns(op) && result.is_ok();
             h.on_reply(now, op, result.is_ok());
-            h.pump(now, r, &env, &node.disk, &mut out);
+            h.pump(now, r, &env, &PgCopy { disk: &node.disk }, &mut out);
         }
         self.stats.heal_copies += copied as u32;
-        let Some(p) = self.nodes[n as usize].ops.remove(&op) else {
-            self.run_outputs(n, out);
+        let slot = self.slot(n, pg);
+        let Some(p) = slot.ops.remove(&op) else {
+            self.run_outputs(n, pg, out);
             return;
         };
-        if let Some(h) = self.nodes[n as usize].healer.as_mut() {
-            if p.attempt.is_some() {
-                h.note_client_latency(((now - p.started_ms) * 1000) as f64);
-            }
+        if let (Some(h), Some(_)) = (slot.healer.as_mut(), p.attempt) {
+            h.note_client_latency(((now - p.started_ms) * 1000) as f64);
         }
-        let epoch = self.nodes[n as usize]
-            .replica
-            .as_ref()
-            .map(|r| r.map().epoch)
-            .unwrap_or(0);
+        let epoch = slot.replica.as_ref().map(|r| r.map().epoch).unwrap_or(0);
+        let minted = p.body.as_ref().map_or(0, |b| b.minted);
         if let Some((attempt, cop)) = p.attempt {
             if result.is_ok() {
-                match self.writers_by_epoch.get(&epoch) {
+                match self.writers_by_epoch.get(&(pg, epoch)) {
                     Some(&w) if w != n => panic!(
-                        "seed {}: two primaries answered writes in epoch {epoch}: {w} and {n}",
+                        "seed {}: two primaries answered writes of PG {pg} in epoch {epoch}: {w} and {n}",
                         self.seed
                     ),
                     _ => {
-                        self.writers_by_epoch.insert(epoch, n);
+                        self.writers_by_epoch.insert((pg, epoch), n);
                     }
                 }
             }
@@ -819,10 +977,11 @@ impl Sim {
                     attempt,
                     op: cop,
                     result,
+                    minted,
                 },
             );
         }
-        self.run_outputs(n, out);
+        self.run_outputs(n, pg, out);
     }
 
     fn send_peer(&mut self, from: Member, to: Member, frame: Vec<u8>) {
@@ -865,10 +1024,11 @@ impl Sim {
                 | Event::MapDelivery { incarnation, .. } => *incarnation != node.incarnation,
                 _ => false,
             };
-            if let Event::Propose { map, .. } = &e {
+            if let Event::Propose { pg, map, .. } = &e {
                 // The store executes the transaction even if the proposer died meanwhile.
-                let ok = self.cas(*map);
-                let current = self.store;
+                let (pg, map) = (*pg, *map);
+                let ok = self.cas(pg, map);
+                let current = self.store[pg as usize];
                 if stale_incarnation || !self.nodes[n as usize].up {
                     return;
                 }
@@ -878,6 +1038,7 @@ impl Sim {
                     Event::MapDelivery {
                         node: n,
                         incarnation: self.nodes[n as usize].incarnation,
+                        pg,
                         map: current,
                         proposal_result: Some(ok),
                     },
@@ -907,34 +1068,36 @@ impl Sim {
         self.handle(e);
     }
 
-    fn cas(&mut self, map: PgMap) -> bool {
-        if self.store.epoch + 1 == map.epoch {
-            assert!(
-                map.is_valid(),
-                "seed {}: proposed an invalid map {map:?}",
-                self.seed
-            );
-            self.log(|| format!("store: epoch {} -> {map:?}", self.store.epoch));
-            self.store = map;
-            self.stats.map_changes += 1;
-            // The store's watchers hear of it.
-            for n in 0..self.nodes.len() as Member {
-                let d = self.rng.gen_range(1..20);
-                let inc = self.nodes[n as usize].incarnation;
-                self.at(
-                    d,
-                    Event::MapDelivery {
-                        node: n,
-                        incarnation: inc,
-                        map,
-                        proposal_result: None,
-                    },
-                );
-            }
-            true
-        } else {
-            false
+    /// A store transaction on PG `pg`'s map.
+    fn cas(&mut self, pg: u32, map: PgMap) -> bool {
+        let current = self.store[pg as usize];
+        if current.epoch + 1 != map.epoch {
+            return false;
         }
+        assert!(
+            map.is_valid(),
+            "seed {}: proposed an invalid map {map:?}",
+            self.seed
+        );
+        self.log(|| format!("store: pg {pg} epoch {} -> {map:?}", current.epoch));
+        self.store[pg as usize] = map;
+        self.stats.map_changes += 1;
+        // The store's watchers hear of it.
+        for n in 0..self.nodes.len() as Member {
+            let d = self.rng.gen_range(1..20);
+            let inc = self.nodes[n as usize].incarnation;
+            self.at(
+                d,
+                Event::MapDelivery {
+                    node: n,
+                    incarnation: inc,
+                    pg,
+                    map,
+                    proposal_result: None,
+                },
+            );
+        }
+        true
     }
 
     fn handle(&mut self, e: Event) {
@@ -946,16 +1109,17 @@ impl Sim {
                     panic!("seed {}: a frame we sent does not decode: {err}", self.seed)
                 });
                 assert_eq!((m.from, m.to), (from, to));
-                let node = &mut self.nodes[to as usize];
-                let Some(r) = node.replica.as_mut() else {
+                let pg = m.pg;
+                let slot = self.slot(to, pg);
+                let Some(r) = slot.replica.as_mut() else {
                     return;
                 };
                 // As the dataplane's `deliver`: keep a forward's body until it is applied.
                 let forwarded = match (&m.msg, m.body) {
                     (Msg::Forward { op, .. }, Some(body)) => {
-                        node.recent_namespace
+                        slot.recent_namespace
                             .keep((from, *op), body.op, &body.payload);
-                        node.bodies_in.insert((from, *op), body);
+                        slot.bodies_in.insert((from, *op), body);
                         Some(*op)
                     }
                     _ => None,
@@ -966,20 +1130,21 @@ impl Sim {
                         matches!(o, Output::ApplyForwarded { from: f, op: o } if *f == from && *o == op)
                     });
                     if !applying {
-                        node.bodies_in.remove(&(from, op)); // a duplicate, or refused
+                        slot.bodies_in.remove(&(from, op)); // a duplicate, or refused
                     }
                 }
-                self.run_outputs(to, out);
+                self.run_outputs(to, pg, out);
             }
             Event::ClientRequest { to, attempt, op } => {
-                let node = &mut self.nodes[to as usize];
-                let Some(r) = node.replica.as_mut() else {
+                let pg = op.pg();
+                let slot = self.slot(to, pg);
+                let Some(r) = slot.replica.as_mut() else {
                     return;
                 };
                 let (body, lock, local_first) = op.request();
                 match r.submit(now, lock, local_first, &mut out) {
                     Ok(id) => {
-                        node.ops.insert(
+                        slot.ops.insert(
                             id,
                             PrimaryOp {
                                 body: Some(body),
@@ -996,31 +1161,35 @@ impl Sim {
                                 attempt,
                                 op,
                                 result: Err(err),
+                                minted: 0,
                             },
                         );
                     }
                 }
                 // The op must be known before its outputs run (ApplyLocal needs the body);
                 // submit only queues outputs, so running them now is in order.
-                self.run_outputs(to, out);
+                self.run_outputs(to, pg, out);
             }
             Event::ClientReply {
                 attempt,
                 op,
                 result,
-            } => self.client_reply(attempt, op, result),
+                minted,
+            } => self.client_reply(attempt, op, result, minted),
             Event::ClientDisconnected { attempt } => {
                 self.client_retry_attempt(attempt);
             }
-            Event::DiskDone { node: n, job, .. } => self.disk_done(n, job),
+            Event::DiskDone {
+                node: n, pg, job, ..
+            } => self.disk_done(n, pg, job),
             Event::MapDelivery {
                 node: n,
+                pg,
                 map,
                 proposal_result,
                 ..
             } => {
-                let node = &mut self.nodes[n as usize];
-                let Some(r) = node.replica.as_mut() else {
+                let Some(r) = self.slot(n, pg).replica.as_mut() else {
                     return;
                 };
                 match proposal_result {
@@ -1028,45 +1197,41 @@ impl Sim {
                     Some(false) => r.on_proposal_result(now, Err(Some(map)), &mut out),
                     None => r.on_map(now, map, &mut out),
                 }
-                self.run_outputs(n, out);
+                self.run_outputs(n, pg, out);
             }
             Event::Propose { .. } => unreachable!("handled in deliver"),
         }
     }
 
-    fn disk_done(&mut self, n: Member, job: DiskJob) {
+    fn disk_done(&mut self, n: Member, pg: u32, job: DiskJob) {
         let now = self.now_ms;
         let mut out = Vec::new();
         match job {
             DiskJob::Local { op, body } => {
                 let outcome = self.apply(n, &body);
-                let node = &mut self.nodes[n as usize];
-                if let (Some(p), BodyOp::Request(op::CREATE)) = (node.ops.get_mut(&op), body.op) {
-                    if outcome == Outcome::Ok {
-                        // The id the new entry got rides in the forward, as in the dataplane.
-                        if let Some(b) = p.body.as_mut() {
-                            b.minted = fid_of_name_in(&b.payload).unwrap_or(0);
-                        }
-                    }
-                }
-                if let Some(r) = node.replica.as_mut() {
+                let outcome = self.data_outcome(n, pg, outcome);
+                let slot = self.slot(n, pg);
+                if let Some(r) = slot.replica.as_mut() {
                     r.on_local_done(now, op, outcome, &mut out);
                 }
             }
             DiskJob::Forwarded { from, op, body } => {
                 let outcome = if body.op == BodyOp::Handoff {
-                    self.apply_handoff(n, &body.payload)
+                    self.apply_handoff(n, pg, &body.payload)
                 } else {
-                    self.apply(n, &body)
+                    let outcome = self.apply(n, &body);
+                    self.data_outcome(n, pg, outcome)
                 };
-                if let Some(r) = self.nodes[n as usize].replica.as_mut() {
+                if let Some(r) = self.slot(n, pg).replica.as_mut() {
                     r.on_forward_applied(now, from, op, outcome, &mut out);
                 }
+                self.hand_over_lost(n);
             }
             DiskJob::Resync { op, lock } => {
                 let failed = self.disk_fault();
                 let node = &mut self.nodes[n as usize];
-                let (Some(r), Some(h)) = (node.replica.as_mut(), node.healer.as_mut()) else {
+                let slot = &mut node.slots[pg as usize];
+                let (Some(r), Some(h)) = (slot.replica.as_mut(), slot.healer.as_mut()) else {
                     return;
                 };
                 let read = h.resync_read(op, lock, r);
@@ -1083,7 +1248,7 @@ impl Sim {
                         payload,
                     },
                     ResyncRead::Namespace => {
-                        let dirs = node.recent_namespace.last_dirs(NAMESPACE_RESYNC_OPS);
+                        let dirs = slot.recent_namespace.last_dirs(NAMESPACE_RESYNC_OPS);
                         if dirs.is_empty() {
                             OwnedBody {
                                 op: BodyOp::Noop,
@@ -1096,14 +1261,50 @@ impl Sim {
                     }
                     ResyncRead::Range => node.disk.resync_body(lock),
                 };
-                let outcome = if failed { Outcome::Failed } else { Outcome::Ok };
-                if let Some(p) = node.ops.get_mut(&op) {
+                let outcome = if failed {
+                    Outcome::Failed
+                } else {
+                    Outcome::Ok
+                };
+                if let Some(p) = slot.ops.get_mut(&op) {
                     p.body = Some(body);
                 }
                 r.on_local_done(now, op, outcome, &mut out);
             }
         }
-        self.run_outputs(n, out);
+        self.run_outputs(n, pg, out);
+    }
+
+    /// As the dataplane: a data op that finds its file missing while this member's namespace
+    /// is behind (as its own PG 0 member knows) failed here rather than was refused.
+    fn data_outcome(&mut self, n: Member, pg: u32, outcome: Outcome) -> Outcome {
+        if pg != DATA_PG {
+            return outcome;
+        }
+        let current = self.nodes[n as usize].slots[NAMESPACE_PG as usize]
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.map().is_up_to_date(n));
+        outcome_in_data_pg(outcome, current)
+    }
+
+    /// Files a namespace repair created empty on `n`'s brick are lost data to its data PG
+    /// member, which persists them in its activity log before the brick forgets them.
+    fn hand_over_lost(&mut self, n: Member) {
+        let node = &mut self.nodes[n as usize];
+        if node.disk.lost.is_empty() {
+            return;
+        }
+        let slot = &mut node.slots[DATA_PG as usize];
+        let Some(r) = slot.replica.as_mut() else {
+            return;
+        };
+        let keys: Vec<LockKey> = node.disk.lost.iter().map(|&f| LockKey::whole_file(f)).collect();
+        let mut out = Vec::new();
+        r.lost_data(&keys, &mut out);
+        node.disk.lost.clear();
+        self.stats.lost_data += keys.len() as u32;
+        self.run_outputs(n, DATA_PG, out);
     }
 
     /// Applies a body to a node's brick; returns what the disk says.
@@ -1119,14 +1320,14 @@ impl Sim {
         outcome
     }
 
-    fn apply_handoff(&mut self, n: Member, payload: &[u8]) -> Outcome {
-        let Some(h) = self.nodes[n as usize].healer.as_mut() else {
+    fn apply_handoff(&mut self, n: Member, pg: u32, payload: &[u8]) -> Outcome {
+        let Some(h) = self.slot(n, pg).healer.as_mut() else {
             return Outcome::Failed;
         };
         match h.apply_handoff(payload) {
             Ok(write) => {
                 if let Some(w) = write {
-                    self.write_dirt_log(n, w);
+                    self.write_dirt_log(n, pg, w);
                 }
                 Outcome::Ok
             }
@@ -1134,7 +1335,13 @@ impl Sim {
         }
     }
 
-    fn client_reply(&mut self, attempt: u64, cop: ClientOp, result: Result<(), OpError>) {
+    fn client_reply(
+        &mut self,
+        attempt: u64,
+        cop: ClientOp,
+        result: Result<(), OpError>,
+        minted: u64,
+    ) {
         let c = &mut self.client;
         let slot = cop.slot;
         let current = c
@@ -1159,16 +1366,15 @@ impl Sim {
                 // newer op was acknowledged since (then this one is long superseded).
                 let still_wanted = c.outstanding.get(&slot).is_some_and(|o| o.op == cop);
                 if still_wanted {
-                    c.acked.insert(slot, cop.value());
-                    c.since_ack.insert(slot, Vec::new());
+                    c.ledger.acknowledged(&cop, minted, self.next_fid);
                     c.outstanding.remove(&slot);
                     c.acks += 1;
                 }
             }
-            Err(OpError::Refused(_)) => {
+            Err(OpError::Refused(code)) => {
                 assert!(
-                    refuse || !matches!(cop.kind, OpKind::Write { .. }),
-                    "seed {}: a plain write was refused",
+                    cop.may_be_refused(),
+                    "seed {}: a plain write of register {slot} was refused ({code})",
                     self.seed
                 );
                 if current {
@@ -1194,7 +1400,7 @@ impl Sim {
         }
     }
 
-    /// The current attempt failed retriably: learn the map and send again shortly.
+    /// The current attempt failed retriably: learn the maps and send again shortly.
     fn client_retry_attempt(&mut self, attempt: u64) {
         let slot = self
             .client
@@ -1203,14 +1409,17 @@ impl Sim {
             .find(|(_, o)| o.attempt == attempt)
             .map(|(&k, _)| k);
         if let Some(slot) = slot {
-            self.client.map = self.store;
+            self.client.maps = self.store;
             let d = self.rng.gen_range(5..30);
             self.client.retry_at_ms.insert(slot, self.now_ms + d);
         }
     }
 
     fn client_send(&mut self, slot: u64) {
-        let map = self.client.map;
+        let Some(pg) = self.client.outstanding.get(&slot).map(|o| o.op.pg()) else {
+            return;
+        };
+        let map = self.client.maps[pg as usize];
         let Some(primary) = map.primary() else { return };
         let attempt = self.client.next_attempt;
         self.client.next_attempt += 1;
@@ -1233,6 +1442,44 @@ impl Sim {
                 op,
             },
         );
+    }
+
+    /// The next op on a slot: registers are written; names are created, written and removed.
+    fn next_op(&mut self, slot: u64) -> ClientOp {
+        let value = self.client.next_value;
+        self.client.next_value += 1;
+        let known = self
+            .client
+            .ledger
+            .names
+            .get(&slot)
+            .and_then(|n| n.acked);
+        let kind = if slot < KEYS {
+            let refuse = self.rng.gen_ratio(1, 20);
+            OpKind::Write {
+                fid: REG_BASE + slot,
+                value,
+                refuse,
+            }
+        } else {
+            match (self.rng.gen_range(0u32..4), known) {
+                (1, _) => OpKind::Unlink,
+                (0, _) | (_, None) => OpKind::Create,
+                (_, Some(fid)) => OpKind::Write {
+                    fid,
+                    value,
+                    refuse: false,
+                },
+            }
+        };
+        if !matches!(kind, OpKind::Write { .. }) {
+            self.stats.namespace_ops += 1;
+        }
+        ClientOp {
+            slot,
+            kind,
+            seq: value,
+        }
     }
 
     fn client_step(&mut self, issue: bool) {
@@ -1261,10 +1508,10 @@ impl Sim {
             .map(|(&k, _)| k)
             .collect();
         for slot in waited {
-            let store = self.store;
             let o = &self.client.outstanding[&slot];
+            let store = self.store[o.op.pg() as usize];
             if store.epoch != o.sent_epoch || store.primary() != Some(o.sent_to) {
-                self.client.map = store;
+                self.client.maps = self.store;
                 self.client_send(slot);
             } else if let Some(o) = self.client.outstanding.get_mut(&slot) {
                 o.sent_at_ms = now;
@@ -1277,32 +1524,8 @@ impl Sim {
             if self.client.outstanding.contains_key(&slot) || !self.rng.gen_ratio(1, 40) {
                 continue;
             }
-            let kind = if slot < KEYS {
-                let value = self.client.next_value;
-                self.client.next_value += 1;
-                let refuse = self.rng.gen_ratio(1, 20);
-                OpKind::Write { value, refuse }
-            } else {
-                self.stats.namespace_ops += 1;
-                if self.rng.gen_bool(0.5) {
-                    OpKind::Create
-                } else {
-                    OpKind::Unlink
-                }
-            };
-            let op = ClientOp {
-                slot,
-                kind,
-                seq: self.client.next_value,
-            };
-            self.client.next_value += 1;
-            if !matches!(kind, OpKind::Write { refuse: true, .. }) {
-                self.client
-                    .since_ack
-                    .entry(slot)
-                    .or_default()
-                    .push(op.value());
-            }
+            let op = self.next_op(slot);
+            self.client.ledger.issued(&op);
             self.client.outstanding.insert(
                 slot,
                 Outstanding {
@@ -1364,25 +1587,26 @@ impl Sim {
         let node = &mut self.nodes[n as usize];
         node.up = false;
         node.down_since_ms = now;
-        node.replica = None;
-        node.healer = None;
-        node.ops.clear();
-        node.bodies_in.clear();
-        node.recent_namespace = RecentNamespace::default();
         node.inbox.clear();
         node.frozen_until_ms = 0;
+        for slot in &mut node.slots {
+            slot.crash();
+        }
         if power {
             node.power_lost = true;
-            let (len, synced) = (node.dirt_log.len(), node.dirt_synced);
-            let records = node.activity_log.len() / RECORD_BYTES;
-            let keep = self.rng.gen_range(synced.min(len)..=len);
-            if keep % RECORD_BYTES != 0 {
-                self.stats.torn_records += 1;
+            for pg in 0..PGS {
+                let slot = &self.nodes[n as usize].slots[pg];
+                let (len, synced) = (slot.dirt_log.len(), slot.dirt_synced);
+                let records = slot.activity_log.len() / RECORD_BYTES;
+                let keep = self.rng.gen_range(synced.min(len)..=len);
+                if keep % RECORD_BYTES != 0 {
+                    self.stats.torn_records += 1;
+                }
+                let kept = self.rng.gen_range(0..=records) * RECORD_BYTES;
+                let slot = &mut self.nodes[n as usize].slots[pg];
+                slot.dirt_log.truncate(keep);
+                slot.activity_log.truncate(kept);
             }
-            let kept = self.rng.gen_range(0..=records) * RECORD_BYTES;
-            let node = &mut self.nodes[n as usize];
-            node.dirt_log.truncate(keep);
-            node.activity_log.truncate(kept);
         }
         // Writes the process had handed to the kernel complete; the rest never happen. The
         // completion events die with the incarnation. (Data writes that completed survive a
@@ -1419,15 +1643,16 @@ impl Sim {
     }
 
     /// `volume replace-brick`: member `n`'s brick is replaced by an empty one, in one store
-    /// transaction that marks it absent and fresh (refused, as the cluster model refuses it,
-    /// when that would lose the last up-to-date copy or drop below `min_size`). The new brick
-    /// starts at once, with nothing on it.
+    /// transaction that marks it absent and fresh in every PG (refused, as the cluster model
+    /// refuses it, when that would lose a PG's last up-to-date copy or drop one below
+    /// `min_size`). The new brick starts at once, with nothing on it.
     fn replace(&mut self, n: Member) {
-        let Some(next) = self.store.with_replaced(n) else {
-            return;
-        };
-        if next.up_to_date_count() < next.min_size {
-            return;
+        let mut next = self.store;
+        for map in &mut next {
+            match map.with_replaced(n) {
+                Some(m) if m.up_to_date_count() >= m.min_size => *map = m,
+                _ => return,
+            }
         }
         self.log(|| format!("REPLACE member {n} by an empty brick"));
         self.stats.replacements += 1;
@@ -1436,60 +1661,71 @@ impl Sim {
         }
         let node = &mut self.nodes[n as usize];
         node.disk = Disk::default();
-        node.dirt_log.clear();
-        node.dirt_synced = 0;
-        node.activity_log.clear();
+        node.slots = Default::default();
         node.power_lost = false;
-        assert!(self.cas(next), "seed {}: replace CAS", self.seed);
+        for (pg, map) in next.into_iter().enumerate() {
+            assert!(self.cas(pg as u32, map), "seed {}: replace CAS", self.seed);
+        }
         self.boot(n, false);
     }
 
     fn restart(&mut self, n: Member) {
-        // Now and then a record of the dirt log was damaged on disk while it was down.
-        let len = self.nodes[n as usize].dirt_log.len();
-        if len >= RECORD_BYTES && self.rng.gen_ratio(1, 10) {
-            let at = self.rng.gen_range(0..len);
-            self.nodes[n as usize].dirt_log[at] ^= 1 << self.rng.gen_range(0..8);
-            self.stats.damaged_records += 1;
+        // Now and then a record of a dirt log was damaged on disk while it was down.
+        for pg in 0..PGS {
+            let len = self.nodes[n as usize].slots[pg].dirt_log.len();
+            if len >= RECORD_BYTES && self.rng.gen_ratio(1, 20) {
+                let at = self.rng.gen_range(0..len);
+                let bit = self.rng.gen_range(0..8);
+                self.nodes[n as usize].slots[pg].dirt_log[at] ^= 1 << bit;
+                self.stats.damaged_records += 1;
+            }
         }
         self.boot(n, true);
     }
 
-    /// Starts member `n` as the dataplane does: the logs are replayed (the dirt log's torn
-    /// tail cut, the activity log rewritten), then the replica and its healer start.
+    /// Starts member `n` as the dataplane does: each PG's logs are replayed (the dirt log's
+    /// torn tail cut, the activity log rewritten), then its replica and its healer start.
     /// `restarted`: after a crash (a new brick: not).
     fn boot(&mut self, n: Member, restarted: bool) {
         self.log(|| format!("START node {n}"));
-        let store = self.store;
+        let now = self.now_ms;
         let node = &mut self.nodes[n as usize];
         node.up = true;
         node.incarnation += 1;
         let power_lost = std::mem::take(&mut node.power_lost);
-        let (dirt, replay) = DirtState::replay(&node.dirt_log, n, power_lost);
-        node.dirt_log.truncate(replay.kept_bytes as usize);
-        node.dirt_synced = node.dirt_log.len();
-        let found = activity_keys_of(&node.activity_log);
-        let activity = boot_activity(found, power_lost);
-        node.activity_log = activity_rewrite(&activity, ACTIVITY_RECORDS_MAX);
-        node.activity_appended = 0;
-        node.activity_rewritten_ms = self.now_ms;
-        let mut out = Vec::new();
         let op_base = node.incarnation << 40;
-        node.replica = Some(Replica::new(
-            0,
-            n,
-            store,
-            self.cfg,
-            self.now_ms,
-            Boot {
-                op_base,
-                restarted,
-                activity,
-            },
-            &mut out,
-        ));
-        node.healer = Some(Healer::new(0, n, HealConfig::default(), dirt));
-        self.run_outputs(n, out);
+        let mut outs = Vec::new();
+        for pg in 0..PGS {
+            let slot = &mut self.nodes[n as usize].slots[pg];
+            let (dirt, replay) = DirtState::replay(&slot.dirt_log, n, power_lost);
+            slot.dirt_log.truncate(replay.kept_bytes as usize);
+            slot.dirt_synced = slot.dirt_log.len();
+            let found = activity_keys_of(&slot.activity_log);
+            let activity = boot_activity(found, power_lost);
+            slot.activity_log = activity_rewrite(&activity, ACTIVITY_RECORDS_MAX);
+            slot.activity_appended = 0;
+            slot.activity_rewritten_ms = now;
+            let mut out = Vec::new();
+            slot.replica = Some(Replica::new(
+                pg as u32,
+                n,
+                self.store[pg],
+                self.cfg,
+                now,
+                Boot {
+                    op_base,
+                    restarted,
+                    activity,
+                },
+                &mut out,
+            ));
+            slot.healer = Some(Healer::new(pg as u32, n, HealConfig::default(), dirt));
+            outs.push((pg as u32, out));
+        }
+        for (pg, out) in outs {
+            self.run_outputs(n, pg, out);
+        }
+        self.hand_over_lost(n);
     }
 
     fn thaw(&mut self) {
@@ -1509,62 +1745,107 @@ impl Sim {
             if self.frozen(n) {
                 continue;
             }
-            let now = self.now_ms;
-            let mut out = Vec::new();
-            if let Some(r) = self.nodes[n as usize].replica.as_mut() {
-                r.tick(now, &mut out);
+            // As the dataplane: removed files are freed once no namespace change applied here
+            // is in doubt any more.
+            let node = &mut self.nodes[n as usize];
+            let settled = node.slots[NAMESPACE_PG as usize]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.namespace_settled());
+            if settled && !node.disk.limbo.is_empty() {
+                node.disk.limbo.clear();
             }
-            self.run_outputs(n, out);
-            self.tick_heal(n);
+            let mut begins = if self.heal { HEAL_BEGINS_PER_TICK } else { 0 };
+            for pg in 0..PGS as u32 {
+                let now = self.now_ms;
+                let mut out = Vec::new();
+                if let Some(r) = self.slot(n, pg).replica.as_mut() {
+                    r.tick(now, &mut out);
+                }
+                self.run_outputs(n, pg, out);
+                self.tick_heal(n, pg, &mut begins);
+            }
         }
     }
 
-    /// The dataplane's per-tick work beside the replica: the activity log's rewrite and the
-    /// healer.
-    fn tick_heal(&mut self, n: Member) {
+    /// The dataplane's per-tick work beside a replica: the activity log's rewrite and the
+    /// healer. With the heal off (`begins` 0), nothing begins (members that left stay
+    /// absent), but the dirt is still recorded and forgotten as in production.
+    fn tick_heal(&mut self, n: Member, pg: u32, begins: &mut usize) {
         let now = self.now_ms;
         let env = self.heal_env();
-        let heal = self.heal;
         let node = &mut self.nodes[n as usize];
-        let (Some(r), Some(h)) = (node.replica.as_mut(), node.healer.as_mut()) else {
+        let slot = &mut node.slots[pg as usize];
+        let (Some(r), Some(h)) = (slot.replica.as_mut(), slot.healer.as_mut()) else {
             return;
         };
-        if node.activity_appended > 0 && now >= node.activity_rewritten_ms + ACTIVITY_REWRITE_MS {
-            node.activity_log = activity_rewrite(&r.activity_keys(), ACTIVITY_RECORDS_MAX);
-            node.activity_appended = 0;
-            node.activity_rewritten_ms = now;
+        if slot.activity_appended > 0 && now >= slot.activity_rewritten_ms + ACTIVITY_REWRITE_MS {
+            slot.activity_log = activity_rewrite(&r.activity_keys(), ACTIVITY_RECORDS_MAX);
+            slot.activity_appended = 0;
+            slot.activity_rewritten_ms = now;
         }
         let mut out = Vec::new();
+        let local = PgCopy { disk: &node.disk };
         if now.is_multiple_of(brick_tuning::HEAL_TICK_MS) {
-            // With the heal off, nothing begins (members that left stay absent), but the dirt
-            // is still recorded and forgotten as in production.
-            let mut begins = if heal { HEAL_BEGINS_PER_TICK } else { 0 };
-            h.periodic(now, r, &env, &mut begins, &node.disk, &mut out);
+            h.periodic(now, r, &env, begins, &local, &mut out);
         } else {
-            h.pump(now, r, &env, &node.disk, &mut out);
+            h.pump(now, r, &env, &local, &mut out);
         }
-        self.run_outputs(n, out);
+        self.run_outputs(n, pg, out);
     }
 
     fn check(&self) {
-        assert!(
-            self.store.is_valid(),
-            "seed {}: invalid map {:?}",
-            self.seed,
-            self.store
-        );
-        for n in self.store.acting() {
+        for (pg, map) in self.store.iter().enumerate() {
+            assert!(
+                map.is_valid(),
+                "seed {}: invalid map of PG {pg} {map:?}",
+                self.seed
+            );
+        }
+        let ledger = &self.client.ledger;
+        // Members up to date in PG 0 hold every acknowledged namespace change.
+        for n in self.store[NAMESPACE_PG as usize].acting() {
             let disk = &self.nodes[n as usize].disk;
-            for slot in 0..KEYS + NS_KEYS {
-                let v = disk.value_of(slot);
-                let acked = self.client.acked.get(&slot).copied().unwrap_or(0);
-                let later = self.client.since_ack.get(&slot);
-                let ok = v == acked || later.is_some_and(|l| l.contains(&v));
+            for slot in KEYS..KEYS + NS_KEYS {
+                let entry = disk.names.get(&slot_name(slot)).copied();
                 assert!(
-                    ok,
-                    "seed {}: at {}ms up-to-date member {n} has slot {slot} = {v}, but {acked} was \
-                     acknowledged and only {later:?} written since (map {:?})",
-                    self.seed, self.now_ms, self.store
+                    ledger.name_may_be(slot, entry, &self.minted_for),
+                    "seed {}: at {}ms member {n}, up to date in PG 0, has name {} = {entry:?}, \
+                     but the client's ledger says {:?} (maps {:?})",
+                    self.seed,
+                    self.now_ms,
+                    slot_name(slot),
+                    ledger.names.get(&slot),
+                    self.store
+                );
+            }
+        }
+        // Members up to date in the data PG hold every acknowledged write of the files they
+        // have; one that is leaving (it knows its copy differs) serves nothing meanwhile.
+        let leaving = |n: Member| {
+            self.nodes[n as usize].slots[DATA_PG as usize]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.is_leaving())
+        };
+        for n in self.store[DATA_PG as usize].acting().filter(|&n| !leaving(n)) {
+            let disk = &self.nodes[n as usize].disk;
+            for (&fid, &content) in &disk.files {
+                assert!(
+                    ledger.content_may_be(fid, content),
+                    "seed {}: at {}ms member {n}, up to date in the data PG, has file {fid} = \
+                     {content}, but the client's ledger says {:?} (maps {:?})",
+                    self.seed,
+                    self.now_ms,
+                    ledger.contents.get(&fid),
+                    self.store
+                );
+            }
+            for k in 0..KEYS {
+                assert!(
+                    disk.files.contains_key(&(REG_BASE + k)),
+                    "seed {}: member {n}, up to date in the data PG, lost register {k}",
+                    self.seed
                 );
             }
         }
@@ -1617,56 +1898,68 @@ impl Sim {
     }
 
     fn check_settled(&self) {
-        let primary = self.store.primary().map(|p| &self.nodes[p as usize]);
-        assert!(
-            !self.heal || self.store.up_to_date == brick_replication::mask_of(self.store.members),
-            "seed {}: members still behind after the faults stopped: the heal did not finish (map {:?}, \
-             the primary's healer {:?})",
-            self.seed,
-            self.store,
-            primary.map(|p| &p.healer)
-        );
-        let acting: Vec<Member> = self.store.acting().collect();
+        for (pg, map) in self.store.iter().enumerate() {
+            let primary = map.primary().map(|p| &self.nodes[p as usize].slots[pg]);
+            assert!(
+                !self.heal || map.up_to_date == mask_of(map.members),
+                "seed {}: members of PG {pg} still behind after the faults stopped: the heal did \
+                 not finish (map {map:?}, the primary's healer {:?})",
+                self.seed,
+                primary.map(|p| &p.healer)
+            );
+        }
+        let both = self.store[0].up_to_date & self.store[1].up_to_date;
+        let acting: Vec<Member> = (0..self.nodes.len() as Member)
+            .filter(|&m| both & (1 << m) != 0)
+            .collect();
         let first = &self.nodes[acting[0] as usize].disk;
         for &m in &acting[1..] {
-            assert_eq!(
-                &self.nodes[m as usize].disk, first,
-                "seed {}: up-to-date members {} and {m} differ after the faults stopped (map {:?})",
-                self.seed, acting[0], self.store
+            let theirs = &self.nodes[m as usize].disk;
+            assert!(
+                theirs.same_as(first),
+                "seed {}: up-to-date members {} and {m} differ after the faults stopped (maps \
+                 {:?}): {first:?} and {theirs:?}",
+                self.seed,
+                acting[0],
+                self.store
             );
         }
         assert!(
             self.client.outstanding.is_empty(),
-            "seed {}: client operations still unanswered after the faults stopped: {:?} (map {:?})",
+            "seed {}: client operations still unanswered after the faults stopped: {:?} (maps {:?})",
             self.seed,
             self.client.outstanding.keys().collect::<Vec<_>>(),
             self.store
         );
-        for n in self.store.acting() {
-            let node = &self.nodes[n as usize];
-            let r = node.replica.as_ref().expect("restarted");
-            assert_eq!(
-                r.pending_ops(),
-                0,
-                "seed {}: member {n} still has ops",
-                self.seed
-            );
-            if self.heal {
-                let h = node.healer.as_ref().expect("restarted");
-                assert!(
-                    !h.has_dirt(),
-                    "seed {}: member {n} still records dirt with every member up to date",
+        for n in acting {
+            for (pg, slot) in self.nodes[n as usize].slots.iter().enumerate() {
+                let r = slot.replica.as_ref().expect("restarted");
+                assert_eq!(
+                    r.pending_ops(),
+                    0,
+                    "seed {}: member {n} still has ops in PG {pg}",
                     self.seed
                 );
+                if self.heal {
+                    let h = slot.healer.as_ref().expect("restarted");
+                    assert!(
+                        !h.has_dirt(),
+                        "seed {}: member {n} still records dirt in PG {pg} with every member up to date",
+                        self.seed
+                    );
+                }
             }
         }
     }
 }
 
-/// The id a CREATE body's name stands for in this simulation's brick.
-fn fid_of_name_in(payload: &[u8]) -> Option<u64> {
+/// The name slot a CREATE body is about.
+fn slot_of_create(payload: &[u8]) -> Option<u64> {
     match Request::decode(op::CREATE, payload).ok()? {
-        Request::Create { name, .. } => fid_of_name(name),
+        Request::Create { name, .. } => {
+            let i: u64 = name.strip_prefix('n')?.parse().ok()?;
+            (i < NS_KEYS).then_some(KEYS + i)
+        }
         _ => None,
     }
 }
@@ -1732,10 +2025,7 @@ fn seeded_simulation() {
     );
     // The faults must actually have happened and operations must have gone through, or the
     // run proves nothing.
-    assert!(
-        acks > seeds * 100,
-        "too few operations acknowledged: {acks}"
-    );
+    assert!(acks > seeds * 100, "too few operations acknowledged: {acks}");
     assert!(totals.crashes > 0 && totals.freezes > 0 && totals.partitions > 0);
     assert!(totals.map_changes > 0 && totals.lost > 0 && totals.duplicated > 0);
     assert!(totals.namespace_ops > 0);
@@ -1763,15 +2053,16 @@ fn run_quietly(sim: &mut Sim, ms: u64) {
 
 /// Every member frozen at once (a single-node cluster's process stopped, its VM paused, its
 /// only core starved) is nobody's failure: when they resume, no map changes, also when a short
-/// stall came shortly before. The same freeze of the primary alone still replaces it, and a
+/// stall came shortly before. The same freeze of a primary alone still replaces it, and a
 /// member whose every tick is late still detects a dead peer.
 #[test]
 fn a_freeze_of_every_member_at_once_changes_no_map() {
+    let epochs = |sim: &Sim| sim.store.map(|m| m.epoch);
     for seed in 0..20 {
         let mut sim = Sim::new(seed, 3, 2);
         sim.faults = false;
         run_quietly(&mut sim, 2000);
-        let (epoch, acks) = (sim.store.epoch, sim.client.acks);
+        let (before, acks) = (epochs(&sim), sim.client.acks);
         // A short stall first (a loaded machine), then a long freeze soon after it.
         for (frozen_ms, then_ms) in [(400, 3000), (2500, 6000)] {
             let thaw_ms = sim.now_ms + frozen_ms;
@@ -1781,8 +2072,9 @@ fn a_freeze_of_every_member_at_once_changes_no_map() {
             run_quietly(&mut sim, then_ms);
         }
         assert_eq!(
-            sim.store.epoch, epoch,
-            "seed {seed}: the map changed after a freeze of every member ({:?})",
+            epochs(&sim),
+            before,
+            "seed {seed}: a map changed after a freeze of every member ({:?})",
             sim.store
         );
         assert!(
@@ -1795,12 +2087,12 @@ fn a_freeze_of_every_member_at_once_changes_no_map() {
         let mut sim = Sim::new(seed, 3, 2);
         sim.faults = false;
         run_quietly(&mut sim, 2000);
-        let epoch = sim.store.epoch;
-        let primary = sim.store.primary().expect("a primary");
+        let before = epochs(&sim);
+        let primary = sim.store[DATA_PG as usize].primary().expect("a primary");
         sim.nodes[primary as usize].frozen_until_ms = sim.now_ms + 2500;
         run_quietly(&mut sim, 6000);
         assert!(
-            sim.store.epoch > epoch,
+            epochs(&sim)[DATA_PG as usize] > before[DATA_PG as usize],
             "seed {seed}: primary {primary}, frozen alone for 2.5 s, was not replaced ({:?})",
             sim.store
         );
@@ -1811,8 +2103,8 @@ fn a_freeze_of_every_member_at_once_changes_no_map() {
     let mut sim = Sim::new(3, 3, 2);
     sim.faults = false;
     run_quietly(&mut sim, 2000);
-    let epoch = sim.store.epoch;
-    let primary = sim.store.primary().expect("a primary");
+    let epoch = sim.store[DATA_PG as usize].epoch;
+    let primary = sim.store[DATA_PG as usize].primary().expect("a primary");
     // Frozen, not crashed: no connection reset tells the primary; only silence does.
     let dead = (primary + 1) % 3;
     sim.nodes[dead as usize].frozen_until_ms = u64::MAX;
@@ -1820,43 +2112,45 @@ fn a_freeze_of_every_member_at_once_changes_no_map() {
     // the silence would grow by 5 ms a cycle and take a minute.
     let limit_ms = 15_000;
     let start_ms = sim.now_ms;
-    while sim.store.epoch == epoch && sim.now_ms < start_ms + limit_ms {
+    while sim.store[DATA_PG as usize].epoch == epoch && sim.now_ms < start_ms + limit_ms {
         let thaw_ms = sim.now_ms + 300;
         sim.nodes[primary as usize].frozen_until_ms = thaw_ms;
         run_quietly(&mut sim, 305);
     }
     assert!(
-        sim.store.epoch > epoch,
+        sim.store[DATA_PG as usize].epoch > epoch,
         "a primary late at every tick never removed hung member {dead} ({:?})",
         sim.store
     );
 }
 
 /// A member that crashed and comes back is healed by exactly what it missed: the heal copies
-/// the registers written while it was away (and a catch-up of the namespace), not everything.
+/// the registers written while it was away, not everything.
 #[test]
 fn a_heal_copies_what_was_missed_and_no_more() {
     let mut sim = Sim::new(11, 2, 1);
     sim.faults = false;
     run_quietly(&mut sim, 1000);
-    let victim = (sim.store.primary().expect("a primary") + 1) % 2;
+    let victim = (sim.store[DATA_PG as usize].primary().expect("a primary") + 1) % 2;
     sim.crash(victim, false);
     // Only register 3 is written while the victim is away.
     for _ in 0..3000 {
         sim.step(false, false);
-        if sim.client.outstanding.is_empty() && sim.store.up_to_date.count_ones() == 1 {
+        let gone = sim.store.iter().all(|m| m.up_to_date.count_ones() == 1);
+        if sim.client.outstanding.is_empty() && gone {
             break;
         }
     }
     let op = ClientOp {
         slot: 3,
         kind: OpKind::Write {
+            fid: REG_BASE + 3,
             value: 777_777,
             refuse: false,
         },
         seq: 777_777,
     };
-    sim.client.since_ack.entry(3).or_default().push(op.value());
+    sim.client.ledger.issued(&op);
     sim.client.outstanding.insert(
         3,
         Outstanding {
@@ -1867,24 +2161,31 @@ fn a_heal_copies_what_was_missed_and_no_more() {
             sent_epoch: 0,
         },
     );
-    sim.client.map = sim.store;
+    sim.client.maps = sim.store;
     sim.client_send(3);
     for _ in 0..2000 {
         sim.step(false, false);
     }
-    assert_eq!(sim.client.acked.get(&3), Some(&777_777));
+    assert_eq!(
+        sim.client.ledger.contents.get(&(REG_BASE + 3)).map(|c| c.acked),
+        Some(777_777)
+    );
     let before = sim.stats.heal_copies;
     sim.restart(victim);
     for _ in 0..8000 {
         sim.step(false, false);
     }
-    assert_eq!(sim.store.up_to_date, 0b11, "healed: {:?}", sim.store);
+    assert!(
+        sim.store.iter().all(|m| m.up_to_date == 0b11),
+        "healed: {:?}",
+        sim.store
+    );
     assert_eq!(sim.nodes[0].disk, sim.nodes[1].disk);
     let copies = sim.stats.heal_copies - before;
     // The register written in the outage, plus what the restarted member reported in doubt
-    // from its activity log (at most the registers in flight when it crashed).
+    // from its activity log (at most the files in flight when it crashed).
     assert!(
-        (1..=1 + KEYS as u32).contains(&copies),
+        (1..=1 + (KEYS + NS_KEYS) as u32).contains(&copies),
         "{copies} heal copies for one register written in the outage"
     );
 }
