@@ -233,6 +233,11 @@ pub const HEAL_REPORT_FILES_MAX: usize = 16;
 /// Namespace bodies a member keeps, so that the record of a member that left names the
 /// directories of in-doubt namespace changes instead of the whole tree.
 pub const RECENT_NAMESPACE_BODIES_MAX: usize = 1024;
+/// Files removed from a brick's namespace stay in limbo (`.brickd/trash/`, data kept) while
+/// a namespace change of the brick may still be undone by a repair; at most this long, and
+/// looked at this often while a change stays in doubt.
+pub const LIMBO_KEEP_MS: u64 = 10 * 60 * 1000;
+pub const LIMBO_AGE_CHECK_MS: u64 = 60 * 1000;
 /// Namespace ops run one at a time per PG, so only the last few can be in doubt at a
 /// failover: a new primary resyncs the directories of this many.
 pub const NAMESPACE_RESYNC_OPS: usize = 16;

@@ -220,6 +220,10 @@ pub struct DirtReplay {
     pub corrupt_records: u64,
     /// Bytes of whole records: the length the file is cut to (a torn tail goes).
     pub kept_bytes: u64,
+    /// Records the driver appends after the cut: "everything" for every other member when the
+    /// log cannot be trusted (damage, power loss), so that the distrust outlives the next
+    /// restart.
+    pub append: Vec<u8>,
 }
 
 /// The contents of one member's dirt log, by absent member.
@@ -249,8 +253,10 @@ impl DirtState {
             report.records += 1;
         }
         if report.corrupt_records > 0 || power_lost {
-            for (m, d) in state.members.iter_mut().enumerate() {
-                d.all |= m != me as usize;
+            for m in (0..MEMBERS_MAX).filter(|&m| m != me) {
+                if let Some(LogWrite::Append { records, .. }) = state.record(1 << m, Dirt::All) {
+                    report.append.extend_from_slice(&records);
+                }
             }
         }
         (state, report)
@@ -478,8 +484,13 @@ mod tests {
         assert_eq!(report.corrupt_records, 1);
         assert!(r.members[1..].iter().all(|m| m.all) && !r.members[0].all);
 
-        let (r, _) = DirtState::replay(&bytes, 1, true);
+        let (r, report) = DirtState::replay(&bytes, 1, true);
         assert!(r.members[0].all && !r.members[1].all && r.members[2].all);
+        // The distrust is written down: a later replay (no power loss then) keeps it.
+        let mut persisted = bytes.clone();
+        persisted.extend_from_slice(&report.append);
+        let (again, _) = DirtState::replay(&persisted, 1, false);
+        assert!(again.members[0].all && !again.members[1].all && again.members[2].all);
 
         persist(&mut bytes, s.clear(1));
         assert!(bytes.is_empty(), "the last clear empties the log");

@@ -11,8 +11,8 @@ use brick_store::{Brick, FsError, FsResult, HealEntry};
 use brick_tuning::{APPLY_ATTEMPTS_MAX, IO_BYTES_MAX};
 use brick_wire::{
     begin_response, error_frame, op, response_frame, seal_response, DecodeError, Enc, ErrorCode,
-    FileId, FileKind, Request, SetAttr, TimeSet, WriteReply, RENAME_NOREPLACE, ROOT_FILE_ID,
-    WRITE_FLAG_FUA,
+    FileId, FileKind, Request, SetAttr, TimeSet, WriteReply, HEADER_BYTES, RENAME_NOREPLACE,
+    ROOT_FILE_ID, WRITE_FLAG_FUA,
 };
 use glommio::io::DmaBuffer;
 use std::cell::{Cell, RefCell};
@@ -113,6 +113,7 @@ pub(crate) async fn apply(
             };
         }
         BodyOp::Request(opcode) => opcode,
+        BodyOp::Copy(opcode) => return apply_copy(files, vol, member, id, body, opcode).await,
     };
     let minted = (body.minted != 0).then_some(body.minted);
     for attempt in 0..=APPLY_ATTEMPTS_MAX {
@@ -133,6 +134,50 @@ pub(crate) async fn apply(
         ErrorCode::Unavailable,
         "the namespace kept changing",
     )
+}
+
+/// A heal's or a new primary's copy (`BodyOp::Copy`): applied as its request, except that a
+/// file removed from this brick's namespace gets it in limbo (if it is there: a repair may
+/// bring it back and its data must match), or not at all.
+async fn apply_copy(
+    files: &RefCell<FileCache>,
+    vol: &ServedVolume,
+    member: u8,
+    id: u64,
+    body: &Body,
+    opcode: u16,
+) -> Vec<u8> {
+    let request = Body {
+        op: BodyOp::Request(opcode),
+        ..body.clone()
+    };
+    let frame = Box::pin(apply(files, vol, member, id, &request)).await;
+    let missing = [ErrorCode::Stale.code(), ErrorCode::NotFound.code()];
+    let head: Option<&[u8; HEADER_BYTES]> =
+        frame.get(..HEADER_BYTES).and_then(|h| h.try_into().ok());
+    let status = head
+        .and_then(|h| brick_wire::Header::parse(h).ok())
+        .map_or(0, |h| h.status);
+    if !missing.contains(&status) {
+        return frame;
+    }
+    let brick = match local_brick(vol, member) {
+        Ok(b) => b,
+        Err(e) => return fs_error_reply(id, opcode, e),
+    };
+    let payload = body.payload.as_ref().clone();
+    let into_limbo = off_core(&brick, move |b| match Request::decode(opcode, &payload) {
+        Ok(Request::Write {
+            fid, offset, data, ..
+        }) => b.write_limbo(fid, offset, data),
+        Ok(Request::SetAttr { fid, attr, .. }) => b.setattr_limbo(fid, &attr),
+        _ => Ok(()),
+    })
+    .await;
+    match into_limbo {
+        Ok(()) => ok_payload(id, opcode, |_| {}),
+        Err(e) => fs_error_reply(id, opcode, e),
+    }
 }
 
 /// What a new primary forwards to make an in-doubt range identical on every member: the
@@ -159,9 +204,13 @@ pub(crate) async fn resync_body(
     let brick = local_brick(vol, member).map_err(|e| e.message)?;
     let mut e = Enc::default();
     if whole_file {
+        // A file in limbo is still the PG's data (a repair may bring it back).
         let a = match brick.getattr(lock.fid) {
             Ok(a) => a,
-            Err(err) if gone(&err) => return Ok(noop()),
+            Err(err) if gone(&err) => match brick.limbo_attr(lock.fid) {
+                Ok(a) => a,
+                Err(_) => return Ok(noop()),
+            },
             Err(err) => return Err(err.message),
         };
         let attr = SetAttr {
@@ -179,22 +228,30 @@ pub(crate) async fn resync_body(
         }
         .encode(&mut e);
         return Ok(Body {
-            op: BodyOp::Request(op::SETATTR),
+            op: BodyOp::Copy(op::SETATTR),
             minted: 0,
             payload: Rc::new(e.buf),
             data_dma: Default::default(),
         });
     }
     let len = (lock.end - lock.start).min(IO_BYTES_MAX as u64) as u32;
-    let f = match files::open(files, vol, member, &brick, lock.fid).await {
-        Ok(f) => f,
+    let data = match files::open(files, vol, member, &brick, lock.fid).await {
+        Ok(f) => {
+            let mut data = Vec::with_capacity(len as usize);
+            files::read(&f, lock.start, len, &mut data)
+                .await
+                .map_err(|e| e.message)?;
+            data
+        }
+        Err(err) if gone(&err) && brick.limbo_path(lock.fid).is_some() => {
+            let (fid, start) = (lock.fid, lock.start);
+            off_core(&brick, move |b| b.read_limbo(fid, start, len))
+                .await
+                .map_err(|e| e.message)?
+        }
         Err(err) if gone(&err) => return Ok(noop()),
         Err(err) => return Err(err.message),
     };
-    let mut data = Vec::with_capacity(len as usize);
-    files::read(&f, lock.start, len, &mut data)
-        .await
-        .map_err(|e| e.message)?;
     Request::Write {
         vol: vol.id,
         fid: lock.fid,
@@ -204,7 +261,7 @@ pub(crate) async fn resync_body(
     }
     .encode(&mut e);
     Ok(Body {
-        op: BodyOp::Request(op::WRITE),
+        op: BodyOp::Copy(op::WRITE),
         minted: 0,
         payload: Rc::new(e.buf),
         data_dma: Default::default(),
@@ -472,7 +529,8 @@ impl LocalCopy for BrickCopy<'_> {
     }
 
     fn file_size(&self, fid: FileId) -> Option<u64> {
-        self.0.getattr(fid).ok().map(|a| a.size)
+        let attr = self.0.getattr(fid).or_else(|_| self.0.limbo_attr(fid));
+        attr.ok().map(|a| a.size)
     }
 }
 

@@ -61,11 +61,14 @@ impl DirtLog {
         if replay.torn_tail_bytes > 0 {
             file.set_len(replay.kept_bytes)?;
         }
+        // Distrust that must outlive the next restart (damage, power loss).
+        file.write_all(&replay.append)?;
+        let log_bytes = replay.kept_bytes + replay.append.len() as u64;
         Ok(OpenedDirt {
             log: DirtLog {
                 path: path.to_path_buf(),
                 file: Some(file),
-                log_bytes: replay.kept_bytes,
+                log_bytes,
             },
             state,
             corrupt_records: replay.corrupt_records,

@@ -14,7 +14,7 @@ use crate::peer::PeerLinks;
 use crate::state::{
     HealFile, HealReport, HealReports, HealTarget, MapRequest, ServeState, ServedVolume,
 };
-use brick_replication::body::{dirt_of_body, dirt_of_lock, RecentNamespace};
+use brick_replication::body::{dirt_of_body, dirt_of_lock, outcome_in_data_pg, RecentNamespace};
 use brick_replication::codec::{decode_repl, encode_repl, BodyRef};
 use brick_replication::dirt::boot_activity;
 use brick_replication::heal::HealProgress;
@@ -25,10 +25,10 @@ use brick_replication::{
 use brick_store::Brick;
 use brick_tuning::{
     ACTIVITY_REWRITE_INTERVAL_MS, HEALING_PGS_PER_CORE_MAX, HEAL_REPORT_INTERVAL_MS, HEAL_TICK_MS,
-    NAMESPACE_RESYNC_OPS, REPL_TICK_MS,
+    LIMBO_AGE_CHECK_MS, LIMBO_KEEP_MS, NAMESPACE_RESYNC_OPS, REPL_TICK_MS,
 };
 use brick_wire::{op, DecodeError, ErrorCode, Header, HEADER_BYTES};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -58,6 +58,10 @@ struct Slot {
     dirt: DirtLog,
     activity: ActivityLog,
     recent_namespace: RecentNamespace,
+    /// PG 0's slot frees its brick's limbo: whether that runs now, and when it last looked
+    /// for files kept too long.
+    limbo_freeing: Rc<Cell<bool>>,
+    limbo_aged_at: Instant,
 }
 
 impl Slot {
@@ -100,6 +104,59 @@ impl Slot {
         if let Err(e) = self.activity.rewrite(&keys) {
             tracing::warn!(pg = self.replica.pg, "activity log rewrite: {e}");
         }
+    }
+}
+
+impl Slot {
+    /// Files of this PG that a namespace repair created empty on this member's brick: their
+    /// data is lost here, and the replica makes sure a heal brings it back.
+    fn take_lost(&mut self, out: &mut Vec<Output>) {
+        let Some(brick) = self.brick() else { return };
+        let lost = brick.take_lost(self.replica.pg);
+        if lost.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            vol = self.vol.id,
+            pg = self.replica.pg,
+            files = lost.len(),
+            "a namespace repair recreated files whose data this member lost: healing them"
+        );
+        let keys: Vec<LockKey> = lost.into_iter().map(LockKey::whole_file).collect();
+        self.replica.lost_data(&keys, out);
+    }
+
+    /// PG 0's member frees the brick's limbo once no namespace change applied here is in
+    /// doubt any more (no repair can bring those files back), and files kept longer than
+    /// `LIMBO_KEEP_MS` in any case (space comes back even while a peer stays away), off the
+    /// core and without the brick's lock.
+    fn free_limbo(&mut self) {
+        if self.replica.pg != 0 || self.limbo_freeing.get() {
+            return;
+        }
+        let Some(brick) = self.brick().filter(|b| b.has_limbo()) else {
+            return;
+        };
+        let older_than = if self.replica.namespace_settled() {
+            None
+        } else if self.limbo_aged_at.elapsed() >= Duration::from_millis(LIMBO_AGE_CHECK_MS) {
+            self.limbo_aged_at = Instant::now();
+            Some(Duration::from_millis(LIMBO_KEEP_MS))
+        } else {
+            return;
+        };
+        let busy = self.limbo_freeing.clone();
+        busy.set(true);
+        glommio::spawn_local(async move {
+            let freed = glommio::executor()
+                .spawn_blocking(move || brick.empty_trash(older_than))
+                .await;
+            busy.set(false);
+            if freed > 0 {
+                tracing::debug!(freed, "freed removed files");
+            }
+        })
+        .detach();
     }
 }
 
@@ -285,6 +342,8 @@ impl ReplCore {
         for key in keys {
             self.feed(key, |slot, now, out| {
                 slot.compact_activity();
+                slot.take_lost(out);
+                slot.free_limbo();
                 with_healer(slot, |h, r, env, local| {
                     h.periodic(now, r, env, &mut begins, local, out)
                 });
@@ -470,7 +529,7 @@ impl ReplCore {
         let core = self.clone();
         glommio::spawn_local(async move {
             let frame = apply::apply(&core.files, &vol, key.2, request_id, &body).await;
-            let outcome = outcome_of(&frame);
+            let outcome = data_outcome(&vol, key, &frame);
             let minted = minted_fid(body.op, &frame);
             core.feed(key, |slot, now, out| {
                 if let Some(p) = slot.ops.get_mut(&op) {
@@ -588,7 +647,7 @@ impl ReplCore {
             let outcome = match body {
                 Some(body) => {
                     let frame = apply::apply(&core.files, &vol, key.2, 0, &body).await;
-                    let outcome = outcome_of(&frame);
+                    let outcome = data_outcome(&vol, key, &frame);
                     if outcome != Outcome::Ok {
                         let why =
                             String::from_utf8_lossy(frame.get(HEADER_BYTES..).unwrap_or_default());
@@ -766,12 +825,19 @@ fn new_slot(
              records, so its heal and the heals it is the source of are full ones"
         );
     }
-    let (activity, in_doubt) = open_activity(brick.as_deref(), pg);
+    let (mut activity, in_doubt) = open_activity(brick.as_deref(), pg);
+    let in_doubt = boot_activity(in_doubt, power_lost);
+    if power_lost {
+        // Written down at once: a crash before the next rewrite must not forget it.
+        if let Err(e) = activity.rewrite(&in_doubt) {
+            tracing::error!(vol = vol.id, pg, "activity log: {e}");
+        }
+    }
     let (dirt, state) = open_dirt(brick.as_deref(), pg, m, power_lost);
     let boot = Boot {
         op_base: op_base(),
         restarted: !vol.members[m as usize].clean_start && elsewhere,
-        activity: boot_activity(in_doubt, power_lost),
+        activity: in_doubt,
     };
     let replica = Replica::new(pg, m, map, Config::default(), now, boot, out);
     Slot {
@@ -783,6 +849,8 @@ fn new_slot(
         dirt,
         activity,
         recent_namespace: RecentNamespace::default(),
+        limbo_freeing: Rc::new(Cell::new(false)),
+        limbo_aged_at: Instant::now(),
     }
 }
 
@@ -952,6 +1020,17 @@ fn path_of(brick: Option<&Brick>, fid: u64) -> String {
         Some(format!("/{}", p.strip_prefix(&b.data).ok()?.display()))
     });
     relative.unwrap_or_else(|| format!("{fid:#x}"))
+}
+
+/// What applying an op gave, for the replica: in a data PG, a file missing on a member whose
+/// namespace is behind (not up to date in PG 0) is a failure of that member, not a refusal.
+fn data_outcome(vol: &ServedVolume, (_, pg, member): SlotKey, frame: &[u8]) -> Outcome {
+    let outcome = outcome_of(frame);
+    if pg == 0 {
+        return outcome;
+    }
+    let namespace_current = vol.pg_maps.first().is_some_and(|m| m.is_up_to_date(member));
+    outcome_in_data_pg(outcome, namespace_current)
 }
 
 fn outcome_of(frame: &[u8]) -> Outcome {

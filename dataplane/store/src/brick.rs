@@ -11,13 +11,14 @@ use brick_wire::{
     Attr, DirEntry, DirPage, ErrorCode, FileId, FileKind, SetAttr, StatFs, Time, TimeSet,
     ROOT_FILE_ID,
 };
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -92,6 +93,12 @@ pub struct Brick {
     power_lost: bool,
     /// Names given to files moved into the trash by this process.
     trashed: AtomicU64,
+    /// Files in the trash, kept as limbo (about: `empty_trash`).
+    trash_count: AtomicUsize,
+    /// Files a namespace repair created empty (`reconcile_dir`): their data PGs must heal them
+    /// (`take_lost`). Mirrored in `.brickd/lost.log` until taken.
+    lost: Mutex<BTreeSet<FileId>>,
+    lost_count: AtomicUsize,
 }
 
 fn meta_dir(root: &Path) -> PathBuf {
@@ -118,18 +125,85 @@ impl Trash {
     }
 }
 
-/// Creates `.brickd/trash/` and frees what a crash left in it.
-fn empty_trash(meta: &Path) -> FsResult<()> {
+/// Files in limbo are named by id; others in the trash are being freed.
+const LIMBO_PREFIX: &str = "f-";
+const TEMP_PREFIX: &str = "t-";
+/// Under `.brickd/`: ids of files a repair created empty (12-byte records: id, crc32c).
+const LOST_LOG: &str = "lost.log";
+const LOST_RECORD_BYTES: usize = 12;
+
+fn is_limbo_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(LIMBO_PREFIX))
+}
+
+fn limbo_fid(name: &std::ffi::OsStr) -> Option<FileId> {
+    let hex = name.to_str()?.strip_prefix(LIMBO_PREFIX)?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Creates `.brickd/trash/` if missing, frees what a crash left being freed (`t-*`), and
+/// counts what is in limbo (kept across restarts: a repair may still bring it back).
+fn open_trash(meta: &Path) -> FsResult<usize> {
     let dir = meta.join(TRASH_DIR);
-    match fs::remove_dir_all(&dir) {
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(FsError::io("emptying the trash", e)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(FsError::io("creating the trash", e)),
     }
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| FsError::io("creating the trash", e))
+    let mut limbo = 0;
+    for entry in fs::read_dir(&dir).map_err(|e| FsError::io("reading the trash", e))? {
+        let entry = entry.map_err(|e| FsError::io("reading the trash", e))?;
+        if limbo_fid(&entry.file_name()).is_some() {
+            limbo += 1;
+        } else {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(limbo)
+}
+
+fn lost_record(fid: FileId) -> [u8; LOST_RECORD_BYTES] {
+    let mut rec = [0u8; LOST_RECORD_BYTES];
+    rec[..8].copy_from_slice(&fid.to_le_bytes());
+    let crc = crc32c::crc32c(&rec[..8]);
+    rec[8..].copy_from_slice(&crc.to_le_bytes());
+    rec
+}
+
+/// The lost files a log holds; a torn or damaged record is skipped (the repair that wrote
+/// it had not finished: it runs again).
+fn read_lost(path: &Path) -> FsResult<BTreeSet<FileId>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(FsError::io("lost files", e)),
+    };
+    Ok(bytes
+        .chunks_exact(LOST_RECORD_BYTES)
+        .filter_map(|rec| {
+            let fid = u64::from_le_bytes(rec[..8].try_into().ok()?);
+            let crc = u32::from_le_bytes(rec[8..].try_into().ok()?);
+            (crc32c::crc32c(&rec[..8]) == crc).then_some(fid)
+        })
+        .collect())
+}
+
+fn append_lost(path: &Path, fid: FileId) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(&lost_record(fid))
+}
+
+fn write_lost(path: &Path, lost: &BTreeSet<FileId>) -> io::Result<()> {
+    let tmp = path.with_extension("log.tmp");
+    let bytes: Vec<u8> = lost.iter().flat_map(|&f| lost_record(f)).collect();
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
 }
 
 /// A descriptor to set the size of the regular file at `path` (never through a symlink).
@@ -211,7 +285,8 @@ impl Brick {
         }
         write_probe_file(&meta)?;
         let clean_mark = meta.join(CLEAN_SHUTDOWN_MARK).exists();
-        empty_trash(&meta)?;
+        let trash_count = open_trash(&meta)?;
+        let lost = read_lost(&meta.join(LOST_LOG))?;
         let rebooted = record_boot(&meta)?;
         let (index, replay) =
             Index::open(&meta.join("index.log")).map_err(|e| FsError::io("opening index", e))?;
@@ -226,6 +301,9 @@ impl Brick {
             generation: AtomicU64::new(1),
             power_lost: rebooted && !clean_mark,
             trashed: AtomicU64::new(0),
+            trash_count: AtomicUsize::new(trash_count),
+            lost_count: AtomicUsize::new(lost.len()),
+            lost: Mutex::new(lost),
         })
     }
 
@@ -531,7 +609,7 @@ impl Brick {
             let result = if dir {
                 fs::remove_dir(&path)
             } else {
-                self.discard(&path, &mut trash)
+                self.discard(&path, idx.child(parent, name), &mut trash)
             };
             result.map_err(|e| FsError::io(&format!("remove {name:?}"), e))?;
             idx.mark_dir_unsynced(parent);
@@ -544,13 +622,27 @@ impl Brick {
         Ok(())
     }
 
-    /// Moves the file at `path` into the trash, where `Trash::empty` frees it once the index
-    /// lock is released; removes it at once if it cannot be moved there (another file system).
-    fn discard(&self, path: &Path, trash: &mut Trash) -> io::Result<()> {
-        let to = self.trash_name();
+    /// Moves the file at `path` out of the volume. A regular file with an id goes to limbo
+    /// (`.brickd/trash/` under its id, data kept) until `empty_trash`: a namespace repair may
+    /// still bring it back whole. Any other is freed by `Trash::empty` once the index lock is
+    /// released. Removed at once if it cannot be moved (another file system).
+    fn discard(&self, path: &Path, fid: Option<FileId>, trash: &mut Trash) -> io::Result<()> {
+        let meta = fs::symlink_metadata(path)?;
+        if meta.is_dir() {
+            // An unlink of a directory fails, as unlink(2) does (a rename would not).
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        let to = match fid.filter(|_| meta.is_file()) {
+            Some(fid) => self.limbo_name(fid),
+            None => self.trash_name(),
+        };
         match fs::rename(path, &to) {
             Ok(()) => {
-                trash.0.push(to);
+                if fid.is_some() && to.starts_with(self.limbo_dir()) && is_limbo_name(&to) {
+                    self.trash_count.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    trash.0.push(to);
+                }
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => fs::remove_file(path),
@@ -558,24 +650,173 @@ impl Brick {
         }
     }
 
-    /// Keeps the file at `path` alive under a trash name, so that replacing it (a rename over
-    /// it) does not free its blocks under the lock. Nothing is kept if it is no regular file
-    /// or cannot be linked.
-    fn keep_replaced(&self, path: &Path, trash: &mut Trash) {
+    /// Keeps the file at `path` (id `fid`) in limbo under its id before a rename replaces it:
+    /// its blocks are not freed under the lock, and a repair that undoes the rename can bring
+    /// it back. Nothing is kept if it is no regular file or cannot be linked.
+    fn keep_replaced(&self, path: &Path, fid: Option<FileId>) {
+        let Some(fid) = fid else { return };
         if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
             return;
         }
-        let to = self.trash_name();
+        let to = self.limbo_name(fid);
+        let _ = fs::remove_file(&to);
         if fs::hard_link(path, &to).is_ok() {
-            trash.0.push(to);
+            self.trash_count.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    fn limbo_dir(&self) -> PathBuf {
+        meta_dir(&self.root).join(TRASH_DIR)
+    }
+
+    fn limbo_name(&self, fid: FileId) -> PathBuf {
+        self.limbo_dir().join(format!("{LIMBO_PREFIX}{fid:016x}"))
     }
 
     fn trash_name(&self) -> PathBuf {
         let n = self.trashed.fetch_add(1, Ordering::Relaxed);
-        meta_dir(&self.root)
-            .join(TRASH_DIR)
-            .join(format!("{}-{n}", std::process::id()))
+        self.limbo_dir()
+            .join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
+    }
+
+    /// Where file `fid`, removed from the namespace, keeps its data while it is in limbo.
+    pub fn limbo_path(&self, fid: FileId) -> Option<PathBuf> {
+        let path = self.limbo_name(fid);
+        path.exists().then_some(path)
+    }
+
+    /// The attributes of file `fid` in limbo.
+    pub fn limbo_attr(&self, fid: FileId) -> FsResult<Attr> {
+        let path = self.limbo_path(fid).ok_or_else(|| gone(fid))?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| stale_if_missing(fid, e))?;
+        Ok(attr_of(fid, &meta))
+    }
+
+    /// Bytes of file `fid` in limbo (a heal copies what the PG holds, removed or not).
+    pub fn read_limbo(&self, fid: FileId, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let path = self.limbo_path(fid).ok_or_else(|| gone(fid))?;
+        let f = fs::File::open(&path).map_err(|e| stale_if_missing(fid, e))?;
+        let mut buf = vec![0u8; len as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FsError::io("read limbo", e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// A heal's copy into file `fid` in limbo (removed here by a change that may be undone):
+    /// its data must match the others' if it comes back. Nothing if it is not in limbo.
+    pub fn write_limbo(&self, fid: FileId, offset: u64, data: &[u8]) -> FsResult<()> {
+        use std::os::unix::fs::FileExt;
+        let Some(path) = self.limbo_path(fid) else {
+            return Ok(());
+        };
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| FsError::io("write limbo", e))?;
+        f.write_all_at(data, offset)
+            .map_err(|e| FsError::io("write limbo", e))
+    }
+
+    /// A heal's copy of attributes onto file `fid` in limbo (see `write_limbo`).
+    pub fn setattr_limbo(&self, fid: FileId, set: &SetAttr) -> FsResult<()> {
+        let Some(path) = self.limbo_path(fid) else {
+            return Ok(());
+        };
+        if let Some(mode) = set.mode {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(|e| FsError::io("chmod limbo", e))?;
+        }
+        if let Some(size) = set.size {
+            let meta = fs::symlink_metadata(&path).map_err(|e| FsError::io("limbo", e))?;
+            open_for_resize(&path, &meta)?
+                .set_len(size)
+                .map_err(|e| FsError::io("truncate limbo", e))?;
+        }
+        if set.atime != TimeSet::Keep || set.mtime != TimeSet::Keep {
+            set_times(&path, set.atime, set.mtime)?;
+        }
+        Ok(())
+    }
+
+    /// Whether anything is in limbo (cheap: no file system access).
+    pub fn has_limbo(&self) -> bool {
+        self.trash_count.load(Ordering::Acquire) > 0
+    }
+
+    /// Frees the files in limbo (all, or those that went there more than `older_than` ago):
+    /// once no namespace change of the brick's PG 0 member is in doubt, no repair can bring
+    /// them back. Without the index lock: the kernel frees their blocks in these unlinks.
+    /// Returns how many were freed.
+    pub fn empty_trash(&self, older_than: Option<std::time::Duration>) -> usize {
+        let Ok(entries) = fs::read_dir(self.limbo_dir()) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        let mut freed = 0;
+        let mut kept = 0;
+        for entry in entries.flatten() {
+            let old_enough = older_than.is_none_or(|age| {
+                entry
+                    .metadata()
+                    .ok()
+                    .map(|m| {
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs(m.ctime().max(0) as u64)
+                    })
+                    .and_then(|changed| now.duration_since(changed).ok())
+                    .is_some_and(|d| d >= age)
+            });
+            if old_enough && fs::remove_file(entry.path()).is_ok() {
+                freed += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        self.trash_count.store(kept, Ordering::Release);
+        freed
+    }
+
+    /// Takes the files of placement group `pg` that a namespace repair created empty here:
+    /// the caller (that PG's member) makes sure its heal brings their data back.
+    pub fn take_lost(&self, pg: u32) -> Vec<FileId> {
+        if self.lost_count.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        let taken: Vec<FileId> = lost.iter().copied().filter(|&f| pg_of(f) == pg).collect();
+        if taken.is_empty() {
+            return taken;
+        }
+        for f in &taken {
+            lost.remove(f);
+        }
+        self.lost_count.store(lost.len(), Ordering::Release);
+        if let Err(e) = write_lost(&meta_dir(&self.root).join(LOST_LOG), &lost) {
+            // Kept in memory: lost again only if this process dies before the heal.
+            let _ = e;
+        }
+        taken
+    }
+
+    /// Records that a repair created file `fid` empty here (before it is created).
+    fn record_lost(&self, fid: FileId) -> FsResult<()> {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        if lost.insert(fid) {
+            append_lost(&meta_dir(&self.root).join(LOST_LOG), fid)
+                .map_err(|e| FsError::io("lost files", e))?;
+            self.lost_count.store(lost.len(), Ordering::Release);
+        }
+        Ok(())
     }
 
     pub fn rename(
@@ -585,25 +826,6 @@ impl Brick {
         dst_parent: FileId,
         dst_name: &str,
         replace: bool,
-    ) -> FsResult<()> {
-        let mut trash = Trash::default();
-        let renamed = self.rename_locked(
-            (src_parent, src_name),
-            (dst_parent, dst_name),
-            replace,
-            &mut trash,
-        );
-        // A replaced file's blocks are freed here, without the lock.
-        trash.empty();
-        renamed
-    }
-
-    fn rename_locked(
-        &self,
-        (src_parent, src_name): (FileId, &str),
-        (dst_parent, dst_name): (FileId, &str),
-        replace: bool,
-        trash: &mut Trash,
     ) -> FsResult<()> {
         let mut idx = self.lock();
         let src = self.parent_dir(&idx, src_parent)?.join(src_name);
@@ -618,7 +840,7 @@ impl Brick {
             ));
         }
         if src != dst {
-            self.keep_replaced(&dst, trash);
+            self.keep_replaced(&dst, idx.child(dst_parent, dst_name));
         }
         fs::rename(&src, &dst)
             .map_err(|e| FsError::io(&format!("rename {src_name:?} to {dst_name:?}"), e))?;
@@ -837,10 +1059,24 @@ impl Brick {
         Ok(out)
     }
 
-    /// The ids of every file whose data lives in placement group `pg` (a full heal).
+    /// The ids of every file whose data lives in placement group `pg` (a full heal), those
+    /// in limbo too (a repair may bring them back, so their data is the PG's).
     pub fn ids_in_pg(&self, pg: u32) -> Vec<FileId> {
-        let idx = self.lock();
-        idx.ids().filter(|&f| pg_of(f) == pg).collect()
+        let mut ids: Vec<FileId> = {
+            let idx = self.lock();
+            idx.ids().filter(|&f| pg_of(f) == pg).collect()
+        };
+        if self.has_limbo() {
+            if let Ok(entries) = fs::read_dir(self.limbo_dir()) {
+                ids.extend(
+                    entries
+                        .flatten()
+                        .filter_map(|e| limbo_fid(&e.file_name()))
+                        .filter(|&f| pg_of(f) == pg),
+                );
+            }
+        }
+        ids
     }
 
     /// Makes directory `fid` hold exactly `entries` (a heal target catching up): entries that
@@ -945,6 +1181,19 @@ impl Brick {
                     .map_err(|e| FsError::io("index", e));
             }
         }
+        if w.kind == FileKind::File {
+            if let Some(kept) = self.limbo_path(w.fid) {
+                // Removed here by a change now undone: it comes back whole.
+                fs::rename(&kept, path).map_err(|e| FsError::io("heal restore", e))?;
+                self.trash_count.fetch_sub(1, Ordering::AcqRel);
+                idx.unlink(w.fid).map_err(|e| FsError::io("index", e))?;
+                return idx
+                    .link(w.fid, parent, &w.name)
+                    .map_err(|e| FsError::io("index", e));
+            }
+            // Created empty: its data PG must bring the data.
+            self.record_lost(w.fid)?;
+        }
         let made = match w.kind {
             FileKind::File => fs::OpenOptions::new()
                 .write(true)
@@ -997,7 +1246,12 @@ impl Brick {
             }
             fs::remove_dir(&path).map_err(|e| FsError::io("heal rmdir", e))?;
         } else {
-            fs::remove_file(&path).map_err(|e| FsError::io("heal remove", e))?;
+            // Into limbo: a later repair may bring it back whole. (Freed below the lock only
+            // when it has no id, which is rare: a file copied in by hand.)
+            let mut trash = Trash::default();
+            self.discard(&path, child, &mut trash)
+                .map_err(|e| FsError::io("heal remove", e))?;
+            trash.empty();
         }
         if let Some(c) = child {
             idx.unlink(c).map_err(|e| FsError::io("index", e))?;
@@ -1021,6 +1275,13 @@ pub struct HealEntry {
     pub mode: u32,
     /// Symlinks: where it points.
     pub target: String,
+}
+
+fn gone(fid: FileId) -> FsError {
+    FsError::new(
+        ErrorCode::Stale,
+        format!("file id {fid:#x} no longer exists"),
+    )
 }
 
 fn stale_if_missing(fid: FileId, e: io::Error) -> FsError {

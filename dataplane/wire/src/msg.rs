@@ -109,7 +109,6 @@ impl SetAttr {
 /// WRITE flag: the data must be durable before the reply (forced unit access).
 pub const WRITE_FLAG_FUA: u32 = 1;
 
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
     Hello {
