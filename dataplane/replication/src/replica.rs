@@ -764,6 +764,16 @@ impl Replica {
             }
         }
         if disagree != 0 {
+            // This copy refused what an up-to-date member applied: it lacks what the others
+            // have (a file its namespace does not have yet), so this member leaves, not them;
+            // the client retries at the next primary, which has it.
+            let applied_elsewhere = members_of(disagree & self.map.up_to_date)
+                .any(|m| p.acks[m as usize] == Some(Outcome::Ok));
+            if matches!(local, Outcome::Refused(_)) && applied_elsewhere && !p.heal && !p.resync {
+                self.retire(out);
+                self.finish(now_ms, op, Err(OpError::Unavailable), out);
+                return;
+            }
             // A member that failed or disagrees leaves before the op completes without it.
             self.suspect_members(now_ms, disagree);
             self.maybe_propose(now_ms, true, out);
