@@ -121,6 +121,7 @@ pub(crate) const FILE_ATTRIBUTE_HIDDEN: u32 = 0x0000_0002;
 pub(crate) const FILE_ATTRIBUTE_SYSTEM: u32 = 0x0000_0004;
 pub(crate) const FILE_ATTRIBUTE_DIRECTORY: u32 = 0x0000_0010;
 pub(crate) const FILE_ATTRIBUTE_ARCHIVE: u32 = 0x0000_0020;
+pub(crate) const FILE_ATTRIBUTE_NORMAL: u32 = 0x0000_0080;
 pub(crate) const FILE_ATTRIBUTE_TEMPORARY: u32 = 0x0000_0100;
 pub(crate) const FILE_ATTRIBUTE_OFFLINE: u32 = 0x0000_1000;
 pub(crate) const FILE_ATTRIBUTE_NOT_CONTENT_INDEXED: u32 = 0x0000_2000;
@@ -153,25 +154,22 @@ impl FileInfo {
     }
 
     /// SMB2 file attributes (MS-FSCC 2.6) for this file:
-    /// `FILE_ATTRIBUTE_DIRECTORY` for directories, `FILE_ATTRIBUTE_ARCHIVE`
-    /// for other files and `FILE_ATTRIBUTE_READONLY` for read-only files.
-    ///
-    /// brickd: a file always reports ARCHIVE, as on Windows and Samba, where
-    /// new and written files carry it. The backend does not store it, so a
-    /// client cannot clear it: a backup tool that copies the files marked
-    /// ARCHIVE then copies every file, never none (the crate reported
-    /// NORMAL).
+    /// `FILE_ATTRIBUTE_DIRECTORY` for directories and
+    /// `FILE_ATTRIBUTE_READONLY` for read-only files.
+    /// `FILE_ATTRIBUTE_NORMAL` stands alone when neither applies.
     pub fn attributes(&self) -> u32 {
         let mut attributes = 0;
         if self.is_directory {
             attributes |= FILE_ATTRIBUTE_DIRECTORY;
-        } else {
-            attributes |= FILE_ATTRIBUTE_ARCHIVE;
         }
         if self.read_only {
             attributes |= FILE_ATTRIBUTE_READONLY;
         }
-        attributes
+        if attributes == 0 {
+            FILE_ATTRIBUTE_NORMAL
+        } else {
+            attributes
+        }
     }
 }
 
@@ -281,9 +279,8 @@ pub trait Handle: Send + Sync {
     async fn write(&self, offset: u64, data: &[u8]) -> SmbResult<u32>;
 
     /// Write owned `data` at `offset`. Backends that need ownership across a
-    /// blocking boundary can override this to avoid an extra copy. brickd:
-    /// `Bytes`, a slice of the request frame, which is not copied.
-    async fn write_owned(&self, offset: u64, data: bytes::Bytes) -> SmbResult<u32> {
+    /// blocking boundary can override this to avoid an extra copy.
+    async fn write_owned(&self, offset: u64, data: Vec<u8>) -> SmbResult<u32> {
         self.write(offset, &data).await
     }
 

@@ -1,6 +1,6 @@
 //! Per-frame dispatch: parse header, route to handler, sign response, encode.
 
-use bytes::Bytes;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::proto::auth::ntlm::Identity;
@@ -49,9 +49,6 @@ pub struct HandlerResponse {
     pub take_preauth_snapshot_for_session: Option<u64>,
     /// Lease breaks held back until this response is queued.
     pub(crate) after_send: Vec<AfterSend>,
-    /// brickd: `body` starts with `SMB2_HEADER_LEN` bytes left for the
-    /// header, which is written there rather than the body copied after it.
-    pub(crate) header_room: bool,
 }
 
 impl HandlerResponse {
@@ -64,18 +61,6 @@ impl HandlerResponse {
             skip_signing: false,
             take_preauth_snapshot_for_session: None,
             after_send: Vec::new(),
-            header_room: false,
-        }
-    }
-
-    /// brickd: a success whose `buf` starts with `SMB2_HEADER_LEN` bytes
-    /// for the header, then the body: a READ's data is copied once, into
-    /// `buf`, on its way to the socket.
-    pub(crate) fn ok_after_header_room(buf: Vec<u8>) -> Self {
-        assert!(buf.len() >= SMB2_HEADER_LEN, "no room for the header");
-        Self {
-            header_room: true,
-            ..Self::ok(buf)
         }
     }
 
@@ -91,7 +76,6 @@ impl HandlerResponse {
             skip_signing: false,
             take_preauth_snapshot_for_session: None,
             after_send: Vec::new(),
-            header_room: false,
         }
     }
 }
@@ -192,9 +176,8 @@ impl Outgoing {
 }
 
 /// The requests of one frame and how far they have run.
-struct Chain {
-    /// Shared, so a WRITE's data reaches the backend without a copy.
-    frame: Bytes,
+struct Chain<'a> {
+    frame: Cow<'a, [u8]>,
     requests: Vec<chain::Request>,
     next: usize,
     /// Requests already run out of order: CANCELs taken ahead of the
@@ -207,10 +190,10 @@ struct Chain {
     continued: bool,
 }
 
-impl Chain {
+impl Chain<'_> {
     /// The requests not yet run, without the bytes of those that have, for
     /// a continuation to keep.
-    fn rest(self) -> Chain {
+    fn rest(self) -> Chain<'static> {
         let done = self.next.min(self.requests.len());
         let cut = self.requests[..done]
             .last()
@@ -223,7 +206,7 @@ impl Chain {
             })
             .collect();
         Chain {
-            frame: self.frame.slice(cut..),
+            frame: Cow::Owned(self.frame[cut..].to_vec()),
             requests,
             next: 0,
             handled: self.handled[done..].to_vec(),
@@ -240,14 +223,14 @@ struct Suspended {
     pending: Pending,
     ctx: ReplyCtx,
     /// The request as it ran, related ids filled in.
-    request: Bytes,
+    request: Vec<u8>,
 }
 
 /// The part of a compound frame that runs after a request in it went
 /// asynchronous (MS-SMB2 3.3.5.2.7.2): that request's final response and
 /// the responses of the requests after it go out in a frame of their own.
 pub(crate) struct Continuation {
-    chain: Chain,
+    chain: Chain<'static>,
     transform: Option<(u64, Arc<SessionCipher>)>,
     suspended: Suspended,
 }
@@ -321,28 +304,28 @@ impl Continuation {
 pub(crate) async fn dispatch_frame(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
-    frame: Bytes,
+    frame: &[u8],
 ) -> Option<Outgoing> {
     // SMB1 multi-protocol bootstrap (MS-SMB2 §3.3.5.3.1). The only SMB1 we
     // accept: a NEGOTIATE_REQUEST listing "SMB 2.???" or "SMB 2.002", as the
     // first request on the connection (3.3.5.3).
-    if is_smb1_negotiate(&frame) {
+    if is_smb1_negotiate(frame) {
         // Its MessageId counts as 0 (MS-SMB2 3.3.5.2.3).
         if conn.dialect.read().await.is_some() || !lock_credits(conn).consume(0, 1) {
             warn!("SMB1 NEGOTIATE is not the first request; closing connection");
             conn.request_disconnect();
             return None;
         }
-        let reply = handle_smb1_multi_protocol(server, conn, &frame).await;
+        let reply = handle_smb1_multi_protocol(server, conn, frame).await;
         if reply.is_none() {
             warn!("SMB1 NEGOTIATE without an SMB2 dialect; closing connection");
             conn.request_disconnect();
         }
         return reply.map(Outgoing::plain);
     }
-    let (frame, transform) = if is_transform(&frame) {
-        match decrypt_frame(conn, &frame).await {
-            Ok((message, session_id, cipher)) => (Bytes::from(message), Some((session_id, cipher))),
+    let (frame, transform) = if is_transform(frame) {
+        match decrypt_frame(conn, frame).await {
+            Ok((message, session_id, cipher)) => (Cow::Owned(message), Some((session_id, cipher))),
             Err(reason) => {
                 warn!(%reason, "encrypted message refused; closing connection");
                 conn.request_disconnect();
@@ -350,7 +333,7 @@ pub(crate) async fn dispatch_frame(
             }
         }
     } else {
-        (frame, None)
+        (Cow::Borrowed(frame), None)
     };
     let dialect = *conn.dialect.read().await;
     let requests = match chain::split(&frame, dialect).and_then(|requests| match &transform {
@@ -408,7 +391,7 @@ pub(crate) async fn dispatch_frame(
 async fn run_chain(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
-    chain: &mut Chain,
+    chain: &mut Chain<'_>,
     replies: &mut Vec<Reply>,
 ) -> Option<Suspended> {
     while chain.next < chain.requests.len() {
@@ -421,18 +404,17 @@ async fn run_chain(
         let mut req_hdr = request.header;
         let range = request.range.clone();
         let remaining = chain.requests.len() - chain.next;
-        let received = chain.frame.slice(range.clone());
-        let mut sub_frame = received.clone();
+        let received = &chain.frame[range.clone()];
+        let mut sub_frame = received.to_vec();
         let mut failure = chain.chain_failure;
-        if failure.is_none() && req_hdr.flags & SMB2_FLAGS_RELATED_OPERATIONS != 0 {
-            let mut related = received.to_vec();
-            if let Err(f) = chain.related.apply(&mut related, &mut req_hdr) {
-                failure = Some(f.status);
-                if f.rest_of_chain {
-                    chain.chain_failure = Some(f.status);
-                }
+        if failure.is_none()
+            && req_hdr.flags & SMB2_FLAGS_RELATED_OPERATIONS != 0
+            && let Err(f) = chain.related.apply(&mut sub_frame, &mut req_hdr)
+        {
+            failure = Some(f.status);
+            if f.rest_of_chain {
+                chain.chain_failure = Some(f.status);
             }
-            sub_frame = Bytes::from(related);
         }
         // The rest of a chain runs beside the reader once a request in it
         // went asynchronous, so nothing that has to run in order with the
@@ -467,7 +449,7 @@ async fn run_chain(
                     server,
                     conn,
                     &sub_frame,
-                    &received,
+                    received,
                     chain.encrypted,
                     retained,
                 )
@@ -531,7 +513,7 @@ async fn run_chain(
 /// Runs the CANCELs compounded after a request that just went
 /// asynchronous, so they can reach it (MS-SMB2 3.3.5.16). A CANCEL marked
 /// related, or one that fails its checks, runs in its turn instead.
-async fn take_cancels(server: &Arc<ServerState>, conn: &Arc<Connection>, chain: &mut Chain) {
+async fn take_cancels(server: &Arc<ServerState>, conn: &Arc<Connection>, chain: &mut Chain<'_>) {
     for index in chain.next..chain.requests.len() {
         let request = &chain.requests[index];
         if request.header.command != Command::Cancel
@@ -539,8 +521,8 @@ async fn take_cancels(server: &Arc<ServerState>, conn: &Arc<Connection>, chain: 
         {
             continue;
         }
-        let received = chain.frame.slice(request.range.clone());
-        if dispatch_one(server, conn, &received, &received, chain.encrypted, 0)
+        let received = &chain.frame[request.range.clone()];
+        if dispatch_one(server, conn, received, received, chain.encrypted, 0)
             .await
             .is_none()
         {
@@ -729,20 +711,7 @@ fn grant_credits(conn: &Connection, req_hdr: &Smb2Header) -> u16 {
 
 /// Joins compound responses into one frame. Each response but the last is
 /// padded to 8 bytes and signed over its padding (MS-SMB2 3.1.4.1).
-async fn stitch_responses(conn: &Connection, mut responses: Vec<Reply>) -> Vec<u8> {
-    // brickd: one response is the frame as it is, not copied (a READ's data).
-    if responses.len() == 1
-        && let Some(reply) = responses.pop()
-    {
-        let mut out = reply.bytes;
-        if let Some(key) = reply.signing_key {
-            let algo = *conn.signing_algo.read().await;
-            if let Err(e) = sign(&mut out, &key, algo) {
-                error!(error = %e, "failed to sign response");
-            }
-        }
-        return out;
-    }
+async fn stitch_responses(conn: &Connection, responses: Vec<Reply>) -> Vec<u8> {
     let mut out = Vec::new();
     let mut signed = Vec::with_capacity(responses.len());
     let response_count = responses.len();
@@ -800,7 +769,7 @@ pub(crate) fn read_u64(buf: &[u8], offset: usize) -> u64 {
 async fn dispatch_one(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
-    frame: &Bytes,
+    frame: &[u8],
     received: &[u8],
     encrypted: bool,
     retained: usize,
@@ -887,17 +856,17 @@ async fn dispatch_one(
         if cmd == Command::SessionSetup {
             drop_stale_auths(conn, server.config.limits.handshake_timeout).await;
         }
-        let body = frame.slice_ref(body_bytes);
-        let resp =
-            match handlers::dispatch_command(server, conn, &req_hdr, &body, encrypted, retained)
-                .await
-            {
-                Outcome::Done(resp) => resp,
-                Outcome::Pending(pending) => {
-                    debug!(async_id = pending.op.async_id, "request pending");
-                    return Some(Dispatched::Pending(pending, ctx.clone()));
-                }
-            };
+        let resp = match handlers::dispatch_command(
+            server, conn, &req_hdr, body_bytes, encrypted, retained,
+        )
+        .await
+        {
+            Outcome::Done(resp) => resp,
+            Outcome::Pending(pending) => {
+                debug!(async_id = pending.op.async_id, "request pending");
+                return Some(Dispatched::Pending(pending, ctx.clone()));
+            }
+        };
         if cmd == Command::SessionSetup {
             track_pending_auth(conn, &req_hdr, &resp);
         }
@@ -1220,20 +1189,12 @@ async fn build_response_bytes(
     } else {
         hdr.flags &= !SMB2_FLAGS_SIGNED;
     }
-    let mut head = Vec::with_capacity(SMB2_HEADER_LEN);
-    if let Err(e) = hdr.write(&mut head) {
+    let mut out = Vec::with_capacity(SMB2_HEADER_LEN + handler_resp.body.len());
+    if let Err(e) = hdr.write(&mut out) {
         error!(error = %e, "failed to encode response header");
         return (Vec::new(), None);
     }
-    assert_eq!(head.len(), SMB2_HEADER_LEN, "SMB2 header size");
-    let mut out = if handler_resp.header_room {
-        let mut out = handler_resp.body;
-        out[..SMB2_HEADER_LEN].copy_from_slice(&head);
-        out
-    } else {
-        head.extend_from_slice(&handler_resp.body);
-        head
-    };
+    out.extend_from_slice(&handler_resp.body);
 
     if should_sign && let Err(e) = sign(&mut out, &key, algo) {
         error!(error = %e, "failed to sign response");
@@ -1503,7 +1464,7 @@ mod tests {
     #[tokio::test]
     async fn signed_related_compound_requests_are_accepted() {
         let (state, conn) = signed_session().await;
-        let frame = dispatch_frame(&state, &conn, bytes::Bytes::from(create_query_close()))
+        let frame = dispatch_frame(&state, &conn, &create_query_close())
             .await
             .expect("response")
             .bytes;
@@ -1514,7 +1475,7 @@ mod tests {
     #[tokio::test]
     async fn compound_responses_are_signed_over_their_padding() {
         let (state, conn) = signed_session().await;
-        let frame = dispatch_frame(&state, &conn, bytes::Bytes::from(create_query_close()))
+        let frame = dispatch_frame(&state, &conn, &create_query_close())
             .await
             .expect("response")
             .bytes;
@@ -1535,7 +1496,7 @@ mod tests {
             .write_to(&mut body)
             .expect("logoff");
         let request = signed_compound(&[(Command::Logoff, body)]);
-        let response = dispatch_frame(&state, &conn, bytes::Bytes::from(request.clone()))
+        let response = dispatch_frame(&state, &conn, &request)
             .await
             .expect("response")
             .bytes;

@@ -24,7 +24,6 @@ async fn read_frame_rest(
     conn: &Connection,
     prefix: &mut [u8; FRAME_HEADER_LEN],
     filled: usize,
-    has_session: bool,
 ) -> io::Result<Vec<u8>> {
     reader.read_exact(&mut prefix[filled..]).await?;
     let len = match decode_frame_header(prefix) {
@@ -44,15 +43,7 @@ async fn read_frame_rest(
             format!("frame of {len} bytes exceeds the {limit}-byte limit"),
         ));
     }
-    // brickd: once the connection has a session, the declared length (already
-    // capped by the negotiated maximum) is allocated at once. Growing an 8 MiB
-    // WRITE from 64 KiB copied it seven times, a third of the gateway's CPU.
-    let initial = if has_session {
-        len
-    } else {
-        len.min(INITIAL_FRAME_BUFFER)
-    };
-    let mut payload = Vec::with_capacity(initial);
+    let mut payload = Vec::with_capacity(len.min(INITIAL_FRAME_BUFFER));
     reader.take(len as u64).read_to_end(&mut payload).await?;
     if payload.len() < len {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -136,7 +127,7 @@ pub async fn reader_task(
                 return Ok(());
             }
             Ok(filled) => {
-                let rest = read_frame_rest(&mut reader, &conn, &mut prefix, filled, has_session);
+                let rest = read_frame_rest(&mut reader, &conn, &mut prefix, filled);
                 match tokio::time::timeout(limits.io_timeout, rest).await {
                     Ok(frame) => frame,
                     Err(_) => Err(io::Error::new(
@@ -154,8 +145,7 @@ pub async fn reader_task(
                 return Err(e);
             }
         };
-        let response =
-            crate::dispatch::dispatch_frame(&server, &conn, bytes::Bytes::from(frame)).await;
+        let response = crate::dispatch::dispatch_frame(&server, &conn, &frame).await;
         if conn.disconnect_requested() {
             debug!("closing connection without a reply");
             return Ok(());

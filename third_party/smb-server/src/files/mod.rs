@@ -21,10 +21,7 @@ use crate::proto::messages::change_notify::FILE_ACTION_MODIFIED;
 
 pub(crate) use durable::{Claim, Durability, DurableReg, DurableTable, Unclaimed, v2_timeout};
 pub use durable::{DEFAULT_DURABLE_HANDLE_TIMEOUT, DEFAULT_MAX_DISCONNECTED_OPENS};
-pub(crate) use lease::{
-    Granted, LeaseId, LeaseRequest, LeaseState, LeaseVersion, Trigger, oplock_level,
-    oplock_requested,
-};
+pub(crate) use lease::{Granted, LeaseId, LeaseRequest, LeaseState, LeaseVersion, Trigger};
 #[cfg(test)]
 pub(crate) use leases::LEASE_BREAK_TIMEOUT;
 pub(crate) use leases::{AfterSend, BreakWait, LeaseRef, LeaseTable, MAX_BREAK_WAIT};
@@ -303,9 +300,6 @@ mod tests {
             .0;
         drop(Open {
             file_id: FileId::default(),
-            position: Default::default(),
-            resilient: Default::default(),
-            lock_sequences: Default::default(),
             handle: Some(handle),
             granted_access: DELETE,
             is_directory: directory,

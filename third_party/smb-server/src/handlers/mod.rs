@@ -63,7 +63,7 @@ pub(crate) async fn dispatch_command(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
     hdr: &Smb2Header,
-    body: &bytes::Bytes,
+    body: &[u8],
     encrypted: bool,
     retained: usize,
 ) -> Outcome {
@@ -72,8 +72,6 @@ pub(crate) async fn dispatch_command(
     }
     let response = match hdr.command {
         Command::Create => return create::handle(server, conn, hdr, body, retained).await,
-        Command::Write => return write::handle(server, conn, hdr, body, retained).await,
-        Command::Lock => return lock::handle(server, conn, hdr, body, retained).await,
         Command::SetInfo => return set_info::handle(server, conn, hdr, body, retained).await,
         Command::ChangeNotify => {
             return change_notify::handle(server, conn, hdr, body, retained).await;
@@ -86,6 +84,8 @@ pub(crate) async fn dispatch_command(
         Command::Close => close::handle(server, conn, hdr, body).await,
         Command::Flush => flush::handle(server, conn, hdr, body).await,
         Command::Read => read::handle(server, conn, hdr, body).await,
+        Command::Write => write::handle(server, conn, hdr, body).await,
+        Command::Lock => lock::handle(server, conn, hdr, body).await,
         Command::Ioctl => ioctl::handle(server, conn, hdr, body).await,
         Command::Echo => echo::handle(server, conn, hdr, body).await,
         Command::QueryDirectory => query_directory::handle(server, conn, hdr, body).await,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::proto::header::{SMB2_HEADER_LEN, Smb2Header};
+use crate::proto::header::Smb2Header;
 use crate::proto::messages::{ReadRequest, ReadResponse};
 
 use crate::access_mask::FILE_READ_DATA;
@@ -36,11 +36,6 @@ pub async fn handle(
     };
     let result = {
         let open = open_arc.read().await;
-        // brickd: a READ of a directory is an invalid device request, as on
-        // Windows and Samba (smb2.read.dir), not FILE_IS_A_DIRECTORY.
-        if open.is_directory {
-            return HandlerResponse::err(ntstatus::STATUS_INVALID_DEVICE_REQUEST);
-        }
         if open.granted_access & FILE_READ_DATA == 0 {
             return HandlerResponse::err(ntstatus::STATUS_ACCESS_DENIED);
         }
@@ -54,15 +49,7 @@ pub async fn handle(
             return HandlerResponse::err(status);
         }
         match open.handle.as_ref() {
-            Some(h) => {
-                let read = h.read(req.offset, req.length).await;
-                if let Ok(bytes) = &read {
-                    let end = req.offset.saturating_add(bytes.len() as u64);
-                    open.position
-                        .store(end, std::sync::atomic::Ordering::Relaxed);
-                }
-                read
-            }
+            Some(h) => h.read(req.offset, req.length).await,
             None => return HandlerResponse::err(ntstatus::STATUS_FILE_CLOSED),
         }
     };
@@ -81,17 +68,9 @@ pub async fn handle(
         data_length: bytes.len() as u32,
         data_remaining: 0,
         flags: 0,
-        data: Vec::new(),
+        data: bytes.to_vec(),
     };
-    // brickd: the header's room, the fixed fields, then the data, copied
-    // once; encoding `data` through `write_to` copied it twice more.
-    let mut buf = Vec::with_capacity(SMB2_HEADER_LEN + READ_FIXED_LEN + bytes.len());
-    buf.resize(SMB2_HEADER_LEN, 0);
+    let mut buf = Vec::new();
     resp.write_to(&mut buf).expect("encode");
-    debug_assert_eq!(buf.len(), SMB2_HEADER_LEN + READ_FIXED_LEN);
-    buf.extend_from_slice(&bytes);
-    HandlerResponse::ok_after_header_room(buf)
+    HandlerResponse::ok(buf)
 }
-
-/// Bytes of a READ response's fixed fields.
-const READ_FIXED_LEN: usize = 16;
