@@ -21,7 +21,10 @@ pub(crate) const MAX_PENDING_REQUESTS: usize = 512;
 
 /// Most bytes of request frames the waiting requests of one connection may
 /// hold on to: each keeps itself and the requests compounded after it.
-pub(crate) const MAX_PENDING_BYTES: usize = 8 << 20;
+/// brickd: 64 MiB, room for eight 8 MiB WRITEs answered asynchronously
+/// (handlers/write.rs); beyond it a WRITE is answered before the next request
+/// is read, as every request was before.
+pub(crate) const MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// Why a waiting operation is told to stop waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,6 +72,7 @@ pub(crate) async fn dispatch_command(
     }
     let response = match hdr.command {
         Command::Create => return create::handle(server, conn, hdr, body, retained).await,
+        Command::Write => return write::handle(server, conn, hdr, body, retained).await,
         Command::SetInfo => return set_info::handle(server, conn, hdr, body, retained).await,
         Command::ChangeNotify => {
             return change_notify::handle(server, conn, hdr, body, retained).await;
@@ -84,7 +85,6 @@ pub(crate) async fn dispatch_command(
         Command::Close => close::handle(server, conn, hdr, body).await,
         Command::Flush => flush::handle(server, conn, hdr, body).await,
         Command::Read => read::handle(server, conn, hdr, body).await,
-        Command::Write => write::handle(server, conn, hdr, body).await,
         Command::Lock => lock::handle(server, conn, hdr, body).await,
         Command::Ioctl => ioctl::handle(server, conn, hdr, body).await,
         Command::Echo => echo::handle(server, conn, hdr, body).await,
