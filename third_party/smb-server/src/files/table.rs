@@ -1232,7 +1232,15 @@ impl FileRef {
             .or_else(|| state.locks.iter().position(|l| matches(l, false)))
             .ok_or(ntstatus::STATUS_RANGE_NOT_LOCKED)?;
         state.locks.remove(at);
+        // brickd: a lock request waiting for this range tries again.
+        state.bump();
         Ok(())
+    }
+
+    /// brickd: a wait for the next change on the file (a lock released, the
+    /// file gone), for a lock request that waits for its range.
+    pub(crate) fn changes(&self) -> BreakWait {
+        self.node.state().wait()
     }
 
     /// Releases the lock [`FileRef::lock_range`] took last with these
@@ -1246,6 +1254,7 @@ impl FileRef {
                 && l.exclusive == exclusive
         }) {
             state.locks.remove(at);
+            state.bump();
         }
     }
 

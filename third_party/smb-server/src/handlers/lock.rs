@@ -1,11 +1,11 @@
 //! LOCK handler: byte-range locks (MS-SMB2 3.3.5.14).
 //!
-//! Requests run one at a time per connection, so a lock request cannot wait
-//! for a conflicting range to be released without stalling every other
-//! request on its connection, including the UNLOCK or CLOSE that would
-//! release it. A lock request that conflicts therefore fails with
-//! STATUS_LOCK_NOT_GRANTED whether or not SMB2_LOCKFLAG_FAIL_IMMEDIATELY is
-//! set, as MS-SMB2 3.3.5.14.2 lets a server do in place of waiting.
+//! brickd: a request for one lock without SMB2_LOCKFLAG_FAIL_IMMEDIATELY that
+//! conflicts waits for its range (MS-SMB2 3.3.5.14.2): it is answered
+//! asynchronously, with an interim STATUS_PENDING, and takes the lock once
+//! the range is free. CANCEL ends the wait with STATUS_CANCELLED; a CLOSE,
+//! tree disconnect or logoff with STATUS_RANGE_NOT_LOCKED. Requests for
+//! several locks must all fail immediately, so they never wait.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,10 +13,13 @@ use std::sync::atomic::Ordering;
 use crate::proto::header::Smb2Header;
 use crate::proto::messages::{LockElement, LockRequest, LockResponse};
 
+use crate::conn::pending::{Stop, stopped};
 use crate::conn::state::Connection;
 use crate::dispatch::HandlerResponse;
 use crate::handlers::shared::{lookup_open, lookup_session_tree};
+use crate::handlers::{Outcome, Pending};
 use crate::ntstatus;
+use crate::proto::messages::FileId;
 use crate::server::ServerState;
 
 const SHARED: u32 = LockElement::FLAG_SHARED_LOCK;
@@ -29,28 +32,115 @@ pub async fn handle(
     conn: &Arc<Connection>,
     hdr: &Smb2Header,
     body: &[u8],
-) -> HandlerResponse {
+    retained: usize,
+) -> Outcome {
+    let (response, waits) = lock_now(server, conn, hdr, body).await;
+    let Some(wait) = waits else {
+        return Outcome::Done(response);
+    };
+    // MS-SMB2 3.3.4.2: past the connection's limits the request fails now.
+    let Some((op, mut stop)) = conn.pending.reserve(hdr, Some(wait.file_id), retained) else {
+        return Outcome::Done(response);
+    };
+    let (server, conn, hdr) = (Arc::clone(server), Arc::clone(conn), *hdr);
+    let work = async move {
+        loop {
+            let mut changes = match wait.try_lock(&server, &conn, &hdr).await {
+                Ok(response) => return response,
+                Err(changes) => changes,
+            };
+            tokio::select! {
+                biased;
+                why = stopped(&mut stop) => {
+                    if why == Stop::Cancelled {
+                        return HandlerResponse::err(ntstatus::STATUS_CANCELLED);
+                    }
+                }
+                _ = changes.changed() => {}
+            }
+        }
+    };
+    Outcome::Pending(Pending {
+        op,
+        work: Box::pin(work),
+    })
+}
+
+/// A lock request waiting for its range.
+struct Waiting {
+    file_id: FileId,
+    offset: u64,
+    length: u64,
+    exclusive: bool,
+}
+
+impl Waiting {
+    /// Tries the lock again, looking its open up anew; the answer, or a wait
+    /// for the next change on the file, taken before the try so that no
+    /// release is missed.
+    async fn try_lock(
+        &self,
+        server: &Arc<ServerState>,
+        conn: &Arc<Connection>,
+        hdr: &Smb2Header,
+    ) -> Result<HandlerResponse, crate::files::BreakWait> {
+        let gone = || Ok(HandlerResponse::err(ntstatus::STATUS_RANGE_NOT_LOCKED));
+        let Ok(tree_arc) = lookup_session_tree(conn, hdr).await else {
+            return gone();
+        };
+        let Some(open_arc) = lookup_open(&tree_arc, self.file_id).await else {
+            return gone();
+        };
+        let open = open_arc.read().await;
+        let Some(file) = open.file.as_ref() else {
+            return gone();
+        };
+        let changes = file.changes();
+        let limit = server.max_locks_per_open.load(Ordering::Relaxed);
+        match file.lock_range(self.offset, self.length, self.exclusive, limit) {
+            Ok(()) => Ok(lock_granted()),
+            Err(ntstatus::STATUS_LOCK_NOT_GRANTED) => Err(changes),
+            Err(status) => Ok(HandlerResponse::err(status)),
+        }
+    }
+}
+
+fn lock_granted() -> HandlerResponse {
+    let mut buf = Vec::new();
+    LockResponse::default().write_to(&mut buf).expect("encode");
+    HandlerResponse::ok(buf)
+}
+
+/// Runs the request once; a lock that may wait for its range and could not be
+/// taken comes back as a `Waiting` beside its LOCK_NOT_GRANTED.
+async fn lock_now(
+    server: &Arc<ServerState>,
+    conn: &Arc<Connection>,
+    hdr: &Smb2Header,
+    body: &[u8],
+) -> (HandlerResponse, Option<Waiting>) {
+    let fail = |status| (HandlerResponse::err(status), None);
     let req = match LockRequest::parse(body) {
         Ok(r) => r,
-        Err(_) => return HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER),
+        Err(_) => return fail(ntstatus::STATUS_INVALID_PARAMETER),
     };
     let tree_arc = match lookup_session_tree(conn, hdr).await {
         Ok(t) => t,
-        Err(s) => return HandlerResponse::err(s),
+        Err(s) => return fail(s),
     };
     let Some(open_arc) = lookup_open(&tree_arc, req.file_id).await else {
-        return HandlerResponse::err(ntstatus::STATUS_FILE_CLOSED);
+        return fail(ntstatus::STATUS_FILE_CLOSED);
     };
     let Some(first) = req.locks.first() else {
-        return HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER);
+        return fail(ntstatus::STATUS_INVALID_PARAMETER);
     };
     let open = open_arc.read().await;
     // MS-FSA 2.1.5.8: directories take no byte-range locks.
     if open.is_directory {
-        return HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER);
+        return fail(ntstatus::STATUS_INVALID_PARAMETER);
     }
     let Some(file) = open.file.as_ref() else {
-        return HandlerResponse::err(ntstatus::STATUS_FILE_CLOSED);
+        return fail(ntstatus::STATUS_FILE_CLOSED);
     };
 
     let result = if first.flags & UNLOCK != 0 {
@@ -67,7 +157,7 @@ pub async fn handle(
                 && (req.locks.len() == 1 || flags & FAIL_IMMEDIATELY != 0)
         };
         if !req.locks.iter().all(|l| valid(l.flags)) {
-            return HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER);
+            return fail(ntstatus::STATUS_INVALID_PARAMETER);
         }
         // MS-SMB2 3.3.5.14.2: a failed lock releases the ranges this request
         // locked before it.
@@ -90,10 +180,22 @@ pub async fn handle(
     };
     drop(open);
 
-    if let Err(status) = result {
-        return HandlerResponse::err(status);
+    match result {
+        Ok(()) => (lock_granted(), None),
+        Err(ntstatus::STATUS_LOCK_NOT_GRANTED)
+            if req.locks.len() == 1 && first.flags & FAIL_IMMEDIATELY == 0 =>
+        {
+            let waiting = Waiting {
+                file_id: req.file_id,
+                offset: first.offset,
+                length: first.length,
+                exclusive: first.flags & EXCLUSIVE != 0,
+            };
+            (
+                HandlerResponse::err(ntstatus::STATUS_LOCK_NOT_GRANTED),
+                Some(waiting),
+            )
+        }
+        Err(status) => fail(status),
     }
-    let mut buf = Vec::new();
-    LockResponse::default().write_to(&mut buf).expect("encode");
-    HandlerResponse::ok(buf)
 }

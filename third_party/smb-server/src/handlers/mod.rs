@@ -73,6 +73,7 @@ pub(crate) async fn dispatch_command(
     let response = match hdr.command {
         Command::Create => return create::handle(server, conn, hdr, body, retained).await,
         Command::Write => return write::handle(server, conn, hdr, body, retained).await,
+        Command::Lock => return lock::handle(server, conn, hdr, body, retained).await,
         Command::SetInfo => return set_info::handle(server, conn, hdr, body, retained).await,
         Command::ChangeNotify => {
             return change_notify::handle(server, conn, hdr, body, retained).await;
@@ -85,7 +86,6 @@ pub(crate) async fn dispatch_command(
         Command::Close => close::handle(server, conn, hdr, body).await,
         Command::Flush => flush::handle(server, conn, hdr, body).await,
         Command::Read => read::handle(server, conn, hdr, body).await,
-        Command::Lock => lock::handle(server, conn, hdr, body).await,
         Command::Ioctl => ioctl::handle(server, conn, hdr, body).await,
         Command::Echo => echo::handle(server, conn, hdr, body).await,
         Command::QueryDirectory => query_directory::handle(server, conn, hdr, body).await,
