@@ -146,7 +146,9 @@ async fn lock_now(
     let result = if first.flags & UNLOCK != 0 {
         // MS-SMB2 3.3.5.14.1: unlocks done before a failure stay done.
         req.locks.iter().try_for_each(|l| {
-            if l.flags & !FAIL_IMMEDIATELY != UNLOCK {
+            // brickd: an UNLOCK carries no other flag, FAIL_IMMEDIATELY
+            // included (smb2.lock.valid-request; MS-SMB2 3.3.5.14.1).
+            if l.flags != UNLOCK {
                 return Err(ntstatus::STATUS_INVALID_PARAMETER);
             }
             file.unlock_range(l.offset, l.length)
