@@ -457,6 +457,41 @@ pub struct Open {
     /// for deletion (MS-FSA Open.ChangeNotifyDirectoryMarkedDeleted). It
     /// stays set when the mark is cleared.
     pub(crate) marked_deleted: AtomicBool,
+    /// brickd: FSCTL_LMR_REQUEST_RESILIENCY made the open resilient
+    /// (MS-SMB2 3.3.5.15.9): its LOCK requests carry checked sequences.
+    pub(crate) resilient: AtomicBool,
+    /// brickd: Open.LockSequenceArray (MS-SMB2 3.3.5.14), indices 1 to 64.
+    pub(crate) lock_sequences: LockSequences,
+}
+
+/// brickd: the last LockSequenceNumber applied per LockSequenceIndex, or
+/// `LockSequences::INVALID` (MS-SMB2 3.3.5.14: a request whose number matches
+/// the valid entry of its index is a replay, answered without being applied).
+pub(crate) struct LockSequences([std::sync::atomic::AtomicU8; 64]);
+
+impl LockSequences {
+    const INVALID: u8 = 0xFF;
+
+    /// The entry a LockSequence value names, or `None` for index 0 and
+    /// indices past 64, which are not checked.
+    pub(crate) fn entry(&self, lock_sequence: u32) -> Option<(&std::sync::atomic::AtomicU8, u8)> {
+        let index = (lock_sequence >> 4) as usize;
+        let number = (lock_sequence & 0xF) as u8;
+        let slot = self.0.get(index.checked_sub(1)?)?;
+        Some((slot, number))
+    }
+
+    pub(crate) fn invalid() -> u8 {
+        Self::INVALID
+    }
+}
+
+impl Default for LockSequences {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| {
+            std::sync::atomic::AtomicU8::new(Self::INVALID)
+        }))
+    }
 }
 
 impl Open {

@@ -818,6 +818,8 @@ mod tests {
             file.mark_durable(&self.table, reg.id());
             Arc::new(RwLock::new(Open {
                 file_id: FileId::new(reg.id(), 1),
+                resilient: Default::default(),
+                lock_sequences: Default::default(),
                 handle: Some(handle),
                 granted_access: FILE_READ_DATA | FILE_WRITE_DATA,
                 is_directory: false,

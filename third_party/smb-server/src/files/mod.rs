@@ -300,6 +300,8 @@ mod tests {
             .0;
         drop(Open {
             file_id: FileId::default(),
+            resilient: Default::default(),
+            lock_sequences: Default::default(),
             handle: Some(handle),
             granted_access: DELETE,
             is_directory: directory,

@@ -943,6 +943,8 @@ async fn attempt(
     let (durable, durability) = durable.unzip();
     let open = Open {
         file_id,
+        resilient: Default::default(),
+        lock_sequences: Default::default(),
         handle: Some(handle),
         granted_access: args.open_access,
         is_directory: info.is_directory,

@@ -21,6 +21,10 @@ const IOCTL_FIXED_LEN: usize = 56;
 /// Size of a VALIDATE_NEGOTIATE_INFO response (MS-SMB2 2.2.32.6).
 const VALIDATE_NEGOTIATE_RESPONSE_LEN: u32 = 24;
 
+/// brickd: the longest resiliency timeout a client may ask for (MS-SMB2
+/// 3.3.5.15.9 leaves MaxResiliencyTimeout to the server; Windows uses 5 min).
+const MAX_RESILIENCY_TIMEOUT_MS: u32 = 300_000;
+
 /// Offset of the response Buffer from the start of the SMB2 header.
 const RESPONSE_BUFFER_OFFSET: u32 = 0x70;
 
@@ -79,6 +83,28 @@ pub async fn handle(
             // SRV_SNAPSHOT_ARRAY with no snapshots: NumberOfSnapShots,
             // NumberOfSnapShotsReturned and SnapShotArraySize all 0.
             response(req.ctl_code, file_id, vec![0u8; 12])
+        }
+        // brickd: MS-SMB2 3.3.5.15.9. The open is not kept past a disconnect
+        // for the timeout; what resiliency gives here is checked lock
+        // sequences (smb2.lock.replay_broken_windows).
+        Fsctl::LmrRequestResiliency => {
+            if *conn.dialect.read().await == Some(Dialect::Smb202) {
+                return HandlerResponse::err(ntstatus::STATUS_INVALID_DEVICE_REQUEST);
+            }
+            let timeout_ms = match input.get(..4) {
+                Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                None => return HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER),
+            };
+            if input.len() < 8 || timeout_ms > MAX_RESILIENCY_TIMEOUT_MS {
+                return HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER);
+            }
+            let Some(open) = open else {
+                return HandlerResponse::err(ntstatus::STATUS_FILE_CLOSED);
+            };
+            let open = open.read().await;
+            open.resilient
+                .store(true, std::sync::atomic::Ordering::Release);
+            response(req.ctl_code, open.file_id, Vec::new())
         }
         Fsctl::DfsGetReferrals | Fsctl::DfsGetReferralsEx => {
             HandlerResponse::err(ntstatus::STATUS_FS_DRIVER_REQUIRED)

@@ -14,12 +14,12 @@ use crate::proto::header::Smb2Header;
 use crate::proto::messages::{LockElement, LockRequest, LockResponse};
 
 use crate::conn::pending::{Stop, stopped};
-use crate::conn::state::Connection;
+use crate::conn::state::{Connection, LockSequences, Open};
 use crate::dispatch::HandlerResponse;
 use crate::handlers::shared::{lookup_open, lookup_session_tree};
 use crate::handlers::{Outcome, Pending};
 use crate::ntstatus;
-use crate::proto::messages::FileId;
+use crate::proto::messages::{Dialect, FileId};
 use crate::server::ServerState;
 
 const SHARED: u32 = LockElement::FLAG_SHARED_LOCK;
@@ -68,6 +68,8 @@ pub async fn handle(
 
 /// A lock request waiting for its range.
 struct Waiting {
+    lock_sequence: u32,
+    dialect: Option<Dialect>,
     file_id: FileId,
     offset: u64,
     length: u64,
@@ -98,11 +100,32 @@ impl Waiting {
         let changes = file.changes();
         let limit = server.max_locks_per_open.load(Ordering::Relaxed);
         match file.lock_range(self.offset, self.length, self.exclusive, limit) {
-            Ok(()) => Ok(lock_granted()),
+            Ok(()) => {
+                if let Some((entry, number)) =
+                    sequence_entry(&open, self.dialect, self.lock_sequence)
+                {
+                    entry.store(number, Ordering::Release);
+                }
+                Ok(lock_granted())
+            }
             Err(ntstatus::STATUS_LOCK_NOT_GRANTED) => Err(changes),
             Err(status) => Ok(HandlerResponse::err(status)),
         }
     }
+}
+
+/// brickd: the lock sequence entry a request names, when the open's requests
+/// are checked: resilient or durable opens, on any dialect but 2.0.2.
+fn sequence_entry(
+    open: &Open,
+    dialect: Option<Dialect>,
+    lock_sequence: u32,
+) -> Option<(&std::sync::atomic::AtomicU8, u8)> {
+    let checked = open.resilient.load(Ordering::Acquire) || open.durable.is_some();
+    if !checked || matches!(dialect, None | Some(Dialect::Smb202)) {
+        return None;
+    }
+    open.lock_sequences.entry(lock_sequence)
 }
 
 fn lock_granted() -> HandlerResponse {
@@ -142,6 +165,16 @@ async fn lock_now(
     let Some(file) = open.file.as_ref() else {
         return fail(ntstatus::STATUS_FILE_CLOSED);
     };
+    // brickd: MS-SMB2 3.3.5.14, lock sequences of resilient and durable opens:
+    // a replay of the last request applied at its index succeeds unapplied.
+    let dialect = *conn.dialect.read().await;
+    let sequence = sequence_entry(&open, dialect, req.lock_sequence);
+    if let Some((entry, number)) = sequence {
+        if entry.load(Ordering::Acquire) == number {
+            return (lock_granted(), None);
+        }
+        entry.store(LockSequences::invalid(), Ordering::Release);
+    }
 
     let result = if first.flags & UNLOCK != 0 {
         // MS-SMB2 3.3.5.14.1: unlocks done before a failure stay done.
@@ -180,6 +213,9 @@ async fn lock_now(
         }
         result
     };
+    if let (Ok(()), Some((entry, number))) = (&result, sequence) {
+        entry.store(number, Ordering::Release);
+    }
     drop(open);
 
     match result {
@@ -188,6 +224,8 @@ async fn lock_now(
             if req.locks.len() == 1 && first.flags & FAIL_IMMEDIATELY == 0 =>
         {
             let waiting = Waiting {
+                lock_sequence: req.lock_sequence,
+                dialect,
                 file_id: req.file_id,
                 offset: first.offset,
                 length: first.length,

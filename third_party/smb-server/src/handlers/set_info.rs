@@ -857,6 +857,8 @@ mod tests {
             let file_id = tree.alloc_file_id();
             let open = Open {
                 file_id,
+                resilient: Default::default(),
+                lock_sequences: Default::default(),
                 handle: Some(handle),
                 granted_access: DELETE,
                 is_directory: directory,
