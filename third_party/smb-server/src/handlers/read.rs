@@ -36,6 +36,11 @@ pub async fn handle(
     };
     let result = {
         let open = open_arc.read().await;
+        // brickd: a READ of a directory is an invalid device request, as on
+        // Windows and Samba (smb2.read.dir), not FILE_IS_A_DIRECTORY.
+        if open.is_directory {
+            return HandlerResponse::err(ntstatus::STATUS_INVALID_DEVICE_REQUEST);
+        }
         if open.granted_access & FILE_READ_DATA == 0 {
             return HandlerResponse::err(ntstatus::STATUS_ACCESS_DENIED);
         }
