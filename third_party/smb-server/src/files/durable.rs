@@ -818,6 +818,7 @@ mod tests {
             file.mark_durable(&self.table, reg.id());
             Arc::new(RwLock::new(Open {
                 file_id: FileId::new(reg.id(), 1),
+                position: Default::default(),
                 resilient: Default::default(),
                 lock_sequences: Default::default(),
                 handle: Some(handle),

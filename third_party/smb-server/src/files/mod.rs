@@ -300,6 +300,7 @@ mod tests {
             .0;
         drop(Open {
             file_id: FileId::default(),
+            position: Default::default(),
             resilient: Default::default(),
             lock_sequences: Default::default(),
             handle: Some(handle),

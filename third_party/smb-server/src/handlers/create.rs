@@ -943,6 +943,7 @@ async fn attempt(
     let (durable, durability) = durable.unzip();
     let open = Open {
         file_id,
+        position: Default::default(),
         resilient: Default::default(),
         lock_sequences: Default::default(),
         handle: Some(handle),

@@ -170,13 +170,16 @@ async fn query_file(open: &Open, class: u8, cap: usize) -> Reply {
                     open.granted_access,
                     links,
                     open.delete_pending(),
+                    open.position.load(std::sync::atomic::Ordering::Relaxed),
                 )
             }
         }
         ic::FILE_INTERNAL_INFORMATION => ic::encode_file_internal_information(info.file_index),
         ic::FILE_EA_INFORMATION => ic::encode_file_ea_information(),
         ic::FILE_ACCESS_INFORMATION => ic::encode_file_access_information(open.granted_access),
-        ic::FILE_POSITION_INFORMATION => ic::encode_file_position_information(),
+        ic::FILE_POSITION_INFORMATION => ic::encode_file_position_information(
+            open.position.load(std::sync::atomic::Ordering::Relaxed),
+        ),
         ic::FILE_MODE_INFORMATION => ic::encode_file_mode_information(0),
         ic::FILE_ALIGNMENT_INFORMATION => ic::encode_file_alignment_information(),
         ic::FILE_NETWORK_OPEN_INFORMATION => ic::encode_file_network_open_information(&info),

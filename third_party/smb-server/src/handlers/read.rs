@@ -54,7 +54,15 @@ pub async fn handle(
             return HandlerResponse::err(status);
         }
         match open.handle.as_ref() {
-            Some(h) => h.read(req.offset, req.length).await,
+            Some(h) => {
+                let read = h.read(req.offset, req.length).await;
+                if let Ok(bytes) = &read {
+                    let end = req.offset.saturating_add(bytes.len() as u64);
+                    open.position
+                        .store(end, std::sync::atomic::Ordering::Relaxed);
+                }
+                read
+            }
             None => return HandlerResponse::err(ntstatus::STATUS_FILE_CLOSED),
         }
     };

@@ -857,6 +857,7 @@ mod tests {
             let file_id = tree.alloc_file_id();
             let open = Open {
                 file_id,
+                position: Default::default(),
                 resilient: Default::default(),
                 lock_sequences: Default::default(),
                 handle: Some(handle),
