@@ -1173,7 +1173,13 @@ mod tests {
         f.table.purge(id);
         assert!(f.table.take_for(None, None).is_empty());
         let owner = Arc::downgrade(&f.outbound);
-        let reattached = open.read().await.file.as_ref().unwrap().reattach(owner);
+        let reattached = open
+            .read()
+            .await
+            .file
+            .as_ref()
+            .unwrap()
+            .reattach(owner, FileId::new(1, 1));
         assert!(reattached.is_some());
         drop(reattached);
         f.table.attached(id, &f.conn);

@@ -5,6 +5,7 @@
 use uuid::Uuid;
 
 use crate::access_mask::{FILE_READ_ATTRIBUTES, FILE_WRITE_ATTRIBUTES, READ_CONTROL, SYNCHRONIZE};
+use crate::proto::messages::create::{FileId, OplockLevel};
 use crate::proto::messages::lease::{
     LEASE_HANDLE_CACHING, LEASE_READ_CACHING, LEASE_WRITE_CACHING,
 };
@@ -27,6 +28,7 @@ impl LeaseState {
     pub const W: Self = Self(LEASE_WRITE_CACHING as u8);
     #[cfg(test)]
     pub const RH: Self = Self(Self::R.0 | Self::H.0);
+    pub const RW: Self = Self(Self::R.0 | Self::W.0);
     pub const RWH: Self = Self(Self::R.0 | Self::W.0 | Self::H.0);
 
     /// The state a CREATE asks for. Only NONE, R, RH, RW and RWH are lease
@@ -64,11 +66,55 @@ impl LeaseState {
     }
 }
 
-/// Lease.Version.
+/// Lease.Version, or an oplock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseVersion {
     V1,
     V2,
+    /// brickd: an oplock (MS-SMB2 3.3.1.10 Open.OplockLevel) is kept as a
+    /// lease of its one open, under a random key the server chose: batch
+    /// caches RWH, exclusive RW and level II R. It breaks only to level II
+    /// or none, and its notifications name the open, not a key.
+    Oplock,
+}
+
+/// The caching an oplock request asks for, or `None` for a level that is
+/// no oplock (none, lease or unknown).
+pub(crate) fn oplock_requested(level: u8) -> Option<LeaseState> {
+    match OplockLevel::from_u8(level)? {
+        OplockLevel::Batch => Some(LeaseState::RWH),
+        OplockLevel::Exclusive => Some(LeaseState::RW),
+        OplockLevel::Ii => Some(LeaseState::R),
+        OplockLevel::None | OplockLevel::Lease => None,
+    }
+}
+
+/// The most of `state` an oplock can hold: RWH (batch), RW (exclusive), R
+/// (level II) or nothing. Read and handle caching without write caching is
+/// no oplock level, so it keeps read caching only.
+pub(crate) fn oplock_state(state: LeaseState) -> LeaseState {
+    if state == LeaseState::RWH || state == LeaseState::RW {
+        state
+    } else {
+        state.and(LeaseState::R)
+    }
+}
+
+/// The oplock level that caches `state`, one of [`oplock_state`]'s.
+pub(crate) fn oplock_level(state: LeaseState) -> u8 {
+    let level = match oplock_state(state) {
+        LeaseState::RWH => OplockLevel::Batch,
+        LeaseState::RW => OplockLevel::Exclusive,
+        LeaseState::R => OplockLevel::Ii,
+        _ => OplockLevel::None,
+    };
+    level as u8
+}
+
+/// Where an oplock breaks to when a lease in its state would break to
+/// `to`: an oplock break goes to level II or none (MS-SMB2 2.2.23.1).
+pub(crate) fn oplock_break_to(to: LeaseState) -> LeaseState {
+    to.and(LeaseState::R)
 }
 
 /// A lease request from a CREATE.
@@ -97,12 +143,16 @@ pub(crate) struct FileLease {
     pub version: LeaseVersion,
     /// Lease.ParentLeaseKey, stored and returned only.
     pub parent: Option<[u8; 16]>,
+    /// brickd: the FileId of an oplock's open, once the open has one; its
+    /// break notifications name it.
+    pub oplock_file: Option<FileId>,
     /// CREATE responses carrying this lease that are not yet queued. While
     /// any are, a break notification waits in `unsent` so the client never
     /// sees a break before the grant.
     pub grants_in_flight: u32,
-    /// Lease.BreakNotification not yet sent.
-    pub unsent: Option<Vec<u8>>,
+    /// Lease.BreakNotification not yet sent: from and to which state, and
+    /// whether it needs an acknowledgment.
+    pub unsent: Option<(LeaseState, LeaseState, bool)>,
     /// A break the client has to acknowledge (Lease.Breaking).
     pub breaking: Option<Breaking>,
 }
@@ -136,7 +186,7 @@ impl FileLease {
     /// granted.
     pub fn new(req: &LeaseRequest, state: LeaseState, serial: u64) -> Self {
         let epoch = match req.version {
-            LeaseVersion::V1 => 0,
+            LeaseVersion::V1 | LeaseVersion::Oplock => 0,
             LeaseVersion::V2 if state == LeaseState::NONE => req.epoch,
             LeaseVersion::V2 => req.epoch.wrapping_add(1),
         };
@@ -147,6 +197,7 @@ impl FileLease {
             epoch,
             version: req.version,
             parent: req.parent,
+            oplock_file: None,
             grants_in_flight: 0,
             unsent: None,
             breaking: None,
@@ -186,6 +237,12 @@ pub(crate) struct Granted {
 /// and SYNCHRONIZE. Such an open breaks no lease (MS-FSA 2.1.4.12, OPEN).
 pub(crate) fn stat_only(access: u32) -> bool {
     access & !(FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES | READ_CONTROL | SYNCHRONIZE) == 0
+}
+
+/// brickd: the same for oplocks, for which a security read is no stat open
+/// (smb2.oplock.statopen1).
+pub(crate) fn oplock_stat_only(access: u32) -> bool {
+    access & !(FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES | SYNCHRONIZE) == 0
 }
 
 /// An open of the file, as the grant rules see it.
@@ -292,6 +349,10 @@ pub(crate) enum Trigger {
     /// An open that is not attribute-only joins the file; `overwrite` when
     /// it supersedes or overwrites the file (MS-FSA 2.1.4.12, OPEN).
     Open { overwrite: bool },
+    /// brickd: an open that is attribute-only for leases but not for
+    /// oplocks, for which READ_CONTROL counts: it breaks oplocks only, as
+    /// an open does.
+    OplockOpen,
     /// WRITE, SET_INFO EndOfFile or Allocation, and LOCK (MS-FSA 2.1.4.12,
     /// WRITE, SET_INFORMATION, LOCK_CONTROL).
     Write,
@@ -320,7 +381,9 @@ pub(crate) struct BreakTo {
 /// handle caching.
 pub(crate) fn break_to(trigger: Trigger, state: LeaseState) -> Option<BreakTo> {
     let (to, wait) = match trigger {
-        Trigger::Open { overwrite: false } => (state.without(LeaseState::W), true),
+        Trigger::Open { overwrite: false } | Trigger::OplockOpen => {
+            (state.without(LeaseState::W), true)
+        }
         Trigger::Open { overwrite: true } | Trigger::Write => {
             (LeaseState::NONE, state.contains(LeaseState::W))
         }
@@ -338,10 +401,6 @@ pub(crate) fn needs_ack(state: LeaseState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    impl LeaseState {
-        const RW: Self = Self(Self::R.0 | Self::W.0);
-    }
 
     const STATES: [LeaseState; 5] = [
         LeaseState::NONE,
@@ -373,6 +432,26 @@ mod tests {
         ];
         for (bits, state) in expected {
             assert_eq!(LeaseState::requested(bits), state, "{bits:#x}");
+        }
+    }
+
+    #[test]
+    fn oplock_levels_are_lease_states() {
+        use LeaseState as S;
+        assert_eq!(oplock_requested(0x09), Some(S::RWH));
+        assert_eq!(oplock_requested(0x08), Some(S::RW));
+        assert_eq!(oplock_requested(0x01), Some(S::R));
+        for level in [0x00, 0x02, 0x0A, 0xFF] {
+            assert_eq!(oplock_requested(level), None, "{level:#x}");
+        }
+        let levels = [(S::RWH, 0x09), (S::RW, 0x08), (S::RH, 0x01), (S::R, 0x01)];
+        for (state, level) in levels.into_iter().chain([(S::NONE, 0)]) {
+            assert_eq!(oplock_level(state), level, "{state:?}");
+        }
+        assert_eq!(oplock_state(S::RH), S::R);
+        for to in STATES {
+            let broken = oplock_break_to(to);
+            assert!(broken == S::R || broken == S::NONE, "{to:?}");
         }
     }
 

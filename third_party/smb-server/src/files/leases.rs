@@ -19,10 +19,12 @@ use crate::conn::writer::NoticeError;
 use crate::ntstatus;
 use crate::path::{SmbPath, same_path};
 use crate::proto::header::{Command, HeaderTail, SMB2_FLAGS_SERVER_TO_REDIR, Smb2Header};
-use crate::proto::messages::LeaseBreakNotification;
+use crate::proto::messages::{LeaseBreakNotification, OplockBreakNotification};
 use crate::server::ShareBindings;
 
-use super::lease::{FileLease, Granted, LeaseId, LeaseRequest, LeaseState, LeaseVersion};
+use super::lease::{
+    FileLease, Granted, LeaseId, LeaseRequest, LeaseState, LeaseVersion, oplock_level,
+};
 use super::table::{DurableMark, FileNode, FileRef};
 
 /// How long a client has to acknowledge a lease break before the lease
@@ -254,7 +256,7 @@ enum Notice {
     /// One break notification, the connections it may go to in order, and
     /// the acknowledgment it needs.
     Send {
-        bytes: Vec<u8>,
+        bytes: Option<Vec<u8>>,
         owners: Vec<Weak<Outbound>>,
         ack: Option<AckWait>,
     },
@@ -263,9 +265,11 @@ enum Notice {
 }
 
 impl Notices {
+    /// Queues `bytes` for the first of `owners` that takes them; `None`
+    /// is a break no connection can take.
     pub(super) fn push(
         &mut self,
-        bytes: Vec<u8>,
+        bytes: Option<Vec<u8>>,
         owners: Vec<Weak<Outbound>>,
         ack: Option<AckWait>,
     ) {
@@ -299,17 +303,18 @@ impl Drop for Notices {
                     continue;
                 }
             };
-            let delivered = owners
-                .iter()
-                .filter_map(Weak::upgrade)
-                .any(|outbound| match outbound.try_send_notice(bytes.clone()) {
-                    Ok(()) => true,
-                    Err(NoticeError::Full) => {
-                        outbound.kill();
-                        false
+            let delivered = bytes.is_some_and(|bytes| {
+                owners.iter().filter_map(Weak::upgrade).any(|outbound| {
+                    match outbound.try_send_notice(bytes.clone()) {
+                        Ok(()) => true,
+                        Err(NoticeError::Full) => {
+                            outbound.kill();
+                            false
+                        }
+                        Err(NoticeError::Closed) => false,
                     }
-                    Err(NoticeError::Closed) => false,
-                });
+                })
+            });
             if delivered {
                 debug!("lease break sent");
             } else {
@@ -349,15 +354,16 @@ fn start_timer(ack: AckWait) {
     }
 }
 
-/// Lease Break Notification for `lease` breaking from `from` to `to`
-/// (MS-SMB2 2.2.23.2, 3.3.4.7): unsigned, SessionId and TreeId 0,
-/// MessageId all ones, no credits.
+/// Break notification for `lease` breaking from `from` to `to` (MS-SMB2
+/// 2.2.23, 3.3.4.6, 3.3.4.7): unsigned, SessionId and TreeId 0, MessageId
+/// all ones, no credits. An oplock's names its open, and is `None` while
+/// that open has no FileId yet.
 pub(super) fn break_notification(
     lease: &FileLease,
     from: LeaseState,
     to: LeaseState,
     ack: bool,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
     let hdr = Smb2Header {
         command: Command::OplockBreak,
         flags: SMB2_FLAGS_SERVER_TO_REDIR,
@@ -365,11 +371,26 @@ pub(super) fn break_notification(
         tail: HeaderTail::sync(0),
         ..Smb2Header::default()
     };
+    let mut out = Vec::with_capacity(64 + 44);
+    hdr.write(&mut out)
+        .expect("encoding into a Vec cannot fail");
+    if lease.version == LeaseVersion::Oplock {
+        let body = OplockBreakNotification {
+            structure_size: 24,
+            oplock_level: oplock_level(to),
+            reserved: 0,
+            reserved2: 0,
+            file_id: lease.oplock_file?,
+        };
+        body.write_to(&mut out)
+            .expect("encoding into a Vec cannot fail");
+        return Some(out);
+    }
     let body = LeaseBreakNotification {
         structure_size: 44,
         new_epoch: match lease.version {
-            LeaseVersion::V1 => 0,
             LeaseVersion::V2 => lease.epoch,
+            LeaseVersion::V1 | LeaseVersion::Oplock => 0,
         },
         flags: if ack {
             LeaseBreakNotification::FLAG_ACK_REQUIRED
@@ -383,12 +404,9 @@ pub(super) fn break_notification(
         access_mask_hint: 0,
         share_mask_hint: 0,
     };
-    let mut out = Vec::with_capacity(64 + 44);
-    hdr.write(&mut out)
-        .expect("encoding into a Vec cannot fail");
     body.write_to(&mut out)
         .expect("encoding into a Vec cannot fail");
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -403,7 +421,9 @@ mod tests {
     use crate::conn::writer::{ResponseReceiver, response_queue};
     use crate::files::durable::DurableTable;
     use crate::files::lease::Trigger;
+    use crate::files::lease::oplock_requested;
     use crate::files::table::{OpenRequest, Refused, Sharing};
+    use crate::proto::messages::create::FileId;
     use crate::server::ShareMode;
     use crate::tests::memfs::MemFsBackend;
 
@@ -546,6 +566,136 @@ mod tests {
 
     fn notification(frame: &[u8]) -> LeaseBreakNotification {
         LeaseBreakNotification::parse(&frame[64..]).unwrap()
+    }
+
+    /// brickd: opens file 7 as `f` holding the oplock `level` asks for,
+    /// under the key `n`, as FileId (n, n).
+    fn oplocked(
+        table: &Arc<LeaseTable>,
+        share: &Arc<ShareBindings>,
+        owner: &Arc<Outbound>,
+        n: u8,
+        level: u8,
+    ) -> (FileRef, LeaseState) {
+        let lease_ref = table.acquire(id(n), share, &p("f")).unwrap();
+        let mut file = open(share, 7, "f", owner, Some(id(n)));
+        let request = LeaseRequest {
+            id: id(n),
+            state: oplock_requested(level).unwrap(),
+            version: LeaseVersion::Oplock,
+            epoch: 0,
+            parent: None,
+        };
+        let (granted, guard) = table
+            .grant(lease_ref, &mut file, &request, LeaseState::RWH)
+            .unwrap();
+        file.set_oplock_file(FileId::new(n.into(), n.into()));
+        drop(guard);
+        (file, granted.state)
+    }
+
+    fn oplock_break(frame: &[u8]) -> (u8, FileId) {
+        let n = OplockBreakNotification::parse(&frame[64..]).unwrap();
+        assert_eq!(n.structure_size, 24);
+        (n.oplock_level, n.file_id)
+    }
+
+    #[test]
+    fn oplocks_break_to_level_ii_then_none_and_name_their_open() {
+        let table = Arc::new(LeaseTable::default());
+        let s = share();
+        let (holder, mut rx) = connection();
+        let (_batch, state) = oplocked(&table, &s, &holder, 1, 9);
+        assert_eq!(state, LeaseState::RWH);
+
+        let (other, _other_rx) = connection();
+        let second = open(&s, 7, "f", &other, None);
+        assert_eq!(
+            oplock_break(&rx.try_recv().unwrap()),
+            (1, FileId::new(1, 1))
+        );
+        assert_eq!(
+            ack(&table, id(1), 0x09),
+            Err(ntstatus::STATUS_REQUEST_NOT_ACCEPTED)
+        );
+        assert_eq!(ack(&table, id(1), 1), Ok(LeaseState::R));
+
+        // Level II breaks to none with nothing to acknowledge.
+        second.break_leases(Trigger::Write);
+        assert_eq!(
+            oplock_break(&rx.try_recv().unwrap()),
+            (0, FileId::new(1, 1))
+        );
+        assert_eq!(ack(&table, id(1), 0), Err(ntstatus::STATUS_UNSUCCESSFUL));
+        assert!(rx.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_write_breaks_its_own_level_ii_oplock_but_not_its_own_batch() {
+        let table = Arc::new(LeaseTable::default());
+        let s = share();
+        let (holder, mut rx) = connection();
+        let (batch, _) = oplocked(&table, &s, &holder, 1, 9);
+        batch.break_leases(Trigger::Write);
+        assert!(rx.try_recv().is_none());
+
+        // A second open asking for batch waits for the break to level II,
+        // then gets level II.
+        let (other, mut other_rx) = connection();
+        let lease_ref = table.acquire(id(2), &s, &p("f")).unwrap();
+        let mut level_ii = open(&s, 7, "f", &other, Some(id(2)));
+        assert_eq!(
+            oplock_break(&rx.try_recv().unwrap()),
+            (1, FileId::new(1, 1))
+        );
+        assert_eq!(ack(&table, id(1), 1), Ok(LeaseState::R));
+        let request = LeaseRequest {
+            id: id(2),
+            state: LeaseState::RWH,
+            version: LeaseVersion::Oplock,
+            epoch: 0,
+            parent: None,
+        };
+        let (granted, guard) = table
+            .grant(lease_ref, &mut level_ii, &request, LeaseState::RWH)
+            .unwrap();
+        assert_eq!(granted.state, LeaseState::R);
+        level_ii.set_oplock_file(FileId::new(2, 2));
+        drop(guard);
+
+        level_ii.break_leases(Trigger::Write);
+        assert_eq!(
+            oplock_break(&rx.try_recv().unwrap()),
+            (0, FileId::new(1, 1))
+        );
+        assert_eq!(
+            oplock_break(&other_rx.try_recv().unwrap()),
+            (0, FileId::new(2, 2))
+        );
+    }
+
+    #[test]
+    fn leases_and_oplocks_share_no_handle_caching() {
+        let table = Arc::new(LeaseTable::default());
+        let s = share();
+        let (holder, _rx) = connection();
+        let _rh = hold_rh(&table, &s, &holder, 1);
+        let (_batch, state) = oplocked(&table, &s, &holder, 2, 9);
+        assert_eq!(state, LeaseState::NONE, "no oplock beside a handle lease");
+
+        let s = share();
+        let (_level_ii, state) = oplocked(&table, &s, &holder, 3, 1);
+        assert_eq!(state, LeaseState::R);
+        let lease_ref = table.acquire(id(4), &s, &p("f")).unwrap();
+        let mut file = open(&s, 7, "f", &holder, Some(id(4)));
+        let (granted, _) = table
+            .grant(lease_ref, &mut file, &req_state(4, 7), LeaseState::RWH)
+            .unwrap();
+        assert_eq!(
+            granted.state,
+            LeaseState::R,
+            "no handle lease beside an oplock"
+        );
     }
 
     #[test]
@@ -974,13 +1124,19 @@ mod tests {
         doomed.mark_durable(&durable, 1);
         assert!(doomed.try_detach());
         assert!(conflicting(&s, &second).wait.is_some());
-        assert!(doomed.reattach(Arc::downgrade(&second)).is_none());
+        assert!(
+            doomed
+                .reattach(Arc::downgrade(&second), FileId::new(1, 1))
+                .is_none()
+        );
         drop(doomed);
 
         let kept = hold_rh(&table, &s, &first, 2);
         kept.mark_durable(&durable, 2);
         assert!(kept.try_detach());
-        let (granted, guard) = kept.reattach(Arc::downgrade(&second)).unwrap();
+        let (granted, guard) = kept
+            .reattach(Arc::downgrade(&second), FileId::new(1, 1))
+            .unwrap();
         assert_eq!((granted.state, granted.breaking), (LeaseState::RH, false));
         // A break raised before the response is queued follows it.
         assert!(conflicting(&s, &second).wait.is_some());

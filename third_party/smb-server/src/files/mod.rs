@@ -21,7 +21,10 @@ use crate::proto::messages::change_notify::FILE_ACTION_MODIFIED;
 
 pub(crate) use durable::{Claim, Durability, DurableReg, DurableTable, Unclaimed, v2_timeout};
 pub use durable::{DEFAULT_DURABLE_HANDLE_TIMEOUT, DEFAULT_MAX_DISCONNECTED_OPENS};
-pub(crate) use lease::{Granted, LeaseId, LeaseRequest, LeaseState, LeaseVersion, Trigger};
+pub(crate) use lease::{
+    Granted, LeaseId, LeaseRequest, LeaseState, LeaseVersion, Trigger, oplock_level,
+    oplock_requested,
+};
 #[cfg(test)]
 pub(crate) use leases::LEASE_BREAK_TIMEOUT;
 pub(crate) use leases::{AfterSend, BreakWait, LeaseRef, LeaseTable, MAX_BREAK_WAIT};

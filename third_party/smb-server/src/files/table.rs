@@ -20,12 +20,14 @@ use crate::path::{SmbPath, rebase, same_path};
 use crate::proto::messages::change_notify::{
     FILE_ACTION_REMOVED, FILE_NOTIFY_CHANGE_DIR_NAME, FILE_NOTIFY_CHANGE_FILE_NAME,
 };
+use crate::proto::messages::create::FileId;
 use crate::server::ShareBindings;
 
 use super::durable::DurableTable;
 use super::lease::{
-    Breaking, Current, FileLease, FileView, Granted, LeaseId, LeaseRequest, LeaseState, OpenView,
-    Trigger, break_to, grant, needs_ack, stat_only,
+    Breaking, Current, FileLease, FileView, Granted, LeaseId, LeaseRequest, LeaseState,
+    LeaseVersion, OpenView, Trigger, break_to, grant, needs_ack, oplock_break_to, oplock_stat_only,
+    oplock_state, stat_only,
 };
 use super::leases::{AckWait, BreakWait, GrantGuard, LeaseRef, Notices, break_notification};
 use super::watch::Change;
@@ -332,8 +334,9 @@ impl FileNode {
         };
         lease.grants_in_flight -= 1;
         if lease.grants_in_flight == 0
-            && let Some(bytes) = lease.unsent.take()
+            && let Some((from, to, ack)) = lease.unsent.take()
         {
+            let bytes = break_notification(lease, from, to, ack);
             let ack = lease.breaking.as_ref().map(|b| AckWait {
                 node: me,
                 id,
@@ -352,6 +355,22 @@ impl FileNode {
         }
         notices
     }
+}
+
+/// brickd: what `req` may be granted beside the other leases and oplocks
+/// on the file, within `grantable`. Beside a lease caching handles an
+/// oplock gets nothing, and beside an oplock a lease caches no handles
+/// (Samba's rules, smb2.lease.oplock).
+fn mixed_grantable(req: &LeaseRequest, leases: &[FileLease], grantable: LeaseState) -> LeaseState {
+    let mut others = leases.iter().filter(|l| l.id != req.id);
+    if req.version == LeaseVersion::Oplock {
+        if others.any(|l| l.version != LeaseVersion::Oplock && l.state.contains(LeaseState::H)) {
+            return LeaseState::NONE;
+        }
+    } else if others.any(|l| l.version == LeaseVersion::Oplock && l.state != LeaseState::NONE) {
+        return grantable.without(LeaseState::H);
+    }
+    grantable
 }
 
 impl FileState {
@@ -374,6 +393,15 @@ impl FileState {
 
     fn entry(&self, id: u64) -> Option<&OpenEntry> {
         self.opens.iter().find(|e| e.id == id)
+    }
+
+    /// brickd: where in `leases` the oplock of the open `id` is, if it
+    /// holds one.
+    fn oplock_of(&self, id: u64) -> Option<usize> {
+        let lease = self.entry(id)?.lease?;
+        self.leases
+            .iter()
+            .position(|l| l.id == lease && l.version == LeaseVersion::Oplock)
     }
 
     /// The connections of the opens holding the lease `id`, each once, in
@@ -399,12 +427,22 @@ impl FileState {
         let mut wait = false;
         for at in 0..self.leases.len() {
             let lease = &mut self.leases[at];
-            if Some(lease.id) == exempt {
+            // brickd: a write breaks the writer's own level II oplock too
+            // (MS-FSA 2.1.4.12: every level II oplock breaks to none).
+            let own_level_ii = trigger == Trigger::Write
+                && lease.version == LeaseVersion::Oplock
+                && !lease.state.contains(LeaseState::W);
+            if Some(lease.id) == exempt && !own_level_ii
+                || trigger == Trigger::OplockOpen && lease.version != LeaseVersion::Oplock
+            {
                 continue;
             }
-            let Some(to) = break_to(trigger, lease.state) else {
+            let Some(mut to) = break_to(trigger, lease.state) else {
                 continue;
             };
+            if lease.version == LeaseVersion::Oplock {
+                to.to = oplock_break_to(to.to);
+            }
             wait |= to.wait;
             match &mut lease.breaking {
                 Some(breaking) => breaking.required = breaking.required.and(to.to),
@@ -454,10 +492,10 @@ impl FileState {
             notices.close(doomed);
             return;
         }
-        let bytes = break_notification(lease, from, to, ack);
         if lease.grants_in_flight > 0 {
-            lease.unsent = Some(bytes);
+            lease.unsent = Some((from, to, ack));
         } else {
+            let bytes = break_notification(lease, from, to, ack);
             notices.push(bytes, self.owners(id), wait);
         }
     }
@@ -855,17 +893,26 @@ impl FileRef {
             waiting: false,
             durable: None,
         });
-        let (notices, wait) = if stat_only(req.sharing.access) {
-            (Notices::default(), None)
-        } else {
-            let trigger = Trigger::Open {
+        // brickd: an attribute-only open that overwrites the file breaks
+        // caching as any overwrite does (smb2.oplock.batch13).
+        let access = req.sharing.access;
+        let trigger = if req.overwrite || !stat_only(access) {
+            Some(Trigger::Open {
                 overwrite: req.overwrite,
-            };
+            })
+        } else if !oplock_stat_only(access) {
+            Some(Trigger::OplockOpen)
+        } else {
+            None
+        };
+        let (notices, wait) = if let Some(trigger) = trigger {
             let (notices, waits) = state.break_for(trigger, req.lease);
             if waits && let Some(entry) = state.opens.last_mut() {
                 entry.waiting = true;
             }
             (notices, waits.then(|| state.wait()))
+        } else {
+            (Notices::default(), None)
         };
         drop(state);
         drop(files);
@@ -950,7 +997,11 @@ impl FileRef {
             state: state.leases[at].state,
             breaking: state.leases[at].breaking.is_some(),
         });
-        let (granted, breaking) = grant(req.id, req.state, current, &file, grantable);
+        let grantable = mixed_grantable(req, &state.leases, grantable);
+        let (mut granted, breaking) = grant(req.id, req.state, current, &file, grantable);
+        if req.version == LeaseVersion::Oplock {
+            granted = oplock_state(granted);
+        }
         let lease = match existing {
             Some(at) => {
                 let lease = &mut state.leases[at];
@@ -977,6 +1028,21 @@ impl FileRef {
         drop(state);
         let guard = GrantGuard::new(Arc::clone(&self.node), req.id, serial, sender);
         (snapshot, guard)
+    }
+
+    /// brickd: the oplock this open holds, as a lease.
+    pub(crate) fn oplock(&self) -> Option<LeaseId> {
+        let state = self.node.state();
+        state.oplock_of(self.id).map(|at| state.leases[at].id)
+    }
+
+    /// brickd: names `file_id` in the break notifications of this open's
+    /// oplock, if it holds one.
+    pub(crate) fn set_oplock_file(&self, file_id: FileId) {
+        let mut state = self.node.state();
+        if let Some(at) = state.oplock_of(self.id) {
+            state.leases[at].oplock_file = Some(file_id);
+        }
     }
 
     /// Keeps the lease binding for as long as this open lasts.
@@ -1049,7 +1115,11 @@ impl FileRef {
     /// close it, and its lease caches handles. Returns the lease as the
     /// CREATE response reports it, and a guard that holds back break
     /// notifications for the lease until that response is queued.
-    pub(crate) fn reattach(&self, owner: Weak<Outbound>) -> Option<(Granted, GrantGuard)> {
+    pub(crate) fn reattach(
+        &self,
+        owner: Weak<Outbound>,
+        file_id: FileId,
+    ) -> Option<(Granted, GrantGuard)> {
         let mut state = self.node.state();
         let at = state.opens.iter().position(|e| e.id == self.id)?;
         let entry = &state.opens[at];
@@ -1064,6 +1134,9 @@ impl FileRef {
         let lease = state.leases.iter_mut().find(|l| l.id == id)?;
         if !lease.state.contains(LeaseState::H) {
             return None;
+        }
+        if lease.version == LeaseVersion::Oplock {
+            lease.oplock_file = Some(file_id);
         }
         lease.grants_in_flight += 1;
         let serial = lease.serial;

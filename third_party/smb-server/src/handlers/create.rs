@@ -32,7 +32,7 @@ use crate::error::{SmbError, SmbResult};
 use crate::files::{
     BreakWait, CONTENT_CHANGED, Change, Durability, FileRef, Granted, LeaseId, LeaseRef,
     LeaseRequest, LeaseState, LeaseVersion, MAX_BREAK_WAIT, OpenRequest, OpenSlot, Refused,
-    Sharing, Trigger, v2_timeout,
+    Sharing, Trigger, oplock_level, oplock_requested, v2_timeout,
 };
 use crate::handlers::reconnect::{self, Reconnect};
 use crate::handlers::shared::{lookup_session, lookup_session_tree};
@@ -292,9 +292,37 @@ fn lease_request(
     }))
 }
 
+/// brickd: the oplock a CREATE from `client` asks for with `level`
+/// (MS-SMB2 3.3.5.9), kept as a lease of the new open under a random key.
+fn oplock_request(level: u8, client: Uuid) -> Option<LeaseRequest> {
+    Some(LeaseRequest {
+        id: LeaseId {
+            client,
+            key: Uuid::new_v4().into_bytes(),
+        },
+        state: oplock_requested(level)?,
+        version: LeaseVersion::Oplock,
+        epoch: 0,
+        parent: None,
+    })
+}
+
+/// The OplockLevel of a CREATE response for an open holding `granted`
+/// (MS-SMB2 2.2.14).
+pub(super) fn response_oplock_level(granted: Option<&Granted>) -> u8 {
+    match granted {
+        None => OplockLevel::None as u8,
+        Some(g) if g.version == LeaseVersion::Oplock => oplock_level(g.state),
+        Some(_) => OplockLevel::Lease as u8,
+    }
+}
+
 /// The response lease context for `granted`, in the lease's version
-/// (MS-SMB2 2.2.14.2.10, 2.2.14.2.11).
-pub(super) fn lease_response(granted: &Granted) -> CreateContext {
+/// (MS-SMB2 2.2.14.2.10, 2.2.14.2.11), or none for an oplock.
+pub(super) fn lease_response(granted: &Granted) -> Option<CreateContext> {
+    if granted.version == LeaseVersion::Oplock {
+        return None;
+    }
     let v2 = granted.version == LeaseVersion::V2;
     let mut flags = 0;
     if granted.breaking {
@@ -311,10 +339,10 @@ pub(super) fn lease_response(granted: &Granted) -> CreateContext {
         epoch: if v2 { granted.epoch } else { 0 },
         v2,
     };
-    CreateContext {
+    Some(CreateContext {
         name: CreateContext::NAME_RQLS.to_vec(),
         data: ctx.encode(),
-    }
+    })
 }
 
 /// A validated CREATE request: what each attempt to open needs.
@@ -423,8 +451,11 @@ impl CreateArgs {
         if queries.ea_buffer {
             return Err(ntstatus::STATUS_EAS_NOT_SUPPORTED);
         }
-        // Directories get no lease, and neither do shares that turn leases off.
-        let lease = if req.requested_oplock_level == OplockLevel::Lease as u8 && share.leases {
+        // Directories get no lease or oplock, and neither do shares that
+        // turn leases off.
+        let lease = if !share.leases {
+            None
+        } else if req.requested_oplock_level == OplockLevel::Lease as u8 {
             lease_request(
                 queries.lease.as_deref(),
                 dialect,
@@ -432,8 +463,10 @@ impl CreateArgs {
                 req.file_attributes,
             )?
             .filter(|_| !directory)
-        } else {
+        } else if directory {
             None
+        } else {
+            oplock_request(req.requested_oplock_level, client)
         };
 
         let maximal = maximal_access(tree_access);
@@ -941,6 +974,7 @@ async fn attempt(
         None => tree.alloc_file_id(),
     };
     let (durable, durability) = durable.unzip();
+    file.set_oplock_file(file_id);
     let open = Open {
         file_id,
         position: Default::default(),
@@ -972,9 +1006,7 @@ async fn attempt(
         OpenAction::Overwritten => FILE_OVERWRITTEN,
     };
     let mut answers = args.queries.answer(&info, args.maximal, volume_serial);
-    if let Some(granted) = &granted {
-        answers.push(lease_response(granted));
-    }
+    answers.extend(granted.as_ref().and_then(lease_response));
     if let Some(durability) = durability {
         debug!(
             id = file_id.persistent,
@@ -997,7 +1029,8 @@ async fn attempt(
             },
         });
     }
-    let buf = encode_response(&info, file_id, granted.is_some(), create_action, &answers);
+    let oplock_level = response_oplock_level(granted.as_ref());
+    let buf = encode_response(&info, file_id, oplock_level, create_action, &answers);
     let mut response = HandlerResponse::ok(buf);
     if let Some(guard) = after_send {
         response.after_send.push(Box::new(guard));
@@ -1043,12 +1076,12 @@ async fn open_reported(
     opened
 }
 
-/// The CREATE response body for an open of a file with `info`, holding a
-/// lease when `leased`, with the response contexts `answers`.
+/// The CREATE response body for an open of a file with `info`, with
+/// `oplock_level` and the response contexts `answers`.
 pub(super) fn encode_response(
     info: &FileInfo,
     file_id: FileId,
-    leased: bool,
+    oplock_level: u8,
     create_action: u32,
     answers: &[CreateContext],
 ) -> Vec<u8> {
@@ -1056,11 +1089,7 @@ pub(super) fn encode_response(
     CreateContext::encode_chain(answers, &mut contexts).expect("encoding into a Vec cannot fail");
     let resp = CreateResponse {
         structure_size: 89,
-        oplock_level: if leased {
-            OplockLevel::Lease as u8
-        } else {
-            OplockLevel::None as u8
-        },
+        oplock_level,
         flags: 0,
         create_action,
         creation_time: info.creation_time,

@@ -1,16 +1,15 @@
-//! OPLOCK_BREAK handler (MS-SMB2 3.3.5.22): lease break acknowledgments.
-//! The server grants no oplocks, so no oplock acknowledgment matches a
-//! break in progress.
+//! OPLOCK_BREAK handler (MS-SMB2 3.3.5.22): oplock and lease break
+//! acknowledgments.
 
 use std::sync::Arc;
 
 use crate::proto::header::Smb2Header;
 use crate::proto::messages::oplock_break::OplockBreakAck;
-use crate::proto::messages::{Dialect, LeaseBreakAck, LeaseBreakResponse};
+use crate::proto::messages::{Dialect, LeaseBreakAck, LeaseBreakResponse, OplockBreakNotification};
 
 use crate::conn::state::Connection;
 use crate::dispatch::HandlerResponse;
-use crate::files::LeaseId;
+use crate::files::{LeaseId, LeaseState, oplock_level};
 use crate::handlers::shared::{lookup_open, lookup_session_tree};
 use crate::ntstatus;
 use crate::server::ServerState;
@@ -63,15 +62,43 @@ pub async fn handle(
                 Err(status) => HandlerResponse::err(status),
             }
         }
-        // MS-SMB2 3.3.5.22.1: no open, or an open with no break pending.
+        // brickd: MS-SMB2 3.3.5.22.1. An open with no oplock, or with no
+        // break in progress, and a level other than level II or none, are
+        // protocol errors.
         Some(OPLOCK_ACK_SIZE | LEASE_ACK_SIZE) => {
             let Ok(ack) = OplockBreakAck::parse(body) else {
                 return HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER);
             };
-            if lookup_open(&tree, ack.file_id).await.is_none() {
+            let Some(open) = lookup_open(&tree, ack.file_id).await else {
                 return HandlerResponse::err(ntstatus::STATUS_FILE_CLOSED);
+            };
+            let oplock = open.read().await.file.as_ref().and_then(|f| f.oplock());
+            let acked = match ack.oplock_level {
+                0x00 => LeaseState::NONE,
+                0x01 => LeaseState::R,
+                _ => return HandlerResponse::err(ntstatus::STATUS_INVALID_OPLOCK_PROTOCOL),
+            };
+            let Some(id) = oplock.filter(|_| structure_size == Some(OPLOCK_ACK_SIZE)) else {
+                return HandlerResponse::err(ntstatus::STATUS_INVALID_OPLOCK_PROTOCOL);
+            };
+            match server.leases.acknowledge(id, acked.bits()) {
+                Ok((state, breaks)) => {
+                    let mut buf = Vec::new();
+                    OplockBreakNotification {
+                        structure_size: OPLOCK_ACK_SIZE,
+                        oplock_level: oplock_level(state),
+                        reserved: 0,
+                        reserved2: 0,
+                        file_id: ack.file_id,
+                    }
+                    .write_to(&mut buf)
+                    .expect("encoding into a Vec cannot fail");
+                    let mut response = HandlerResponse::ok(buf);
+                    response.after_send.push(Box::new(breaks));
+                    response
+                }
+                Err(_) => HandlerResponse::err(ntstatus::STATUS_INVALID_OPLOCK_PROTOCOL),
             }
-            HandlerResponse::err(ntstatus::STATUS_INVALID_DEVICE_STATE)
         }
         _ => HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER),
     }

@@ -18,7 +18,9 @@ use crate::conn::pending::{Stop, stopped};
 use crate::conn::state::{Connection, Open, TreeConnect};
 use crate::dispatch::HandlerResponse;
 use crate::files::{Claim, LeaseRequest, OpenSlot, Unclaimed, close_open};
-use crate::handlers::create::{ContextQueries, FILE_OPENED, encode_response, lease_response};
+use crate::handlers::create::{
+    ContextQueries, FILE_OPENED, encode_response, lease_response, response_oplock_level,
+};
 use crate::handlers::shared::lookup_session_tree;
 use crate::handlers::{Outcome, Pending};
 use crate::info_class::VOLUME_SERIAL_NUMBER;
@@ -210,7 +212,7 @@ async fn take_back(
         return Err(not_found);
     };
     let owner = Arc::downgrade(&conn.outbound);
-    let Some((granted, guard)) = open.file.as_ref().and_then(|f| f.reattach(owner)) else {
+    let Some((granted, guard)) = open.file.as_ref().and_then(|f| f.reattach(owner, file_id)) else {
         drop(open);
         debug!(id, "durable open closed: lease broken");
         close_open(&open_arc, false).await;
@@ -245,8 +247,9 @@ async fn take_back(
     drop(tree_lock);
 
     let mut answers = r.queries.answer(&info, maximal, VOLUME_SERIAL_NUMBER);
-    answers.push(lease_response(&granted));
-    let body = encode_response(&info, file_id, true, FILE_OPENED, &answers);
+    answers.extend(lease_response(&granted));
+    let oplock_level = response_oplock_level(Some(&granted));
+    let body = encode_response(&info, file_id, oplock_level, FILE_OPENED, &answers);
     let mut response = HandlerResponse::ok(body);
     response.after_send.push(Box::new(guard));
     Ok(response)

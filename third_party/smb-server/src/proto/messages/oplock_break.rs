@@ -1,7 +1,6 @@
 //! OPLOCK_BREAK Notification + Acknowledgement (MS-SMB2 §2.2.23 / §2.2.24).
 //!
-//! The server grants no oplocks and never sends a notification. An ACK gets
-//! a level-0 response.
+//! brickd: the response to an acknowledgment has the same shape as well.
 
 use binrw::{BinRead, BinWrite, binrw};
 use std::io::Cursor;
