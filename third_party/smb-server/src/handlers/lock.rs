@@ -16,6 +16,7 @@ use crate::proto::messages::{LockElement, LockRequest, LockResponse};
 use crate::conn::pending::{Stop, stopped};
 use crate::conn::state::{Connection, LockSequences, Open};
 use crate::dispatch::HandlerResponse;
+use crate::files::Trigger;
 use crate::handlers::shared::{lookup_open, lookup_session_tree};
 use crate::handlers::{Outcome, Pending};
 use crate::ntstatus;
@@ -194,6 +195,9 @@ async fn lock_now(
         if !req.locks.iter().all(|l| valid(l.flags)) {
             return fail(ntstatus::STATUS_INVALID_PARAMETER);
         }
+        // brickd: a lock breaks the caching of other opens as a write does
+        // (MS-FSA 2.1.4.12, LOCK_CONTROL), level II oplocks included.
+        file.break_leases(Trigger::Write);
         // MS-SMB2 3.3.5.14.2: a failed lock releases the ranges this request
         // locked before it.
         let limit = server.max_locks_per_open.load(Ordering::Relaxed);
