@@ -459,7 +459,7 @@ pub struct Open {
     pub(crate) marked_deleted: AtomicBool,
     /// brickd: FilePositionInformation.CurrentByteOffset: a READ through the
     /// open sets it to the end of the bytes it returned, as Samba does (MS-FSCC
-    /// 2.4.35; smb2.read.position); a WRITE leaves it.
+    /// 2.4.35; smb2.read.position); a WRITE leaves it, SET_INFO sets it.
     pub(crate) position: std::sync::atomic::AtomicU64,
     /// brickd: FSCTL_LMR_REQUEST_RESILIENCY made the open resilient
     /// (MS-SMB2 3.3.5.15.9): its LOCK requests carry checked sequences.

@@ -44,6 +44,8 @@ enum Class {
     Disposition,
     Rename,
     Allocation,
+    /// brickd: FilePositionInformation (MS-FSA 2.1.5.15.9).
+    Position,
 }
 
 pub async fn handle(
@@ -99,6 +101,7 @@ async fn set(
         ic::FILE_RENAME_INFORMATION => (Class::Rename, DELETE),
         ic::FILE_END_OF_FILE_INFORMATION => (Class::EndOfFile, FILE_WRITE_DATA),
         ic::FILE_ALLOCATION_INFORMATION => (Class::Allocation, FILE_WRITE_DATA),
+        ic::FILE_POSITION_INFORMATION => (Class::Position, 0),
         class if SETTABLE_CLASSES.contains(&class) => {
             return Ok(HandlerResponse::err(ntstatus::STATUS_NOT_SUPPORTED));
         }
@@ -153,6 +156,21 @@ async fn set(
                     Ok(())
                 }
                 Err(status) => Err(status),
+            }
+        }
+        Class::Position => {
+            let Some(offset) = buffer.get(..8) else {
+                return Ok(HandlerResponse::err(ntstatus::STATUS_INFO_LENGTH_MISMATCH));
+            };
+            let offset = i64::from_le_bytes(offset.try_into().expect("8 bytes"));
+            match u64::try_from(offset) {
+                Ok(offset) => {
+                    let open = open_arc.read().await;
+                    open.position
+                        .store(offset, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(_) => Err(ntstatus::STATUS_INVALID_PARAMETER),
             }
         }
         Class::Disposition => {
