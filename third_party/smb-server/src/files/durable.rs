@@ -516,7 +516,12 @@ impl DurableTable {
         let not_found = || Unclaimed::Status(ntstatus::STATUS_OBJECT_NAME_NOT_FOUND);
         let mut inner = self.inner();
         let entry = inner.entries.get(&id).ok_or_else(not_found)?;
-        if entry.lease.client != claim.client {
+        // brickd: an open holding an oplock has no lease (MS-SMB2 3.3.5.9.7,
+        // Open.Lease is empty): its reconnect carries no lease context, may
+        // come from another client, and a version 1 reconnect of it names
+        // any file (smb2.durable-open.reopen1a, reopen2).
+        let oplock = entry.lease_version == LeaseVersion::Oplock;
+        if !oplock && entry.lease.client != claim.client {
             return Err(not_found());
         }
         // MS-SMB2 3.3.5.9.12: a version 2 reconnect names the CreateGuid of
@@ -528,28 +533,34 @@ impl DurableTable {
         {
             return Err(not_found());
         }
+        // brickd: the lease is checked before the name: a reconnect without
+        // the open's lease, or with another key, is not found whatever name
+        // it gives (smb2.durable-open.reopen2-lease).
+        let (lease, version) = match claim.lease {
+            Some(lease) => lease,
+            None if oplock => (entry.lease, LeaseVersion::Oplock),
+            None => return Err(not_found()),
+        };
+        if lease != entry.lease || version != entry.lease_version {
+            return Err(not_found());
+        }
         // The name is known only for a kept open; one in a session is
         // refused, or waited on, before its name is compared. 3.3.5.9.7
         // compares the name next, with a status of its own; 3.3.5.9.12 just
         // before the owner.
         let name_matches = match &entry.state {
-            State::Detached { open, .. } => Some(self.name_matches(open, claim)?),
+            State::Detached { open, .. } if v2 || !oplock => Some(self.name_matches(open, claim)?),
             _ => None,
         };
         if !v2 && name_matches == Some(false) {
             return Err(Unclaimed::Status(ntstatus::STATUS_INVALID_PARAMETER));
         }
-        let Some((lease, version)) = claim.lease else {
-            return Err(not_found());
-        };
         let closing = match &entry.state {
             State::Detached { .. } => false,
             State::Attached { conn } if conn.upgrade().is_none_or(|c| c.is_closing()) => true,
             _ => return Err(not_found()),
         };
-        if lease != entry.lease
-            || version != entry.lease_version
-            || !std::ptr::eq(entry.share.as_ptr(), Arc::as_ptr(claim.share))
+        if !std::ptr::eq(entry.share.as_ptr(), Arc::as_ptr(claim.share))
             || name_matches == Some(false)
         {
             return Err(not_found());
