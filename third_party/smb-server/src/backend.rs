@@ -281,8 +281,9 @@ pub trait Handle: Send + Sync {
     async fn write(&self, offset: u64, data: &[u8]) -> SmbResult<u32>;
 
     /// Write owned `data` at `offset`. Backends that need ownership across a
-    /// blocking boundary can override this to avoid an extra copy.
-    async fn write_owned(&self, offset: u64, data: Vec<u8>) -> SmbResult<u32> {
+    /// blocking boundary can override this to avoid an extra copy. brickd:
+    /// `Bytes`, a slice of the request frame, which is not copied.
+    async fn write_owned(&self, offset: u64, data: bytes::Bytes) -> SmbResult<u32> {
         self.write(offset, &data).await
     }
 

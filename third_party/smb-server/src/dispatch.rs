@@ -1,6 +1,6 @@
 //! Per-frame dispatch: parse header, route to handler, sign response, encode.
 
-use std::borrow::Cow;
+use bytes::Bytes;
 use std::sync::Arc;
 
 use crate::proto::auth::ntlm::Identity;
@@ -49,6 +49,9 @@ pub struct HandlerResponse {
     pub take_preauth_snapshot_for_session: Option<u64>,
     /// Lease breaks held back until this response is queued.
     pub(crate) after_send: Vec<AfterSend>,
+    /// brickd: `body` starts with `SMB2_HEADER_LEN` bytes left for the
+    /// header, which is written there rather than the body copied after it.
+    pub(crate) header_room: bool,
 }
 
 impl HandlerResponse {
@@ -61,6 +64,18 @@ impl HandlerResponse {
             skip_signing: false,
             take_preauth_snapshot_for_session: None,
             after_send: Vec::new(),
+            header_room: false,
+        }
+    }
+
+    /// brickd: a success whose `buf` starts with `SMB2_HEADER_LEN` bytes
+    /// for the header, then the body: a READ's data is copied once, into
+    /// `buf`, on its way to the socket.
+    pub(crate) fn ok_after_header_room(buf: Vec<u8>) -> Self {
+        assert!(buf.len() >= SMB2_HEADER_LEN, "no room for the header");
+        Self {
+            header_room: true,
+            ..Self::ok(buf)
         }
     }
 
@@ -76,6 +91,7 @@ impl HandlerResponse {
             skip_signing: false,
             take_preauth_snapshot_for_session: None,
             after_send: Vec::new(),
+            header_room: false,
         }
     }
 }
@@ -176,8 +192,9 @@ impl Outgoing {
 }
 
 /// The requests of one frame and how far they have run.
-struct Chain<'a> {
-    frame: Cow<'a, [u8]>,
+struct Chain {
+    /// Shared, so a WRITE's data reaches the backend without a copy.
+    frame: Bytes,
     requests: Vec<chain::Request>,
     next: usize,
     /// Requests already run out of order: CANCELs taken ahead of the
@@ -190,10 +207,10 @@ struct Chain<'a> {
     continued: bool,
 }
 
-impl Chain<'_> {
+impl Chain {
     /// The requests not yet run, without the bytes of those that have, for
     /// a continuation to keep.
-    fn rest(self) -> Chain<'static> {
+    fn rest(self) -> Chain {
         let done = self.next.min(self.requests.len());
         let cut = self.requests[..done]
             .last()
@@ -206,7 +223,7 @@ impl Chain<'_> {
             })
             .collect();
         Chain {
-            frame: Cow::Owned(self.frame[cut..].to_vec()),
+            frame: self.frame.slice(cut..),
             requests,
             next: 0,
             handled: self.handled[done..].to_vec(),
@@ -223,14 +240,14 @@ struct Suspended {
     pending: Pending,
     ctx: ReplyCtx,
     /// The request as it ran, related ids filled in.
-    request: Vec<u8>,
+    request: Bytes,
 }
 
 /// The part of a compound frame that runs after a request in it went
 /// asynchronous (MS-SMB2 3.3.5.2.7.2): that request's final response and
 /// the responses of the requests after it go out in a frame of their own.
 pub(crate) struct Continuation {
-    chain: Chain<'static>,
+    chain: Chain,
     transform: Option<(u64, Arc<SessionCipher>)>,
     suspended: Suspended,
 }
@@ -304,28 +321,28 @@ impl Continuation {
 pub(crate) async fn dispatch_frame(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
-    frame: &[u8],
+    frame: Bytes,
 ) -> Option<Outgoing> {
     // SMB1 multi-protocol bootstrap (MS-SMB2 §3.3.5.3.1). The only SMB1 we
     // accept: a NEGOTIATE_REQUEST listing "SMB 2.???" or "SMB 2.002", as the
     // first request on the connection (3.3.5.3).
-    if is_smb1_negotiate(frame) {
+    if is_smb1_negotiate(&frame) {
         // Its MessageId counts as 0 (MS-SMB2 3.3.5.2.3).
         if conn.dialect.read().await.is_some() || !lock_credits(conn).consume(0, 1) {
             warn!("SMB1 NEGOTIATE is not the first request; closing connection");
             conn.request_disconnect();
             return None;
         }
-        let reply = handle_smb1_multi_protocol(server, conn, frame).await;
+        let reply = handle_smb1_multi_protocol(server, conn, &frame).await;
         if reply.is_none() {
             warn!("SMB1 NEGOTIATE without an SMB2 dialect; closing connection");
             conn.request_disconnect();
         }
         return reply.map(Outgoing::plain);
     }
-    let (frame, transform) = if is_transform(frame) {
-        match decrypt_frame(conn, frame).await {
-            Ok((message, session_id, cipher)) => (Cow::Owned(message), Some((session_id, cipher))),
+    let (frame, transform) = if is_transform(&frame) {
+        match decrypt_frame(conn, &frame).await {
+            Ok((message, session_id, cipher)) => (Bytes::from(message), Some((session_id, cipher))),
             Err(reason) => {
                 warn!(%reason, "encrypted message refused; closing connection");
                 conn.request_disconnect();
@@ -333,7 +350,7 @@ pub(crate) async fn dispatch_frame(
             }
         }
     } else {
-        (Cow::Borrowed(frame), None)
+        (frame, None)
     };
     let dialect = *conn.dialect.read().await;
     let requests = match chain::split(&frame, dialect).and_then(|requests| match &transform {
@@ -391,7 +408,7 @@ pub(crate) async fn dispatch_frame(
 async fn run_chain(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
-    chain: &mut Chain<'_>,
+    chain: &mut Chain,
     replies: &mut Vec<Reply>,
 ) -> Option<Suspended> {
     while chain.next < chain.requests.len() {
@@ -404,17 +421,18 @@ async fn run_chain(
         let mut req_hdr = request.header;
         let range = request.range.clone();
         let remaining = chain.requests.len() - chain.next;
-        let received = &chain.frame[range.clone()];
-        let mut sub_frame = received.to_vec();
+        let received = chain.frame.slice(range.clone());
+        let mut sub_frame = received.clone();
         let mut failure = chain.chain_failure;
-        if failure.is_none()
-            && req_hdr.flags & SMB2_FLAGS_RELATED_OPERATIONS != 0
-            && let Err(f) = chain.related.apply(&mut sub_frame, &mut req_hdr)
-        {
-            failure = Some(f.status);
-            if f.rest_of_chain {
-                chain.chain_failure = Some(f.status);
+        if failure.is_none() && req_hdr.flags & SMB2_FLAGS_RELATED_OPERATIONS != 0 {
+            let mut related = received.to_vec();
+            if let Err(f) = chain.related.apply(&mut related, &mut req_hdr) {
+                failure = Some(f.status);
+                if f.rest_of_chain {
+                    chain.chain_failure = Some(f.status);
+                }
             }
+            sub_frame = Bytes::from(related);
         }
         // The rest of a chain runs beside the reader once a request in it
         // went asynchronous, so nothing that has to run in order with the
@@ -449,7 +467,7 @@ async fn run_chain(
                     server,
                     conn,
                     &sub_frame,
-                    received,
+                    &received,
                     chain.encrypted,
                     retained,
                 )
@@ -513,7 +531,7 @@ async fn run_chain(
 /// Runs the CANCELs compounded after a request that just went
 /// asynchronous, so they can reach it (MS-SMB2 3.3.5.16). A CANCEL marked
 /// related, or one that fails its checks, runs in its turn instead.
-async fn take_cancels(server: &Arc<ServerState>, conn: &Arc<Connection>, chain: &mut Chain<'_>) {
+async fn take_cancels(server: &Arc<ServerState>, conn: &Arc<Connection>, chain: &mut Chain) {
     for index in chain.next..chain.requests.len() {
         let request = &chain.requests[index];
         if request.header.command != Command::Cancel
@@ -521,8 +539,8 @@ async fn take_cancels(server: &Arc<ServerState>, conn: &Arc<Connection>, chain: 
         {
             continue;
         }
-        let received = &chain.frame[request.range.clone()];
-        if dispatch_one(server, conn, received, received, chain.encrypted, 0)
+        let received = chain.frame.slice(request.range.clone());
+        if dispatch_one(server, conn, &received, &received, chain.encrypted, 0)
             .await
             .is_none()
         {
@@ -711,7 +729,20 @@ fn grant_credits(conn: &Connection, req_hdr: &Smb2Header) -> u16 {
 
 /// Joins compound responses into one frame. Each response but the last is
 /// padded to 8 bytes and signed over its padding (MS-SMB2 3.1.4.1).
-async fn stitch_responses(conn: &Connection, responses: Vec<Reply>) -> Vec<u8> {
+async fn stitch_responses(conn: &Connection, mut responses: Vec<Reply>) -> Vec<u8> {
+    // brickd: one response is the frame as it is, not copied (a READ's data).
+    if responses.len() == 1
+        && let Some(reply) = responses.pop()
+    {
+        let mut out = reply.bytes;
+        if let Some(key) = reply.signing_key {
+            let algo = *conn.signing_algo.read().await;
+            if let Err(e) = sign(&mut out, &key, algo) {
+                error!(error = %e, "failed to sign response");
+            }
+        }
+        return out;
+    }
     let mut out = Vec::new();
     let mut signed = Vec::with_capacity(responses.len());
     let response_count = responses.len();
@@ -769,7 +800,7 @@ pub(crate) fn read_u64(buf: &[u8], offset: usize) -> u64 {
 async fn dispatch_one(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
-    frame: &[u8],
+    frame: &Bytes,
     received: &[u8],
     encrypted: bool,
     retained: usize,
@@ -856,17 +887,17 @@ async fn dispatch_one(
         if cmd == Command::SessionSetup {
             drop_stale_auths(conn, server.config.limits.handshake_timeout).await;
         }
-        let resp = match handlers::dispatch_command(
-            server, conn, &req_hdr, body_bytes, encrypted, retained,
-        )
-        .await
-        {
-            Outcome::Done(resp) => resp,
-            Outcome::Pending(pending) => {
-                debug!(async_id = pending.op.async_id, "request pending");
-                return Some(Dispatched::Pending(pending, ctx.clone()));
-            }
-        };
+        let body = frame.slice_ref(body_bytes);
+        let resp =
+            match handlers::dispatch_command(server, conn, &req_hdr, &body, encrypted, retained)
+                .await
+            {
+                Outcome::Done(resp) => resp,
+                Outcome::Pending(pending) => {
+                    debug!(async_id = pending.op.async_id, "request pending");
+                    return Some(Dispatched::Pending(pending, ctx.clone()));
+                }
+            };
         if cmd == Command::SessionSetup {
             track_pending_auth(conn, &req_hdr, &resp);
         }
@@ -1189,12 +1220,20 @@ async fn build_response_bytes(
     } else {
         hdr.flags &= !SMB2_FLAGS_SIGNED;
     }
-    let mut out = Vec::with_capacity(SMB2_HEADER_LEN + handler_resp.body.len());
-    if let Err(e) = hdr.write(&mut out) {
+    let mut head = Vec::with_capacity(SMB2_HEADER_LEN);
+    if let Err(e) = hdr.write(&mut head) {
         error!(error = %e, "failed to encode response header");
         return (Vec::new(), None);
     }
-    out.extend_from_slice(&handler_resp.body);
+    assert_eq!(head.len(), SMB2_HEADER_LEN, "SMB2 header size");
+    let mut out = if handler_resp.header_room {
+        let mut out = handler_resp.body;
+        out[..SMB2_HEADER_LEN].copy_from_slice(&head);
+        out
+    } else {
+        head.extend_from_slice(&handler_resp.body);
+        head
+    };
 
     if should_sign && let Err(e) = sign(&mut out, &key, algo) {
         error!(error = %e, "failed to sign response");
@@ -1464,7 +1503,7 @@ mod tests {
     #[tokio::test]
     async fn signed_related_compound_requests_are_accepted() {
         let (state, conn) = signed_session().await;
-        let frame = dispatch_frame(&state, &conn, &create_query_close())
+        let frame = dispatch_frame(&state, &conn, bytes::Bytes::from(create_query_close()))
             .await
             .expect("response")
             .bytes;
@@ -1475,7 +1514,7 @@ mod tests {
     #[tokio::test]
     async fn compound_responses_are_signed_over_their_padding() {
         let (state, conn) = signed_session().await;
-        let frame = dispatch_frame(&state, &conn, &create_query_close())
+        let frame = dispatch_frame(&state, &conn, bytes::Bytes::from(create_query_close()))
             .await
             .expect("response")
             .bytes;
@@ -1496,7 +1535,7 @@ mod tests {
             .write_to(&mut body)
             .expect("logoff");
         let request = signed_compound(&[(Command::Logoff, body)]);
-        let response = dispatch_frame(&state, &conn, &request)
+        let response = dispatch_frame(&state, &conn, bytes::Bytes::from(request.clone()))
             .await
             .expect("response")
             .bytes;

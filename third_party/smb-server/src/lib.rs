@@ -555,7 +555,7 @@ pub mod fuzzing {
             state.config.max_read_size,
             state.config.max_write_size,
         ));
-        crate::dispatch::dispatch_frame(&state, &conn, frame)
+        crate::dispatch::dispatch_frame(&state, &conn, bytes::Bytes::copy_from_slice(frame))
             .await
             .map(|out| out.bytes)
     }

@@ -154,7 +154,8 @@ pub async fn reader_task(
                 return Err(e);
             }
         };
-        let response = crate::dispatch::dispatch_frame(&server, &conn, &frame).await;
+        let response =
+            crate::dispatch::dispatch_frame(&server, &conn, bytes::Bytes::from(frame)).await;
         if conn.disconnect_requested() {
             debug!("closing connection without a reply");
             return Ok(());

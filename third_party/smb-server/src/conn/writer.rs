@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::proto::framing::encode_frame;
+use crate::proto::framing::encode_frame_header;
+use bytes::Buf;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -170,27 +171,31 @@ pub async fn writer_task(
     io_timeout: Duration,
 ) {
     while let Some(payload) = queue.rx.recv().await {
-        let mut out = Vec::with_capacity(payload.bytes.len() + 4);
-        if let Err(e) = encode_frame(&payload.bytes, &mut out) {
-            error!(
-                error = %e,
-                len = payload.bytes.len(),
-                "cannot frame response; closing connection"
-            );
-            return;
-        }
+        let header = match encode_frame_header(payload.bytes.len()) {
+            Ok(header) => header,
+            Err(e) => {
+                error!(
+                    error = %e,
+                    len = payload.bytes.len(),
+                    "cannot frame response; closing connection"
+                );
+                return;
+            }
+        };
+        // brickd: the header and the payload go out in one vectored write,
+        // the payload (a READ's data) not copied behind the header.
+        let mut out = (&header[..]).chain(&payload.bytes[..]);
+        let len = out.remaining();
+        let written = tokio::time::timeout(io_timeout, writer.write_all_buf(&mut out)).await;
         drop(payload);
-        match tokio::time::timeout(io_timeout, writer.write_all(&out)).await {
-            Ok(Ok(())) => debug!(len = out.len(), "wrote frame"),
+        match written {
+            Ok(Ok(())) => debug!(len, "wrote frame"),
             Ok(Err(e)) => {
                 error!(error = %e, "writer task: socket write failed");
                 return;
             }
             Err(_) => {
-                warn!(
-                    len = out.len(),
-                    "response not sent in time; closing connection"
-                );
+                warn!(len, "response not sent in time; closing connection");
                 return;
             }
         }

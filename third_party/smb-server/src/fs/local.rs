@@ -886,10 +886,11 @@ impl Handle for LocalHandle {
     }
 
     async fn write(&self, offset: u64, data: &[u8]) -> SmbResult<u32> {
-        self.write_owned(offset, data.to_vec()).await
+        self.write_owned(offset, bytes::Bytes::copy_from_slice(data))
+            .await
     }
 
-    async fn write_owned(&self, offset: u64, data: Vec<u8>) -> SmbResult<u32> {
+    async fn write_owned(&self, offset: u64, data: bytes::Bytes) -> SmbResult<u32> {
         match self {
             LocalHandle::File {
                 file, read_only, ..

@@ -63,7 +63,7 @@ pub(crate) async fn dispatch_command(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
     hdr: &Smb2Header,
-    body: &[u8],
+    body: &bytes::Bytes,
     encrypted: bool,
     retained: usize,
 ) -> Outcome {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::proto::header::Smb2Header;
+use crate::proto::header::{SMB2_HEADER_LEN, Smb2Header};
 use crate::proto::messages::{ReadRequest, ReadResponse};
 
 use crate::access_mask::FILE_READ_DATA;
@@ -81,9 +81,17 @@ pub async fn handle(
         data_length: bytes.len() as u32,
         data_remaining: 0,
         flags: 0,
-        data: bytes.to_vec(),
+        data: Vec::new(),
     };
-    let mut buf = Vec::new();
+    // brickd: the header's room, the fixed fields, then the data, copied
+    // once; encoding `data` through `write_to` copied it twice more.
+    let mut buf = Vec::with_capacity(SMB2_HEADER_LEN + READ_FIXED_LEN + bytes.len());
+    buf.resize(SMB2_HEADER_LEN, 0);
     resp.write_to(&mut buf).expect("encode");
-    HandlerResponse::ok(buf)
+    debug_assert_eq!(buf.len(), SMB2_HEADER_LEN + READ_FIXED_LEN);
+    buf.extend_from_slice(&bytes);
+    HandlerResponse::ok_after_header_room(buf)
 }
+
+/// Bytes of a READ response's fixed fields.
+const READ_FIXED_LEN: usize = 16;

@@ -274,7 +274,7 @@ fn more_processing(sid: u64, outbound: &[u8]) -> HandlerResponse {
         override_session_id: Some(sid),
         skip_signing: true, // no key yet
         take_preauth_snapshot_for_session: None,
-        after_send: Vec::new(),
+        ..HandlerResponse::ok(Vec::new())
     }
 }
 
@@ -457,7 +457,7 @@ async fn continue_exchange(
         // the rest.
         skip_signing: anonymous,
         take_preauth_snapshot_for_session: None,
-        after_send: Vec::new(),
+        ..HandlerResponse::ok(Vec::new())
     };
 
     // Reauthentication keeps the session, its key and its trees

@@ -32,7 +32,7 @@ pub async fn handle(
     server: &Arc<ServerState>,
     conn: &Arc<Connection>,
     hdr: &Smb2Header,
-    body: &[u8],
+    body: &bytes::Bytes,
     retained: usize,
 ) -> Outcome {
     match prepare(server, conn, hdr, body).await {
@@ -94,6 +94,8 @@ impl Drop for AsyncWriteBytes {
 /// CLOSE waits for it).
 struct Ready {
     req: WriteRequest,
+    /// The data, a slice of the request frame.
+    data: bytes::Bytes,
     open: tokio::sync::OwnedRwLockReadGuard<Open>,
     write_through: bool,
 }
@@ -104,9 +106,9 @@ async fn prepare(
     _server: &Arc<ServerState>,
     conn: &Arc<Connection>,
     hdr: &Smb2Header,
-    body: &[u8],
+    body: &bytes::Bytes,
 ) -> Result<Ready, HandlerResponse> {
-    let req = match WriteRequest::parse(body) {
+    let (req, data) = match WriteRequest::parse_shared(body) {
         Ok(r) => r,
         Err(_) => return Err(HandlerResponse::err(ntstatus::STATUS_INVALID_PARAMETER)),
     };
@@ -186,6 +188,7 @@ async fn prepare(
 
     Ok(Ready {
         req,
+        data,
         open,
         write_through,
     })
@@ -195,13 +198,14 @@ impl Ready {
     async fn run(self) -> HandlerResponse {
         let Ready {
             req,
+            data,
             open,
             write_through,
         } = self;
         let Some(handle) = open.handle.as_ref() else {
             return HandlerResponse::err(ntstatus::STATUS_FILE_CLOSED);
         };
-        let mut result = handle.write_owned(req.offset, req.data).await;
+        let mut result = handle.write_owned(req.offset, data).await;
         if result.is_ok() {
             open.wrote.store(true, Ordering::Release);
         }

@@ -32,20 +32,28 @@ pub const MAX_FRAME_PAYLOAD: u32 = 0x00FF_FFFF;
 ///
 /// Fails with [`ProtoError::Malformed`] if the payload exceeds
 /// [`MAX_FRAME_PAYLOAD`].
+#[cfg(test)]
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) -> ProtoResult<()> {
-    if payload.len() > MAX_FRAME_PAYLOAD as usize {
-        return Err(ProtoError::Malformed("frame payload exceeds 16 MiB - 1"));
-    }
-    let len = payload.len() as u32;
-    // Top byte is the NetBIOS session-message type (0x00 for Direct-TCP).
-    // Lower 3 bytes are payload length, big-endian.
+    let header = encode_frame_header(payload.len())?;
     out.reserve(FRAME_HEADER_LEN + payload.len());
-    out.push(0x00);
-    out.push(((len >> 16) & 0xFF) as u8);
-    out.push(((len >> 8) & 0xFF) as u8);
-    out.push((len & 0xFF) as u8);
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
     Ok(())
+}
+
+/// brickd: the 4-byte header of a frame with `payload_len` bytes of
+/// payload, for a writer that sends the payload from where it is.
+///
+/// Fails with [`ProtoError::Malformed`] if the payload exceeds
+/// [`MAX_FRAME_PAYLOAD`].
+pub fn encode_frame_header(payload_len: usize) -> ProtoResult<[u8; FRAME_HEADER_LEN]> {
+    if payload_len > MAX_FRAME_PAYLOAD as usize {
+        return Err(ProtoError::Malformed("frame payload exceeds 16 MiB - 1"));
+    }
+    let len = payload_len as u32;
+    // Top byte is the NetBIOS session-message type (0x00 for Direct-TCP).
+    // Lower 3 bytes are payload length, big-endian.
+    Ok([0x00, (len >> 16) as u8, (len >> 8) as u8, len as u8])
 }
 
 /// Decode the 4-byte frame header, returning the payload length.

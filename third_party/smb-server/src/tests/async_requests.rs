@@ -540,7 +540,7 @@ async fn a_further_break_follows_the_acknowledgment_response() {
     assert!(holder.rx.try_recv().is_none());
 
     let (_, ack) = holder.message(Command::OplockBreak, &ack_body(0x1));
-    let out = dispatch_frame(&state, &holder.conn, &ack)
+    let out = dispatch_frame(&state, &holder.conn, bytes::Bytes::from(ack))
         .await
         .expect("a response");
     assert_eq!(status(&out.bytes), 0);

@@ -823,7 +823,7 @@ async fn reconnect_held(
     let (_, msg) = peer.message(Command::Create, &Open::reconnect(file_id, RWH).body());
     let (state, conn) = (Arc::clone(state), Arc::clone(&peer.conn));
     let task = tokio::spawn(async move {
-        let out = dispatch_frame(&state, &conn, &msg)
+        let out = dispatch_frame(&state, &conn, bytes::Bytes::from(msg.clone()))
             .await
             .expect("a response");
         out.bytes

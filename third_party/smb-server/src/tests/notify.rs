@@ -1543,7 +1543,7 @@ async fn cleanup_waits_until_the_close_response_is_queued() {
     let (state, _) = server();
     let (mut watcher, dir, async_id) = waiting(&state, false).await;
     let (_, close) = watcher.message(Command::Close, &close_body(dir));
-    let out = crate::dispatch::dispatch_frame(&state, &watcher.conn, &close)
+    let out = crate::dispatch::dispatch_frame(&state, &watcher.conn, bytes::Bytes::from(close))
         .await
         .expect("a response");
     assert_eq!(status(&out.bytes), 0);
@@ -1894,7 +1894,7 @@ async fn a_closing_open_s_watch_is_left_out_of_a_mark() {
 
     // The CLOSE response is not queued yet when the mark comes.
     let (_, close_msg) = watcher.message(Command::Close, &close_body(dir));
-    let out = crate::dispatch::dispatch_frame(&state, &watcher.conn, &close_msg)
+    let out = crate::dispatch::dispatch_frame(&state, &watcher.conn, bytes::Bytes::from(close_msg))
         .await
         .expect("a response");
     assert_eq!(set_info(&mut marker, &state, mark, 13, vec![1]).await, 0);

@@ -133,7 +133,7 @@ impl Peer {
             bytes,
             after_send,
             continuation,
-        } = dispatch_frame(state, &self.conn, frame).await?;
+        } = dispatch_frame(state, &self.conn, bytes::Bytes::copy_from_slice(frame)).await?;
         drop(after_send);
         if let Some(continuation) = continuation {
             self.conn
