@@ -13,7 +13,7 @@ use common::transport::{
 };
 use common::{build_header, framed, message, start_server};
 use smb_server::SmbServer;
-use smb_server::ntstatus::STATUS_INVALID_PARAMETER;
+use smb_server::ntstatus::{STATUS_INVALID_PARAMETER, STATUS_PENDING};
 use smb_server::wire::header::{Command, Smb2Header};
 use smb_server::wire::messages::{CreateResponse, WriteResponse};
 use tokio::io::AsyncWriteExt;
@@ -226,6 +226,10 @@ async fn write_of_the_largest_negotiated_size_succeeds() {
     s.write_all(&framed(&message(&hdr, &body)))
         .await
         .expect("write");
+    // brickd: a WRITE of 64 KiB or more is answered asynchronously, an
+    // interim STATUS_PENDING first (the crate answered it at once).
+    let (interim, _) = read_response(&mut s).await;
+    assert_eq!(interim.channel_sequence_status, STATUS_PENDING, "WRITE");
     let (written, frame) = read_response(&mut s).await;
     assert_eq!(written.channel_sequence_status, 0, "WRITE");
     let count = WriteResponse::parse(&frame[64..])
