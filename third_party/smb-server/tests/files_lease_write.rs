@@ -191,21 +191,26 @@ async fn a_lock_waits_for_the_writes_another_client_caches() {
         "attribute-only opens break nothing"
     );
     // A lock through that open breaks to NONE and is refused while the
-    // holder may still write back.
+    // holder may still write back. brickd: a request that may wait waits
+    // for the break instead (the crate refused it too), so the refusals are
+    // asked of requests that fail immediately.
+    let now = LOCK_EXCLUSIVE | LOCK_FAIL_IMMEDIATELY;
     assert_eq!(
-        b.lock(attrs, &[(0, 1, LOCK_EXCLUSIVE)]).await,
+        b.lock(attrs, &[(0, 1, now)]).await,
         ntstatus::STATUS_LOCK_NOT_GRANTED
     );
     let n = a.next_break(WAIT).await.expect("break to none");
     assert_break(&n, KEY_A, RW, 0);
     assert_eq!(
-        b.lock(attrs, &[(0, 1, LOCK_EXCLUSIVE)]).await,
+        b.lock(attrs, &[(0, 1, now)]).await,
         ntstatus::STATUS_LOCK_NOT_GRANTED,
         "still refused during the break"
     );
+    let waiting = b.lock_no_wait(attrs, &[(0, 1, LOCK_EXCLUSIVE)]).await;
+    b.recv_interim(waiting).await;
     a.write(held.file_id, 0, b"written back").await.unwrap();
     assert_eq!(ack(&mut a, KEY_A, 0).await, (0, Some(0)));
-    assert_eq!(b.lock(attrs, &[(0, 1, LOCK_EXCLUSIVE)]).await, 0);
+    assert_eq!(b.recv(waiting, Command::Lock).await.0, 0);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ mod common;
 
 use common::client::*;
 use smb_server::ntstatus;
+use smb_server::wire::header::Command;
 use smb_server::wire::messages::FileId;
 use tempfile::tempdir;
 
@@ -34,11 +35,10 @@ async fn conflicting_locks_and_io_are_refused() {
         b.lock(fb, &[(10, 10, SH_NOW)]).await,
         ntstatus::STATUS_LOCK_NOT_GRANTED
     );
-    // A request that would wait fails at once.
-    assert_eq!(
-        b.lock(fb, &[(10, 10, LOCK_EXCLUSIVE)]).await,
-        ntstatus::STATUS_LOCK_NOT_GRANTED
-    );
+    // brickd: a request that may wait is answered asynchronously and waits
+    // for the range (the crate failed it at once).
+    let waiting = b.lock_no_wait(fb, &[(10, 10, LOCK_EXCLUSIVE)]).await;
+    b.recv_interim(waiting).await;
     assert_eq!(
         b.read(fb, 5, 10).await,
         Err(ntstatus::STATUS_FILE_LOCK_CONFLICT)
@@ -62,6 +62,8 @@ async fn conflicting_locks_and_io_are_refused() {
     );
 
     assert_eq!(a.lock(fa, &[(0, 50, LOCK_UNLOCK)]).await, 0);
+    // The waiting request takes its range once it is released.
+    assert_eq!(b.recv(waiting, Command::Lock).await.0, 0);
     assert_eq!(b.read(fb, 5, 10).await.unwrap().len(), 10);
 }
 

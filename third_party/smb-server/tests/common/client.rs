@@ -568,6 +568,14 @@ impl Client {
     }
 
     pub async fn lock(&mut self, file_id: FileId, locks: &[(u64, u64, u32)]) -> u32 {
+        let mid = self.lock_no_wait(file_id, locks).await;
+        self.recv(mid, Command::Lock).await.0
+    }
+
+    /// brickd: sends a LOCK request without reading its response (a lock
+    /// that waits for its range is answered asynchronously); returns its
+    /// MessageId.
+    pub async fn lock_no_wait(&mut self, file_id: FileId, locks: &[(u64, u64, u32)]) -> u64 {
         let req = LockRequest {
             structure_size: 48,
             lock_count: locks.len() as u16,
@@ -585,7 +593,7 @@ impl Client {
         };
         let mut body = Vec::new();
         req.write_to(&mut body).expect("write");
-        self.send(Command::Lock, &body).await.0
+        self.send_no_wait(Command::Lock, &body).await
     }
 
     pub async fn set_info_raw(
