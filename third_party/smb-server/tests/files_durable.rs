@@ -175,13 +175,22 @@ async fn a_durable_handle_needs_a_lease_that_caches_handles() {
                 create_with("f.txt", &[lease(R), dhnq()]),
             ),
             ("no lease", create_with("f.txt", &[dhnq()])),
-            ("batch oplock", batch),
             ("directory", directory),
         ] {
             let resp = c.create(create).await.expect(what);
             assert_eq!(durable_reply(&resp), None, "{what} at {dialect:#x}");
             c.close(resp.file_id).await;
         }
+        // brickd: a batch oplock makes the open durable as a handle lease
+        // does (MS-SMB2 3.3.5.9.6); the crate granted no oplocks.
+        let resp = c.create(batch).await.expect("batch oplock");
+        assert_eq!(resp.oplock_level, 0x09, "batch oplock at {dialect:#x}");
+        assert_eq!(
+            durable_reply(&resp),
+            Some(vec![0; 8]),
+            "batch oplock at {dialect:#x}"
+        );
+        c.close(resp.file_id).await;
 
         // SMB 2.1 has no version 2 contexts; SMB 3.x grants one.
         let v2_only = create_with("f.txt", &[lease(RWH), dh2q(0, 0, [7; 16])]);
