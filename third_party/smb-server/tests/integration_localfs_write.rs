@@ -856,7 +856,12 @@ async fn read_only_attribute_is_applied_and_others_are_rejected() {
         .query_file_info(file_id, FILE_BASIC_INFORMATION)
         .await
         .unwrap();
-    assert_eq!(attributes_of(&basic), FILE_ATTRIBUTE_READONLY);
+    // brickd: files report FILE_ATTRIBUTE_ARCHIVE, as on Windows and Samba
+    // (the crate reported NORMAL, and READONLY alone).
+    assert_eq!(
+        attributes_of(&basic),
+        FILE_ATTRIBUTE_READONLY | FILE_ATTRIBUTE_ARCHIVE
+    );
     assert!(std::fs::metadata(&path).unwrap().permissions().readonly());
     c.close(file_id).await;
 
@@ -902,7 +907,7 @@ async fn read_only_attribute_is_applied_and_others_are_rejected() {
         .query_file_info(file_id, FILE_BASIC_INFORMATION)
         .await
         .unwrap();
-    assert_eq!(attributes_of(&basic), FILE_ATTRIBUTE_NORMAL);
+    assert_eq!(attributes_of(&basic), FILE_ATTRIBUTE_ARCHIVE);
     assert_eq!(
         c.set_info(
             file_id,
