@@ -254,9 +254,6 @@ impl Disk {
                         let Some(fid) = self.names.remove(name) else {
                             return Outcome::Refused(ErrorCode::NotFound.code());
                         };
-                        if std::env::var("SIM_TRACE").is_ok() {
-                            eprintln!("  unlink {name} = {fid}");
-                        }
                         if let Some(content) = self.files.remove(&fid) {
                             self.limbo.insert(fid, content);
                         }
@@ -289,22 +286,15 @@ impl Disk {
         let wanted: BTreeMap<&str, u64> =
             entries.iter().map(|e| (e.name.as_str(), e.fid)).collect();
         let (files, limbo) = (&mut self.files, &mut self.limbo);
-        let trace = std::env::var("SIM_TRACE").is_ok();
         self.names.retain(|name, fid| {
             let keep = wanted.get(name.as_str()) == Some(fid);
             if !keep {
-                if trace {
-                    eprintln!("  reconcile removes {name} = {fid}");
-                }
                 if let Some(content) = files.remove(fid) {
                     limbo.insert(*fid, content);
                 }
             }
             keep
         });
-        if trace {
-            eprintln!("  reconcile wants {wanted:?}");
-        }
         for (name, fid) in wanted {
             if !self.names.contains_key(name) {
                 self.names.insert(name.to_string(), fid);
@@ -1728,21 +1718,6 @@ impl Sim {
             let (dirt, replay) = DirtState::replay(&slot.dirt_log, n, power_lost);
             slot.dirt_log.truncate(replay.kept_bytes as usize);
             slot.dirt_log.extend_from_slice(&replay.append);
-            if std::env::var("SIM_TRACE").is_ok() {
-                for (m, d) in dirt
-                    .members
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, d)| !d.is_empty())
-                {
-                    eprintln!(
-                        "  boot node {n} pg {pg}: dirt for {m}: {:?} all={} tree={}",
-                        d.ranges.keys().collect::<Vec<_>>(),
-                        d.all,
-                        d.tree
-                    );
-                }
-            }
             slot.dirt_synced = slot.dirt_log.len();
             let found = activity_keys_of(&slot.activity_log);
             let activity = boot_activity(found, power_lost);
