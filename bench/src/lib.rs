@@ -7,12 +7,12 @@ use brick_client::{ClientError, ClientResult, Volume};
 use brick_tuning::{BENCH_JOBS_MAX, BENCH_QD_MAX, BENCH_SECONDS_MAX};
 use brick_wire::{ErrorCode, FileId, SetAttr, ROOT_FILE_ID};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     Randwrite4k,
@@ -91,7 +91,9 @@ impl BenchOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Request latencies in microseconds (`brick bench --json`: `lat_us`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Latency {
     pub p50: u64,
     pub p99: u64,
@@ -100,7 +102,11 @@ pub struct Latency {
     pub mean: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// What `brick bench --json` prints; benchmark scripts read `iops`, `mib_s`, `lat_us`,
+/// `errors` and `host_cpus` (../shared/BRIEF.md fixes the first three): add fields, never
+/// rename.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BenchReport {
     pub workload: Workload,
     pub qd: u32,
@@ -407,5 +413,62 @@ mod tests {
                 cpus: 2
             })
         );
+    }
+
+    fn report() -> BenchReport {
+        BenchReport {
+            workload: Workload::Randwrite4k,
+            qd: 32,
+            jobs: 1,
+            size_bytes: 1 << 30,
+            block_bytes: 4096,
+            seconds: 10.0,
+            ops: 1000,
+            errors: 0,
+            iops: 100.0,
+            mib_s: 0.4,
+            lat_us: Latency {
+                p50: 300,
+                p99: 900,
+                p999: 2000,
+                max: 4000,
+                mean: 320.5,
+            },
+            host_cpu_us_per_op: Some(55.0),
+            host_cpus: 2,
+        }
+    }
+
+    #[test]
+    fn the_report_round_trips_with_the_fields_scripts_read() {
+        let text = serde_json::to_string(&report()).expect("encode");
+        let back: BenchReport = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back, report());
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        for field in ["iops", "mib_s", "errors", "host_cpus", "host_cpu_us_per_op"] {
+            assert!(doc.get(field).is_some(), "{field}");
+        }
+        for p in ["p50", "p99", "p999", "max"] {
+            assert!(doc["lat_us"].get(p).is_some(), "lat_us.{p}");
+        }
+    }
+
+    #[test]
+    fn a_report_missing_or_misspelling_a_field_does_not_parse() {
+        let doc = serde_json::to_value(report()).expect("encode");
+        let mut missing = doc.clone();
+        if let Some(lat) = missing["lat_us"].as_object_mut() {
+            lat.remove("p999");
+        }
+        let e = serde_json::from_value::<BenchReport>(missing).expect_err("p999 is required");
+        assert!(e.to_string().contains("missing field `p999`"), "{e}");
+        let mut misspelled = doc;
+        if let Some(obj) = misspelled.as_object_mut() {
+            if let Some(v) = obj.remove("mib_s") {
+                obj.insert("mibs".into(), v);
+            }
+        }
+        let e = serde_json::from_value::<BenchReport>(misspelled).expect_err("mibs is unknown");
+        assert!(e.to_string().contains("mibs"), "{e}");
     }
 }

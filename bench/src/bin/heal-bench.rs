@@ -9,7 +9,7 @@
 //!              [--iops N] [--replicas 2,3]
 
 use brick_client::{Client, Volume};
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{HealLocal, VolumeCreate, VolumeInfo, VolumeStart};
 use brick_testkit::failover::LocalCluster;
 use brick_testkit::pattern;
 use brick_wire::{pg_of, FileId, ROOT_FILE_ID};
@@ -115,39 +115,53 @@ async fn writer(vol: Volume, fid: FileId, w: u64, opts_iops: u64, blocks: u64, l
     }
 }
 
-/// Heal state of the volume from every node: (behind PGs, copied total bytes).
+/// Heal state of the volume from every node: (behind PGs, copied total bytes). A node that
+/// does not answer (the victim, while it is down) adds nothing.
 async fn heal_state(client: &Client, addrs: &[String], volume: &str) -> (usize, u64) {
-    let op = MgmtOp::HealLocal {
+    let op = HealLocal {
         name: volume.into(),
     };
     let mut behind = 0usize;
     let mut copied = 0u64;
     for a in addrs {
-        if let Ok(doc) = client.mgmt_node(&op, a).await {
-            behind = behind.max(doc["behind"].as_array().map_or(0, Vec::len));
-            for r in doc["reports"].as_array().into_iter().flatten() {
-                copied += r["copied_total_bytes"].as_u64().unwrap_or(0);
-            }
+        if let Ok(part) = client.mgmt_node(&op, a).await {
+            behind = behind.max(part.behind.len());
+            copied += part
+                .reports
+                .iter()
+                .map(|r| r.copied_total_bytes)
+                .sum::<u64>();
         }
     }
     (behind, copied)
 }
 
-fn percentiles(samples: &[Sample], from_ms: u64, to_ms: u64) -> Value {
+/// Latency percentiles of one phase, as summary.json reports them.
+#[derive(serde::Serialize)]
+struct Percentiles {
+    requests: u64,
+    errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+fn percentiles(samples: &[Sample], from_ms: u64, to_ms: u64) -> Percentiles {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut errors = 0;
     for &(_, lat, ok) in samples.iter().filter(|s| s.0 >= from_ms && s.0 < to_ms) {
         let _ = h.record(lat.max(1));
         errors += (!ok) as u64;
     }
-    json!({
-        "requests": h.len(),
-        "errors": errors,
-        "p50_us": h.value_at_quantile(0.5),
-        "p99_us": h.value_at_quantile(0.99),
-        "p999_us": h.value_at_quantile(0.999),
-        "max_us": h.max(),
-    })
+    Percentiles {
+        requests: h.len(),
+        errors,
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+    }
 }
 
 fn run_one(
@@ -166,7 +180,7 @@ fn run_one(
         .collect();
     let (vol, fid) = rt.block_on(async {
         client
-            .mgmt(&MgmtOp::VolumeCreate {
+            .mgmt(&VolumeCreate {
                 name: volume.clone(),
                 replica,
                 bricks,
@@ -175,7 +189,7 @@ fn run_one(
             .await
             .expect("create");
         client
-            .mgmt(&MgmtOp::VolumeStart {
+            .mgmt(&VolumeStart {
                 name: volume.clone(),
             })
             .await
@@ -207,13 +221,15 @@ fn run_one(
         (vol, f.fid)
     });
     let info = rt
-        .block_on(client.mgmt(&MgmtOp::VolumeInfo {
+        .block_on(client.mgmt(&VolumeInfo {
             name: volume.clone(),
         }))
         .expect("info");
     let pg = pg_of(fid) as usize;
-    let primary = info["pgs"][pg]["primary"]
-        .as_str()
+    let primary = info
+        .pgs
+        .get(pg)
+        .and_then(|p| p.primary.as_deref())
         .and_then(|b| b.split(':').next())
         .unwrap_or("");
     let victim = (0..replica as usize)
@@ -298,10 +314,10 @@ fn run_one(
     let after = percentiles(&samples, end_ms, last_ms);
     let outside_detection_max_us = [&before, &outage_after_detection, &heal, &after]
         .iter()
-        .map(|p| p["max_us"].as_u64().unwrap_or(0))
+        .map(|p| p.max_us)
         .max()
         .unwrap_or(0);
-    let p99 = |p: &Value| p["p99_us"].as_u64().unwrap_or(0) as f64;
+    let p99 = |p: &Percentiles| p.p99_us as f64;
     let log = o.out.join(format!("{volume}-latency.csv"));
     let mut csv = String::from("t_ms,latency_us,ok\n");
     for (t, lat, ok) in &samples {

@@ -1,10 +1,12 @@
 //! put / get / ls / stat / rm / mkdir over the native client, pipelined in 1 MiB chunks.
 
-use crate::Out;
+use crate::{pretty, Out};
 use anyhow::{anyhow, bail, Context, Result};
 use brick_client::{Client, ClientResult, Volume};
-use brick_wire::{Attr, ErrorCode, FileId, FileKind, SetAttr};
-use serde_json::{json, Value};
+use brick_cluster::report::{
+    FileAttrs, GetSummary, ListEntry, Listing, MkdirSummary, PutSummary, RmSummary,
+};
+use brick_wire::{ErrorCode, FileId, FileKind, SetAttr};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -21,23 +23,6 @@ fn split_remote(remote: &str) -> Result<(&str, &str)> {
         bail!("remote paths are VOLUME/PATH, got {remote:?}");
     }
     Ok((vol, path))
-}
-
-fn attr_json(a: &Attr) -> Value {
-    json!({
-        "fid": format!("{:#018x}", a.fid),
-        // The placement group: `volume info` names its primary and members.
-        "pg": brick_wire::pg_of(a.fid),
-        "kind": match a.kind { FileKind::File => "file", FileKind::Dir => "dir", FileKind::Symlink => "symlink" },
-        "mode": format!("{:o}", a.mode & 0o7777),
-        "nlink": a.nlink,
-        "uid": a.uid,
-        "gid": a.gid,
-        "size": a.size,
-        "used_bytes": a.used_bytes,
-        "mtime": a.mtime.sec,
-        "mtime_nsec": a.mtime.nsec,
-    })
 }
 
 struct Progress<'o> {
@@ -113,11 +98,14 @@ pub async fn put(client: &Client, out: &Out, local: &Path, remote: &str) -> Resu
     vol.rename(parent.fid, &tmp_name, parent.fid, name).await?;
     vol.fsync(tmp.fid).await?;
     let attr = vol.getattr(tmp.fid).await?;
-    out.report(
-        &json!({"put": remote, "bytes": size, "attr": attr_json(&attr)}),
-        |d| format!("{} -> {} ({} bytes)", local.display(), remote, d["bytes"]),
-    );
-    Ok(())
+    let doc = PutSummary {
+        put: remote.to_string(),
+        bytes: size,
+        attr: FileAttrs::from(&attr),
+    };
+    out.report(&doc, |d| {
+        format!("{} -> {} ({} bytes)", local.display(), remote, d.bytes)
+    })
 }
 
 fn rand_u32() -> u32 {
@@ -220,11 +208,14 @@ pub async fn get(client: &Client, out: &Out, remote: &str, local: &Path) -> Resu
         size >> 20,
         progress.mib_s(size)
     ));
-    out.report(
-        &json!({"get": remote, "bytes": size, "local": local.display().to_string()}),
-        |d| format!("{remote} -> {} ({} bytes)", local.display(), d["bytes"]),
-    );
-    Ok(())
+    let doc = GetSummary {
+        get: remote.to_string(),
+        bytes: size,
+        local: local.display().to_string(),
+    };
+    out.report(&doc, |d| {
+        format!("{remote} -> {} ({} bytes)", local.display(), d.bytes)
+    })
 }
 
 pub async fn ls(client: &Client, out: &Out, remote: &str) -> Result<()> {
@@ -238,10 +229,16 @@ pub async fn ls(client: &Client, out: &Out, remote: &str) -> Result<()> {
     } else {
         vec![(path.rsplit('/').next().unwrap_or(path).to_string(), attr)]
     };
-    let doc = json!({
-        "path": remote,
-        "entries": entries.iter().map(|(n, a)| { let mut j = attr_json(a); j["name"] = json!(n); j }).collect::<Vec<_>>(),
-    });
+    let doc = Listing {
+        path: remote.to_string(),
+        entries: entries
+            .iter()
+            .map(|(n, a)| ListEntry {
+                name: n.clone(),
+                attr: FileAttrs::from(a),
+            })
+            .collect(),
+    };
     out.report(&doc, |_| {
         entries
             .iter()
@@ -255,21 +252,14 @@ pub async fn ls(client: &Client, out: &Out, remote: &str) -> Result<()> {
             })
             .collect::<Vec<_>>()
             .join("\n")
-    });
-    Ok(())
+    })
 }
 
 pub async fn stat(client: &Client, out: &Out, remote: &str) -> Result<()> {
     let (vol_name, path) = split_remote(remote)?;
     let vol = client.open_volume(vol_name).await?;
     let attr = vol.resolve(path).await?;
-    let doc = attr_json(&attr);
-    out.report(&doc, pretty);
-    Ok(())
-}
-
-fn pretty(doc: &Value) -> String {
-    serde_json::to_string_pretty(doc).unwrap_or_default()
+    out.report(&FileAttrs::from(&attr), pretty)
 }
 
 pub async fn rm(client: &Client, out: &Out, remote: &str, recursive: bool) -> Result<()> {
@@ -291,10 +281,13 @@ pub async fn rm(client: &Client, out: &Out, remote: &str, recursive: bool) -> Re
     } else {
         vol.unlink(parent.fid, name).await?;
     }
-    out.report(&json!({"removed": remote, "entries": removed + 1}), |d| {
-        format!("removed {remote} ({} entries)", d["entries"])
-    });
-    Ok(())
+    let doc = RmSummary {
+        removed: remote.to_string(),
+        entries: removed + 1,
+    };
+    out.report(&doc, |d| {
+        format!("removed {remote} ({} entries)", d.entries)
+    })
 }
 
 /// Removes everything below `dir` (depth-first, bounded by the brick's path depth limit).
@@ -361,8 +354,9 @@ pub async fn mkdir(client: &Client, out: &Out, remote: &str, parents: bool) -> R
             Err(e) => return Err(e.into()),
         };
     }
-    out.report(&json!({"created": remote, "attr": attr_json(&at)}), |_| {
-        format!("created {remote}")
-    });
-    Ok(())
+    let doc = MkdirSummary {
+        created: remote.to_string(),
+        attr: FileAttrs::from(&at),
+    };
+    out.report(&doc, |_| format!("created {remote}"))
 }

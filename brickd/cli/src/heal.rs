@@ -8,8 +8,10 @@
 use crate::Out;
 use anyhow::Result;
 use brick_client::Client;
-use brick_cluster::mgmt::MgmtOp;
-use serde_json::{json, Value};
+use brick_cluster::mgmt::{
+    CanStop, HealLocal, HealLocalReply, NodeCanStop, PeerList, PgBehind, PgHealReport,
+};
+use brick_cluster::report::{HealPgStatus, HealStatus, HealTargetStatus, UnreachableNode};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -21,16 +23,13 @@ const WATCH_SECONDS_MAX: u64 = 24 * 3600;
 pub(crate) async fn status(client: &Client, out: &Out, volume: &str, watch: bool) -> Result<()> {
     if !watch {
         let doc = gather(client, volume).await?;
-        out.report(&doc, render);
-        return Ok(());
+        return out.report(&doc, render);
     }
     let started = std::time::Instant::now();
     loop {
         let doc = gather(client, volume).await?;
-        let healed = doc["healed"].as_bool().unwrap_or(false);
-        if healed || started.elapsed() > Duration::from_secs(WATCH_SECONDS_MAX) {
-            out.report(&doc, render);
-            return Ok(());
+        if doc.healed || started.elapsed() > Duration::from_secs(WATCH_SECONDS_MAX) {
+            return out.report(&doc, render);
         }
         if !out.json {
             // Redraw in place on a terminal: clear the screen, then the report.
@@ -40,21 +39,20 @@ pub(crate) async fn status(client: &Client, out: &Out, volume: &str, watch: bool
     }
 }
 
-async fn gather(client: &Client, volume: &str) -> Result<Value> {
-    let peers = client.mgmt(&MgmtOp::PeerList).await?;
+async fn gather(client: &Client, volume: &str) -> Result<HealStatus> {
+    let peers = client.mgmt(&PeerList {}).await?;
     let mut parts = Vec::new();
     let mut unreachable = Vec::new();
-    let op = MgmtOp::HealLocal {
+    let op = HealLocal {
         name: volume.to_string(),
     };
-    let peers = peers["peers"].as_array().cloned().unwrap_or_default();
-    for p in &peers {
-        let (Some(name), Some(addr)) = (p["name"].as_str(), p["addr"].as_str()) else {
-            continue;
-        };
-        match client.mgmt_node(&op, addr).await {
-            Ok(doc) => parts.push(doc),
-            Err(e) => unreachable.push(json!({"node": name, "error": e.to_string()})),
+    for p in &peers.peers {
+        match client.mgmt_node(&op, &p.addr).await {
+            Ok(part) => parts.push(part),
+            Err(e) => unreachable.push(UnreachableNode {
+                node: p.name.clone(),
+                error: e.to_string(),
+            }),
         }
     }
     if parts.is_empty() {
@@ -68,37 +66,25 @@ async fn gather(client: &Client, volume: &str) -> Result<Value> {
 
 /// One document from every node's part: the behind list from the freshest cluster view,
 /// each PG's report from the primary with the newest epoch.
-fn merge(volume: &str, parts: &[Value], unreachable: Vec<Value>) -> Value {
-    let bricks = parts
-        .iter()
-        .find_map(|p| p["bricks"].as_array().cloned())
-        .unwrap_or_default();
-    let brick = |m: &Value| {
-        m.as_u64()
-            .and_then(|i| bricks.get(i as usize))
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string()
+fn merge(volume: &str, parts: &[HealLocalReply], unreachable: Vec<UnreachableNode>) -> HealStatus {
+    let bricks: &[String] = parts.first().map_or(&[], |p| &p.bricks);
+    let brick = |m: u8| {
+        bricks
+            .get(m as usize)
+            .cloned()
+            .unwrap_or_else(|| "?".to_string())
     };
-    let mut behind: BTreeMap<u64, Value> = BTreeMap::new();
-    let mut reports: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut behind: BTreeMap<u32, &PgBehind> = BTreeMap::new();
+    let mut reports: BTreeMap<u32, &PgHealReport> = BTreeMap::new();
     for part in parts {
-        for b in part["behind"].as_array().into_iter().flatten() {
-            let pg = b["pg"].as_u64().unwrap_or(0);
-            let newer = behind
-                .get(&pg)
-                .is_none_or(|o| o["epoch"].as_u64() < b["epoch"].as_u64());
-            if newer {
-                behind.insert(pg, b.clone());
+        for b in &part.behind {
+            if behind.get(&b.pg).is_none_or(|o| o.epoch < b.epoch) {
+                behind.insert(b.pg, b);
             }
         }
-        for r in part["reports"].as_array().into_iter().flatten() {
-            let pg = r["pg"].as_u64().unwrap_or(0);
-            let newer = reports
-                .get(&pg)
-                .is_none_or(|o| o["epoch"].as_u64() < r["epoch"].as_u64());
-            if newer {
-                reports.insert(pg, r.clone());
+        for r in &part.reports {
+            if reports.get(&r.pg).is_none_or(|o| o.epoch < r.epoch) {
+                reports.insert(r.pg, r);
             }
         }
     }
@@ -106,54 +92,44 @@ fn merge(volume: &str, parts: &[Value], unreachable: Vec<Value>) -> Value {
     let mut pgs = Vec::new();
     for (pg, b) in &behind {
         let report = reports.get(pg);
-        let source = report.map(|r| brick(&r["source_member"]));
         let mut targets = Vec::new();
-        for t in report
-            .and_then(|r| r["targets"].as_array())
-            .into_iter()
-            .flatten()
-        {
-            let left = t["bytes_left"].as_u64().unwrap_or(0);
-            let r = t["rate_bytes_s"].as_u64().unwrap_or(0);
-            bytes_left += left;
-            bytes_copied += t["bytes_copied"].as_u64().unwrap_or(0);
-            rate += r;
-            let mut t = t.clone();
-            t["brick"] = json!(brick(&t["member"]));
-            t["eta_s"] = if r > 0 {
-                json!(left.div_ceil(r))
-            } else {
-                Value::Null
-            };
-            targets.push(t);
+        for t in report.iter().flat_map(|r| &r.targets) {
+            bytes_left += t.bytes_left;
+            bytes_copied += t.bytes_copied;
+            rate += t.rate_bytes_s;
+            targets.push(HealTargetStatus {
+                brick: brick(t.member),
+                eta_s: eta(t.bytes_left, t.rate_bytes_s),
+                report: t.clone(),
+            });
         }
-        pgs.push(json!({
-            "pg": pg,
-            "epoch": b["epoch"],
-            "source": source,
-            "reported": report.is_some(),
-            "healing": b["healing"].as_array().into_iter().flatten().map(&brick).collect::<Vec<_>>(),
-            "absent": b["absent"].as_array().into_iter().flatten().map(&brick).collect::<Vec<_>>(),
-            "targets": targets,
-        }));
+        pgs.push(HealPgStatus {
+            pg: *pg,
+            epoch: b.epoch,
+            source: report.map(|r| brick(r.source_member)),
+            reported: report.is_some(),
+            healing: b.healing.iter().map(|&m| brick(m)).collect(),
+            absent: b.absent.iter().map(|&m| brick(m)).collect(),
+            targets,
+        });
     }
-    // Since each primary started: what heals copied in all, finished ones included.
-    let copied_total: u64 = reports
-        .values()
-        .map(|r| r["copied_total_bytes"].as_u64().unwrap_or(0))
-        .sum();
-    json!({
-        "volume": volume,
-        "healed": behind.is_empty(),
-        "copied_total_bytes": copied_total,
-        "bytes_left": bytes_left,
-        "bytes_copied": bytes_copied,
-        "rate_bytes_s": rate,
-        "eta_s": if rate > 0 { json!(bytes_left.div_ceil(rate)) } else { Value::Null },
-        "pgs_behind": behind.len(),
-        "pgs": pgs,
-        "unreachable_nodes": unreachable,
-    })
+    HealStatus {
+        volume: volume.to_string(),
+        healed: behind.is_empty(),
+        copied_total_bytes: reports.values().map(|r| r.copied_total_bytes).sum(),
+        bytes_left,
+        bytes_copied,
+        rate_bytes_s: rate,
+        eta_s: eta(bytes_left, rate),
+        pgs_behind: behind.len() as u64,
+        pgs,
+        unreachable_nodes: unreachable,
+    }
+}
+
+/// Seconds until `left` bytes are copied at `rate` bytes/s; None while nothing is copied.
+fn eta(left: u64, rate: u64) -> Option<u64> {
+    (rate > 0).then(|| left.div_ceil(rate))
 }
 
 fn mib(bytes: u64) -> String {
@@ -174,91 +150,80 @@ fn bar(done: u64, total: u64) -> String {
     )
 }
 
-fn render(doc: &Value) -> String {
-    let mut s = String::new();
-    if doc["healed"].as_bool() == Some(true) {
-        return format!(
-            "volume {}: healed, nothing left",
-            doc["volume"].as_str().unwrap_or("?")
-        );
+fn render(doc: &HealStatus) -> String {
+    if doc.healed {
+        return format!("volume {}: healed, nothing left", doc.volume);
     }
-    s.push_str(&format!(
+    let mut s = format!(
         "volume {}: {} PGs behind, {} left, {} copied, {}/s\n",
-        doc["volume"].as_str().unwrap_or("?"),
-        doc["pgs_behind"],
-        mib(doc["bytes_left"].as_u64().unwrap_or(0)),
-        mib(doc["bytes_copied"].as_u64().unwrap_or(0)),
-        mib(doc["rate_bytes_s"].as_u64().unwrap_or(0)),
-    ));
-    for pg in doc["pgs"].as_array().into_iter().flatten() {
-        if pg["reported"].as_bool() != Some(true) {
+        doc.volume,
+        doc.pgs_behind,
+        mib(doc.bytes_left),
+        mib(doc.bytes_copied),
+        mib(doc.rate_bytes_s),
+    );
+    for pg in &doc.pgs {
+        if !pg.reported {
             s.push_str(&format!(
                 "  pg {:>4}: primary has not reported (node down?)\n",
-                pg["pg"]
+                pg.pg
             ));
             continue;
         }
-        for t in pg["targets"].as_array().into_iter().flatten() {
-            let left = t["bytes_left"].as_u64().unwrap_or(0);
-            let copied = t["bytes_copied"].as_u64().unwrap_or(0);
+        for t in &pg.targets {
+            let (left, copied) = (t.report.bytes_left, t.report.bytes_copied);
             s.push_str(&format!(
                 "  pg {:>4}: {} -> {} {:8} {} {} left, {} copied, {}/s, ETA {}\n",
-                pg["pg"],
-                pg["source"].as_str().unwrap_or("?"),
-                t["brick"].as_str().unwrap_or("?"),
-                t["state"].as_str().unwrap_or("?"),
+                pg.pg,
+                pg.source.as_deref().unwrap_or("?"),
+                t.brick,
+                t.report.state,
                 bar(copied, copied + left),
                 mib(left),
                 mib(copied),
-                mib(t["rate_bytes_s"].as_u64().unwrap_or(0)),
-                t["eta_s"].as_u64().map_or("-".into(), |e| format!("{e}s")),
+                mib(t.report.rate_bytes_s),
+                t.eta_s.map_or("-".into(), |e| format!("{e}s")),
             ));
-            if let Some(e) = t["error"].as_str() {
+            if let Some(e) = &t.report.error {
                 s.push_str(&format!("        error: {e}\n"));
             }
-            for f in t["files"].as_array().into_iter().flatten() {
+            for f in &t.report.files {
                 s.push_str(&format!(
                     "        {}: {} left, {} copied\n",
-                    f["path"].as_str().unwrap_or("?"),
-                    mib(f["bytes_left"].as_u64().unwrap_or(0)),
-                    mib(f["bytes_copied"].as_u64().unwrap_or(0)),
+                    f.path,
+                    mib(f.bytes_left),
+                    mib(f.bytes_copied),
                 ));
             }
         }
     }
-    for u in doc["unreachable_nodes"].as_array().into_iter().flatten() {
-        s.push_str(&format!(
-            "  node {} did not answer: {}\n",
-            u["node"], u["error"]
-        ));
+    for u in &doc.unreachable_nodes {
+        s.push_str(&format!("  node {} did not answer: {}\n", u.node, u.error));
     }
     s.trim_end().to_string()
 }
 
 pub(crate) async fn can_stop(client: &Client, out: &Out, node: &str) -> Result<()> {
     let doc = client
-        .mgmt(&MgmtOp::NodeCanStop {
+        .mgmt(&NodeCanStop {
             node: node.to_string(),
         })
         .await?;
-    out.report(&doc, |d| {
-        let mut s = if d["can_stop"].as_bool() == Some(true) {
+    out.report(&doc, |d: &CanStop| {
+        let mut s = if d.can_stop {
             format!("yes: node {node} can stop; every PG keeps enough up-to-date copies")
         } else {
             format!(
                 "no: stopping node {node} would affect {} PGs",
-                d["blocked_pgs"]
+                d.blocked_pgs
             )
         };
-        for r in d["reasons"].as_array().into_iter().flatten() {
+        for r in &d.reasons {
             s.push_str(&format!(
                 "\n  volume {} pg {}: {}",
-                r["volume"].as_str().unwrap_or("?"),
-                r["pg"],
-                r["reason"].as_str().unwrap_or("?")
+                r.volume, r.pg, r.reason
             ));
         }
         s
-    });
-    Ok(())
+    })
 }

@@ -8,10 +8,12 @@ mod users;
 use anyhow::{anyhow, bail, Context, Result};
 use brick_bench::{BenchOptions, Workload};
 use brick_client::{Client, ClientConfig};
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{self as op, MgmtCall};
+use brick_cluster::report::ErrorReport;
 use brick_tuning::DEV_NATIVE_PORT;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -288,7 +290,13 @@ fn main() {
         Ok(()) => {}
         Err(e) => {
             if json_out {
-                println!("{}", json!({"error": format!("{e:#}")}));
+                let doc = ErrorReport {
+                    error: format!("{e:#}"),
+                };
+                match serde_json::to_string(&doc) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("brick: cannot print the error as JSON: {e}"),
+                }
             }
             eprintln!("brick: {e:#}");
             std::process::exit(1);
@@ -351,13 +359,15 @@ impl Out {
         }
     }
 
-    /// Prints the JSON document, or the text rendering of it.
-    pub fn report(&self, doc: &Value, text: impl FnOnce(&Value) -> String) {
+    /// Prints the document as JSON on one line (the typed document, field for field), or
+    /// the text rendering of it.
+    pub fn report<T: Serialize>(&self, doc: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
         if self.json {
-            println!("{doc}");
+            println!("{}", serde_json::to_string(doc)?);
         } else {
             println!("{}", text(doc));
         }
+        Ok(())
     }
 }
 
@@ -398,16 +408,11 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Cmd::Volume { cmd } => volume(&client, &out, cmd).await,
-        Cmd::Peer { cmd } => {
-            let op = match cmd {
-                PeerCmd::Add { name, addr } => MgmtOp::PeerAdd { name, addr },
-                PeerCmd::List => MgmtOp::PeerList,
-                PeerCmd::Remove { name } => MgmtOp::PeerRemove { name },
-            };
-            let doc = client.mgmt(&op).await?;
-            out.report(&doc, pretty);
-            Ok(())
-        }
+        Cmd::Peer { cmd } => match cmd {
+            PeerCmd::Add { name, addr } => show(&client, &out, &op::PeerAdd { name, addr }).await,
+            PeerCmd::List => show(&client, &out, &op::PeerList {}).await,
+            PeerCmd::Remove { name } => show(&client, &out, &op::PeerRemove { name }).await,
+        },
         Cmd::Put { local, remote } => files::put(&client, &out, &local, &remote).await,
         Cmd::Get { remote, local } => files::get(&client, &out, &remote, &local).await,
         Cmd::Ls { remote } => files::ls(&client, &out, &remote).await,
@@ -590,12 +595,19 @@ async fn smb_serve(
     Ok(())
 }
 
-pub(crate) fn pretty(doc: &Value) -> String {
-    serde_json::to_string_pretty(doc).unwrap_or_default()
+/// The text rendering of replies without one of their own: the document, indented.
+pub(crate) fn pretty<T: Serialize>(doc: &T) -> String {
+    serde_json::to_string_pretty(doc).unwrap_or_else(|e| format!("(cannot render the reply: {e})"))
+}
+
+/// Sends `req` and prints its reply.
+pub(crate) async fn show<C: MgmtCall>(client: &Client, out: &Out, req: &C) -> Result<()> {
+    let reply = client.mgmt(req).await?;
+    out.report(&reply, pretty)
 }
 
 async fn volume(client: &Client, out: &Out, cmd: VolumeCmd) -> Result<()> {
-    let op = match cmd {
+    match cmd {
         VolumeCmd::Create { name, args, pgs } => {
             let (replica, bricks) = match args.first().map(String::as_str) {
                 Some("replica") => {
@@ -610,25 +622,27 @@ async fn volume(client: &Client, out: &Out, cmd: VolumeCmd) -> Result<()> {
             if bricks.is_empty() {
                 bail!("no bricks given: volume create NAME [replica R] NODE:DIR [NODE:DIR...]");
             }
-            MgmtOp::VolumeCreate {
+            let req = op::VolumeCreate {
                 name,
                 replica,
                 bricks,
                 pg_count: pgs,
-            }
+            };
+            show(client, out, &req).await
         }
-        VolumeCmd::Start { name } => MgmtOp::VolumeStart { name },
-        VolumeCmd::Stop { name } => MgmtOp::VolumeStop { name },
-        VolumeCmd::Delete { name } => MgmtOp::VolumeDelete { name },
-        VolumeCmd::Info { name } => MgmtOp::VolumeInfo { name },
-        VolumeCmd::Status { name } => MgmtOp::VolumeStatus { name },
-        VolumeCmd::List => MgmtOp::VolumeList,
-        VolumeCmd::Set { name, key, value } => MgmtOp::VolumeSet { name, key, value },
-        VolumeCmd::ReplaceBrick { name, old, new } => MgmtOp::VolumeReplaceBrick { name, old, new },
-    };
-    let doc = client.mgmt(&op).await?;
-    out.report(&doc, pretty);
-    Ok(())
+        VolumeCmd::Start { name } => show(client, out, &op::VolumeStart { name }).await,
+        VolumeCmd::Stop { name } => show(client, out, &op::VolumeStop { name }).await,
+        VolumeCmd::Delete { name } => show(client, out, &op::VolumeDelete { name }).await,
+        VolumeCmd::Info { name } => show(client, out, &op::VolumeInfo { name }).await,
+        VolumeCmd::Status { name } => show(client, out, &op::VolumeStatus { name }).await,
+        VolumeCmd::List => show(client, out, &op::VolumeList {}).await,
+        VolumeCmd::Set { name, key, value } => {
+            show(client, out, &op::VolumeSet { name, key, value }).await
+        }
+        VolumeCmd::ReplaceBrick { name, old, new } => {
+            show(client, out, &op::VolumeReplaceBrick { name, old, new }).await
+        }
+    }
 }
 
 async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {
@@ -654,8 +668,7 @@ async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {
     opts.validate().map_err(|e| anyhow!(e))?;
     let vol = client.open_volume(&a.volume).await?;
     let report = brick_bench::run(&vol, &opts, &|line| out.progress(line)).await?;
-    let doc = serde_json::to_value(&report)?;
-    out.report(&doc, |d| {
+    out.report(&report, |report| {
         let cpu = report.host_cpu_us_per_op.map_or(String::new(), |us| {
             format!(
                 "; this machine's CPUs: {us:.1} us per op ({} CPUs)",
@@ -665,8 +678,8 @@ async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {
         format!(
             "{} qd={} jobs={}: {:.0} IOPS, {:.1} MiB/s, latency us p50={} p99={} p99.9={} max={} ({} ops, {} errors){cpu}",
             workload.name(),
-            d["qd"],
-            d["jobs"],
+            report.qd,
+            report.jobs,
             report.iops,
             report.mib_s,
             report.lat_us.p50,
@@ -676,6 +689,5 @@ async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {
             report.ops,
             report.errors
         )
-    });
-    Ok(())
+    })
 }

@@ -2,10 +2,10 @@
 //! New passwords are read from stdin (never from the command line, where `ps` shows them)
 //! and sent sealed under the password key of the admin running the command.
 
-use crate::{pretty, Out};
+use crate::{show, Out};
 use anyhow::{bail, Context, Result};
 use brick_client::Client;
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{UserAdd, UserList, UserPasswd, UserRemove};
 use brick_cluster::{hex_encode, SEAL_IN_TRANSIT};
 use brick_tuning::PASSWORD_BYTES_MAX;
 use brick_wire::auth;
@@ -54,20 +54,23 @@ fn sealed(caller_key: &[u8; 32], password: &str) -> String {
 }
 
 pub async fn run(client: &Client, caller_key: &[u8; 32], out: &Out, cmd: UserCmd) -> Result<()> {
-    let op = match cmd {
-        UserCmd::Add { name, admin } => MgmtOp::UserAdd {
-            name,
-            password_sealed_hex: sealed(caller_key, &read_password()?),
-            admin,
-        },
-        UserCmd::Passwd { name } => MgmtOp::UserPasswd {
-            name,
-            password_sealed_hex: sealed(caller_key, &read_password()?),
-        },
-        UserCmd::Remove { name } => MgmtOp::UserRemove { name },
-        UserCmd::List => MgmtOp::UserList,
-    };
-    let doc = client.mgmt(&op).await?;
-    out.report(&doc, pretty);
-    Ok(())
+    match cmd {
+        UserCmd::Add { name, admin } => {
+            let req = UserAdd {
+                name,
+                password_sealed_hex: sealed(caller_key, &read_password()?),
+                admin,
+            };
+            show(client, out, &req).await
+        }
+        UserCmd::Passwd { name } => {
+            let req = UserPasswd {
+                name,
+                password_sealed_hex: sealed(caller_key, &read_password()?),
+            };
+            show(client, out, &req).await
+        }
+        UserCmd::Remove { name } => show(client, out, &UserRemove { name }).await,
+        UserCmd::List => show(client, out, &UserList {}).await,
+    }
 }

@@ -1,6 +1,15 @@
 //! The `brick` CLI against a real `brickd dev`: files, volumes, bench, all with --json.
 
+use brick_bench::BenchReport;
+use brick_cluster::mgmt::{
+    Peers, VolumeConfig, VolumeDeleted, VolumeDetail, VolumeStatusReply, Volumes,
+};
+use brick_cluster::report::{
+    AttrKind, ErrorReport, FileAttrs, Listing, MkdirSummary, PutSummary, RmSummary,
+};
+use brick_cluster::VolumeStatus;
 use brick_testkit::{pattern, DevServer};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -42,7 +51,9 @@ fn ok(server: &DevServer, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-fn json(server: &DevServer, args: &[&str]) -> Value {
+/// `brick --json ARGS`, read into the type the CLI prints it from: a field renamed or missing
+/// on either side fails here.
+fn json<T: DeserializeOwned>(server: &DevServer, args: &[&str]) -> T {
     let mut with_json = vec!["--json"];
     with_json.extend_from_slice(args);
     let text = ok(server, &with_json);
@@ -96,11 +107,12 @@ fn one_gib_put_get_survives_sigkill_and_restart() {
     // 1 GiB plus a tail that is not a multiple of 4 KiB.
     write_random_file(&local, (1 << 30) + 12_345, 42);
     ok(&server, &["mkdir", "-p", "dev/images"]);
-    let put = json(
+    let put: PutSummary = json(
         &server,
         &["put", local.to_str().unwrap(), "dev/images/big.bin"],
     );
-    assert_eq!(put["bytes"], (1u64 << 30) + 12_345);
+    assert_eq!(put.bytes, (1u64 << 30) + 12_345);
+    assert_eq!(put.attr.size, put.bytes);
     ok(
         &server,
         &["get", "dev/images/big.bin", back.to_str().unwrap()],
@@ -126,12 +138,12 @@ fn volumes_files_and_bench_report_json() {
     let brick_dir = server.dir.join("extra-brick");
     let brick_arg = format!("dev:{}", brick_dir.display());
 
-    let created = json(
+    let created: VolumeConfig = json(
         &server,
         &["volume", "create", "one", "replica", "1", &brick_arg],
     );
-    assert_eq!(created["replica"], 1);
-    assert_eq!(created["status"], "created");
+    assert_eq!(created.replica, 1);
+    assert_eq!(created.status, VolumeStatus::Created);
     let bad = brick(
         &server,
         &["volume", "create", "two", "replica", "2", &brick_arg],
@@ -140,48 +152,59 @@ fn volumes_files_and_bench_report_json() {
         !bad.status.success(),
         "a replica-2 volume with one brick must be refused"
     );
-    let started = json(&server, &["volume", "start", "one"]);
-    assert_eq!(started["status"], "started");
-    let info = json(&server, &["volume", "info", "dev"]);
-    assert_eq!(info["replica"], 3);
-    assert_eq!(info["copies_stored"], 3, "replica 3 stores three copies");
-    assert!(info["replication"].as_str().unwrap().contains("primary"));
-    let set = json(&server, &["volume", "set", "one", "io.mode", "buffered"]);
-    assert_eq!(set["options"]["io.mode"], "buffered");
+    let started: VolumeConfig = json(&server, &["volume", "start", "one"]);
+    assert_eq!(started.status, VolumeStatus::Started);
+    let info: VolumeDetail = json(&server, &["volume", "info", "dev"]);
+    assert_eq!(info.volume.replica, 3);
+    assert_eq!(
+        info.volume.copies_stored, 3,
+        "replica 3 stores three copies"
+    );
+    assert!(info.volume.replication.contains("primary"));
+    assert_eq!(info.pgs.len(), info.volume.pg_count as usize);
+    assert!(info.pgs.iter().all(|p| p.writable && p.primary.is_some()));
+    let set: VolumeConfig = json(&server, &["volume", "set", "one", "io.mode", "buffered"]);
+    assert_eq!(set.options["io.mode"], "buffered");
     assert!(
         !brick(&server, &["volume", "set", "one", "io.mode", "sideways"])
             .status
             .success()
     );
-    let list = json(&server, &["volume", "list"]);
-    assert_eq!(list["volumes"].as_array().unwrap().len(), 2);
-    let status = json(&server, &["volume", "status", "one"]);
-    assert_eq!(status["bricks"][0]["online"], true);
-    let peers = json(&server, &["peer", "list"]);
-    assert_eq!(peers["peers"][0]["name"], "dev");
+    let list: Volumes = json(&server, &["volume", "list"]);
+    assert_eq!(list.volumes.len(), 2);
+    let status: VolumeStatusReply = json(&server, &["volume", "status", "one"]);
+    assert!(status.bricks[0].online);
+    assert!(
+        status.bricks[0].files_indexed.is_some(),
+        "a brick of the node answering"
+    );
+    let peers: Peers = json(&server, &["peer", "list"]);
+    assert_eq!(peers.peers[0].name, "dev");
+    assert!(peers.peers[0].is_self && peers.peers[0].alive);
 
     // Files on the new volume.
-    json(&server, &["mkdir", "-p", "one/a/b/c"]);
+    let made: MkdirSummary = json(&server, &["mkdir", "-p", "one/a/b/c"]);
+    assert_eq!(made.attr.kind, AttrKind::Dir);
     assert!(
         !brick(&server, &["mkdir", "one/x/y"]).status.success(),
         "mkdir without -p needs the parent"
     );
     let small = server.dir.join("small.txt");
     std::fs::write(&small, b"hello brickd\n").unwrap();
-    json(
+    let _: PutSummary = json(
         &server,
         &["put", small.to_str().unwrap(), "one/a/b/c/hello.txt"],
     );
-    let stat = json(&server, &["stat", "one/a/b/c/hello.txt"]);
-    assert_eq!(stat["size"], 13);
-    assert_eq!(stat["kind"], "file");
-    let ls = json(&server, &["ls", "one/a/b/c"]);
-    let names: Vec<&str> = ls["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+    let stat: FileAttrs = json(&server, &["stat", "one/a/b/c/hello.txt"]);
+    assert_eq!(stat.size, 13);
+    assert_eq!(stat.kind, AttrKind::File);
+    let raw: Value = json(&server, &["stat", "one/a/b/c/hello.txt"]);
+    assert!(
+        raw["pg"].is_u64(),
+        "bench/compare-gluster.sh reads pg: {raw}"
+    );
+    let ls: Listing = json(&server, &["ls", "one/a/b/c"]);
+    let names: Vec<&str> = ls.entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
         vec!["hello.txt"],
@@ -192,7 +215,7 @@ fn volumes_files_and_bench_report_json() {
         b"hello brickd\n"
     );
     // The dev volume keeps three copies: a file put through the client lands on every brick.
-    json(&server, &["put", small.to_str().unwrap(), "dev/copied.txt"]);
+    let _: PutSummary = json(&server, &["put", small.to_str().unwrap(), "dev/copied.txt"]);
     for b in 0..3 {
         let copy = server.dir.join(format!("bricks/b{b}/data/copied.txt"));
         assert_eq!(
@@ -205,13 +228,13 @@ fn volumes_files_and_bench_report_json() {
         !brick(&server, &["rm", "one/a"]).status.success(),
         "rm of a non-empty directory needs -r"
     );
-    let rm = json(&server, &["rm", "-r", "one/a"]);
-    assert_eq!(rm["entries"], 4);
+    let rm: RmSummary = json(&server, &["rm", "-r", "one/a"]);
+    assert_eq!(rm.entries, 4);
     assert!(!brick(&server, &["stat", "one/a"]).status.success());
 
     // Bench reports the documented fields.
     for workload in ["randwrite-4k", "seqread-1m"] {
-        let b = json(
+        let b: Value = json(
             &server,
             &[
                 "bench",
@@ -233,14 +256,19 @@ fn volumes_files_and_bench_report_json() {
             assert!(b["lat_us"][p].as_u64().unwrap() > 0, "{p} missing in {b}");
         }
         assert_eq!(b["errors"], 0);
+        let typed: BenchReport = serde_json::from_value(b.clone())
+            .unwrap_or_else(|e| panic!("the bench report's fields: {e}: {b}"));
+        assert_eq!(typed.workload.name(), workload);
     }
 
-    json(&server, &["volume", "stop", "one"]);
+    let stopped: VolumeConfig = json(&server, &["volume", "stop", "one"]);
+    assert_eq!(stopped.status, VolumeStatus::Stopped);
     assert!(
         !brick(&server, &["ls", "one/"]).status.success(),
         "a stopped volume is not served"
     );
-    json(&server, &["volume", "delete", "one"]);
+    let deleted: VolumeDeleted = json(&server, &["volume", "delete", "one"]);
+    assert_eq!(deleted.deleted, "one");
     assert!(
         brick_dir.join("data").exists(),
         "deleting a volume leaves brick data on disk"
@@ -249,7 +277,6 @@ fn volumes_files_and_bench_report_json() {
     // Errors are JSON too with --json, and exit non-zero.
     let out = brick(&server, &["--json", "stat", "dev/does-not-exist"]);
     assert!(!out.status.success());
-    let err: Value = serde_json::from_slice(&out.stdout).expect("error as JSON");
-    let message = err["error"].as_str().expect("error is a string");
-    assert!(message.contains("no such file"), "{message}");
+    let err: ErrorReport = serde_json::from_slice(&out.stdout).expect("error as JSON");
+    assert!(err.error.contains("no such file"), "{}", err.error);
 }

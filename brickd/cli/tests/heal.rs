@@ -9,10 +9,12 @@
 //! node) and of a live one (on the same node): each gets a full heal to an identical copy.
 
 use brick_client::{Client, Volume};
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{BrickReplaced, CanStop, VolumeConfig, VolumeCreate, VolumeStart};
+use brick_cluster::report::HealStatus;
 use brick_testkit::failover::{compare_bricks, compare_copies, LocalCluster};
 use brick_testkit::pattern;
 use brick_wire::{SetAttr, ROOT_FILE_ID};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,7 +36,19 @@ fn brickd_exe() -> PathBuf {
     p
 }
 
-fn brick_json(cluster: &LocalCluster, args: &[&str]) -> Value {
+/// `brick --json ARGS`, read into the type the CLI prints it from: a field renamed or missing
+/// on either side fails here.
+fn brick_json<T: DeserializeOwned>(cluster: &LocalCluster, args: &[&str]) -> T {
+    let stdout = brick_stdout(cluster, args);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+}
+
+/// `brick --json ARGS` as raw JSON, for the field names ../shared/BRIEF.md fixes.
+fn brick_raw(cluster: &LocalCluster, args: &[&str]) -> Value {
+    brick_json(cluster, args)
+}
+
+fn brick_stdout(cluster: &LocalCluster, args: &[&str]) -> String {
     let out = Command::new(brick_exe())
         .arg("--servers")
         .arg(cluster.admin.servers.join(","))
@@ -49,13 +63,13 @@ fn brick_json(cluster: &LocalCluster, args: &[&str]) -> Value {
         .args(args)
         .output()
         .expect("run brick");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "brick {args:?} failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+    stdout
 }
 
 /// What the test wrote, to check the heal against.
@@ -69,7 +83,7 @@ async fn setup(client: &Client, cluster: &LocalCluster, name: &str, replica: usi
         .map(|n| format!("{}:{}", n.name, n.brick_dir(name).display()))
         .collect();
     client
-        .mgmt(&MgmtOp::VolumeCreate {
+        .mgmt(&VolumeCreate {
             name: name.into(),
             replica: replica as u32,
             bricks,
@@ -78,7 +92,7 @@ async fn setup(client: &Client, cluster: &LocalCluster, name: &str, replica: usi
         .await
         .expect("volume create");
     client
-        .mgmt(&MgmtOp::VolumeStart { name: name.into() })
+        .mgmt(&VolumeStart { name: name.into() })
         .await
         .expect("volume start");
     client.open_volume(name).await.expect("open")
@@ -194,11 +208,11 @@ async fn check_image(vol: &Volume, exp: &Expected) {
     }
 }
 
-fn wait_healed(cluster: &LocalCluster, volume: &str) -> Value {
+fn wait_healed(cluster: &LocalCluster, volume: &str) -> HealStatus {
     let start = Instant::now();
     loop {
-        let doc = brick_json(cluster, &["heal", "status", volume]);
-        if doc["healed"] == Value::Bool(true) {
+        let doc: HealStatus = brick_json(cluster, &["heal", "status", volume]);
+        if doc.healed {
             return doc;
         }
         if start.elapsed() > Duration::from_millis(HEAL_WAIT_MS_MAX) {
@@ -211,13 +225,13 @@ fn wait_healed(cluster: &LocalCluster, volume: &str) -> Value {
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
-            panic!("{volume}: not healed after {HEAL_WAIT_MS_MAX} ms: {doc:#}");
+            panic!("{volume}: not healed after {HEAL_WAIT_MS_MAX} ms: {doc:#?}");
         }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
 
-fn can_stop(cluster: &LocalCluster, node: &str) -> Value {
+fn can_stop(cluster: &LocalCluster, node: &str) -> CanStop {
     brick_json(cluster, &["node", "can-stop", node])
 }
 
@@ -240,60 +254,62 @@ fn heal_run(cluster: &mut LocalCluster, rt: &tokio::runtime::Runtime, run: &Run)
     let extra = if run.kill_source { 12 << 20 } else { 0 };
     rt.block_on(churn(&vol, &mut exp, 7 + run.replica as u64, extra));
     let no = can_stop(cluster, &cluster.nodes[source].name);
-    assert_eq!(no["can_stop"], Value::Bool(false), "{}: {no:#}", run.volume);
-    assert!(no["reasons"].as_array().is_some_and(|r| !r.is_empty()));
-    let behind = brick_json(cluster, &["heal", "status", run.volume]);
-    assert_eq!(behind["healed"], Value::Bool(false), "{behind:#}");
+    assert!(!no.can_stop, "{}: {no:#?}", run.volume);
+    assert!(!no.reasons.is_empty() && no.blocked_pgs > 0, "{no:#?}");
+    let raw = brick_raw(cluster, &["node", "can-stop", &cluster.nodes[source].name]);
+    assert_eq!(raw["can_stop"], Value::Bool(false), "{raw:#}");
+    assert!(raw["reasons"].as_array().is_some_and(|r| !r.is_empty()));
+    let behind: HealStatus = brick_json(cluster, &["heal", "status", run.volume]);
+    assert!(!behind.healed, "{behind:#?}");
     if run.kill_source {
         // Slow enough to catch it halfway.
-        brick_json(cluster, &["volume", "set", run.volume, "heal.rate", "2M"]);
+        let set: VolumeConfig =
+            brick_json(cluster, &["volume", "set", run.volume, "heal.rate", "2M"]);
+        assert_eq!(set.options["heal.rate"], "2M");
     }
     let restarted = Instant::now();
     cluster.nodes[victim].restart();
     if run.kill_source {
         let start = Instant::now();
         loop {
-            let doc = brick_json(cluster, &["heal", "status", run.volume]);
-            if doc["bytes_copied"].as_u64().unwrap_or(0) > 0 && doc["bytes_left"].as_u64() > Some(0)
-            {
+            let doc: HealStatus = brick_json(cluster, &["heal", "status", run.volume]);
+            if doc.bytes_copied > 0 && doc.bytes_left > 0 {
                 eprintln!(
                     "{}: killing the heal source {} halfway: {} copied, {} left",
-                    run.volume, cluster.nodes[source].name, doc["bytes_copied"], doc["bytes_left"]
+                    run.volume, cluster.nodes[source].name, doc.bytes_copied, doc.bytes_left
                 );
                 break;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "heal did not start: {doc:#}"
+                "heal did not start: {doc:#?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
         cluster.nodes[source].kill9();
         std::thread::sleep(Duration::from_millis(500));
         cluster.nodes[source].restart();
-        brick_json(
+        let _: VolumeConfig = brick_json(
             cluster,
             &["volume", "set", run.volume, "heal.rate", "adaptive"],
         );
     }
     let done = wait_healed(cluster, run.volume);
     eprintln!(
-        "{}: healed {:?} after the restart; final status {done}",
+        "{}: healed {:?} after the restart; final status {done:?}",
         run.volume,
         restarted.elapsed()
     );
-    assert_eq!(done["bytes_left"], Value::from(0u64));
+    assert_eq!(done.bytes_left, 0);
+    let raw = brick_raw(cluster, &["heal", "status", run.volume]);
+    assert_eq!(raw["bytes_left"], Value::from(0u64), "{raw:#}");
     let vol = rt.block_on(client.open_volume(run.volume)).expect("reopen");
     rt.block_on(check_image(&vol, &exp));
     let members: Vec<usize> = (0..run.replica).collect();
     compare_copies(&cluster.nodes, &members, run.volume);
     let yes = can_stop(cluster, &cluster.nodes[source].name);
-    assert_eq!(
-        yes["can_stop"],
-        Value::Bool(true),
-        "{}: {yes:#}",
-        run.volume
-    );
+    assert!(yes.can_stop, "{}: {yes:#?}", run.volume);
+    assert!(yes.reasons.is_empty() && yes.blocked_pgs == 0, "{yes:#?}");
 }
 
 #[test]
@@ -339,32 +355,33 @@ fn replace_and_heal(
         )
     };
     let (old_spec, new_spec) = (spec(old_node, old), spec(new_node, new));
-    let doc = brick_json(
+    let doc: BrickReplaced = brick_json(
         cluster,
         &["volume", "replace-brick", volume, &old_spec, &new_spec],
     );
-    let listed: Vec<&str> = doc["replica_sets"][0]
-        .as_array()
-        .map(|b| b.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let listed = &doc.volume.replica_sets[0];
     assert!(
-        listed.contains(&new_spec.as_str()) && !listed.contains(&old_spec.as_str()),
-        "{doc:#}"
+        listed.contains(&new_spec) && !listed.contains(&old_spec),
+        "{doc:#?}"
     );
-    let behind = brick_json(cluster, &["heal", "status", volume]);
-    assert_eq!(behind["healed"], Value::Bool(false), "{behind:#}");
-    let again = brick_json(
+    assert_eq!(
+        (doc.replaced.old.as_str(), doc.replaced.new.as_str()),
+        (old_spec.as_str(), new_spec.as_str())
+    );
+    let behind: HealStatus = brick_json(cluster, &["heal", "status", volume]);
+    assert!(!behind.healed, "{behind:#?}");
+    let again: BrickReplaced = brick_json(
         cluster,
         &["volume", "replace-brick", volume, &old_spec, &new_spec],
     );
     assert_eq!(
-        again["epoch"], doc["epoch"],
+        again.volume.epoch, doc.volume.epoch,
         "a repeated replace changes nothing"
     );
     let started = Instant::now();
     let done = wait_healed(cluster, volume);
     eprintln!(
-        "{volume}: {new_spec} fully healed in {:?}: {done}",
+        "{volume}: {new_spec} fully healed in {:?}: {done:?}",
         started.elapsed()
     );
 }
@@ -415,7 +432,7 @@ fn replaced_bricks_get_a_full_heal() {
     replace_and_heal(&cluster, name, (0, name), (0, "rb-2"));
     rt.block_on(writer).expect("writer");
     let done = wait_healed(&cluster, name);
-    assert_eq!(done["bytes_left"], Value::from(0u64));
+    assert_eq!(done.bytes_left, 0);
     compare_bricks(
         ("n3", &data_dir(&cluster, 2, "rb-new")),
         ("n1", &data_dir(&cluster, 0, "rb-2")),
@@ -433,5 +450,5 @@ fn replaced_bricks_get_a_full_heal() {
         );
     }
     let yes = can_stop(&cluster, "n2");
-    assert_eq!(yes["can_stop"], Value::Bool(true), "{yes:#}");
+    assert!(yes.can_stop, "{yes:#?}");
 }

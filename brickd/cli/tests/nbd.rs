@@ -4,7 +4,7 @@
 //! handshakes and bad requests get the protocol's answers and the gateway keeps serving.
 
 use brick_client::{Client, ClientConfig};
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{VolumeCreate, VolumeStart};
 use brick_testkit::{free_port, pattern, run_tool as run, DevServer, ServeNode};
 use brick_wire::ROOT_FILE_ID;
 use serde_json::Value;
@@ -347,14 +347,14 @@ fn brickd_serve_hosts_an_nbd_gateway() {
         .expect("connect as admin");
     rt.block_on(async {
         let bricks = vec![format!("n1:{}", node.brick_dir("b").display())];
-        let create = MgmtOp::VolumeCreate {
+        let create = VolumeCreate {
             name: "vm".into(),
             replica: 1,
             bricks,
             pg_count: None,
         };
         admin.mgmt(&create).await.expect("create vm");
-        let start = MgmtOp::VolumeStart { name: "vm".into() };
+        let start = VolumeStart { name: "vm".into() };
         admin.mgmt(&start).await.expect("start vm");
         put_in(&admin, "vm", "img.raw", 21, IMAGE_BYTES).await;
     });
@@ -580,14 +580,14 @@ fn a_fenced_primary_hands_its_nbd_connection_back_to_the_gateway() {
             format!("n2:{}", n2.brick_dir("b").display()),
         ];
         // One PG, whose preferred primary is the first member: n1.
-        let create = MgmtOp::VolumeCreate {
+        let create = VolumeCreate {
             name: "vm".into(),
             replica: 2,
             bricks,
             pg_count: Some(1),
         };
         admin.mgmt(&create).await.expect("create vm");
-        let start = MgmtOp::VolumeStart { name: "vm".into() };
+        let start = VolumeStart { name: "vm".into() };
         admin.mgmt(&start).await.expect("start vm");
         put_in(&admin, "vm", "fio.raw", 5, 16 << 20).await;
     });

@@ -502,12 +502,17 @@ fn smb_users_and_access_follow_the_cluster() {
         "NT_STATUS_LOGON_FAILURE",
     );
     let list = brick(&server, &["--json", "user", "list"], "");
-    let doc: serde_json::Value = serde_json::from_str(&list).expect("user list json");
-    let alice = doc["users"]
-        .as_array()
-        .and_then(|u| u.iter().find(|u| u["name"] == "alice"))
+    let doc: brick_cluster::mgmt::Users = serde_json::from_str(&list).expect("user list json");
+    let alice = doc
+        .users
+        .iter()
+        .find(|u| u.name == "alice")
         .unwrap_or_else(|| panic!("alice listed: {list}"));
-    assert_eq!(alice["access"]["dev"], "ro", "{list}");
+    assert_eq!(
+        alice.access.get("dev"),
+        Some(&brick_cluster::ShareAccess::Ro),
+        "{list}"
+    );
     assert!(
         !list.contains("alice-pw-1"),
         "a password must never be listed"

@@ -7,7 +7,7 @@
 mod conn;
 pub mod readahead;
 
-use brick_cluster::mgmt::{MemberRoute, MgmtOp, VolumeHandle};
+use brick_cluster::mgmt::{self, MemberRoute, MgmtCall, MgmtOp, VolumeHandle, VolumeOpen};
 use brick_cluster::PgMap;
 use brick_tuning::{CLIENT_RETRIES_MAX, READDIR_ENTRIES_MAX};
 use brick_wire::{
@@ -271,27 +271,21 @@ impl Client {
         }
     }
 
-    pub async fn mgmt(&self, op: &MgmtOp) -> ClientResult<serde_json::Value> {
-        let doc = serde_json::to_vec(op).map_err(|e| ClientError::Usage(e.to_string()))?;
-        if doc.len() > brick_tuning::MGMT_DOC_BYTES_MAX {
-            return Err(ClientError::Usage(format!(
-                "management request of {} bytes exceeds the limit",
-                doc.len()
-            )));
-        }
+    /// A management request, answered by the node this client bootstrapped from. The reply is
+    /// parsed as the request's own reply type: a field missing or unknown is a protocol error
+    /// naming the op and the field.
+    pub async fn mgmt<C: MgmtCall>(&self, req: &C) -> ClientResult<C::Reply> {
+        let doc = mgmt_request(req)?;
         let reply = self.call(&Request::Mgmt { doc: &doc }).await?;
-        serde_json::from_slice(&reply)
-            .map_err(|e| ClientError::Protocol(format!("management reply: {e}")))
+        mgmt::decode_reply::<C>(&reply).map_err(ClientError::Protocol)
     }
 
     pub async fn open_volume(&self, name: &str) -> ClientResult<Volume> {
-        let v = self
-            .mgmt(&MgmtOp::VolumeOpen {
+        let handle = self
+            .mgmt(&VolumeOpen {
                 name: name.to_string(),
             })
             .await?;
-        let handle: VolumeHandle =
-            serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Volume {
             client: self.clone(),
             id: handle.id,
@@ -301,14 +295,14 @@ impl Client {
     }
 
     /// A management request to one node (`brick heal status` asks each node for its part).
-    pub async fn mgmt_node(&self, op: &MgmtOp, addr: &str) -> ClientResult<serde_json::Value> {
-        self.mgmt_any(op, &[addr.to_string()]).await
+    pub async fn mgmt_node<C: MgmtCall>(&self, req: &C, addr: &str) -> ClientResult<C::Reply> {
+        self.mgmt_any(req, &[addr.to_string()]).await
     }
 
     /// A management request to the first node of `addrs` that answers within
     /// `NODE_ATTEMPT_MS` (a frozen node must not stall a client that needs a fresh map).
-    async fn mgmt_any(&self, op: &MgmtOp, addrs: &[String]) -> ClientResult<serde_json::Value> {
-        let doc = serde_json::to_vec(op).map_err(|e| ClientError::Usage(e.to_string()))?;
+    async fn mgmt_any<C: MgmtCall>(&self, req: &C, addrs: &[String]) -> ClientResult<C::Reply> {
+        let doc = mgmt_request(req)?;
         let limit = Duration::from_millis(NODE_ATTEMPT_MS);
         let mut errors = Vec::new();
         for addr in addrs {
@@ -318,8 +312,7 @@ impl Client {
             };
             match tokio::time::timeout(limit, attempt).await {
                 Ok(Ok(reply)) => {
-                    return serde_json::from_slice(&reply)
-                        .map_err(|e| ClientError::Protocol(format!("management reply: {e}")))
+                    return mgmt::decode_reply::<C>(&reply).map_err(ClientError::Protocol)
                 }
                 Ok(Err(e @ ClientError::Server { .. })) => return Err(e),
                 Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
@@ -328,6 +321,21 @@ impl Client {
         }
         Err(ClientError::NoServer(errors.join("; ")))
     }
+}
+
+/// The request document of `req`, within the size the server accepts.
+fn mgmt_request<C: MgmtCall>(req: &C) -> ClientResult<Vec<u8>> {
+    let op: MgmtOp = req.clone().into();
+    let doc = op.encode().map_err(ClientError::Usage)?;
+    if doc.len() > brick_tuning::MGMT_DOC_BYTES_MAX {
+        return Err(ClientError::Usage(format!(
+            "management request {} of {} bytes exceeds the limit of {}",
+            op.name(),
+            doc.len(),
+            brick_tuning::MGMT_DOC_BYTES_MAX
+        )));
+    }
+    Ok(doc)
 }
 
 /// How many connections to servers this process has opened so far (see `conn.rs`): unchanged
@@ -440,21 +448,19 @@ impl Volume {
         if let Some(a) = avoid {
             addrs.push(a.to_string()); // last resort
         }
-        let op = MgmtOp::VolumeOpen {
+        let op = VolumeOpen {
             name: self.name.clone(),
         };
         let reached = match self.client.mgmt_any(&op, &addrs).await {
-            Ok(v) => match serde_json::from_value::<VolumeHandle>(v) {
-                Ok(h) => {
-                    *self.routes.state.write().unwrap_or_else(|p| p.into_inner()) =
-                        (h.members, h.pg_maps);
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!("volume {}: bad map reply: {e}", self.name);
-                    true
-                }
-            },
+            Ok(h) => {
+                *self.routes.state.write().unwrap_or_else(|p| p.into_inner()) =
+                    (h.members, h.pg_maps);
+                true
+            }
+            Err(e @ ClientError::Protocol(_)) => {
+                tracing::warn!("volume {}: bad map reply: {e}", self.name);
+                true
+            }
             Err(e) => {
                 tracing::debug!("volume {}: map refresh failed: {e}", self.name);
                 !matches!(e, ClientError::NoServer(_))

@@ -5,7 +5,7 @@ mod mgmt;
 mod users;
 
 use anyhow::{bail, Context, Result};
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{HealLocal, MgmtOp, VolumeStart};
 use brick_cluster::{
     hex_encode, BrickSpec, Cluster, ClusterError, ClusterStore, EmbeddedStore, EtcdStore,
     VolumeStatus,
@@ -373,21 +373,16 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
         )));
         return;
     }
-    let op: MgmtOp = match serde_json::from_slice(&req.doc) {
+    let op = match MgmtOp::parse(&req.doc) {
         Ok(op) => op,
         Err(e) => {
-            let _ = req.reply.send(Err((
-                ErrorCode::Malformed,
-                format!("management request: {e}"),
-            )));
+            let _ = req.reply.send(Err((ErrorCode::Malformed, e)));
             return;
         }
     };
-    if let MgmtOp::HealLocal { name } = &op {
-        let reply = mgmt.heal_local(name, dataplane.heal_reports()).await;
-        let _ = req
-            .reply
-            .send(reply.map(|v| serde_json::to_vec(&v).unwrap_or_default()));
+    if let MgmtOp::HealLocal(r) = &op {
+        let reply = mgmt.heal_local(&r.name, dataplane.heal_reports()).await;
+        let _ = req.reply.send(mgmt::encode::<HealLocal>(reply));
         return;
     }
     let (result, changed) = mgmt.handle(op, &req.user, req.admin).await;
@@ -396,8 +391,7 @@ async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
             tracing::error!("cannot rebuild the served state: {e:#}");
         }
     }
-    let reply = result.map(|v| serde_json::to_vec(&v).unwrap_or_default());
-    let _ = req.reply.send(reply);
+    let _ = req.reply.send(result);
 }
 
 /// Every core caches up to `CORE_OPEN_FILES_MAX` files with two descriptors each; the usual
@@ -718,7 +712,11 @@ async fn run_dev(
     if cluster.volume("dev").await?.status != VolumeStatus::Started {
         let (r, _) = running
             .mgmt
-            .handle(MgmtOp::VolumeStart { name: "dev".into() }, "dev", true)
+            .handle(
+                MgmtOp::VolumeStart(VolumeStart { name: "dev".into() }),
+                "dev",
+                true,
+            )
             .await;
         r.map_err(|(_, why)| anyhow::anyhow!(why))?;
     }

@@ -1,7 +1,12 @@
 //! The management plane of one node: applies MGMT requests to the cluster state and turns the
 //! state into what the dataplane serves (`ServeState`), published to every core on change.
 
-use brick_cluster::mgmt::{MemberRoute, MgmtOp, VolumeHandle};
+use brick_cluster::mgmt::{
+    self as op, BrickReplaced, BrickStatus, CanStop, CanStopReason, HealFileReport, HealLocalReply,
+    HealTargetReport, MemberRoute, MgmtCall, MgmtOp, Peer, PeerAdded, PeerRemoved, Peers, PgBehind,
+    PgHealReport, PgSummary, ReplacedBrick, VolumeConfig, VolumeDeleted, VolumeDetail,
+    VolumeHandle, VolumeListEntry, VolumeStatusReply, Volumes,
+};
 use brick_cluster::{
     validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus,
     ACCESS_OPTION_PREFIX, VOLUME_OPTIONS,
@@ -9,7 +14,6 @@ use brick_cluster::{
 use brick_dataplane::{IoMode, MemberSpec, ServeState, ServedVolume, User, NODE_USER};
 use brick_store::Brick;
 use brick_wire::ErrorCode;
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +27,15 @@ pub struct Mgmt {
     clean_start: Mutex<HashMap<String, bool>>,
 }
 
-pub type MgmtResult = Result<Value, (ErrorCode, String)>;
+pub type MgmtError = (ErrorCode, String);
+/// A reply as it goes on the wire.
+pub type MgmtResult = Result<Vec<u8>, MgmtError>;
+
+/// Serializes the reply to a `C` request; the type parameter makes the compiler check that
+/// each op answers with its own reply type.
+pub(crate) fn encode<C: MgmtCall>(reply: Result<C::Reply, MgmtError>) -> MgmtResult {
+    op::encode_reply::<C>(&reply?).map_err(|e| (ErrorCode::Internal, e))
+}
 
 pub(crate) fn cluster_err(e: ClusterError) -> (ErrorCode, String) {
     let code = match &e {
@@ -219,10 +231,10 @@ impl Mgmt {
 
     /// Applies one request. Returns the reply and whether the served state may have changed.
     pub async fn handle(&self, op: MgmtOp, caller: &str, admin: bool) -> (MgmtResult, bool) {
-        let secret = matches!(op, MgmtOp::ShareUsers { .. } | MgmtOp::UserList);
+        let secret = matches!(op, MgmtOp::ShareUsers(_) | MgmtOp::UserList(_));
         // An SMB gateway hosted by a node (`brickd serve --smb`) logs in as the node; the
         // passwords it fetches are sealed under the node key, which every node holds anyway.
-        let node_gateway = caller == NODE_USER && matches!(op, MgmtOp::ShareUsers { .. });
+        let node_gateway = caller == NODE_USER && matches!(op, MgmtOp::ShareUsers(_));
         if secret && !admin && !node_gateway {
             return (
                 Err((
@@ -235,13 +247,13 @@ impl Mgmt {
         let mutating = !secret
             && !matches!(
                 op,
-                MgmtOp::VolumeInfo { .. }
-                    | MgmtOp::VolumeStatus { .. }
-                    | MgmtOp::VolumeList
-                    | MgmtOp::PeerList
-                    | MgmtOp::VolumeOpen { .. }
-                    | MgmtOp::HealLocal { .. }
-                    | MgmtOp::NodeCanStop { .. }
+                MgmtOp::VolumeInfo(_)
+                    | MgmtOp::VolumeStatus(_)
+                    | MgmtOp::VolumeList(_)
+                    | MgmtOp::PeerList(_)
+                    | MgmtOp::VolumeOpen(_)
+                    | MgmtOp::HealLocal(_)
+                    | MgmtOp::NodeCanStop(_)
             );
         if mutating && !admin {
             return (
@@ -256,218 +268,273 @@ impl Mgmt {
     }
 
     async fn apply(&self, op: MgmtOp, caller: &str) -> MgmtResult {
-        let c = &self.cluster;
         match op {
-            MgmtOp::UserAdd {
-                name,
-                password_sealed_hex,
-                admin,
-            } => {
-                self.user_add(caller, &name, &password_sealed_hex, admin)
-                    .await
+            MgmtOp::UserAdd(r) => encode::<op::UserAdd>(self.user_add(caller, r).await),
+            MgmtOp::UserPasswd(r) => encode::<op::UserPasswd>(self.user_passwd(caller, r).await),
+            MgmtOp::UserRemove(r) => encode::<op::UserRemove>(self.user_remove(caller, r).await),
+            MgmtOp::UserList(_) => encode::<op::UserList>(self.user_list().await),
+            MgmtOp::ShareUsers(r) => encode::<op::ShareUsers>(self.share_users(caller, r).await),
+            MgmtOp::VolumeCreate(r) => encode::<op::VolumeCreate>(self.volume_create(r).await),
+            MgmtOp::VolumeStart(r) => encode::<op::VolumeStart>(self.volume_start(r).await),
+            MgmtOp::VolumeStop(r) => encode::<op::VolumeStop>(self.volume_stop(r).await),
+            MgmtOp::VolumeDelete(r) => encode::<op::VolumeDelete>(self.volume_delete(r).await),
+            MgmtOp::VolumeInfo(r) => encode::<op::VolumeInfo>(self.volume_info(r).await),
+            MgmtOp::VolumeStatus(r) => encode::<op::VolumeStatus>(self.volume_status(r).await),
+            MgmtOp::VolumeList(_) => encode::<op::VolumeList>(self.volume_list().await),
+            MgmtOp::VolumeReplaceBrick(r) => {
+                encode::<op::VolumeReplaceBrick>(self.volume_replace_brick(r).await)
             }
-            MgmtOp::UserPasswd {
-                name,
-                password_sealed_hex,
-            } => self.user_passwd(caller, &name, &password_sealed_hex).await,
-            MgmtOp::UserRemove { name } => self.user_remove(caller, &name).await,
-            MgmtOp::UserList => self.user_list().await,
-            MgmtOp::ShareUsers { volume } => self.share_users(caller, &volume).await,
-            MgmtOp::VolumeCreate {
-                name,
-                replica,
-                bricks,
-                pg_count,
-            } => {
-                let specs = bricks
-                    .iter()
-                    .map(|b| BrickSpec::parse(b))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(cluster_err)?;
-                let nodes = c.list_nodes().await.map_err(cluster_err)?;
-                for s in &specs {
-                    if !nodes.iter().any(|n| n.name == s.node) {
-                        return Err((
-                            ErrorCode::Invalid,
-                            format!("brick {s}: node {:?} is not a peer of this cluster", s.node),
-                        ));
-                    }
-                }
-                let vol = c
-                    .create_volume(&name, replica, specs, pg_count)
-                    .await
-                    .map_err(cluster_err)?;
-                Ok(self.info(&vol))
-            }
-            MgmtOp::VolumeStart { name } => {
-                let vol = c.volume(&name).await.map_err(cluster_err)?;
-                for spec in self.replica_set(&vol)? {
-                    if spec.node == self.node {
-                        self.open_brick(&vol, spec)?;
-                    }
-                }
-                c.ensure_pg_maps(&vol).await.map_err(cluster_err)?;
-                let vol = c
-                    .update_volume(&name, |v| {
-                        v.status = VolumeStatus::Started;
-                        Ok(())
-                    })
-                    .await
-                    .map_err(cluster_err)?;
-                Ok(self.info(&vol))
-            }
-            MgmtOp::VolumeStop { name } => {
-                let vol = c
-                    .update_volume(&name, |v| {
-                        v.status = VolumeStatus::Stopped;
-                        Ok(())
-                    })
-                    .await
-                    .map_err(cluster_err)?;
-                Ok(self.info(&vol))
-            }
-            MgmtOp::VolumeDelete { name } => {
-                let vol = c.volume(&name).await.map_err(cluster_err)?;
-                c.delete_volume(&name).await.map_err(cluster_err)?;
-                c.delete_pg_maps(&vol).await.map_err(cluster_err)?;
-                Ok(json!({"deleted": name, "note": "brick directories are left on disk untouched"}))
-            }
-            MgmtOp::VolumeInfo { name } => {
-                let vol = c.volume(&name).await.map_err(cluster_err)?;
-                let mut info = self.info(&vol);
-                info["pgs"] = pg_summary(&vol, &c.pg_maps(&vol).await.map_err(cluster_err)?);
-                Ok(info)
-            }
-            MgmtOp::VolumeStatus { name } => {
-                self.status(&c.volume(&name).await.map_err(cluster_err)?)
-                    .await
-            }
-            MgmtOp::VolumeList => {
-                let vols = c.list_volumes().await.map_err(cluster_err)?;
-                Ok(json!({"volumes": vols.iter().map(|v| json!({
-                    "name": v.name, "id": v.id, "replica": v.replica, "status": v.status, "bricks": v.bricks.len()
-                })).collect::<Vec<_>>()}))
-            }
-            MgmtOp::VolumeReplaceBrick { name, old, new } => {
-                let (old, new) = (
-                    BrickSpec::parse(&old).map_err(cluster_err)?,
-                    BrickSpec::parse(&new).map_err(cluster_err)?,
-                );
-                let nodes = c.list_nodes().await.map_err(cluster_err)?;
-                if !nodes.iter().any(|n| n.name == new.node) {
-                    return Err((
-                        ErrorCode::Invalid,
-                        format!(
-                            "brick {new}: node {:?} is not a peer of this cluster",
-                            new.node
-                        ),
-                    ));
-                }
-                let vol = c
-                    .replace_brick(&name, &old, &new)
-                    .await
-                    .map_err(cluster_err)?;
-                let mut info = self.info(&vol);
-                info["replaced"] = json!({"old": old.to_string(), "new": new.to_string()});
-                info["pgs"] = pg_summary(&vol, &c.pg_maps(&vol).await.map_err(cluster_err)?);
-                Ok(info)
-            }
-            MgmtOp::VolumeSet { name, key, value } => {
-                validate_option(&key, &value).map_err(cluster_err)?;
-                let vol = c
-                    .update_volume(&name, |v| {
-                        if key.starts_with(ACCESS_OPTION_PREFIX) && value == "none" {
-                            v.options.remove(&key);
-                        } else {
-                            v.options.insert(key.clone(), value.clone());
-                        }
-                        Ok(())
-                    })
-                    .await
-                    .map_err(cluster_err)?;
-                Ok(self.info(&vol))
-            }
-            MgmtOp::PeerAdd { name, addr } => {
-                if !c.describe_store().starts_with("etcd") {
-                    return Err((
-                        ErrorCode::NotSupported,
-                        format!(
-                            "cannot add peer {name:?}: this node runs on the embedded single-node store ({}); \
-                             multi-node clusters use `brickd serve --store etcd://...`",
-                            c.describe_store()
-                        ),
-                    ));
-                }
-                addr.parse::<std::net::SocketAddr>().map_err(|_| {
-                    (
-                        ErrorCode::Invalid,
-                        format!("peer address {addr:?} is not HOST:PORT"),
-                    )
-                })?;
-                // The node registers itself (and its current address) when it starts; adding it
-                // first lets volumes name it before it has joined.
-                c.put_node(&Node {
-                    name: name.clone(),
-                    addr: addr.clone(),
-                })
-                .await
-                .map_err(cluster_err)?;
-                Ok(json!({"added": name, "addr": addr}))
-            }
-            MgmtOp::PeerList => {
-                let nodes = c.list_nodes().await.map_err(cluster_err)?;
-                let alive = c.alive_nodes().await.map_err(cluster_err)?;
-                Ok(
-                    json!({"store": c.describe_store(), "peers": nodes.iter().map(|n| json!({
-                    "name": n.name, "addr": n.addr, "self": n.name == self.node,
-                    "alive": alive.contains(&n.name),
-                })).collect::<Vec<_>>()}),
-                )
-            }
-            MgmtOp::PeerRemove { name } => {
-                if name == self.node {
-                    return Err((ErrorCode::Invalid, "a node cannot remove itself".into()));
-                }
-                c.remove_node(&name).await.map_err(cluster_err)?;
-                Ok(json!({"removed": name}))
-            }
-            MgmtOp::NodeCanStop { node } => self.can_stop(&node).await,
-            MgmtOp::HealLocal { .. } => Err((
+            MgmtOp::VolumeSet(r) => encode::<op::VolumeSet>(self.volume_set(r).await),
+            MgmtOp::PeerAdd(r) => encode::<op::PeerAdd>(self.peer_add(r).await),
+            MgmtOp::PeerList(_) => encode::<op::PeerList>(self.peer_list().await),
+            MgmtOp::PeerRemove(r) => encode::<op::PeerRemove>(self.peer_remove(r).await),
+            MgmtOp::NodeCanStop(r) => encode::<op::NodeCanStop>(self.can_stop(&r.node).await),
+            MgmtOp::HealLocal(_) => Err((
                 ErrorCode::Invalid,
                 "heal status is answered by the node's dataplane".into(),
             )),
-            MgmtOp::VolumeOpen { name } => {
-                let vol = c.volume(&name).await.map_err(cluster_err)?;
-                if vol.status != VolumeStatus::Started {
-                    return Err((
-                        ErrorCode::VolumeStopped,
-                        format!("volume {name} is not started"),
-                    ));
-                }
-                let nodes = c.list_nodes().await.map_err(cluster_err)?;
-                let members = self
-                    .replica_set(&vol)?
-                    .iter()
-                    .map(|b| MemberRoute {
-                        node: b.node.clone(),
-                        addr: nodes
-                            .iter()
-                            .find(|n| n.name == b.node)
-                            .map(|n| n.addr.clone())
-                            .unwrap_or_default(),
-                    })
-                    .collect();
-                let handle = VolumeHandle {
-                    id: vol.id,
-                    name: vol.name.clone(),
-                    pg_count: vol.pg_count,
-                    epoch: vol.epoch,
-                    members,
-                    pg_maps: c.ensure_pg_maps(&vol).await.map_err(cluster_err)?,
-                };
-                serde_json::to_value(handle).map_err(|e| (ErrorCode::Internal, e.to_string()))
+            MgmtOp::VolumeOpen(r) => encode::<op::VolumeOpen>(self.volume_open(r).await),
+        }
+    }
+
+    async fn volume_create(&self, r: op::VolumeCreate) -> Result<VolumeConfig, MgmtError> {
+        let c = &self.cluster;
+        let specs = r
+            .bricks
+            .iter()
+            .map(|b| BrickSpec::parse(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(cluster_err)?;
+        let nodes = c.list_nodes().await.map_err(cluster_err)?;
+        for s in &specs {
+            if !nodes.iter().any(|n| n.name == s.node) {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!("brick {s}: node {:?} is not a peer of this cluster", s.node),
+                ));
             }
         }
+        let vol = c
+            .create_volume(&r.name, r.replica, specs, r.pg_count)
+            .await
+            .map_err(cluster_err)?;
+        Ok(self.info(&vol))
+    }
+
+    async fn volume_start(&self, r: op::VolumeStart) -> Result<VolumeConfig, MgmtError> {
+        let c = &self.cluster;
+        let vol = c.volume(&r.name).await.map_err(cluster_err)?;
+        for spec in self.replica_set(&vol)? {
+            if spec.node == self.node {
+                self.open_brick(&vol, spec)?;
+            }
+        }
+        c.ensure_pg_maps(&vol).await.map_err(cluster_err)?;
+        let vol = c
+            .update_volume(&r.name, |v| {
+                v.status = VolumeStatus::Started;
+                Ok(())
+            })
+            .await
+            .map_err(cluster_err)?;
+        Ok(self.info(&vol))
+    }
+
+    async fn volume_stop(&self, r: op::VolumeStop) -> Result<VolumeConfig, MgmtError> {
+        let vol = self
+            .cluster
+            .update_volume(&r.name, |v| {
+                v.status = VolumeStatus::Stopped;
+                Ok(())
+            })
+            .await
+            .map_err(cluster_err)?;
+        Ok(self.info(&vol))
+    }
+
+    async fn volume_delete(&self, r: op::VolumeDelete) -> Result<VolumeDeleted, MgmtError> {
+        let c = &self.cluster;
+        let vol = c.volume(&r.name).await.map_err(cluster_err)?;
+        c.delete_volume(&r.name).await.map_err(cluster_err)?;
+        c.delete_pg_maps(&vol).await.map_err(cluster_err)?;
+        Ok(VolumeDeleted {
+            deleted: r.name,
+            note: "brick directories are left on disk untouched".into(),
+        })
+    }
+
+    async fn volume_info(&self, r: op::VolumeInfo) -> Result<VolumeDetail, MgmtError> {
+        let c = &self.cluster;
+        let vol = c.volume(&r.name).await.map_err(cluster_err)?;
+        let maps = c.pg_maps(&vol).await.map_err(cluster_err)?;
+        Ok(VolumeDetail {
+            volume: self.info(&vol),
+            pgs: pg_summary(&vol, &maps),
+        })
+    }
+
+    async fn volume_status(&self, r: op::VolumeStatus) -> Result<VolumeStatusReply, MgmtError> {
+        let vol = self.cluster.volume(&r.name).await.map_err(cluster_err)?;
+        self.status(&vol).await
+    }
+
+    async fn volume_list(&self) -> Result<Volumes, MgmtError> {
+        let vols = self.cluster.list_volumes().await.map_err(cluster_err)?;
+        Ok(Volumes {
+            volumes: vols
+                .iter()
+                .map(|v| VolumeListEntry {
+                    name: v.name.clone(),
+                    id: v.id,
+                    replica: v.replica,
+                    status: v.status,
+                    bricks: v.bricks.len() as u32,
+                })
+                .collect(),
+        })
+    }
+
+    async fn volume_replace_brick(
+        &self,
+        r: op::VolumeReplaceBrick,
+    ) -> Result<BrickReplaced, MgmtError> {
+        let c = &self.cluster;
+        let (old, new) = (
+            BrickSpec::parse(&r.old).map_err(cluster_err)?,
+            BrickSpec::parse(&r.new).map_err(cluster_err)?,
+        );
+        let nodes = c.list_nodes().await.map_err(cluster_err)?;
+        if !nodes.iter().any(|n| n.name == new.node) {
+            return Err((
+                ErrorCode::Invalid,
+                format!(
+                    "brick {new}: node {:?} is not a peer of this cluster",
+                    new.node
+                ),
+            ));
+        }
+        let vol = c
+            .replace_brick(&r.name, &old, &new)
+            .await
+            .map_err(cluster_err)?;
+        let maps = c.pg_maps(&vol).await.map_err(cluster_err)?;
+        Ok(BrickReplaced {
+            volume: self.info(&vol),
+            replaced: ReplacedBrick {
+                old: old.to_string(),
+                new: new.to_string(),
+            },
+            pgs: pg_summary(&vol, &maps),
+        })
+    }
+
+    async fn volume_set(&self, r: op::VolumeSet) -> Result<VolumeConfig, MgmtError> {
+        let op::VolumeSet { name, key, value } = r;
+        validate_option(&key, &value).map_err(cluster_err)?;
+        let vol = self
+            .cluster
+            .update_volume(&name, |v| {
+                if key.starts_with(ACCESS_OPTION_PREFIX) && value == "none" {
+                    v.options.remove(&key);
+                } else {
+                    v.options.insert(key.clone(), value.clone());
+                }
+                Ok(())
+            })
+            .await
+            .map_err(cluster_err)?;
+        Ok(self.info(&vol))
+    }
+
+    async fn peer_add(&self, r: op::PeerAdd) -> Result<PeerAdded, MgmtError> {
+        let c = &self.cluster;
+        let op::PeerAdd { name, addr } = r;
+        if !c.describe_store().starts_with("etcd") {
+            return Err((
+                ErrorCode::NotSupported,
+                format!(
+                    "cannot add peer {name:?}: this node runs on the embedded single-node store ({}); \
+                     multi-node clusters use `brickd serve --store etcd://...`",
+                    c.describe_store()
+                ),
+            ));
+        }
+        addr.parse::<std::net::SocketAddr>().map_err(|_| {
+            (
+                ErrorCode::Invalid,
+                format!("peer address {addr:?} is not HOST:PORT"),
+            )
+        })?;
+        // The node registers itself (and its current address) when it starts; adding it
+        // first lets volumes name it before it has joined.
+        c.put_node(&Node {
+            name: name.clone(),
+            addr: addr.clone(),
+        })
+        .await
+        .map_err(cluster_err)?;
+        Ok(PeerAdded { added: name, addr })
+    }
+
+    async fn peer_list(&self) -> Result<Peers, MgmtError> {
+        let c = &self.cluster;
+        let nodes = c.list_nodes().await.map_err(cluster_err)?;
+        let alive = c.alive_nodes().await.map_err(cluster_err)?;
+        Ok(Peers {
+            store: c.describe_store(),
+            peers: nodes
+                .into_iter()
+                .map(|n| Peer {
+                    is_self: n.name == self.node,
+                    alive: alive.contains(&n.name),
+                    name: n.name,
+                    addr: n.addr,
+                })
+                .collect(),
+        })
+    }
+
+    async fn peer_remove(&self, r: op::PeerRemove) -> Result<PeerRemoved, MgmtError> {
+        if r.name == self.node {
+            return Err((ErrorCode::Invalid, "a node cannot remove itself".into()));
+        }
+        self.cluster
+            .remove_node(&r.name)
+            .await
+            .map_err(cluster_err)?;
+        Ok(PeerRemoved { removed: r.name })
+    }
+
+    async fn volume_open(&self, r: op::VolumeOpen) -> Result<VolumeHandle, MgmtError> {
+        let c = &self.cluster;
+        let vol = c.volume(&r.name).await.map_err(cluster_err)?;
+        if vol.status != VolumeStatus::Started {
+            return Err((
+                ErrorCode::VolumeStopped,
+                format!("volume {} is not started", r.name),
+            ));
+        }
+        let nodes = c.list_nodes().await.map_err(cluster_err)?;
+        let members = self
+            .replica_set(&vol)?
+            .iter()
+            .map(|b| MemberRoute {
+                node: b.node.clone(),
+                addr: nodes
+                    .iter()
+                    .find(|n| n.name == b.node)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(VolumeHandle {
+            id: vol.id,
+            name: vol.name.clone(),
+            pg_count: vol.pg_count,
+            epoch: vol.epoch,
+            members,
+            pg_maps: c.ensure_pg_maps(&vol).await.map_err(cluster_err)?,
+        })
     }
 
     /// This node's part of `brick heal status`: the PGs of `name` with members behind, from
@@ -476,7 +543,7 @@ impl Mgmt {
         &self,
         name: &str,
         reports: Vec<brick_dataplane::HealReport>,
-    ) -> MgmtResult {
+    ) -> Result<HealLocalReply, MgmtError> {
         let c = &self.cluster;
         let vol = c.volume(name).await.map_err(cluster_err)?;
         let maps = c.pg_maps(&vol).await.map_err(cluster_err)?;
@@ -485,61 +552,37 @@ impl Mgmt {
             .iter()
             .map(|b| b.to_string())
             .collect();
-        let behind: Vec<Value> = maps
+        let behind = maps
             .iter()
             .enumerate()
             .filter_map(|(pg, m)| m.map(|m| (pg, m)))
             .filter(|(_, m)| m.up_to_date != brick_cluster::mask_of(m.members))
-            .map(|(pg, m)| {
-                json!({
-                    "pg": pg,
-                    "epoch": m.epoch,
-                    "primary": m.primary(),
-                    "healing": members_in(m.healing),
-                    "absent": members_in(m.absent()),
-                })
+            .map(|(pg, m)| PgBehind {
+                pg: pg as u32,
+                epoch: m.epoch,
+                primary: m.primary(),
+                healing: members_in(m.healing),
+                absent: members_in(m.absent()),
             })
             .collect();
-        let reports: Vec<Value> = reports
-            .iter()
+        let reports = reports
+            .into_iter()
             .filter(|r| r.volume == vol.name)
-            .map(|r| {
-                json!({
-                    "pg": r.pg,
-                    "epoch": r.epoch,
-                    "source_member": r.source_member,
-                    "copied_total_bytes": r.copied_total_bytes,
-                    "targets": r.targets.iter().map(|t| json!({
-                        "member": t.member,
-                        "state": t.state,
-                        "bytes_left": t.bytes_left,
-                        "bytes_copied": t.bytes_copied,
-                        "rate_bytes_s": t.rate_bytes_s,
-                        "namespace_pending": t.namespace_pending,
-                        "error": t.error,
-                        "files": t.files.iter().map(|f| json!({
-                            "fid": format!("{:#x}", f.fid),
-                            "path": f.path,
-                            "bytes_left": f.bytes_left,
-                            "bytes_copied": f.bytes_copied,
-                        })).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                })
-            })
+            .map(heal_report)
             .collect();
-        Ok(json!({
-            "node": self.node,
-            "volume": vol.name,
-            "bricks": bricks,
-            "pg_count": vol.pg_count,
-            "behind": behind,
-            "reports": reports,
-        }))
+        Ok(HealLocalReply {
+            node: self.node.clone(),
+            volume: vol.name,
+            bricks,
+            pg_count: vol.pg_count,
+            behind,
+            reports,
+        })
     }
 
     /// `brick node can-stop NODE`: no if stopping it would leave a PG without an up-to-date
     /// copy or below `min_size`.
-    async fn can_stop(&self, node: &str) -> MgmtResult {
+    async fn can_stop(&self, node: &str) -> Result<CanStop, MgmtError> {
         let c = &self.cluster;
         if !c
             .list_nodes()
@@ -567,6 +610,12 @@ impl Mgmt {
             if mine == 0 {
                 continue;
             }
+            let bricks = |mask: u8| -> Vec<String> {
+                members_in(mask)
+                    .iter()
+                    .filter_map(|&m| set.get(m as usize).map(|b| b.to_string()))
+                    .collect()
+            };
             for (pg, map) in c
                 .pg_maps(&vol)
                 .await
@@ -591,52 +640,49 @@ impl Mgmt {
                 };
                 blocked_pgs += 1;
                 if reasons.len() < CAN_STOP_REASONS_MAX {
-                    reasons.push(json!({
-                        "volume": vol.name,
-                        "pg": pg,
-                        "reason": why,
-                        "up_to_date": members_in(map.up_to_date)
-                            .iter()
-                            .filter_map(|&m| set.get(m as usize).map(|b| b.to_string()))
-                            .collect::<Vec<_>>(),
-                        "healing": members_in(map.healing)
-                            .iter()
-                            .filter_map(|&m| set.get(m as usize).map(|b| b.to_string()))
-                            .collect::<Vec<_>>(),
-                    }));
+                    reasons.push(CanStopReason {
+                        volume: vol.name.clone(),
+                        pg: pg as u32,
+                        reason: why,
+                        up_to_date: bricks(map.up_to_date),
+                        healing: bricks(map.healing),
+                    });
                 }
             }
         }
-        Ok(json!({
-            "node": node,
-            "can_stop": blocked_pgs == 0,
-            "blocked_pgs": blocked_pgs,
-            "reasons": reasons,
-        }))
-    }
-
-    fn info(&self, v: &Volume) -> Value {
-        let options: serde_json::Map<String, Value> = VOLUME_OPTIONS
-            .iter()
-            .map(|(k, _)| (k.to_string(), Value::String(v.option(k))))
-            .collect();
-        json!({
-            "name": v.name,
-            "id": v.id,
-            "status": v.status,
-            "replica": v.replica,
-            "min_size": v.min_size,
-            "pg_count": v.pg_count,
-            "epoch": v.epoch,
-            "replica_sets": v.replica_sets().iter().map(|set| set.iter().map(|b| b.to_string()).collect::<Vec<_>>()).collect::<Vec<_>>(),
-            "copies_stored": v.replica,
-            "replication": REPLICATION_NOTE,
-            "options": options,
-            "store": self.cluster.describe_store(),
+        Ok(CanStop {
+            node: node.to_string(),
+            can_stop: blocked_pgs == 0,
+            blocked_pgs,
+            reasons,
         })
     }
 
-    async fn status(&self, v: &Volume) -> MgmtResult {
+    fn info(&self, v: &Volume) -> VolumeConfig {
+        VolumeConfig {
+            name: v.name.clone(),
+            id: v.id,
+            status: v.status,
+            replica: v.replica,
+            min_size: v.min_size,
+            pg_count: v.pg_count,
+            epoch: v.epoch,
+            replica_sets: v
+                .replica_sets()
+                .iter()
+                .map(|set| set.iter().map(|b| b.to_string()).collect())
+                .collect(),
+            copies_stored: v.replica,
+            replication: REPLICATION_NOTE.to_string(),
+            options: VOLUME_OPTIONS
+                .iter()
+                .map(|(k, _)| (k.to_string(), v.option(k)))
+                .collect(),
+            store: self.cluster.describe_store(),
+        }
+    }
+
+    async fn status(&self, v: &Volume) -> Result<VolumeStatusReply, MgmtError> {
         let alive = self.cluster.alive_nodes().await.map_err(cluster_err)?;
         let maps = self.cluster.pg_maps(v).await.map_err(cluster_err)?;
         let mut bricks = Vec::new();
@@ -657,25 +703,32 @@ impl Mgmt {
                 .flatten()
                 .filter(|map| map.is_up_to_date(m as u8))
                 .count();
-            let mut entry = json!({
-                "brick": b.to_string(),
-                "member": m,
-                "online": v.status == VolumeStatus::Started && alive.contains(&b.node),
-                "primary_of_pgs": primary_of,
-                "up_to_date_in_pgs": up_to_date_in,
-            });
+            let mut entry = BrickStatus {
+                brick: b.to_string(),
+                member: m as u32,
+                online: v.status == VolumeStatus::Started && alive.contains(&b.node),
+                primary_of_pgs: primary_of as u32,
+                up_to_date_in_pgs: up_to_date_in as u32,
+                total_bytes: None,
+                avail_bytes: None,
+                files_indexed: None,
+            };
             if let Some(brick) = open.filter(|_| b.node == self.node) {
                 if let Ok(s) = brick.statfs() {
-                    entry["total_bytes"] = json!(s.total_bytes);
-                    entry["avail_bytes"] = json!(s.avail_bytes);
+                    entry.total_bytes = Some(s.total_bytes);
+                    entry.avail_bytes = Some(s.avail_bytes);
                 }
-                entry["files_indexed"] = json!(brick.file_count());
+                entry.files_indexed = Some(brick.file_count() as u64);
             }
             bricks.push(entry);
         }
-        Ok(
-            json!({"name": v.name, "status": v.status, "epoch": v.epoch, "pg_count": v.pg_count, "bricks": bricks}),
-        )
+        Ok(VolumeStatusReply {
+            name: v.name.clone(),
+            status: v.status,
+            epoch: v.epoch,
+            pg_count: v.pg_count,
+            bricks,
+        })
     }
 
     pub async fn register_self(&self, addr: &str) -> Result<(), ClusterError> {
@@ -747,7 +800,7 @@ fn members_in(mask: u8) -> Vec<u8> {
 }
 
 /// Each PG's map epoch, primary and up-to-date bricks, as `volume info` shows them.
-fn pg_summary(vol: &Volume, maps: &[Option<brick_cluster::PgMap>]) -> Value {
+fn pg_summary(vol: &Volume, maps: &[Option<brick_cluster::PgMap>]) -> Vec<PgSummary> {
     let set = vol
         .replica_sets()
         .first()
@@ -758,19 +811,56 @@ fn pg_summary(vol: &Volume, maps: &[Option<brick_cluster::PgMap>]) -> Value {
             .map(|b| b.to_string())
             .unwrap_or_default()
     };
-    Value::Array(
-        maps.iter()
-            .enumerate()
-            .map(|(pg, m)| match m {
-                None => json!({"pg": pg, "map": null}),
-                Some(m) => json!({
-                    "pg": pg,
-                    "epoch": m.epoch,
-                    "primary": m.primary().map(brick),
-                    "up_to_date": m.acting().map(brick).collect::<Vec<_>>(),
-                    "writable": m.writable(),
-                }),
+    maps.iter()
+        .enumerate()
+        .map(|(pg, m)| match m {
+            None => PgSummary {
+                pg: pg as u32,
+                epoch: None,
+                primary: None,
+                up_to_date: Vec::new(),
+                writable: false,
+            },
+            Some(m) => PgSummary {
+                pg: pg as u32,
+                epoch: Some(m.epoch),
+                primary: m.primary().map(brick),
+                up_to_date: m.acting().map(brick).collect(),
+                writable: m.writable(),
+            },
+        })
+        .collect()
+}
+
+/// The dataplane's heal progress of one PG, as `heal_local` replies carry it.
+fn heal_report(r: brick_dataplane::HealReport) -> PgHealReport {
+    PgHealReport {
+        pg: r.pg,
+        epoch: r.epoch,
+        source_member: r.source_member,
+        copied_total_bytes: r.copied_total_bytes,
+        targets: r
+            .targets
+            .into_iter()
+            .map(|t| HealTargetReport {
+                member: t.member,
+                state: t.state.to_string(),
+                bytes_left: t.bytes_left,
+                bytes_copied: t.bytes_copied,
+                rate_bytes_s: t.rate_bytes_s,
+                namespace_pending: t.namespace_pending,
+                error: t.error,
+                files: t
+                    .files
+                    .into_iter()
+                    .map(|f| HealFileReport {
+                        fid: format!("{:#x}", f.fid),
+                        path: f.path,
+                        bytes_left: f.bytes_left,
+                        bytes_copied: f.bytes_copied,
+                    })
+                    .collect(),
             })
             .collect(),
-    )
+    }
 }

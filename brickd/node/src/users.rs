@@ -2,15 +2,16 @@
 //! sealed at rest under the cluster's seal key and in transit under the password key of the
 //! admin the request runs as (docs/smb.md says why a password equivalent is kept at all).
 
-use crate::mgmt::{cluster_err, Mgmt, MgmtResult};
-use brick_cluster::mgmt::{ShareUser, ShareUsers};
+use crate::mgmt::{cluster_err, Mgmt, MgmtError};
+use brick_cluster::mgmt::{
+    self as op, PasswordChanged, ShareSettings, ShareUser, UserAdded, UserEntry, UserRemoved, Users,
+};
 use brick_cluster::{
     hex_decode, hex_encode, validate_name, Cluster, ClusterError, UserRecord, ACCESS_OPTION_PREFIX,
     SEAL_AT_REST, SEAL_IN_TRANSIT,
 };
 use brick_tuning::PASSWORD_BYTES_MAX;
 use brick_wire::{auth, ErrorCode};
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 fn invalid(why: impl Into<String>) -> (ErrorCode, String) {
@@ -96,50 +97,58 @@ impl Mgmt {
     pub(crate) async fn user_add(
         &self,
         caller: &str,
-        name: &str,
-        sealed_hex: &str,
-        admin: bool,
-    ) -> MgmtResult {
-        validate_name("user", name).map_err(cluster_err)?;
-        let password = self.unseal_transit(caller, sealed_hex).await?;
-        let record = user_record(&self.cluster, name, &password, admin)
+        r: op::UserAdd,
+    ) -> Result<UserAdded, MgmtError> {
+        let op::UserAdd {
+            name,
+            password_sealed_hex,
+            admin,
+        } = r;
+        validate_name("user", &name).map_err(cluster_err)?;
+        let password = self.unseal_transit(caller, &password_sealed_hex).await?;
+        let record = user_record(&self.cluster, &name, &password, admin)
             .await
             .map_err(cluster_err)?;
         self.cluster
             .create_user(&record)
             .await
             .map_err(cluster_err)?;
-        Ok(json!({"added": name, "admin": admin}))
+        Ok(UserAdded { added: name, admin })
     }
 
     pub(crate) async fn user_passwd(
         &self,
         caller: &str,
-        name: &str,
-        sealed_hex: &str,
-    ) -> MgmtResult {
-        let password = self.unseal_transit(caller, sealed_hex).await?;
+        r: op::UserPasswd,
+    ) -> Result<PasswordChanged, MgmtError> {
+        let name = r.name;
+        let password = self.unseal_transit(caller, &r.password_sealed_hex).await?;
         // Sealed once with a fresh nonce; the admin flag is kept from the record replaced.
-        let fresh = user_record(&self.cluster, name, &password, false)
+        let fresh = user_record(&self.cluster, &name, &password, false)
             .await
             .map_err(cluster_err)?;
         self.cluster
-            .update_user(name, |old| UserRecord {
+            .update_user(&name, |old| UserRecord {
                 admin: old.admin,
                 ..fresh.clone()
             })
             .await
             .map_err(cluster_err)?;
-        Ok(json!({"changed": name}))
+        Ok(PasswordChanged { changed: name })
     }
 
-    pub(crate) async fn user_remove(&self, caller: &str, name: &str) -> MgmtResult {
+    pub(crate) async fn user_remove(
+        &self,
+        caller: &str,
+        r: op::UserRemove,
+    ) -> Result<UserRemoved, MgmtError> {
+        let name = r.name;
         if name == caller {
             return Err(invalid(format!(
                 "user {name:?} cannot remove itself; ask as another admin"
             )));
         }
-        self.cluster.remove_user(name).await.map_err(cluster_err)?;
+        self.cluster.remove_user(&name).await.map_err(cluster_err)?;
         let option = format!("{ACCESS_OPTION_PREFIX}{name}");
         for vol in self.cluster.list_volumes().await.map_err(cluster_err)? {
             if vol.options.contains_key(&option) {
@@ -152,31 +161,36 @@ impl Mgmt {
                     .map_err(cluster_err)?;
             }
         }
-        Ok(json!({"removed": name}))
+        Ok(UserRemoved { removed: name })
     }
 
-    pub(crate) async fn user_list(&self) -> MgmtResult {
+    pub(crate) async fn user_list(&self) -> Result<Users, MgmtError> {
         let volumes = self.cluster.list_volumes().await.map_err(cluster_err)?;
         let mut users = Vec::new();
         for u in self.cluster.list_users().await.map_err(cluster_err)? {
-            let access: BTreeMap<String, Value> = volumes
+            let access: BTreeMap<String, _> = volumes
                 .iter()
                 .filter_map(|v| {
                     let (_, a) = v.share_access().into_iter().find(|(n, _)| *n == u.name)?;
-                    Some((v.name.clone(), json!(a)))
+                    Some((v.name.clone(), a))
                 })
                 .collect();
-            users.push(json!({
-                "name": u.name,
-                "admin": u.admin,
-                "smb": u.password_sealed_hex.is_some(),
-                "access": access,
-            }));
+            users.push(UserEntry {
+                smb: u.password_sealed_hex.is_some(),
+                name: u.name,
+                admin: u.admin,
+                access,
+            });
         }
-        Ok(json!({ "users": users }))
+        Ok(Users { users })
     }
 
-    pub(crate) async fn share_users(&self, caller: &str, volume: &str) -> MgmtResult {
+    pub(crate) async fn share_users(
+        &self,
+        caller: &str,
+        r: op::ShareUsers,
+    ) -> Result<ShareSettings, MgmtError> {
+        let volume = &r.volume;
         let vol = self.cluster.volume(volume).await.map_err(cluster_err)?;
         let key = caller_key(&self.cluster, caller).await?;
         let mut users = Vec::new();
@@ -200,11 +214,10 @@ impl Mgmt {
                 password_sealed_hex: hex_encode(&sealed),
             });
         }
-        let reply = ShareUsers {
+        Ok(ShareSettings {
             users,
             encrypt: vol.option("smb.encrypt") == "on",
             leases: vol.option("smb.leases") == "on",
-        };
-        serde_json::to_value(reply).map_err(|e| (ErrorCode::Internal, e.to_string()))
+        })
     }
 }

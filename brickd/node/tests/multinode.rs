@@ -3,10 +3,9 @@
 //! leases, volumes across nodes and their placement-group maps.
 
 use brick_client::{Client, ClientConfig};
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{PeerList, VolumeCreate, VolumeInfo, VolumeStart};
 use brick_cluster::{Cluster, ClusterStore, EtcdStore, PgMap, TxnOp};
 use brick_testkit::{runtime, scratch_root, Etcd, ServeNode};
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,18 +99,8 @@ async fn admin(node: &ServeNode) -> Client {
 }
 
 async fn alive(client: &Client) -> Vec<(String, bool)> {
-    let v = client.mgmt(&MgmtOp::PeerList).await.expect("peer list");
-    v["peers"]
-        .as_array()
-        .expect("peers")
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap_or_default().to_string(),
-                p["alive"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect()
+    let v = client.mgmt(&PeerList {}).await.expect("peer list");
+    v.peers.into_iter().map(|p| (p.name, p.alive)).collect()
 }
 
 async fn wait_alive(client: &Client, node: &str, want: bool, within: Duration) -> Duration {
@@ -162,7 +151,7 @@ fn three_nodes_share_the_cluster_state_through_etcd() {
             .map(|n| format!("{}:{}", n.name, n.brick_dir("b").display()))
             .collect();
         via_n3
-            .mgmt(&MgmtOp::VolumeCreate {
+            .mgmt(&VolumeCreate {
                 name: "r3".into(),
                 replica: 3,
                 bricks,
@@ -171,17 +160,17 @@ fn three_nodes_share_the_cluster_state_through_etcd() {
             .await
             .expect("create a replica-3 volume across three nodes");
         via_n3
-            .mgmt(&MgmtOp::VolumeStart { name: "r3".into() })
+            .mgmt(&VolumeStart { name: "r3".into() })
             .await
             .expect("start");
         let info = via_n3
-            .mgmt(&MgmtOp::VolumeInfo { name: "r3".into() })
+            .mgmt(&VolumeInfo { name: "r3".into() })
             .await
             .expect("info");
-        let pgs = info["pgs"].as_array().expect("pgs");
+        let pgs = &info.pgs;
         assert_eq!(pgs.len(), 64);
-        assert!(pgs.iter().all(|p| p["epoch"] == 1 && p["writable"] == true));
-        let mut primaries: Vec<&str> = pgs.iter().filter_map(|p| p["primary"].as_str()).collect();
+        assert!(pgs.iter().all(|p| p.epoch == Some(1) && p.writable));
+        let mut primaries: Vec<&str> = pgs.iter().filter_map(|p| p.primary.as_deref()).collect();
         primaries.sort();
         primaries.dedup();
         assert_eq!(primaries.len(), 3, "primaries are spread over the set");
@@ -204,8 +193,8 @@ fn three_nodes_share_the_cluster_state_through_etcd() {
         eprintln!("n3 reported down {took:?} after SIGKILL");
         nodes[2].restart();
         wait_alive(&via_n2, "n3", true, Duration::from_secs(8)).await;
-        let v: Value = via_n2.mgmt(&MgmtOp::PeerList).await.unwrap();
-        assert!(v["store"].as_str().unwrap_or_default().starts_with("etcd"));
+        let v = via_n2.mgmt(&PeerList {}).await.expect("peer list");
+        assert!(v.store.starts_with("etcd"), "{v:?}");
     });
     drop(nodes);
 }

@@ -78,7 +78,7 @@ fn acknowledged_writes_survive_kill_and_freeze_of_primary_and_secondary() {
 #[test]
 fn a_write_below_min_size_waits_for_a_member_to_return() {
     use brick_client::{Client, ClientConfig};
-    use brick_cluster::mgmt::MgmtOp;
+    use brick_cluster::mgmt::VolumeOpen;
     use brick_wire::ROOT_FILE_ID;
 
     let mut cluster = LocalCluster::start(
@@ -111,12 +111,11 @@ fn a_write_below_min_size_waits_for_a_member_to_return() {
     });
     let pg = brick_wire::pg_of(fid) as usize;
     let up_to_date = |client: &Client| {
-        let op = MgmtOp::VolumeOpen {
+        let op = VolumeOpen {
             name: "belowmin".into(),
         };
         let handle = rt.block_on(client.mgmt(&op)).expect("volume maps");
-        let bits = handle["pg_maps"][pg]["up_to_date"].as_u64().expect("map");
-        bits.count_ones()
+        handle.pg_maps.get(pg).expect("map").up_to_date.count_ones()
     };
 
     cluster.nodes[1].kill9();

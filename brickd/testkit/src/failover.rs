@@ -6,7 +6,7 @@
 
 use crate::{pattern, ServeNode};
 use brick_client::{Client, ClientConfig, Volume};
-use brick_cluster::mgmt::MgmtOp;
+use brick_cluster::mgmt::{VolumeCreate, VolumeInfo, VolumeStart};
 use brick_wire::{pg_of, FileId, ROOT_FILE_ID};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -241,7 +241,7 @@ pub async fn create_volume(
         .map(|n| format!("{}:{}", n.name, n.brick_dir(name).display()))
         .collect();
     client
-        .mgmt(&MgmtOp::VolumeCreate {
+        .mgmt(&VolumeCreate {
             name: name.to_string(),
             replica,
             bricks,
@@ -250,7 +250,7 @@ pub async fn create_volume(
         .await
         .expect("volume create");
     client
-        .mgmt(&MgmtOp::VolumeStart {
+        .mgmt(&VolumeStart {
             name: name.to_string(),
         })
         .await
@@ -282,14 +282,16 @@ async fn setup(nodes: &[ServeNode], admin: ClientConfig, sc: &Scenario) -> (Volu
         .await
         .expect("mkdir small");
     let info = client
-        .mgmt(&MgmtOp::VolumeInfo {
+        .mgmt(&VolumeInfo {
             name: sc.volume.clone(),
         })
         .await
         .expect("volume info");
     let pg = pg_of(f.fid) as usize;
-    let primary = info["pgs"][pg]["primary"]
-        .as_str()
+    let primary = info
+        .pgs
+        .get(pg)
+        .and_then(|p| p.primary.as_deref())
         .and_then(|b| b.split(':').next())
         .expect("the loaded PG has a primary")
         .to_string();
@@ -436,25 +438,24 @@ async fn wait_up_to_date(admin: &ClientConfig, volume: &str, names: &[String]) {
     let mut reported = false;
     loop {
         let info = client
-            .mgmt(&MgmtOp::VolumeInfo {
+            .mgmt(&VolumeInfo {
                 name: volume.into(),
             })
             .await
             .expect("volume info");
-        let behind: Vec<String> = info["pgs"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let behind: Vec<String> = info
+            .pgs
+            .iter()
             .filter_map(|pg| {
-                let up: Vec<&str> = pg["up_to_date"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|b| b.as_str()).collect())
-                    .unwrap_or_default();
                 let missing: Vec<&String> = names
                     .iter()
-                    .filter(|n| !up.iter().any(|b| b.starts_with(&format!("{n}:"))))
+                    .filter(|n| {
+                        !pg.up_to_date
+                            .iter()
+                            .any(|b| b.starts_with(&format!("{n}:")))
+                    })
                     .collect();
-                (!missing.is_empty()).then(|| format!("pg {}: {missing:?}", pg["pg"]))
+                (!missing.is_empty()).then(|| format!("pg {}: {missing:?}", pg.pg))
             })
             .collect();
         if behind.is_empty() {

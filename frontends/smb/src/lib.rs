@@ -13,7 +13,7 @@ mod wildcard;
 pub use backend::BrickShare;
 
 use brick_client::{Client, ClientError};
-use brick_cluster::mgmt::{MgmtOp, ShareUsers};
+use brick_cluster::mgmt::{ShareSettings, ShareUsers};
 use brick_cluster::{hex_decode, ShareAccess, SEAL_IN_TRANSIT};
 use brick_tuning::SMB_WRITE_BYTES_MAX;
 use brick_tuning::{SMB_READ_BYTES_MAX, SMB_USERS_REFRESH_MS, SMB_USERS_STALE_MS};
@@ -71,13 +71,11 @@ async fn fetch_users(
     client: &Client,
     volume: &str,
     caller_key: &[u8; 32],
-) -> Result<(HashMap<String, Grant>, ShareUsers), String> {
-    let op = MgmtOp::ShareUsers {
+) -> Result<(HashMap<String, Grant>, ShareSettings), String> {
+    let op = ShareUsers {
         volume: volume.to_string(),
     };
     let reply = client.mgmt(&op).await.map_err(|e| e.to_string())?;
-    let reply: ShareUsers =
-        serde_json::from_value(reply).map_err(|e| format!("share users reply: {e}"))?;
     let mut users = HashMap::new();
     for u in reply.users.iter().cloned() {
         let opened = hex_decode(&u.password_sealed_hex)
