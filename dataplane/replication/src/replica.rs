@@ -1424,10 +1424,13 @@ impl Replica {
             }
             self.tick_primary(now_ms, out);
         } else {
-            // Heal copies only read here: they cannot have made this copy differ.
-            let applied_here = self.pending.values().any(|p| {
-                !p.heal && (p.local.is_some() || (p.state == OpState::Running && !p.local_first))
-            });
+            // Heal copies and resyncs only read here: they cannot have made this copy differ.
+            // A running op's local apply was issued (a namespace op's too, though it has not
+            // answered yet): it lands whatever happens to the op.
+            let applied_here = self
+                .pending
+                .values()
+                .any(|p| !p.heal && !p.resync && (p.local.is_some() || p.state == OpState::Running));
             self.fail_all(
                 OpError::NotPrimary {
                     epoch: map.epoch,
@@ -1447,11 +1450,9 @@ impl Replica {
     }
 }
 
-/// Whether a primary pushes each map it installs to the members (`Msg::Map`). Off: with it
-/// on, the real-process freeze test (`brickd/node/tests/replication.rs`, a frozen namespace
-/// primary) ended with two up-to-date members holding different contents for a small file
-/// in 2 of 5 runs, which the simulator does not reproduce; not yet understood. Members still
-/// accept a pushed map (it was read from the store, so adopting it is safe).
+/// Whether a primary pushes each map it installs to the members (`Msg::Map`): members then
+/// take a new epoch with its first forward instead of Nacking until their watch delivers it.
+/// Members accept a pushed map either way (it was read from the store).
 const PUSH_MAPS: bool = true;
 
 /// The members in a bit mask, in member order.

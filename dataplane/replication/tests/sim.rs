@@ -1765,12 +1765,11 @@ impl Sim {
                 continue;
             }
             // As the dataplane: removed files are freed once no namespace change applied here
-            // is in doubt any more.
+            // is in doubt any more and no member is behind this copy in the namespace.
             let node = &mut self.nodes[n as usize];
-            let settled = node.slots[NAMESPACE_PG as usize]
-                .replica
-                .as_ref()
-                .is_some_and(|r| r.namespace_settled());
+            let ns = &node.slots[NAMESPACE_PG as usize];
+            let settled = ns.replica.as_ref().is_some_and(|r| r.namespace_settled())
+                && ns.healer.as_ref().is_some_and(|h| !h.has_dirt());
             if settled && !node.disk.limbo.is_empty() {
                 node.disk.limbo.clear();
             }
@@ -1865,11 +1864,16 @@ impl Sim {
                 assert!(
                     ledger.content_may_be(fid, content),
                     "seed {}: at {}ms member {n}, up to date in the data PG, has file {fid} = \
-                     {content}, but the client's ledger says {:?} (maps {:?})",
+                     {content}, but the client's ledger says {:?} (maps {:?}; each member's \
+                     copy, or the one it keeps in limbo: {:?})",
                     self.seed,
                     self.now_ms,
                     ledger.contents.get(&fid),
-                    self.store
+                    self.store,
+                    self.nodes
+                        .iter()
+                        .map(|node| (node.disk.files.get(&fid), node.disk.limbo.get(&fid)))
+                        .collect::<Vec<_>>()
                 );
             }
             for k in 0..KEYS {

@@ -127,9 +127,11 @@ impl Slot {
     }
 
     /// PG 0's member frees the brick's limbo once no namespace change applied here is in
-    /// doubt any more (no repair can bring those files back), and files kept longer than
-    /// `LIMBO_KEEP_MS` in any case (space comes back even while a peer stays away), off the
-    /// core and without the brick's lock.
+    /// doubt any more (no repair can bring those files back) and no member is behind this
+    /// copy in the namespace (one that still lists a removed file may be healed in the file's
+    /// data PG first, from what is kept here), and files kept longer than `LIMBO_KEEP_MS` in
+    /// any case (space comes back even while a peer stays away), off the core and without the
+    /// brick's lock.
     fn free_limbo(&mut self) {
         if self.replica.pg != 0 || self.limbo_freeing.get() {
             return;
@@ -137,7 +139,7 @@ impl Slot {
         let Some(brick) = self.brick().filter(|b| b.has_limbo()) else {
             return;
         };
-        let older_than = if self.replica.namespace_settled() {
+        let older_than = if self.replica.namespace_settled() && !self.healer.has_dirt() {
             None
         } else if self.limbo_aged_at.elapsed() >= Duration::from_millis(LIMBO_AGE_CHECK_MS) {
             self.limbo_aged_at = Instant::now();
