@@ -1427,10 +1427,9 @@ impl Replica {
             // Heal copies and resyncs only read here: they cannot have made this copy differ.
             // A running op's local apply was issued (a namespace op's too, though it has not
             // answered yet): it lands whatever happens to the op.
-            let applied_here = self
-                .pending
-                .values()
-                .any(|p| !p.heal && !p.resync && (p.local.is_some() || p.state == OpState::Running));
+            let applied_here = self.pending.values().any(|p| {
+                !p.heal && !p.resync && (p.local.is_some() || p.state == OpState::Running)
+            });
             self.fail_all(
                 OpError::NotPrimary {
                     epoch: map.epoch,
