@@ -626,13 +626,16 @@ impl Healer {
     pub fn resync_read(&mut self, op: OpId, lock: LockKey, replica: &Replica) -> ResyncRead {
         match lock.kind() {
             LockKind::Everything => {
-                let healing = replica.map().healing;
+                // The members this catch-up goes to, not every member being healed: one that
+                // joined while it was in flight gets its own, and must keep its dirt until then
+                // (seed 5219).
+                let targets = replica.op_targets(op).unwrap_or(replica.map().healing);
                 let mut dirs = BTreeSet::new();
                 let mut tree = false;
                 // Only PG 0 reconciles directories (see `next_work`): a data PG's catch-up is
                 // empty.
                 if self.pg == 0 {
-                    for m in (0..MEMBERS_MAX).filter(|m| healing & (1 << m) != 0) {
+                    for m in (0..MEMBERS_MAX).filter(|m| targets & (1 << m) != 0) {
                         let d = &self.dirt.members[m as usize];
                         dirs.extend(d.dirs.iter().copied());
                         tree |= d.tree || d.all;
@@ -645,7 +648,7 @@ impl Healer {
                     return ResyncRead::CatchUp { dirs, tree };
                 }
                 let plan = self.plans.entry(op).or_insert(Plan {
-                    targets: healing,
+                    targets,
                     work: Work::Handoff,
                     failed: None,
                     windowed: false,

@@ -459,6 +459,11 @@ impl Replica {
         self.pending.contains_key(&op)
     }
 
+    /// The members an op in flight is forwarded to (`None` once it finished).
+    pub fn op_targets(&self, op: OpId) -> Option<u8> {
+        self.pending.get(&op).map(|p| p.targets)
+    }
+
     fn serving(&self) -> bool {
         !self.retiring && self.map.is_up_to_date(self.me)
     }

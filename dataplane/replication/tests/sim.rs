@@ -1257,6 +1257,9 @@ impl Sim {
                     return;
                 };
                 let read = h.resync_read(op, lock, r);
+                if self.trace {
+                    eprintln!("[{:>6}ms] node {n} pg {pg} resync read {op}: {read:?}", now);
+                }
                 match read {
                     ResyncRead::CatchUp { .. } => self.stats.catch_ups += 1,
                     ResyncRead::Handoff { .. } => self.stats.handoffs += 1,
