@@ -238,6 +238,3 @@ pub const RECENT_NAMESPACE_BODIES_MAX: usize = 1024;
 /// looked at this often while a change stays in doubt.
 pub const LIMBO_KEEP_MS: u64 = 10 * 60 * 1000;
 pub const LIMBO_AGE_CHECK_MS: u64 = 60 * 1000;
-/// Namespace ops run one at a time per PG, so only the last few can be in doubt at a
-/// failover: a new primary resyncs the directories of this many.
-pub const NAMESPACE_RESYNC_OPS: usize = 16;

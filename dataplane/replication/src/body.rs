@@ -326,22 +326,6 @@ impl RecentNamespace {
             .get(&key)
             .map(|dirs| dirs.iter().map(|&d| Dirt::Dir(d)).collect())
     }
-
-    /// The directories the last `n` remembered changes touched.
-    pub fn last_dirs(&self, n: usize) -> Vec<FileId> {
-        let mut dirs: Vec<FileId> = self
-            .order
-            .iter()
-            .rev()
-            .take(n)
-            .filter_map(|k| self.by_op.get(k))
-            .flatten()
-            .copied()
-            .collect();
-        dirs.sort_unstable();
-        dirs.dedup();
-        dirs
-    }
 }
 
 #[cfg(test)]

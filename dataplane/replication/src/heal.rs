@@ -110,15 +110,13 @@ impl Work {
 /// What the driver reads for a `ReadForResync` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResyncRead {
-    /// A heal's namespace catch-up: list these directories (every directory if `tree`),
-    /// parents first, into a `CatchUpWriter` body. If they cannot be read, say why
+    /// A heal's namespace catch-up, or a new primary's resync of a namespace change in doubt:
+    /// list these directories (every directory if `tree`), parents first, into a
+    /// `CatchUpWriter` body. If they cannot be read, say why
     /// (`on_catch_up_unreadable`) and send a no-op: the dirt stays for another try.
     CatchUp { dirs: Vec<FileId>, tree: bool },
     /// A dirt hand-off: this is the body's payload (`BodyOp::Handoff`).
     Handoff { payload: Vec<u8> },
-    /// An in-doubt namespace change of a new primary: the directories the last namespace ops
-    /// touched (the driver keeps those bodies).
-    Namespace,
     /// The lock's bytes (a WRITE) or, for a whole file, its attributes (a SETATTR).
     Range,
 }
@@ -668,7 +666,16 @@ impl Healer {
                     payload: handoff_payload(&self.dirt, self.me, targets),
                 }
             }
-            LockKind::Namespace => ResyncRead::Namespace,
+            // A namespace change in doubt at a failover: every directory of this (the new
+            // primary's) copy is made identical on the others. The op in doubt may never have
+            // reached this member (its forward was lost, or it was being healed), so nothing
+            // here says which directory it touched (sim seed 9342: the last few namespace ops
+            // this member saw were listed, the unlink another member had applied was not
+            // undone, and both counted as up to date).
+            LockKind::Namespace => ResyncRead::CatchUp {
+                dirs: Vec::new(),
+                tree: true,
+            },
             LockKind::WholeFile(_) | LockKind::Range { .. } => ResyncRead::Range,
         }
     }

@@ -382,3 +382,19 @@ fn the_window_shrinks_while_client_latency_rises() {
     p.periodic();
     assert_eq!(p.reads.len(), 1);
 }
+
+#[test]
+fn a_namespace_change_in_doubt_is_resynced_by_listing_every_directory() {
+    // Sim seed 9342: the new primary never got the unlink in doubt, so it cannot know which
+    // directory to list; the last namespace ops it saw did not include it.
+    let mut p = Primary::new(0, map(1, 3, 0b111, 0), cfg(2));
+    let read = p.healer.resync_read(1, LockKey::NAMESPACE, &p.replica);
+    assert_eq!(
+        read,
+        ResyncRead::CatchUp {
+            dirs: Vec::new(),
+            tree: true
+        }
+    );
+    assert!(!p.healer.owns(1), "a resync is not a heal copy");
+}

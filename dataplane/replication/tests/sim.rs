@@ -67,7 +67,6 @@ const HEAL_BEGINS_PER_TICK: usize = 8;
 const ACTIVITY_RECORDS_MAX: usize = 1024;
 const ACTIVITY_REWRITE_MS: u64 = 1000;
 /// Namespace ops whose directories a new primary resyncs (as in the dataplane).
-const NAMESPACE_RESYNC_OPS: usize = brick_tuning::NAMESPACE_RESYNC_OPS;
 
 /// One client operation: a slot (a register or a name) and what to do with it. `seq` tells
 /// apart operations that do the same (two creates of one name): a late answer to an old one
@@ -1272,18 +1271,6 @@ impl Sim {
                         minted: 0,
                         payload,
                     },
-                    ResyncRead::Namespace => {
-                        let dirs = slot.recent_namespace.last_dirs(NAMESPACE_RESYNC_OPS);
-                        if dirs.is_empty() {
-                            OwnedBody {
-                                op: BodyOp::Noop,
-                                minted: 0,
-                                payload: Vec::new(),
-                            }
-                        } else {
-                            node.disk.catch_up(&dirs, false)
-                        }
-                    }
                     ResyncRead::Range => node.disk.resync_body(lock),
                 };
                 let outcome = if failed { Outcome::Failed } else { Outcome::Ok };

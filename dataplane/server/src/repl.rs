@@ -25,7 +25,7 @@ use brick_replication::{
 use brick_store::Brick;
 use brick_tuning::{
     ACTIVITY_REWRITE_INTERVAL_MS, HEALING_PGS_PER_CORE_MAX, HEAL_REPORT_INTERVAL_MS, HEAL_TICK_MS,
-    LIMBO_AGE_CHECK_MS, LIMBO_KEEP_MS, NAMESPACE_RESYNC_OPS, REPL_TICK_MS,
+    LIMBO_AGE_CHECK_MS, LIMBO_KEEP_MS, REPL_TICK_MS,
 };
 use brick_wire::{op, DecodeError, ErrorCode, Header, HEADER_BYTES};
 use std::cell::{Cell, RefCell};
@@ -554,13 +554,9 @@ impl ReplCore {
         glommio::spawn_local(async move {
             let read = core.with_slot(key, |slot| {
                 let what = slot.healer.resync_read(op, lock, &slot.replica);
-                (
-                    what,
-                    slot.brick(),
-                    slot.recent_namespace.last_dirs(NAMESPACE_RESYNC_OPS),
-                )
+                (what, slot.brick())
             });
-            let Some((what, brick, recent_dirs)) = read else {
+            let Some((what, brick)) = read else {
                 return;
             };
             let body = match what {
@@ -571,7 +567,11 @@ impl ReplCore {
                         .ok_or_else(|| "the heal source's brick is not on this node".to_string())
                         .and_then(|b| apply::catch_up_body(&b, &dirs, tree));
                     Ok(body.unwrap_or_else(|why| {
-                        tracing::warn!(vol = key.0, pg = key.1, "heal: catch-up not read: {why}");
+                        tracing::warn!(
+                            vol = key.0,
+                            pg = key.1,
+                            "namespace catch-up not read: {why}"
+                        );
                         core.with_slot(key, |slot| slot.healer.on_catch_up_unreadable(op, why));
                         Body::noop()
                     }))
@@ -582,16 +582,6 @@ impl ReplCore {
                     payload: Rc::new(payload),
                     data_dma: Default::default(),
                 }),
-                // An in-doubt namespace change: make the directories the last namespace ops
-                // touched identical to this (the new primary's) copy on every member.
-                ResyncRead::Namespace if recent_dirs.is_empty() => Ok(Body::noop()),
-                ResyncRead::Namespace => Ok(brick
-                    .ok_or_else(|| "the primary's brick is not on this node".to_string())
-                    .and_then(|b| apply::catch_up_body(&b, &recent_dirs, false))
-                    .unwrap_or_else(|why| {
-                        tracing::warn!(vol = key.0, pg = key.1, "namespace resync skipped: {why}");
-                        Body::noop()
-                    })),
                 ResyncRead::Range => apply::resync_body(&core.files, &vol, key.2, lock).await,
             };
             let (body, outcome) = match body {
