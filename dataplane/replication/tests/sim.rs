@@ -66,7 +66,6 @@ const HEAL_BEGINS_PER_TICK: usize = 8;
 /// The activity log's size in records, and how often it is rewritten (as in the dataplane).
 const ACTIVITY_RECORDS_MAX: usize = 1024;
 const ACTIVITY_REWRITE_MS: u64 = 1000;
-/// Namespace ops whose directories a new primary resyncs (as in the dataplane).
 
 /// One client operation: a slot (a register or a name) and what to do with it. `seq` tells
 /// apart operations that do the same (two creates of one name): a late answer to an old one
