@@ -153,6 +153,15 @@ pub const PEER_RECONNECT_DELAY_MS: u64 = 100;
 /// A node whose liveness lease is not renewed for this long is considered down.
 pub const NODE_LIVENESS_TTL_MS: u64 = 2000;
 
+/// While the cluster store does not answer: a failed map proposal is reported this long after
+/// it failed (its PG proposes again at this pace, not at every tick), and a node that cannot
+/// load the cluster state at start tries again this often.
+pub const STORE_RETRY_MS: u64 = 500;
+/// ... and says so at most this often.
+pub const STORE_WARN_INTERVAL_MS: u64 = 10_000;
+/// Management requests waiting for the node's store worker; more are refused.
+pub const MGMT_QUEUE_MAX: usize = 1024;
+
 /// Default ports of `brickd dev`.
 pub const DEV_NATIVE_PORT: u16 = 7700;
 /// `brickd dev`'s NBD gateway: the port NBD clients try by default.

@@ -10,8 +10,11 @@ use brick_cluster::{
     hex_encode, BrickSpec, Cluster, ClusterError, ClusterStore, EmbeddedStore, EtcdStore,
     VolumeStatus,
 };
-use brick_dataplane::{Dataplane, DataplaneConfig, MapRequest, MgmtRequest};
-use brick_tuning::{DEV_NATIVE_PORT, DEV_NBD_PORT, DEV_NFS_PORT, DEV_SMB_PORT, MGMT_DOC_BYTES_MAX};
+use brick_dataplane::{Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeState};
+use brick_tuning::{
+    DEV_NATIVE_PORT, DEV_NBD_PORT, DEV_NFS_PORT, DEV_SMB_PORT, MGMT_DOC_BYTES_MAX, MGMT_QUEUE_MAX,
+    STORE_RETRY_MS, STORE_WARN_INTERVAL_MS,
+};
 use brick_wire::{auth, ErrorCode};
 use clap::{Parser, Subcommand};
 use mgmt::Mgmt;
@@ -224,6 +227,11 @@ impl StoreSpec {
         bail!("--store must be embedded://DIR or etcd://H:P[,H:P...]")
     }
 
+    /// A store that can be away for a while (etcd), rather than a local file that fails.
+    fn may_come_back(&self) -> bool {
+        matches!(self, StoreSpec::Etcd(_))
+    }
+
     async fn open(&self) -> Result<Arc<dyn ClusterStore>> {
         Ok(match self {
             StoreSpec::Embedded(dir) => Arc::new(
@@ -235,6 +243,91 @@ impl StoreSpec {
                 .with_context(|| format!("connecting to etcd at {eps}"))?,
         })
     }
+}
+
+/// Registers this node and reads what it serves. While the store does not answer, says so and
+/// tries again: the node serves once it has the state (SIGTERM stops it meanwhile).
+async fn load_cluster_state(
+    node: &str,
+    listen: SocketAddr,
+    store: &StoreSpec,
+) -> Result<(Arc<Mgmt>, ServeState)> {
+    let mut waited_ms = 0u64;
+    loop {
+        match try_load_cluster_state(node, listen, store).await {
+            Ok(loaded) => {
+                if waited_ms > 0 {
+                    tracing::info!("cluster store answered after {waited_ms} ms: serving");
+                }
+                return Ok(loaded);
+            }
+            Err(e) if store.may_come_back() && is_store_unreachable(&e) => {
+                if waited_ms.is_multiple_of(STORE_WARN_INTERVAL_MS) {
+                    tracing::warn!(
+                        "cluster store unreachable ({e:#}); waiting for it to load the cluster \
+                         state before serving"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(STORE_RETRY_MS)).await;
+                waited_ms += STORE_RETRY_MS;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_load_cluster_state(
+    node: &str,
+    listen: SocketAddr,
+    store: &StoreSpec,
+) -> Result<(Arc<Mgmt>, ServeState)> {
+    let cluster = Cluster::new(store.open().await?);
+    let mgmt = Arc::new(Mgmt::new(cluster, node.to_string()));
+    mgmt.register_self(&listen.to_string()).await?;
+    mgmt.cluster
+        .register_alive(node, brick_tuning::NODE_LIVENESS_TTL_MS)
+        .await
+        .context("registering this node's liveness")?;
+    let state = mgmt
+        .serve_state()
+        .await
+        .map_err(|(code, why)| anyhow::Error::new(LoadError { code, why }))?;
+    Ok((mgmt, state))
+}
+
+/// `Mgmt::serve_state`'s error, kept typed so that a store outage can be told apart.
+#[derive(Debug)]
+struct LoadError {
+    code: ErrorCode,
+    why: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Whether `e` says the cluster store did not answer (rather than refused or held bad data).
+fn is_store_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<brick_cluster::StoreError>(),
+            Some(brick_cluster::StoreError::Io(_))
+        ) || matches!(
+            cause.downcast_ref::<brick_cluster::ClusterError>(),
+            Some(brick_cluster::ClusterError::Store(
+                brick_cluster::StoreError::Io(_)
+            ))
+        ) || matches!(
+            cause.downcast_ref::<LoadError>(),
+            // `cluster_err` keeps the store's words ("cluster store I/O: ..."); a brick's I/O
+            // error also comes as `Io`, and is not waited out.
+            Some(l) if l.code == ErrorCode::Io && l.why.starts_with("cluster store I/O")
+        )
+    })
 }
 
 /// Dataplane settings given on the command line.
@@ -257,17 +350,7 @@ async fn start_node(
     store: &StoreSpec,
     tuning: Tuning,
 ) -> Result<Running> {
-    let cluster = Cluster::new(store.open().await?);
-    let mgmt = Arc::new(Mgmt::new(cluster, node.to_string()));
-    mgmt.register_self(&listen.to_string()).await?;
-    mgmt.cluster
-        .register_alive(node, brick_tuning::NODE_LIVENESS_TTL_MS)
-        .await
-        .context("registering this node's liveness")?;
-    let state = mgmt
-        .serve_state()
-        .await
-        .map_err(|(_, why)| anyhow::anyhow!(why))?;
+    let (mgmt, state) = load_cluster_state(node, listen, store).await?;
     let cores = tuning.cores.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -319,9 +402,21 @@ async fn serve_until_signal(
         mgmt_rx,
         maps_rx,
     } = running;
+    let dataplane = Arc::new(dataplane);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Other nodes change the cluster state too (a volume started, a user added): follow it.
     let mut changes = mgmt.cluster.watch("").await?;
+    // Requests that may wait for the store (each up to its timeout while it is away) run one
+    // at a time beside this loop: what is answered from memory, opening a volume above all,
+    // never waits behind them, so clients connect while the store does not answer.
+    let (work_tx, work_rx) = flume::bounded(MGMT_QUEUE_MAX);
+    let republish_due = Arc::new(tokio::sync::Notify::new());
+    let worker = tokio::spawn(mgmt_worker(
+        mgmt.clone(),
+        dataplane.clone(),
+        work_rx,
+        republish_due.clone(),
+    ));
     // A burst of changes (a heal starting in every PG) is republished once, 20 ms after its
     // first change; meanwhile requests, map proposals above all, are served as they come.
     let mut republish_at: Option<tokio::time::Instant> = None;
@@ -330,7 +425,18 @@ async fn serve_until_signal(
         tokio::select! {
             req = mgmt_rx.recv_async() => {
                 let Ok(req) = req else { break };
-                handle_mgmt(&mgmt, &dataplane, req).await;
+                if let Some(req) = answer_from_memory(&mgmt, req) {
+                    if let Err(flume::TrySendError::Full(req)) = work_tx.try_send(req) {
+                        let _ = req.reply.send(Err((
+                            ErrorCode::Unavailable,
+                            format!(
+                                "{MGMT_QUEUE_MAX} management requests are waiting for the \
+                                 cluster store ({})",
+                                mgmt.cluster.describe_store()
+                            ),
+                        )));
+                    }
+                }
             }
             req = maps_rx.recv_async() => {
                 let Ok(req) = req else { break };
@@ -347,9 +453,7 @@ async fn serve_until_signal(
             }
             _ = tokio::time::sleep_until(due), if republish_at.is_some() => {
                 republish_at = None;
-                if let Err(e) = republish(&mgmt, &dataplane).await {
-                    tracing::warn!("cannot follow the cluster state: {e:#}");
-                }
+                republish_due.notify_one();
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -359,10 +463,57 @@ async fn serve_until_signal(
         let _ = g.send(true);
     }
     tracing::info!("shutting down: closing connections and syncing bricks");
-    tokio::task::spawn_blocking(move || dataplane.shutdown()).await?;
+    drop(work_tx);
+    // A request waiting for an unreachable store ends within the store's timeout.
+    worker.await?;
+    match Arc::try_unwrap(dataplane) {
+        Ok(dataplane) => tokio::task::spawn_blocking(move || dataplane.shutdown()).await?,
+        Err(_) => {
+            tracing::error!("the dataplane is still in use: stopping without joining its cores")
+        }
+    }
     mgmt.sync_bricks();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs management requests and republishes the served state, one at a time, in order.
+async fn mgmt_worker(
+    mgmt: Arc<Mgmt>,
+    dataplane: Arc<Dataplane>,
+    requests: flume::Receiver<MgmtRequest>,
+    republish_due: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        tokio::select! {
+            req = requests.recv_async() => {
+                let Ok(req) = req else { break };
+                handle_mgmt(&mgmt, &dataplane, req).await;
+            }
+            _ = republish_due.notified() => {
+                if let Err(e) = republish(&mgmt, &dataplane).await {
+                    tracing::warn!("cannot follow the cluster state: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+/// Answers a request that needs no store from what this node holds; hands back the others.
+fn answer_from_memory(mgmt: &Mgmt, req: MgmtRequest) -> Option<MgmtRequest> {
+    if req.doc.len() > MGMT_DOC_BYTES_MAX {
+        return Some(req); // refused by `handle_mgmt`
+    }
+    let Ok(MgmtOp::VolumeOpen(open)) = MgmtOp::parse(&req.doc) else {
+        return Some(req);
+    };
+    let Some(reply) = mgmt.volume_open_from_view(&open.name) else {
+        return Some(req);
+    };
+    let _ = req
+        .reply
+        .send(mgmt::encode::<brick_cluster::mgmt::VolumeOpen>(reply));
+    None
 }
 
 async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {

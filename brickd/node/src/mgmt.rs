@@ -8,11 +8,12 @@ use brick_cluster::mgmt::{
     VolumeHandle, VolumeListEntry, VolumeStatusReply, Volumes,
 };
 use brick_cluster::{
-    validate_option, BrickSpec, Cluster, ClusterError, Node, Volume, VolumeStatus,
+    validate_option, BrickSpec, Cluster, ClusterError, Node, PgMap, Volume, VolumeStatus,
     ACCESS_OPTION_PREFIX, VOLUME_OPTIONS,
 };
 use brick_dataplane::{IoMode, MemberSpec, ServeState, ServedVolume, User, NODE_USER};
 use brick_store::Brick;
+use brick_tuning::{STORE_RETRY_MS, STORE_WARN_INTERVAL_MS};
 use brick_wire::ErrorCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,11 +21,24 @@ use std::sync::{Arc, Mutex};
 pub struct Mgmt {
     pub cluster: Cluster,
     pub node: String,
+    /// The cluster state as last read whole (every republish): what opening a volume needs,
+    /// answered from here so that clients connect and reconnect while the store is away.
+    view: Mutex<Arc<View>>,
+    /// When a failed map proposal was last logged.
+    store_warned: Mutex<Option<std::time::Instant>>,
     /// Bricks opened by this node, by directory; kept open across stop/start.
     bricks: Mutex<HashMap<String, Arc<Brick>>>,
     /// Whether each brick's copy was complete when this process first opened it: new, or
     /// left by a clean shutdown. A brick that went through a crash may have missed writes.
     clean_start: Mutex<HashMap<String, bool>>,
+}
+
+/// What a client needs to open a started volume, as this node last read it from the store.
+#[derive(Debug, Default)]
+struct View {
+    /// Started volumes with every PG map, by name.
+    volumes: HashMap<String, (Volume, Vec<PgMap>)>,
+    nodes: Vec<Node>,
 }
 
 pub type MgmtError = (ErrorCode, String);
@@ -59,6 +73,8 @@ impl Mgmt {
             node,
             bricks: Mutex::new(HashMap::new()),
             clean_start: Mutex::new(HashMap::new()),
+            view: Mutex::new(Arc::new(View::default())),
+            store_warned: Mutex::new(None),
         }
     }
 
@@ -160,12 +176,23 @@ impl Mgmt {
     }
 
     /// What the dataplane should serve now, from the cluster state.
+    /// Also keeps what opening any started volume needs (`volume_open` answers from it).
     pub async fn serve_state(&self) -> Result<ServeState, (ErrorCode, String)> {
         let nodes = self.cluster.list_nodes().await.map_err(cluster_err)?;
         let mut volumes = HashMap::new();
+        let mut view = View {
+            volumes: HashMap::new(),
+            nodes: nodes.clone(),
+        };
         for vol in self.cluster.list_volumes().await.map_err(cluster_err)? {
             if vol.status != VolumeStatus::Started {
                 continue;
+            }
+            let maps = self.cluster.pg_maps(&vol).await.map_err(cluster_err)?;
+            let complete = maps.iter().all(Option::is_some);
+            if complete {
+                let maps = maps.iter().flatten().copied().collect();
+                view.volumes.insert(vol.name.clone(), (vol.clone(), maps));
             }
             let Ok(set) = self.replica_set(&vol) else {
                 continue;
@@ -177,8 +204,7 @@ impl Mgmt {
             if members.iter().all(|m| m.brick.is_none()) {
                 continue;
             }
-            let maps = self.cluster.pg_maps(&vol).await.map_err(cluster_err)?;
-            let pg_maps = if maps.iter().all(Option::is_some) {
+            let pg_maps = if complete {
                 maps.into_iter().flatten().collect()
             } else {
                 self.cluster
@@ -221,11 +247,49 @@ impl Mgmt {
                 peer: true,
             },
         );
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
         Ok(ServeState {
             node: self.node.clone(),
             volumes,
             users,
             node_key,
+        })
+    }
+
+    /// Opens a started volume from what this node last read of the cluster state, without
+    /// asking the store (`None`: not known started here; the store decides). The maps may be
+    /// a few milliseconds old: a member that is no longer primary redirects the client.
+    pub fn volume_open_from_view(&self, name: &str) -> Option<Result<VolumeHandle, MgmtError>> {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (vol, maps) = view.volumes.get(name)?;
+        Some(self.volume_handle(vol, &view.nodes, maps.clone()))
+    }
+
+    fn volume_handle(
+        &self,
+        vol: &Volume,
+        nodes: &[Node],
+        pg_maps: Vec<PgMap>,
+    ) -> Result<VolumeHandle, MgmtError> {
+        let members = self
+            .replica_set(vol)?
+            .iter()
+            .map(|b| MemberRoute {
+                node: b.node.clone(),
+                addr: nodes
+                    .iter()
+                    .find(|n| n.name == b.node)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(VolumeHandle {
+            id: vol.id,
+            name: vol.name.clone(),
+            pg_count: vol.pg_count,
+            epoch: vol.epoch,
+            members,
+            pg_maps,
         })
     }
 
@@ -506,6 +570,9 @@ impl Mgmt {
     }
 
     async fn volume_open(&self, r: op::VolumeOpen) -> Result<VolumeHandle, MgmtError> {
+        if let Some(handle) = self.volume_open_from_view(&r.name) {
+            return handle;
+        }
         let c = &self.cluster;
         let vol = c.volume(&r.name).await.map_err(cluster_err)?;
         if vol.status != VolumeStatus::Started {
@@ -515,26 +582,8 @@ impl Mgmt {
             ));
         }
         let nodes = c.list_nodes().await.map_err(cluster_err)?;
-        let members = self
-            .replica_set(&vol)?
-            .iter()
-            .map(|b| MemberRoute {
-                node: b.node.clone(),
-                addr: nodes
-                    .iter()
-                    .find(|n| n.name == b.node)
-                    .map(|n| n.addr.clone())
-                    .unwrap_or_default(),
-            })
-            .collect();
-        Ok(VolumeHandle {
-            id: vol.id,
-            name: vol.name.clone(),
-            pg_count: vol.pg_count,
-            epoch: vol.epoch,
-            members,
-            pg_maps: c.ensure_pg_maps(&vol).await.map_err(cluster_err)?,
-        })
+        let pg_maps = c.ensure_pg_maps(&vol).await.map_err(cluster_err)?;
+        self.volume_handle(&vol, &nodes, pg_maps)
     }
 
     /// This node's part of `brick heal status`: the PGs of `name` with members behind, from
@@ -755,6 +804,20 @@ impl Mgmt {
     }
 
     /// Serves a replication core's request for the cluster store.
+    /// Whether a store warning may be logged now (one per `STORE_WARN_INTERVAL_MS`: every PG
+    /// fails alike while the store is away).
+    fn store_warning_due(&self) -> bool {
+        let mut last = self.store_warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let due = last.is_none_or(|t| {
+            now.duration_since(t) >= std::time::Duration::from_millis(STORE_WARN_INTERVAL_MS)
+        });
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
     pub async fn map_request(&self, req: brick_dataplane::MapRequest) {
         use brick_dataplane::MapRequest;
         match req {
@@ -768,10 +831,15 @@ impl Mgmt {
                     Ok((installed, true)) => Ok(installed),
                     Ok((current, false)) => Err(Some(current)),
                     Err(e) => {
-                        tracing::warn!(
-                            "volume {volume} pg {pg}: proposing epoch {}: {e}",
-                            map.epoch
-                        );
+                        if self.store_warning_due() {
+                            tracing::warn!(
+                                "volume {volume} pg {pg}: proposing epoch {}: {e} (PGs propose \
+                                 again every {STORE_RETRY_MS} ms until the store answers)",
+                                map.epoch
+                            );
+                        }
+                        // The PG proposes again once answered: not at every tick of its core.
+                        tokio::time::sleep(std::time::Duration::from_millis(STORE_RETRY_MS)).await;
                         Err(None)
                     }
                 };
@@ -800,7 +868,7 @@ fn members_in(mask: u8) -> Vec<u8> {
 }
 
 /// Each PG's map epoch, primary and up-to-date bricks, as `volume info` shows them.
-fn pg_summary(vol: &Volume, maps: &[Option<brick_cluster::PgMap>]) -> Vec<PgSummary> {
+fn pg_summary(vol: &Volume, maps: &[Option<PgMap>]) -> Vec<PgSummary> {
     let set = vol
         .replica_sets()
         .first()

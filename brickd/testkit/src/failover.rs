@@ -20,7 +20,8 @@ pub struct LocalCluster {
     pub admin: ClientConfig,
     // Dropped after the nodes (fields drop in order): the nodes stop before their store.
     _tmp: tempfile::TempDir,
-    _etcd: crate::Etcd,
+    /// The store's members (one, unless started with `start_on`).
+    pub etcd: Vec<crate::Etcd>,
 }
 
 impl LocalCluster {
@@ -30,7 +31,17 @@ impl LocalCluster {
         names: &[&str],
         password: &str,
     ) -> LocalCluster {
-        let etcd = crate::Etcd::start();
+        LocalCluster::start_on(brickd, prefix, names, password, vec![crate::Etcd::start()])
+    }
+
+    /// Nodes on `etcd`, the members of one etcd cluster (`Etcd::start_cluster`).
+    pub fn start_on(
+        brickd: &std::path::Path,
+        prefix: &str,
+        names: &[&str],
+        password: &str,
+        etcd: Vec<crate::Etcd>,
+    ) -> LocalCluster {
         let tmp = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in(crate::scratch_root())
@@ -38,7 +49,7 @@ impl LocalCluster {
         if std::env::var_os("BRICK_KEEP_SCRATCH").is_some() {
             eprintln!("BRICK_KEEP_SCRATCH: keeping {}", tmp.path().display());
         }
-        let store = etcd.store_url();
+        let store = crate::Etcd::cluster_url(&etcd);
         let nodes: Vec<ServeNode> = names
             .iter()
             .map(|n| ServeNode::start(brickd, n, tmp.path(), &store, password))
@@ -52,7 +63,7 @@ impl LocalCluster {
             nodes,
             admin,
             _tmp: tmp,
-            _etcd: etcd,
+            etcd,
         }
     }
 }

@@ -279,6 +279,8 @@ pub struct Etcd {
     child: Option<Child>,
     pub endpoint: String,
     _tmp: tempfile::TempDir,
+    /// The member's command line (`restart` runs it again on the same data).
+    args: Vec<String>,
 }
 
 impl Etcd {
@@ -330,6 +332,7 @@ impl Etcd {
                         child: Some(child),
                         endpoint,
                         _tmp: tmp,
+                        args: Vec::new(),
                     };
                 }
                 if Instant::now() > deadline {
@@ -348,6 +351,129 @@ impl Etcd {
 
     pub fn store_url(&self) -> String {
         format!("etcd://{}", self.endpoint)
+    }
+
+    /// `members` etcd processes forming one cluster on loopback ports, each with its own data;
+    /// returns once every member answers (a leader is elected).
+    pub fn start_cluster(members: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut cluster: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, peer))| {
+                let tmp = tempfile::Builder::new()
+                    .prefix("etcd-test")
+                    .tempdir_in(scratch_root())
+                    .expect("tempdir");
+                let endpoint = format!("127.0.0.1:{client}");
+                let data = tmp.path().join("data").display().to_string();
+                let args = [
+                    "--name".to_string(),
+                    format!("m{i}"),
+                    "--data-dir".into(),
+                    data,
+                    "--listen-client-urls".into(),
+                    format!("http://{endpoint}"),
+                    "--advertise-client-urls".into(),
+                    format!("http://{endpoint}"),
+                    "--listen-peer-urls".into(),
+                    format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls".into(),
+                    format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster".into(),
+                    initial.join(","),
+                    "--heartbeat-interval".into(),
+                    "50".into(),
+                    "--election-timeout".into(),
+                    "500".into(),
+                ];
+                Etcd {
+                    child: None,
+                    endpoint,
+                    _tmp: tmp,
+                    args: args.to_vec(),
+                }
+            })
+            .collect();
+        for member in &mut cluster {
+            member.spawn();
+        }
+        for member in &cluster {
+            member.wait_answers();
+        }
+        cluster
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._tmp.path().join("etcd.log"))
+            .expect("log");
+        let child = Command::new("etcd")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run etcd ({e}): install Debian's etcd-server (.ci/run does)")
+            });
+        self.child = Some(child);
+    }
+
+    /// Waits until this member answers as healthy (part of a cluster with a leader).
+    pub fn wait_answers(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !etcd_answers(&self.endpoint) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer on {}; log:\n{}",
+                self.endpoint,
+                std::fs::read_to_string(self._tmp.path().join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (a member of `start_cluster` can be started again with `restart`).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a member of `start_cluster` again on its data (returns at once: it answers once
+    /// its cluster has a quorum again).
+    pub fn restart(&mut self) {
+        assert!(
+            !self.args.is_empty(),
+            "only members of start_cluster restart"
+        );
+        assert!(self.child.is_none(), "kill the member first");
+        self.spawn();
+    }
+
+    /// The store URL brickd takes for these members.
+    pub fn cluster_url(members: &[Etcd]) -> String {
+        let eps: Vec<&str> = members.iter().map(|m| m.endpoint.as_str()).collect();
+        format!("etcd://{}", eps.join(","))
+    }
+
+    /// SIGSTOP: etcd hangs with its sockets open (an overloaded or partitioned store).
+    pub fn freeze(&self) {
+        signal_child(self.child.as_ref(), libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        signal_child(self.child.as_ref(), libc::SIGCONT);
     }
 }
 
@@ -423,8 +549,8 @@ impl ServeNode {
         panic!("no free loopback port after {PORT_ATTEMPTS} attempts");
     }
 
-    fn try_spawn(&mut self) -> Result<(), String> {
-        let started_before = self.log().matches("serving on").count();
+    /// Starts `brickd serve` with its output appended to the node's log; returns the log's path.
+    fn spawn_child(&mut self) -> PathBuf {
         let log_path = self.dir.join("brickd.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -443,6 +569,12 @@ impl ServeNode {
             .spawn()
             .expect("spawn brickd serve");
         self.child = Some(child);
+        log_path
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let started_before = self.log().matches("serving on").count();
+        let log_path = self.spawn_child();
         wait_started(&mut self.child, "brickd serve", &log_path, || {
             read_log(&log_path).matches("serving on").count() > started_before
         })
@@ -481,6 +613,36 @@ impl ServeNode {
         assert!(self.child.is_none(), "stop the node first");
         if let Err(log) = self.try_spawn() {
             panic!("brickd serve {} did not restart; log:\n{log}", self.name);
+        }
+    }
+
+    /// Restarts the node without waiting for it to serve: returns once it has logged `needle`
+    /// (after this restart). `wait_serving` then waits for it to serve.
+    pub fn restart_until_logged(&mut self, needle: &str) -> usize {
+        assert!(self.child.is_none(), "stop the node first");
+        let serving_before = self.log().matches("serving on").count();
+        let seen_before = self.log().matches(needle).count();
+        let log_path = self.spawn_child();
+        let logged = wait_started(&mut self.child, "brickd serve", &log_path, || {
+            read_log(&log_path).matches(needle).count() > seen_before
+        });
+        if let Err(log) = logged {
+            panic!(
+                "brickd serve {} never logged {needle:?}; log:\n{log}",
+                self.name
+            );
+        }
+        serving_before
+    }
+
+    /// Waits until the node serves (it logged "serving on" more than `before` times).
+    pub fn wait_serving(&mut self, before: usize) {
+        let log_path = self.dir.join("brickd.log");
+        let served = wait_started(&mut self.child, "brickd serve", &log_path, || {
+            read_log(&log_path).matches("serving on").count() > before
+        });
+        if let Err(log) = served {
+            panic!("brickd serve {} did not serve; log:\n{log}", self.name);
         }
     }
 }
