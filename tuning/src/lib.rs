@@ -161,6 +161,9 @@ pub const STORE_RETRY_MS: u64 = 500;
 pub const STORE_WARN_INTERVAL_MS: u64 = 10_000;
 /// Management requests waiting for the node's store worker; more are refused.
 pub const MGMT_QUEUE_MAX: usize = 1024;
+/// A stopping node waits this long for management requests in progress (each may wait for an
+/// unreachable store), then drops them.
+pub const SHUTDOWN_MGMT_WAIT_MS: u64 = 5000;
 
 /// Default ports of `brickd dev`.
 pub const DEV_NATIVE_PORT: u16 = 7700;

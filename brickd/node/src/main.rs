@@ -13,7 +13,7 @@ use brick_cluster::{
 use brick_dataplane::{Dataplane, DataplaneConfig, MapRequest, MgmtRequest, ServeState};
 use brick_tuning::{
     DEV_NATIVE_PORT, DEV_NBD_PORT, DEV_NFS_PORT, DEV_SMB_PORT, MGMT_DOC_BYTES_MAX, MGMT_QUEUE_MAX,
-    STORE_RETRY_MS, STORE_WARN_INTERVAL_MS,
+    SHUTDOWN_MGMT_WAIT_MS, STORE_RETRY_MS, STORE_WARN_INTERVAL_MS,
 };
 use brick_wire::{auth, ErrorCode};
 use clap::{Parser, Subcommand};
@@ -464,8 +464,14 @@ async fn serve_until_signal(
     }
     tracing::info!("shutting down: closing connections and syncing bricks");
     drop(work_tx);
-    // A request waiting for an unreachable store ends within the store's timeout.
-    worker.await?;
+    // Requests still queued may each wait for an unreachable store: they are dropped (their
+    // clients see the connection close) rather than holding up the stop.
+    let worker_abort = worker.abort_handle();
+    let wait = std::time::Duration::from_millis(SHUTDOWN_MGMT_WAIT_MS);
+    if tokio::time::timeout(wait, worker).await.is_err() {
+        worker_abort.abort();
+        tracing::warn!("management requests still waiting for the cluster store were dropped");
+    }
     match Arc::try_unwrap(dataplane) {
         Ok(dataplane) => tokio::task::spawn_blocking(move || dataplane.shutdown()).await?,
         Err(_) => {
