@@ -425,8 +425,9 @@ async fn serve_until_signal(
         tokio::select! {
             req = mgmt_rx.recv_async() => {
                 let Ok(req) = req else { break };
-                if let Some(req) = answer_from_memory(&mgmt, req) {
-                    if let Err(flume::TrySendError::Full(req)) = work_tx.try_send(req) {
+                let Some(op) = parse_mgmt(&req) else { continue };
+                if !answer_from_memory(&mgmt, &req, &op) {
+                    if let Err(flume::TrySendError::Full((req, _))) = work_tx.try_send((req, op)) {
                         let _ = req.reply.send(Err((
                             ErrorCode::Unavailable,
                             format!(
@@ -487,14 +488,14 @@ async fn serve_until_signal(
 async fn mgmt_worker(
     mgmt: Arc<Mgmt>,
     dataplane: Arc<Dataplane>,
-    requests: flume::Receiver<MgmtRequest>,
+    requests: flume::Receiver<(MgmtRequest, MgmtOp)>,
     republish_due: Arc<tokio::sync::Notify>,
 ) {
     loop {
         tokio::select! {
             req = requests.recv_async() => {
-                let Ok(req) = req else { break };
-                handle_mgmt(&mgmt, &dataplane, req).await;
+                let Ok((req, op)) = req else { break };
+                handle_mgmt(&mgmt, &dataplane, req, op).await;
             }
             _ = republish_due.notified() => {
                 if let Err(e) = republish(&mgmt, &dataplane).await {
@@ -505,38 +506,37 @@ async fn mgmt_worker(
     }
 }
 
-/// Answers a request that needs no store from what this node holds; hands back the others.
-fn answer_from_memory(mgmt: &Mgmt, req: MgmtRequest) -> Option<MgmtRequest> {
-    if req.doc.len() > MGMT_DOC_BYTES_MAX {
-        return Some(req); // refused by `handle_mgmt`
+/// The request's op; a document too large or malformed is answered here (`None`).
+fn parse_mgmt(req: &MgmtRequest) -> Option<MgmtOp> {
+    let parsed = if req.doc.len() > MGMT_DOC_BYTES_MAX {
+        Err("management document too large".to_string())
+    } else {
+        MgmtOp::parse(&req.doc)
+    };
+    match parsed {
+        Ok(op) => Some(op),
+        Err(e) => {
+            let _ = req.reply.send(Err((ErrorCode::Malformed, e)));
+            None
+        }
     }
-    let Ok(MgmtOp::VolumeOpen(open)) = MgmtOp::parse(&req.doc) else {
-        return Some(req);
+}
+
+/// Answers a request that needs no store from what this node holds; returns whether it did.
+fn answer_from_memory(mgmt: &Mgmt, req: &MgmtRequest, op: &MgmtOp) -> bool {
+    let MgmtOp::VolumeOpen(open) = op else {
+        return false;
     };
     let Some(reply) = mgmt.volume_open_from_view(&open.name) else {
-        return Some(req);
+        return false;
     };
     let _ = req
         .reply
         .send(mgmt::encode::<brick_cluster::mgmt::VolumeOpen>(reply));
-    None
+    true
 }
 
-async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest) {
-    if req.doc.len() > MGMT_DOC_BYTES_MAX {
-        let _ = req.reply.send(Err((
-            ErrorCode::Malformed,
-            "management document too large".into(),
-        )));
-        return;
-    }
-    let op = match MgmtOp::parse(&req.doc) {
-        Ok(op) => op,
-        Err(e) => {
-            let _ = req.reply.send(Err((ErrorCode::Malformed, e)));
-            return;
-        }
-    };
+async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest, op: MgmtOp) {
     if let MgmtOp::HealLocal(r) = &op {
         let reply = mgmt.heal_local(&r.name, dataplane.heal_reports()).await;
         let _ = req.reply.send(mgmt::encode::<HealLocal>(reply));
