@@ -189,10 +189,11 @@ impl Mgmt {
                 continue;
             }
             let maps = self.cluster.pg_maps(&vol).await.map_err(cluster_err)?;
-            let complete = maps.iter().all(Option::is_some);
-            if complete {
-                let maps = maps.iter().flatten().copied().collect();
-                view.volumes.insert(vol.name.clone(), (vol.clone(), maps));
+            // Every PG's map, or none if one is missing.
+            let complete: Option<Vec<PgMap>> = maps.into_iter().collect();
+            if let Some(maps) = &complete {
+                view.volumes
+                    .insert(vol.name.clone(), (vol.clone(), maps.clone()));
             }
             let Ok(set) = self.replica_set(&vol) else {
                 continue;
@@ -204,13 +205,13 @@ impl Mgmt {
             if members.iter().all(|m| m.brick.is_none()) {
                 continue;
             }
-            let pg_maps = if complete {
-                maps.into_iter().flatten().collect()
-            } else {
-                self.cluster
+            let pg_maps = match complete {
+                Some(maps) => maps,
+                None => self
+                    .cluster
                     .ensure_pg_maps(&vol)
                     .await
-                    .map_err(cluster_err)?
+                    .map_err(cluster_err)?,
             };
             volumes.insert(
                 vol.id,
