@@ -627,7 +627,8 @@ impl Healer {
                 // The members this catch-up goes to, not every member being healed: one that
                 // joined while it was in flight gets its own, and must keep its dirt until then
                 // (seed 5219).
-                let targets = replica.op_targets(op).unwrap_or(replica.map().healing);
+                let live_targets = replica.op_targets(op);
+                let targets = live_targets.unwrap_or(replica.map().healing);
                 let mut dirs = BTreeSet::new();
                 let mut tree = false;
                 // Only PG 0 reconciles directories (see `next_work`): a data PG's catch-up is
@@ -640,7 +641,7 @@ impl Healer {
                     }
                 }
                 let dirs: Vec<FileId> = dirs.into_iter().collect();
-                if !replica.has_op(op) {
+                if live_targets.is_none() {
                     // Finished already (its targets left while it was being read): its body
                     // goes nowhere, and a plan registered now would never end.
                     return ResyncRead::CatchUp { dirs, tree };
