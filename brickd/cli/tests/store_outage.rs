@@ -7,8 +7,8 @@
 //! answers.
 
 use brick_client::Client;
-use brick_cluster::mgmt::{VolumeConfig, VolumeCreate, VolumeStart};
-use brick_testkit::failover::LocalCluster;
+use brick_cluster::mgmt::VolumeConfig;
+use brick_testkit::failover::{create_volume, LocalCluster};
 use brick_testkit::pattern;
 use brick_wire::ROOT_FILE_ID;
 use std::path::PathBuf;
@@ -53,27 +53,6 @@ fn brick_ok(cluster: &LocalCluster, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Creates and starts a replica-2 volume `name` on the cluster's first two nodes.
-async fn create_volume(client: &Client, cluster: &LocalCluster, name: &str) {
-    let bricks: Vec<String> = cluster.nodes[..2]
-        .iter()
-        .map(|n| format!("{}:{}", n.name, n.brick_dir(name).display()))
-        .collect();
-    client
-        .mgmt(&VolumeCreate {
-            name: name.into(),
-            replica: 2,
-            bricks,
-            pg_count: Some(8),
-        })
-        .await
-        .expect("volume create");
-    client
-        .mgmt(&VolumeStart { name: name.into() })
-        .await
-        .expect("volume start");
-}
-
 #[test]
 fn data_io_and_new_clients_go_on_while_the_cluster_store_is_frozen() {
     let mut cluster = LocalCluster::start(&brickd_exe(), "store-outage", &["n1", "n2"], PASSWORD);
@@ -84,8 +63,7 @@ fn data_io_and_new_clients_go_on_while_the_cluster_store_is_frozen() {
         let client = Client::connect(cluster.admin.clone())
             .await
             .expect("connect");
-        create_volume(&client, &cluster, VOLUME).await;
-        let vol = client.open_volume(VOLUME).await.expect("open");
+        let vol = create_volume(&client, &cluster.nodes, VOLUME, 2).await;
         let f = vol
             .create(ROOT_FILE_ID, "kept.bin", 0o644, true)
             .await
@@ -219,7 +197,8 @@ fn io_and_new_clients_go_on_while_the_etcd_cluster_has_no_quorum() {
         let client = Client::connect(cluster.admin.clone())
             .await
             .expect("connect");
-        create_volume(&client, &cluster, "qv").await;
+        // Opened again below, without a quorum.
+        create_volume(&client, &cluster.nodes, "qv", 2).await;
         client
     });
 

@@ -293,25 +293,15 @@ impl Etcd {
             let (client, peer) = (free_port(), free_port());
             let endpoint = format!("127.0.0.1:{client}");
             let log = std::fs::File::create(tmp.path().join("etcd.log")).expect("log");
+            let initial = format!("test=http://127.0.0.1:{peer}");
             let spawned = Command::new("etcd")
-                .args(["--name", "test", "--data-dir"])
-                .arg(tmp.path().join("data"))
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://{endpoint}"),
-                    "--advertise-client-urls",
-                    &format!("http://{endpoint}"),
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                    "--initial-cluster",
-                    &format!("test=http://127.0.0.1:{peer}"),
-                    "--heartbeat-interval",
-                    "50",
-                    "--election-timeout",
-                    "500",
-                ])
+                .args(etcd_args(
+                    "test",
+                    &tmp.path().join("data"),
+                    &endpoint,
+                    peer,
+                    &initial,
+                ))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)
@@ -371,32 +361,13 @@ impl Etcd {
                     .tempdir_in(scratch_root())
                     .expect("tempdir");
                 let endpoint = format!("127.0.0.1:{client}");
-                let data = tmp.path().join("data").display().to_string();
-                let args = [
-                    "--name".to_string(),
-                    format!("m{i}"),
-                    "--data-dir".into(),
-                    data,
-                    "--listen-client-urls".into(),
-                    format!("http://{endpoint}"),
-                    "--advertise-client-urls".into(),
-                    format!("http://{endpoint}"),
-                    "--listen-peer-urls".into(),
-                    format!("http://127.0.0.1:{peer}"),
-                    "--initial-advertise-peer-urls".into(),
-                    format!("http://127.0.0.1:{peer}"),
-                    "--initial-cluster".into(),
-                    initial.join(","),
-                    "--heartbeat-interval".into(),
-                    "50".into(),
-                    "--election-timeout".into(),
-                    "500".into(),
-                ];
+                let data = tmp.path().join("data");
+                let args = etcd_args(&format!("m{i}"), &data, &endpoint, peer, &initial.join(","));
                 Etcd {
                     child: None,
                     endpoint,
                     _tmp: tmp,
-                    args: args.to_vec(),
+                    args,
                 }
             })
             .collect();
@@ -475,6 +446,35 @@ impl Etcd {
     pub fn thaw(&self) {
         signal_child(self.child.as_ref(), libc::SIGCONT);
     }
+}
+
+/// One etcd member's command line: clients on `endpoint`, peers on `peer`, in the cluster
+/// `initial` (NAME=URL,...), with election timings short enough for 1-2 s leases.
+fn etcd_args(name: &str, data: &Path, endpoint: &str, peer: u16, initial: &str) -> Vec<String> {
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen-client-urls",
+        &format!("http://{endpoint}"),
+        "--advertise-client-urls",
+        &format!("http://{endpoint}"),
+        "--listen-peer-urls",
+        &peer_url,
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--initial-cluster",
+        initial,
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
 }
 
 fn etcd_answers(endpoint: &str) -> bool {
