@@ -238,6 +238,11 @@ pub const HEAL_LATENCY_SLOW_WEIGHT: f64 = 0.01;
 pub const HEAL_SUFFER_RATIO: f64 = 1.5;
 /// PGs one core heals at once (each start and end is a map change).
 pub const HEALING_PGS_PER_CORE_MAX: usize = 8;
+/// A brick whose disk failed (an I/O error, a read-only file system) stays out of its PGs at
+/// least this long, then until a probe (write, fdatasync, read back) passes.
+pub const DISK_QUARANTINE_MS: u64 = 5_000;
+/// How often the probe of failing disks runs.
+pub const DISK_PROBE_INTERVAL_MS: u64 = 1_000;
 /// How often a core publishes its heal progress for `brick heal status`.
 pub const HEAL_REPORT_INTERVAL_MS: u64 = 500;
 /// Files with the most left that a heal report names.

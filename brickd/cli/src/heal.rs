@@ -9,7 +9,8 @@ use crate::Out;
 use anyhow::Result;
 use brick_client::Client;
 use brick_cluster::mgmt::{
-    CanStop, HealLocal, HealLocalReply, NodeCanStop, PeerList, PgBehind, PgHealReport,
+    CanStop, FailingDiskReport, HealLocal, HealLocalReply, NodeCanStop, PeerList, PgBehind,
+    PgHealReport,
 };
 use brick_cluster::report::{HealPgStatus, HealStatus, HealTargetStatus, UnreachableNode};
 use std::collections::BTreeMap;
@@ -88,6 +89,10 @@ fn merge(volume: &str, parts: &[HealLocalReply], unreachable: Vec<UnreachableNod
             }
         }
     }
+    let failing_disks: Vec<FailingDiskReport> = parts
+        .iter()
+        .flat_map(|p| p.failing_disks.iter().cloned())
+        .collect();
     let (mut bytes_left, mut bytes_copied, mut rate) = (0u64, 0u64, 0u64);
     let mut pgs = Vec::new();
     for (pg, b) in &behind {
@@ -97,10 +102,20 @@ fn merge(volume: &str, parts: &[HealLocalReply], unreachable: Vec<UnreachableNod
             bytes_left += t.bytes_left;
             bytes_copied += t.bytes_copied;
             rate += t.rate_bytes_s;
+            let mut report = t.clone();
+            let name = brick(t.member);
+            if let Some(d) = failing_disks.iter().find(|d| d.brick == name) {
+                report.error.get_or_insert_with(|| {
+                    format!(
+                        "disk failing for {} s ({}); healed back once a probe of it passes",
+                        d.failing_s, d.error
+                    )
+                });
+            }
             targets.push(HealTargetStatus {
-                brick: brick(t.member),
+                brick: name,
                 eta_s: eta(t.bytes_left, t.rate_bytes_s),
-                report: t.clone(),
+                report,
             });
         }
         pgs.push(HealPgStatus {
@@ -124,6 +139,7 @@ fn merge(volume: &str, parts: &[HealLocalReply], unreachable: Vec<UnreachableNod
         pgs_behind: behind.len() as u64,
         pgs,
         unreachable_nodes: unreachable,
+        failing_disks,
     }
 }
 
@@ -151,9 +167,27 @@ fn bar(done: u64, total: u64) -> String {
 }
 
 fn render(doc: &HealStatus) -> String {
+    let disks: String = doc
+        .failing_disks
+        .iter()
+        .map(|d| {
+            format!(
+                "  disk failing: {} for {} s, {} failures ({}); out of its PGs until a probe passes\n",
+                d.brick, d.failing_s, d.failures, d.error
+            )
+        })
+        .collect();
     if doc.healed {
-        return format!("volume {}: healed, nothing left", doc.volume);
+        return format!("volume {}: healed, nothing left\n{disks}", doc.volume)
+            .trim_end()
+            .to_string();
     }
+    format!("{}\n{disks}", render_behind(doc))
+        .trim_end()
+        .to_string()
+}
+
+fn render_behind(doc: &HealStatus) -> String {
     let mut s = format!(
         "volume {}: {} PGs behind, {} left, {} copied, {}/s\n",
         doc.volume,

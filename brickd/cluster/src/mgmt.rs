@@ -516,6 +516,21 @@ pub struct HealLocalReply {
     pub pg_count: u32,
     pub behind: Vec<PgBehind>,
     pub reports: Vec<PgHealReport>,
+    /// This node's bricks of the volume whose disk fails (out of their PGs until a probe
+    /// passes). Absent from nodes of an older build.
+    #[serde(default)]
+    pub failing_disks: Vec<FailingDiskReport>,
+}
+
+/// A brick whose disk failed an operation: its members left their PGs and are not healed
+/// back until a probe of the disk (write, fdatasync, read back) passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailingDiskReport {
+    pub brick: String,
+    pub error: String,
+    pub failing_s: u64,
+    pub failures: u64,
 }
 
 /// A PG that stopping the node would leave without an up-to-date copy or below `min_size`.

@@ -4,7 +4,7 @@
 //! As for replies: unknown fields are errors, missing ones too unless they are `Option`s.
 //! Field names are an interface (../shared/BRIEF.md, bench/*.sh): add fields, never rename.
 
-use crate::mgmt::HealTargetReport;
+use crate::mgmt::{FailingDiskReport, HealTargetReport};
 use brick_wire::{Attr, FileKind};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,9 @@ pub struct HealStatus {
     pub pgs_behind: u64,
     pub pgs: Vec<HealPgStatus>,
     pub unreachable_nodes: Vec<UnreachableNode>,
+    /// Bricks whose disk fails: out of their PGs, healed back once their disk works.
+    #[serde(default)]
+    pub failing_disks: Vec<FailingDiskReport>,
 }
 
 /// A PG with members behind.

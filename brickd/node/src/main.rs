@@ -538,7 +538,9 @@ fn answer_from_memory(mgmt: &Mgmt, req: &MgmtRequest, op: &MgmtOp) -> bool {
 
 async fn handle_mgmt(mgmt: &Mgmt, dataplane: &Dataplane, req: MgmtRequest, op: MgmtOp) {
     if let MgmtOp::HealLocal(r) = &op {
-        let reply = mgmt.heal_local(&r.name, dataplane.heal_reports()).await;
+        let reply = mgmt
+            .heal_local(&r.name, dataplane.heal_reports(), dataplane.failing_disks())
+            .await;
         let _ = req.reply.send(mgmt::encode::<HealLocal>(reply));
         return;
     }

@@ -2,10 +2,10 @@
 //! state into what the dataplane serves (`ServeState`), published to every core on change.
 
 use brick_cluster::mgmt::{
-    self as op, BrickReplaced, BrickStatus, CanStop, CanStopReason, HealFileReport, HealLocalReply,
-    HealTargetReport, MemberRoute, MgmtCall, MgmtOp, Peer, PeerAdded, PeerRemoved, Peers, PgBehind,
-    PgHealReport, PgSummary, ReplacedBrick, VolumeConfig, VolumeDeleted, VolumeDetail,
-    VolumeHandle, VolumeListEntry, VolumeStatusReply, Volumes,
+    self as op, BrickReplaced, BrickStatus, CanStop, CanStopReason, FailingDiskReport,
+    HealFileReport, HealLocalReply, HealTargetReport, MemberRoute, MgmtCall, MgmtOp, Peer,
+    PeerAdded, PeerRemoved, Peers, PgBehind, PgHealReport, PgSummary, ReplacedBrick, VolumeConfig,
+    VolumeDeleted, VolumeDetail, VolumeHandle, VolumeListEntry, VolumeStatusReply, Volumes,
 };
 use brick_cluster::{
     validate_option, BrickSpec, Cluster, ClusterError, Node, PgMap, Volume, VolumeStatus,
@@ -593,6 +593,7 @@ impl Mgmt {
         &self,
         name: &str,
         reports: Vec<brick_dataplane::HealReport>,
+        disks: Vec<brick_dataplane::FailingDisk>,
     ) -> Result<HealLocalReply, MgmtError> {
         let c = &self.cluster;
         let vol = c.volume(name).await.map_err(cluster_err)?;
@@ -627,6 +628,16 @@ impl Mgmt {
             pg_count: vol.pg_count,
             behind,
             reports,
+            failing_disks: disks
+                .into_iter()
+                .filter(|d| d.volume == name)
+                .map(|d| FailingDiskReport {
+                    brick: d.brick,
+                    error: d.error,
+                    failing_s: d.since.elapsed().as_secs(),
+                    failures: d.failures,
+                })
+                .collect(),
         })
     }
 

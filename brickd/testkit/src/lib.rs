@@ -4,6 +4,8 @@
 use brick_client::ClientConfig;
 
 pub mod failover;
+pub mod faultfs;
+pub mod history;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -188,7 +188,7 @@ pub(crate) async fn resync_body(
     vol: &ServedVolume,
     member: u8,
     lock: LockKey,
-) -> Result<Body, String> {
+) -> Result<Body, FsError> {
     let noop = Body::noop;
     let gone = |e: &FsError| {
         matches!(
@@ -201,7 +201,7 @@ pub(crate) async fn resync_body(
         LockKind::Range { .. } => false,
         LockKind::Namespace | LockKind::Everything | LockKind::Handoff => return Ok(noop()),
     };
-    let brick = local_brick(vol, member).map_err(|e| e.message)?;
+    let brick = local_brick(vol, member)?;
     let mut e = Enc::default();
     if whole_file {
         // A file in limbo is still the PG's data (a repair may bring it back).
@@ -211,7 +211,7 @@ pub(crate) async fn resync_body(
                 Ok(a) => a,
                 Err(_) => return Ok(noop()),
             },
-            Err(err) => return Err(err.message),
+            Err(err) => return Err(err),
         };
         let attr = SetAttr {
             mode: Some(a.mode & 0o7777),
@@ -238,19 +238,15 @@ pub(crate) async fn resync_body(
     let data = match files::open(files, vol, member, &brick, lock.fid).await {
         Ok(f) => {
             let mut data = Vec::with_capacity(len as usize);
-            files::read(&f, lock.start, len, &mut data)
-                .await
-                .map_err(|e| e.message)?;
+            files::read(&f, lock.start, len, &mut data).await?;
             data
         }
         Err(err) if gone(&err) && brick.limbo_path(lock.fid).is_some() => {
             let (fid, start) = (lock.fid, lock.start);
-            off_core(&brick, move |b| b.read_limbo(fid, start, len))
-                .await
-                .map_err(|e| e.message)?
+            off_core(&brick, move |b| b.read_limbo(fid, start, len)).await?
         }
         Err(err) if gone(&err) => return Ok(noop()),
-        Err(err) => return Err(err.message),
+        Err(err) => return Err(err),
     };
     Request::Write {
         vol: vol.id,

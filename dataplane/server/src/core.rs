@@ -43,6 +43,7 @@ pub(crate) fn start(
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<SocketAddr>)>();
     let mut addr_txs = Vec::new();
     let heal_reports: HealReports = Default::default();
+    crate::disk::spawn_prober(std::sync::Arc::downgrade(&heal_reports));
     let mut controls = Vec::new();
     let mut handles = Vec::new();
     for (core, fwd_rx) in fwd_rxs.into_iter().enumerate() {

@@ -127,8 +127,42 @@ async fn read_direct(ctx: &Rc<CoreCtx>, header: &Header, payload: &[u8]) -> Opti
             head: response_head(id, opcode, &data),
             data,
         },
-        Err(e) => Reply::Frame(fs_error_reply(id, opcode, files::io_err("read", e))),
+        Err(e) => Reply::Frame(read_failed(
+            ctx,
+            &vol,
+            pg,
+            member,
+            id,
+            opcode,
+            files::io_err("read", e),
+        )),
     })
+}
+
+/// The answer to a read the local copy failed. An I/O error is the disk failing: the member
+/// steps down when another copy is up to date, and the client, told `Unavailable`, reads
+/// there. Other errors (no such file...) are the answer.
+fn read_failed(
+    ctx: &Rc<CoreCtx>,
+    vol: &ServedVolume,
+    pg: u32,
+    member: u8,
+    id: u64,
+    opcode: u16,
+    e: FsError,
+) -> Vec<u8> {
+    if !crate::repl::is_disk_failure(e.code) {
+        return fs_error_reply(id, opcode, e);
+    }
+    tracing::warn!(vol = vol.id, pg, member, "read failed on this brick: {e}");
+    if !ctx.repl().disk_failed(vol, pg, member, &e.to_string()) {
+        return fs_error_reply(id, opcode, e);
+    }
+    let why = format!(
+        "this brick's disk failed a read ({}); the member steps down, retry at the new primary",
+        e.message
+    );
+    error_reply(id, opcode, ErrorCode::Unavailable, &why)
 }
 
 /// Serves a request on the core owning its PG (here, or through that core's channel).
@@ -304,7 +338,7 @@ async fn serve(
         let none = PreparedData::default();
         return match execute(ctx.files(), id, &vol, member, req, None, &none).await {
             Ok(frame) => frame,
-            Err(e) => fs_error_reply(id, opcode, e),
+            Err(e) => read_failed(ctx, &vol, pg, member, id, opcode, e),
         };
     }
     let lock = lock_of(&req);

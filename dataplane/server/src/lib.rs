@@ -48,11 +48,15 @@ mod stall;
 /// Types shared with the management plane.
 mod state;
 
+/// Bricks whose disk fails, and the probe that lets them back.
+mod disk;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use crate::core::raise_soft_limit;
 pub use brick_wire::core_of;
+pub use disk::FailingDisk;
 pub use state::{
     Control, DataplaneConfig, HealFile, HealReport, HealReports, HealTarget, IoMode, MapRequest,
     MemberSpec, MgmtRequest, ServeState, ServedVolume, User, NODE_USER,
@@ -103,10 +107,19 @@ impl Dataplane {
 
     /// The PGs this node is healing (or waiting to heal), as its cores last published them.
     pub fn heal_reports(&self) -> Vec<HealReport> {
-        let all = self.heal_reports.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self
+            .heal_reports
+            .heal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<HealReport> = all.values().cloned().collect();
         out.sort_by_key(|r| (r.volume_id, r.pg));
         out
+    }
+
+    /// This node's bricks whose disk fails, as the cores marked them.
+    pub fn failing_disks(&self) -> Vec<FailingDisk> {
+        self.heal_reports.disks.failing()
     }
 
     /// Stops accepting, closes connections, joins every core.

@@ -8,6 +8,7 @@
 //! input.
 
 use crate::apply::{self, error_reply, Body, BrickCopy, NoCopy};
+use crate::disk::FailingDisk;
 use crate::files::FileCache;
 use crate::logs::{ActivityLog, DirtLog};
 use crate::peer::PeerLinks;
@@ -307,7 +308,9 @@ impl ReplCore {
                 self.heal_periodic();
             }
             for key in self.slot_keys() {
+                let failing = self.heal_reports.disks.is_failing(key.0, key.2);
                 self.feed(key, |slot, now, out| {
+                    slot.replica.set_disk_failed(failing, out);
                     slot.replica.tick(now, out);
                     if !heal_due {
                         with_healer(slot, |h, r, env, local| h.pump(now, r, env, local, out));
@@ -362,7 +365,11 @@ impl ReplCore {
                 mine.push(r);
             }
         }
-        let mut all = self.heal_reports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self
+            .heal_reports
+            .heal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         all.retain(|&(core, _, _), _| core != self.core);
         for r in mine {
             all.insert((self.core, r.volume_id, r.pg), r);
@@ -370,6 +377,38 @@ impl ReplCore {
     }
 
     /// The local member holding the primary copy of a PG, or the error to answer with.
+    /// Local member `member`'s disk failed (`why`): the brick is marked failing for every
+    /// PG of every core (each tick syncs them), and this PG's replica leaves now. Returns
+    /// whether it leaves (a reader then retries at the next primary; the last up-to-date
+    /// copy stays).
+    pub fn disk_failed(
+        self: &Rc<Self>,
+        vol: &ServedVolume,
+        pg: u32,
+        member: Member,
+        why: &str,
+    ) -> bool {
+        self.heal_reports.disks.failed((vol.id, member), || {
+            let spec = vol.members.get(member as usize);
+            FailingDisk {
+                volume: vol.name.clone(),
+                brick: spec.map_or("?".into(), |s| format!("{}:{}", s.node, s.path)),
+                root: spec
+                    .and_then(|s| s.brick.as_ref())
+                    .map(|b| b.root.clone())
+                    .unwrap_or_default(),
+                error: why.to_string(),
+                since: Instant::now(),
+                failures: 1,
+            }
+        });
+        let mut leaves = false;
+        self.feed((vol.id, pg, member), |slot, _now, out| {
+            leaves = slot.replica.set_disk_failed(true, out);
+        });
+        leaves
+    }
+
     pub fn local_primary(&self, vol: &ServedVolume, pg: u32) -> Result<Member, String> {
         let slots = self.slots.borrow();
         let mut known: Option<PgMap> = vol.pg_maps.get(pg as usize).copied();
@@ -532,6 +571,10 @@ impl ReplCore {
         glommio::spawn_local(async move {
             let frame = apply::apply(&core.files, &vol, key.2, request_id, &body).await;
             let outcome = data_outcome(&vol, key, &frame);
+            if disk_failure_of(&frame) {
+                let why = String::from_utf8_lossy(frame.get(HEADER_BYTES..).unwrap_or_default());
+                core.disk_failed(&vol, key.1, key.2, &why);
+            }
             let minted = minted_fid(body.op, &frame);
             core.feed(key, |slot, now, out| {
                 if let Some(p) = slot.ops.get_mut(&op) {
@@ -588,6 +631,9 @@ impl ReplCore {
                 Ok(body) => (body, Outcome::Ok),
                 Err(e) => {
                     tracing::warn!(vol = vol.id, pg = key.1, "resync read failed: {e}");
+                    if is_disk_failure(e.code) {
+                        core.disk_failed(&vol, key.1, key.2, &e.to_string());
+                    }
                     (Body::noop(), Outcome::Failed)
                 }
             };
@@ -643,6 +689,9 @@ impl ReplCore {
                     if outcome != Outcome::Ok {
                         let why =
                             String::from_utf8_lossy(frame.get(HEADER_BYTES..).unwrap_or_default());
+                        if disk_failure_of(&frame) {
+                            core.disk_failed(&vol, key.1, key.2, &why);
+                        }
                         tracing::warn!(
                             vol = vol.id,
                             pg = key.1,
@@ -743,6 +792,7 @@ impl ReplCore {
         let Some(volume) = self.with_slot(key, |slot| slot.vol.name.clone()) else {
             return;
         };
+        tracing::debug!(vol = key.0, pg = key.1, member = key.2, "proposing {map:?}");
         let core = self.clone();
         glommio::spawn_local(async move {
             let (tx, rx) = flume::bounded(1);
@@ -1023,6 +1073,24 @@ fn data_outcome(vol: &ServedVolume, (_, pg, member): SlotKey, frame: &[u8]) -> O
     }
     let namespace_current = vol.pg_maps.first().is_some_and(|m| m.is_up_to_date(member));
     outcome_in_data_pg(outcome, namespace_current)
+}
+
+/// The error codes that say the brick's disk fails (not that the op was refused, nor that
+/// the volume is full: a full brick answers ENOSPC and stays).
+pub(crate) fn is_disk_failure(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Io | ErrorCode::ReadOnly)
+}
+
+/// Whether a local apply's reply frame reports a failing disk.
+fn disk_failure_of(frame: &[u8]) -> bool {
+    let Some(Ok(head)) = frame
+        .get(..HEADER_BYTES)
+        .map(<&[u8; HEADER_BYTES]>::try_from)
+    else {
+        return false;
+    };
+    Header::parse(head)
+        .is_ok_and(|h| h.status != 0 && is_disk_failure(ErrorCode::from_code(h.status)))
 }
 
 fn outcome_of(frame: &[u8]) -> Outcome {

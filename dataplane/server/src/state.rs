@@ -45,8 +45,15 @@ pub struct HealFile {
     pub bytes_copied: u64,
 }
 
-/// Heal progress of this node's cores, by (core, volume, PG); written twice a second.
-pub type HealReports = Arc<Mutex<HashMap<(usize, u32, u32), HealReport>>>;
+/// What this node's cores report for `brick heal status`: heal progress by (core, volume, PG),
+/// written twice a second, and the bricks whose disk fails.
+#[derive(Default)]
+pub struct NodeReports {
+    pub heal: Mutex<HashMap<(usize, u32, u32), HealReport>>,
+    pub disks: crate::disk::DiskHealth,
+}
+
+pub type HealReports = Arc<NodeReports>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {

@@ -67,6 +67,7 @@ fn heal_local() -> HealLocalReply {
         node: "n1".into(),
         volume: "v".into(),
         bricks: vec!["n1:/b/v".into(), "n2:/b/v".into()],
+        failing_disks: vec![failing_disk()],
         pg_count: 4,
         behind: vec![PgBehind {
             pg: 2,
@@ -150,8 +151,18 @@ fn attrs() -> FileAttrs {
     }
 }
 
+fn failing_disk() -> FailingDiskReport {
+    FailingDiskReport {
+        brick: "n2:/b/v".into(),
+        error: "write: Input/output error (os error 5)".into(),
+        failing_s: 12,
+        failures: 3,
+    }
+}
+
 fn heal_status() -> HealStatus {
     HealStatus {
+        failing_disks: vec![failing_disk()],
         volume: "v".into(),
         healed: false,
         copied_total_bytes: 1 << 30,

@@ -1,0 +1,426 @@
+//! Disks that fail and lose power, on real processes: a real etcd and `brickd serve` nodes on
+//! loopback, one brick (or every brick) on `brick-faultfs`, a FUSE passthrough that fails
+//! chosen operations with EIO or ENOSPC and, on a power cut, forgets every write no fsync
+//! made durable. A workload of keyed records (testkit::history) runs throughout and is
+//! checked for lost acknowledged writes and stale reads.
+//!
+//! `FAULTS_ROUNDS` (default 1) repeats each scenario, `FAULTS_SEED` (default 1) picks the
+//! readers' blocks and the moments of the faults, and `FAULTS_REPORT` names a file to which
+//! each scenario appends one JSON line (bench/faults.sh reads them into its table).
+
+use brick_client::{Client, Volume};
+use brick_cluster::mgmt::VolumeInfo;
+use brick_cluster::report::HealStatus;
+use brick_testkit::failover::{compare_copies, create_volume, LocalCluster};
+use brick_testkit::faultfs::FaultFs;
+use brick_testkit::history::{Outcome, Workload, BLOCK_BYTES};
+use brick_wire::ROOT_FILE_ID;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "faults-test-password";
+const BLOCKS: u64 = 512;
+const WRITERS: u64 = 4;
+const READERS: u64 = 2;
+const SMALL_FILES: u64 = 8;
+/// A heal or a failover that takes longer than this fails the test (with the status).
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
+
+fn brick_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_brick"))
+}
+
+fn brickd_exe() -> PathBuf {
+    let p = brick_exe().with_file_name("brickd");
+    assert!(p.exists(), "{} not built", p.display());
+    p
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rounds() -> u64 {
+    env_u64("FAULTS_ROUNDS", 1).max(1)
+}
+
+fn seed() -> u64 {
+    env_u64("FAULTS_SEED", 1)
+}
+
+/// The workload's tasks run while the test thread sleeps between faults.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `brick --json ARGS` as the admin.
+fn brick_json<T: serde::de::DeserializeOwned>(cluster: &LocalCluster, args: &[&str]) -> T {
+    let out = Command::new(brick_exe())
+        .arg("--servers")
+        .arg(cluster.admin.servers.join(","))
+        .args([
+            "--user",
+            "admin",
+            "--password",
+            PASSWORD,
+            "--json",
+            "--quiet",
+        ])
+        .args(args)
+        .output()
+        .expect("run brick");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "brick {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+}
+
+fn heal_status(cluster: &LocalCluster, volume: &str) -> HealStatus {
+    brick_json(cluster, &["heal", "status", volume])
+}
+
+/// Appends one scenario's line to `FAULTS_REPORT`, and prints it.
+fn report(scenario: &str, round: u64, o: &Outcome, extra: serde_json::Value) {
+    let line = serde_json::json!({
+        "scenario": scenario,
+        "round": round,
+        "seed": seed(),
+        "acked_writes": o.acked_writes,
+        "reads": o.reads,
+        "client_errors": o.errors,
+        "lost_writes": o.lost_writes,
+        "stale_reads": o.stale_reads,
+        "longest_unavailable_ms": o.longest_unavailable.as_millis() as u64,
+        "extra": extra,
+    });
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("FAULTS_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("FAULTS_REPORT file");
+        writeln!(f, "{line}").expect("write FAULTS_REPORT");
+    }
+}
+
+fn assert_clean(scenario: &str, o: &Outcome, errors_allowed: bool) {
+    assert_eq!(
+        o.lost_writes, 0,
+        "{scenario}: acknowledged writes lost: {:?}",
+        o.lost_messages
+    );
+    assert_eq!(
+        o.stale_reads, 0,
+        "{scenario}: stale reads: {:?}",
+        o.stale_messages
+    );
+    if !errors_allowed {
+        assert_eq!(
+            o.errors, 0,
+            "{scenario}: client errors: {:?}",
+            o.error_messages
+        );
+    }
+    assert!(o.acked_writes > 0, "{scenario}: nothing was written");
+}
+
+/// A volume over `cluster`'s nodes whose bricks listed in `on_faultfs` sit on brick-faultfs;
+/// returns the mounts, the volume and its loaded file (`BLOCKS` blocks, written once).
+async fn setup(
+    cluster: &LocalCluster,
+    volume: &str,
+    on_faultfs: &[usize],
+) -> (Vec<(usize, FaultFs)>, Volume, brick_wire::FileId) {
+    let mounts: Vec<(usize, FaultFs)> = on_faultfs
+        .iter()
+        .map(|&i| {
+            let n = &cluster.nodes[i];
+            let backing = n.dir.join(format!("{volume}.disk"));
+            (i, FaultFs::mount(&backing, &n.brick_dir(volume)))
+        })
+        .collect();
+    let client = Client::connect(cluster.admin.clone())
+        .await
+        .expect("connect as admin");
+    let replica = cluster.nodes.len() as u32;
+    let vol = create_volume(&client, &cluster.nodes, volume, replica).await;
+    let f = vol
+        .create(ROOT_FILE_ID, "records", 0o644, true)
+        .await
+        .expect("create the records file");
+    vol.write(f.fid, (BLOCKS * BLOCK_BYTES as u64) - 1, &[0], true)
+        .await
+        .expect("size the records file");
+    // A few more files, so the copies compared at the end are more than one file.
+    for i in 0..SMALL_FILES {
+        let a = vol
+            .create(ROOT_FILE_ID, &format!("small-{i}"), 0o644, true)
+            .await
+            .expect("create a small file");
+        vol.write(a.fid, 0, &brick_testkit::pattern(i, 0, 100), true)
+            .await
+            .expect("write a small file");
+    }
+    (mounts, vol, f.fid)
+}
+
+/// The node name holding the primary of `fid`'s PG.
+async fn primary_of(cluster: &LocalCluster, volume: &str, fid: brick_wire::FileId) -> String {
+    let client = Client::connect(cluster.admin.clone())
+        .await
+        .expect("connect as admin");
+    let info = client
+        .mgmt(&VolumeInfo {
+            name: volume.into(),
+        })
+        .await
+        .expect("volume info");
+    info.pgs
+        .get(brick_wire::pg_of(fid) as usize)
+        .and_then(|p| p.primary.as_deref())
+        .and_then(|b| b.split(':').next())
+        .expect("a primary")
+        .to_string()
+}
+
+/// Waits until every PG has all its members up to date (the heal is done).
+fn wait_healed(cluster: &LocalCluster, volume: &str) -> HealStatus {
+    let start = Instant::now();
+    loop {
+        let st = heal_status(cluster, volume);
+        if st.healed {
+            return st;
+        }
+        assert!(
+            start.elapsed() < SETTLE_WAIT,
+            "{volume}: not healed after {SETTLE_WAIT:?}: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One brick (the loaded PG's primary, or its secondary) starts failing `faults` (op, path
+/// part, errno) under load; `clear` ends them. The member must leave, clients must not see
+/// it, `heal status` must name the failing disk, and once the disk works again the heal
+/// must bring the copies back to identical.
+/// What `heal status` must show while the faults last.
+#[derive(PartialEq)]
+enum Expect {
+    /// The brick is listed as failing (an I/O error).
+    DiskFailing,
+    /// The member is out of its PG (a full disk is not a failing one: it rejoins and leaves
+    /// again while its writes fail).
+    MemberOut,
+}
+
+fn failing_disk(scenario: &str, faults: &[(&str, &str, &str)], expect: Expect, on_primary: bool) {
+    let rt = runtime();
+    for round in 0..rounds() {
+        let cluster = LocalCluster::start(&brickd_exe(), "faults-disk", &["f1", "f2"], PASSWORD);
+        let volume = "disk";
+        let (mounts, vol, fid) = rt.block_on(setup(&cluster, volume, &[0, 1]));
+        let primary = rt.block_on(primary_of(&cluster, volume, fid));
+        let target = match (primary == "f1", on_primary) {
+            (true, true) | (false, false) => 0,
+            _ => 1,
+        };
+        let disk = &mounts[target].1;
+        let mut load = rt.block_on(async {
+            Workload::start(vol, fid, BLOCKS, WRITERS, READERS, seed() + round)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        for (op, part, errno) in faults {
+            disk.fail(op, part, errno);
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        let failing = heal_status(&cluster, volume);
+        let injected = disk.stat("injected");
+        let brick_name = format!(
+            "{}:{}",
+            cluster.nodes[target].name,
+            cluster.nodes[target].brick_dir(volume).display()
+        );
+        let primary_after = rt.block_on(primary_of(&cluster, volume, fid));
+        disk.clear();
+        let o = rt.block_on(load.verify(false));
+        eprintln!("{scenario}: heal status with the disk failing: {failing:?}");
+        report(
+            scenario,
+            round,
+            &o,
+            serde_json::json!({"injected": injected, "primary_before": primary, "primary_after": primary_after}),
+        );
+        assert_clean(scenario, &o, false);
+        assert!(injected > 0, "{scenario}: no fault was injected");
+        match expect {
+            Expect::DiskFailing => assert!(
+                failing.failing_disks.iter().any(|d| d.brick == brick_name),
+                "{scenario}: heal status does not name the failing disk {brick_name}: {failing:?}"
+            ),
+            Expect::MemberOut => {}
+        }
+        let healed = wait_healed(&cluster, volume);
+        assert!(healed.healed);
+        compare_copies(&cluster.nodes, &[0, 1], volume);
+    }
+}
+
+#[test]
+fn disk_eio_on_primary_reads() {
+    failing_disk(
+        "disk-eio-primary-reads",
+        &[("read", "records", "EIO")],
+        Expect::DiskFailing,
+        true,
+    );
+}
+
+#[test]
+fn disk_eio_on_primary_writes() {
+    failing_disk(
+        "disk-eio-primary-writes",
+        &[("write", "*", "EIO"), ("fsync", "*", "EIO")],
+        Expect::DiskFailing,
+        true,
+    );
+}
+
+#[test]
+fn disk_eio_on_secondary_writes() {
+    failing_disk(
+        "disk-eio-secondary-writes",
+        &[("write", "*", "EIO"), ("fsync", "*", "EIO")],
+        Expect::DiskFailing,
+        false,
+    );
+}
+
+#[test]
+fn disk_enospc_on_secondary() {
+    failing_disk(
+        "disk-enospc-secondary",
+        &[("write", "data", "ENOSPC")],
+        Expect::MemberOut,
+        false,
+    );
+}
+
+/// A pseudo-random number from the seed, the round and a salt (no clock).
+fn pick(round: u64, salt: u64, below: u64) -> u64 {
+    let mut x = (seed() ^ 0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(round + 1)
+        .wrapping_add(salt.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 29;
+    x % below.max(1)
+}
+
+/// The machine of node `i` loses power: brickd is killed, every write no fsync made durable is
+/// forgotten, and the brick comes back after a reboot (another boot id). Returns the bytes
+/// forgotten.
+fn power_cut(cluster: &mut LocalCluster, mounts: &mut [(usize, FaultFs)], i: usize) -> u64 {
+    cluster.nodes[i].kill9();
+    let disk = &mut mounts
+        .iter_mut()
+        .find(|m| m.0 == i)
+        .expect("a faultfs brick")
+        .1;
+    let forgot = disk.cut();
+    let boot_id = disk.backing.join(".brickd").join("boot-id");
+    std::fs::write(
+        &boot_id,
+        format!("power-cut-{}\n", pick(forgot, i as u64, 1 << 40)),
+    )
+    .expect("a new boot id");
+    disk.remount();
+    forgot
+}
+
+/// Power cuts under load. `all`: every node at once (then only writes made durable by FUA or
+/// an acknowledged fsync must survive); otherwise one node (the loaded PG's primary or its
+/// secondary, alternating by round), while the other keeps serving: then every acknowledged
+/// write must survive, the heal repairing the cut copy.
+fn power_loss(scenario: &str, all: bool) {
+    let rt = runtime();
+    for round in 0..rounds() {
+        let mut cluster =
+            LocalCluster::start(&brickd_exe(), "faults-power", &["f1", "f2"], PASSWORD);
+        let volume = "power";
+        let (mut mounts, vol, fid) = rt.block_on(setup(&cluster, volume, &[0, 1]));
+        let primary = rt.block_on(primary_of(&cluster, volume, fid));
+        let primary_idx = usize::from(primary != "f1");
+        let cut: Vec<usize> = if all {
+            vec![0, 1]
+        } else if round % 2 == 0 {
+            vec![primary_idx]
+        } else {
+            vec![1 - primary_idx]
+        };
+        let mut load = rt.block_on(async {
+            Workload::start(vol, fid, BLOCKS, WRITERS, READERS, seed() + round)
+        });
+        std::thread::sleep(Duration::from_millis(1500 + pick(round, 1, 1500)));
+        let forgot: u64 = cut
+            .iter()
+            .map(|&i| power_cut(&mut cluster, &mut mounts, i))
+            .sum();
+        let o = if all {
+            // Nothing serves until the nodes are back: the load stops first, so that no read
+            // can see what the cut took (allowed here) and count it as stale.
+            let o = rt.block_on(load.stop_and_outcome());
+            for &i in &cut {
+                cluster.nodes[i].restart();
+            }
+            let _ = wait_healed(&cluster, volume);
+            rt.block_on(load.verify(true)).with_errors_of(&o)
+        } else {
+            std::thread::sleep(Duration::from_millis(1000 + pick(round, 2, 1000)));
+            for &i in &cut {
+                cluster.nodes[i].restart();
+            }
+            let _ = wait_healed(&cluster, volume);
+            rt.block_on(load.verify(false))
+        };
+        let cut_names: Vec<&str> = cut
+            .iter()
+            .map(|&i| cluster.nodes[i].name.as_str())
+            .collect();
+        report(
+            scenario,
+            round,
+            &o,
+            serde_json::json!({"forgotten_bytes": forgot, "cut": cut_names, "primary_before": primary}),
+        );
+        // Clients see errors only while no copy serves (every node cut).
+        assert_clean(scenario, &o, all);
+        assert!(
+            forgot > 0,
+            "{scenario}: the cut forgot nothing: the test would not see a loss"
+        );
+        compare_copies(&cluster.nodes, &[0, 1], volume);
+    }
+}
+
+#[test]
+fn power_loss_of_one_node() {
+    power_loss("power-loss-one-node", false);
+}
+
+#[test]
+fn power_loss_of_every_node() {
+    power_loss("power-loss-every-node", true);
+}

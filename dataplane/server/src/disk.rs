@@ -1,0 +1,137 @@
+//! Bricks of this node whose disk failed an operation (an I/O error, a read-only file system),
+//! and the probe that lets them back. The cores mark a brick failing; each tick their
+//! replicas of that brick leave their PGs and stop asking to be healed
+//! (`Replica::set_disk_failed`). A thread probes failing bricks (write, fdatasync, read back)
+//! once `DISK_QUARANTINE_MS` have passed: when the probe passes, the mark goes and the heal
+//! brings the brick's members back.
+
+use brick_tuning::{DISK_PROBE_INTERVAL_MS, DISK_QUARANTINE_MS};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// A brick whose disk fails.
+#[derive(Debug, Clone)]
+pub struct FailingDisk {
+    pub volume: String,
+    /// `node:path`, as volumes name their bricks.
+    pub brick: String,
+    pub root: PathBuf,
+    /// The last error seen (an operation's, then the probe's).
+    pub error: String,
+    pub since: Instant,
+    pub failures: u64,
+}
+
+/// Failing bricks by (volume id, member).
+#[derive(Default)]
+pub struct DiskHealth {
+    failing: Mutex<HashMap<(u32, u8), FailingDisk>>,
+}
+
+impl DiskHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u8), FailingDisk>> {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks a brick failing (or counts one more failure of a failing one).
+    pub fn failed(&self, (vol_id, member): (u32, u8), disk: impl FnOnce() -> FailingDisk) {
+        let mut all = self.lock();
+        match all.get_mut(&(vol_id, member)) {
+            Some(f) => f.failures += 1,
+            None => {
+                let f = disk();
+                tracing::error!(
+                    volume = f.volume,
+                    brick = f.brick,
+                    "the disk of this brick fails ({}): its members leave their PGs until a probe of it passes",
+                    f.error
+                );
+                all.insert((vol_id, member), f);
+            }
+        }
+    }
+
+    pub fn is_failing(&self, vol_id: u32, member: u8) -> bool {
+        self.lock().contains_key(&(vol_id, member))
+    }
+
+    pub fn failing(&self) -> Vec<FailingDisk> {
+        let mut out: Vec<FailingDisk> = self.lock().values().cloned().collect();
+        out.sort_by(|a, b| (&a.volume, &a.brick).cmp(&(&b.volume, &b.brick)));
+        out
+    }
+
+    /// One round of probes: clears the bricks that work again.
+    fn probe_round(&self) {
+        let due: Vec<((u32, u8), PathBuf)> = self
+            .lock()
+            .iter()
+            .filter(|(_, f)| f.since.elapsed() >= Duration::from_millis(DISK_QUARANTINE_MS))
+            .map(|(k, f)| (*k, f.root.clone()))
+            .collect();
+        for (key, root) in due {
+            let result = probe(&root);
+            let mut all = self.lock();
+            match result {
+                Ok(()) => {
+                    if let Some(f) = all.remove(&key) {
+                        tracing::info!(
+                            volume = f.volume,
+                            brick = f.brick,
+                            "the disk of this brick works again (probe passed after {} failures): its members rejoin",
+                            f.failures
+                        );
+                    }
+                }
+                Err(e) => {
+                    if let Some(f) = all.get_mut(&key) {
+                        f.error = format!("probe: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Probes failing bricks every `DISK_PROBE_INTERVAL_MS` until the dataplane is gone.
+pub fn spawn_prober(health: Weak<crate::state::NodeReports>) {
+    let spawned = std::thread::Builder::new()
+        .name("brick-disk-probe".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(DISK_PROBE_INTERVAL_MS));
+            let Some(reports) = health.upgrade() else {
+                return;
+            };
+            reports.disks.probe_round();
+        });
+    if let Err(e) = spawned {
+        tracing::error!("no disk probe thread ({e}): failing bricks stay out until restarted");
+    }
+}
+
+const PROBE_BYTES: usize = 4096;
+
+/// Writes a block to `.brickd/disk-probe`, makes it durable, and reads it back.
+fn probe(root: &Path) -> std::io::Result<()> {
+    let path = root.join(".brickd").join("disk-probe");
+    let block: Vec<u8> = (0..PROBE_BYTES).map(|i| (i * 7 + 3) as u8).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    f.write_all(&block)?;
+    f.sync_data()?;
+    drop(f);
+    let mut back = Vec::with_capacity(PROBE_BYTES);
+    std::fs::File::open(&path)?.read_to_end(&mut back)?;
+    if back != block {
+        return Err(std::io::Error::other(
+            "read back differs from what was written",
+        ));
+    }
+    Ok(())
+}
