@@ -275,9 +275,6 @@ pub struct Replica {
     /// Members whose in-doubt ranges this primary has recorded (they report with every
     /// heartbeat answer while behind); a heal begins and ends only after that.
     reported: u8,
-    /// This member's disk fails (set and cleared by the driver, which probes it): it leaves
-    /// the PG and, while behind, does not report, so no primary heals it back meanwhile.
-    disk_failed: bool,
     /// The in-doubt keys of each member recorded this absence: a key reported again is not
     /// recorded again (copied ranges leave the dirt, and recording them again would bring them
     /// back), a new one is (a member may learn of more while it is away: `lost_data`).
@@ -322,7 +319,6 @@ impl Replica {
             seen_watermark: [0; MEMBERS_MAX as usize],
             own_in_doubt: if restarted { activity } else { Vec::new() },
             reported: 0,
-            disk_failed: false,
             recorded: Default::default(),
         };
         let listed = map.is_healing(me) || (map.is_up_to_date(me) && map.up_to_date_count() > 1);
@@ -715,25 +711,27 @@ impl Replica {
         }
     }
 
-    /// The driver found this member's disk failing (`true`), or working again after a probe
-    /// (`false`). A failing member leaves as after a failed write (the last up-to-date copy
-    /// stays) and is not healed back until its disk works. Returns whether it is leaving.
-    pub fn set_disk_failed(&mut self, failed: bool, out: &mut Vec<Output>) -> bool {
-        if failed != self.disk_failed {
-            self.disk_failed = failed;
-            if failed && self.map.receivers() & (1 << self.me) != 0 {
-                let primary = self.is_primary();
-                self.retire(out);
-                if primary && self.retiring {
-                    self.fail_all(OpError::Unavailable, out);
-                }
-            }
+    /// This member's disk fails (a read or write failed with an I/O error). As after a failed
+    /// write (`on_local_done`, `on_forward_applied`): a healing member leaves; an up-to-date
+    /// one leaves when another is up to date, failing the ops it runs so that their clients
+    /// retry at the next primary; the last up-to-date copy stays (what fails, fails). Returns
+    /// whether it is leaving. Called again while it is still listed, it keeps trying.
+    pub fn on_disk_failed(&mut self, out: &mut Vec<Output>) -> bool {
+        let listed = self.map.receivers() & (1 << self.me) != 0;
+        if !listed || self.is_last_copy() {
+            return false;
         }
-        self.retiring
+        let primary = self.is_primary();
+        self.retire(out);
+        if primary {
+            self.fail_all(OpError::Unavailable, out);
+        }
+        true
     }
 
-    pub fn disk_failed(&self) -> bool {
-        self.disk_failed
+    /// Whether this member holds the only up-to-date copy of the PG.
+    pub fn is_last_copy(&self) -> bool {
+        self.map.is_up_to_date(self.me) && self.map.up_to_date_count() == 1
     }
 
     /// Leaves the up-to-date set: proposes a map without this member. The last up-to-date
@@ -936,9 +934,8 @@ impl Replica {
                     self.last_heard_primary_ms = now_ms;
                     self.forget_below(from, watermark);
                 }
-                // A member whose disk fails does not report: no primary heals it meanwhile.
                 let behind = !self.map.is_up_to_date(self.me);
-                let in_doubt = (behind && !self.disk_failed).then(|| self.reported_keys());
+                let in_doubt = behind.then(|| self.reported_keys());
                 out.push(Output::Send {
                     to: from,
                     msg: Msg::HeartbeatAck {

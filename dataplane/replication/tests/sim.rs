@@ -60,6 +60,8 @@ const REFUSE_OFFSET: u64 = 1 << 40;
 const TICK_MS: u64 = 5;
 const FAULT_PHASE_MS: u64 = 20_000;
 const SETTLE_MS: u64 = 15_000;
+/// A node whose disk failed stays quarantined for a random time in this range.
+const DISK_QUARANTINE_MS: std::ops::Range<u64> = 100..2_000;
 const CLIENT_TIMEOUT_MS: u64 = 2_000;
 /// Heals this simulated core lets begin at once (the dataplane's per-core limit).
 const HEAL_BEGINS_PER_TICK: usize = 8;
@@ -474,11 +476,14 @@ struct Slot {
     activity_log: Vec<u8>,
     activity_appended: usize,
     activity_rewritten_ms: u64,
+    /// Stopped while its node's disk fails (see `Node::disk_failing_until_ms`).
+    quarantined: bool,
 }
 
 impl Slot {
     /// What a process crash loses.
     fn crash(&mut self) {
+        self.quarantined = false;
         self.replica = None;
         self.healer = None;
         self.ops.clear();
@@ -497,6 +502,12 @@ struct Node {
     down_since_ms: u64,
     /// The last crash was a power loss: the next start knows its logs may have lost records.
     power_lost: bool,
+    /// As the dataplane: after a disk fault the node's members leave their PGs (where another
+    /// copy is up to date) and, once out of a PG's map, are stopped until this time (the
+    /// quarantine and the probe of the disk), then started again as after a crash.
+    disk_failing_until_ms: u64,
+    /// Members started again after a quarantine (their op ids start past the others').
+    quarantine_restarts: u64,
 }
 
 struct Outstanding {
@@ -636,6 +647,8 @@ struct Stats {
     freezes: u32,
     partitions: u32,
     disk_faults: u32,
+    /// Members stopped while their disk failed (and started again after).
+    quarantined: u32,
     map_changes: u32,
     lost: u32,
     duplicated: u32,
@@ -657,6 +670,7 @@ impl Stats {
         self.freezes += o.freezes;
         self.partitions += o.partitions;
         self.disk_faults += o.disk_faults;
+        self.quarantined += o.quarantined;
         self.map_changes += o.map_changes;
         self.lost += o.lost;
         self.duplicated += o.duplicated;
@@ -734,6 +748,8 @@ impl Sim {
                 slots: Default::default(),
                 down_since_ms: 0,
                 power_lost: false,
+                disk_failing_until_ms: 0,
+                quarantine_restarts: 0,
             });
         }
         for m in 0..members {
@@ -764,12 +780,85 @@ impl Sim {
         self.nodes[n as usize].frozen_until_ms > self.now_ms
     }
 
-    fn disk_fault(&mut self) -> bool {
+    /// Whether node `n`'s disk fails this operation; a failure starts (or extends) the node's
+    /// quarantine, as the dataplane's `DISK_QUARANTINE_MS` does (shortened to this scale).
+    fn disk_fault(&mut self, n: Member) -> bool {
         if self.disk_fault_per_mille > 0 && self.rng.gen_ratio(self.disk_fault_per_mille, 1000) {
             self.stats.disk_faults += 1;
+            let until = self.now_ms + self.rng.gen_range(DISK_QUARANTINE_MS);
+            let node = &mut self.nodes[n as usize];
+            node.disk_failing_until_ms = node.disk_failing_until_ms.max(until);
+            let until = node.disk_failing_until_ms;
+            self.log(|| format!("DISK FAULT node {n}: failing until {until}ms"));
             return true;
         }
         false
+    }
+
+    /// The dataplane's quarantine tick for node `n`: while its disk fails, members still in a
+    /// PG's map leave it (`on_disk_failed`; the last up-to-date copy stays) and those out of
+    /// it stop; once the disk works, stopped members start again as after a crash.
+    fn quarantine_tick(&mut self, n: Member) {
+        let now = self.now_ms;
+        let failing = self.nodes[n as usize].disk_failing_until_ms > now;
+        for pg in 0..PGS as u32 {
+            let slot = self.slot(n, pg);
+            if !failing {
+                if slot.quarantined {
+                    self.restart_member(n, pg);
+                }
+                continue;
+            }
+            let Some(r) = slot.replica.as_mut() else {
+                continue;
+            };
+            let mut out = Vec::new();
+            if r.map().receivers() & (1 << n) != 0 {
+                r.on_disk_failed(&mut out);
+                self.run_outputs(n, pg, out);
+            } else {
+                slot.crash();
+                slot.quarantined = true;
+                self.log(|| format!("QUARANTINE node {n} pg {pg}"));
+                self.stats.quarantined += 1;
+            }
+        }
+    }
+
+    /// Starts one member again after its quarantine, as the dataplane creates its slot: its
+    /// logs replayed, `restarted` (it may differ from the others).
+    fn restart_member(&mut self, n: Member, pg: u32) {
+        self.log(|| format!("START node {n} pg {pg} after its quarantine"));
+        let now = self.now_ms;
+        let node = &mut self.nodes[n as usize];
+        node.quarantine_restarts += 1;
+        let op_base = (node.incarnation << 40) | (node.quarantine_restarts << 32);
+        let slot = &mut node.slots[pg as usize];
+        slot.quarantined = false;
+        let (dirt, replay) = DirtState::replay(&slot.dirt_log, n, false);
+        slot.dirt_log.truncate(replay.kept_bytes as usize);
+        slot.dirt_log.extend_from_slice(&replay.append);
+        slot.dirt_synced = slot.dirt_log.len();
+        let activity = boot_activity(activity_keys_of(&slot.activity_log), false);
+        slot.activity_log = activity_rewrite(&activity, ACTIVITY_RECORDS_MAX);
+        slot.activity_appended = 0;
+        slot.activity_rewritten_ms = now;
+        let mut out = Vec::new();
+        slot.replica = Some(Replica::new(
+            pg,
+            n,
+            self.store[pg as usize],
+            self.cfg,
+            now,
+            Boot {
+                op_base,
+                restarted: true,
+                activity,
+            },
+            &mut out,
+        ));
+        slot.healer = Some(Healer::new(pg, n, HealConfig::default(), dirt));
+        self.run_outputs(n, pg, out);
     }
 
     /// What the dataplane tells a PG's healer: the members PG 0 has up to date, as the
@@ -1248,7 +1337,7 @@ impl Sim {
                 self.hand_over_lost(n);
             }
             DiskJob::Resync { op, lock } => {
-                let failed = self.disk_fault();
+                let failed = self.disk_fault(n);
                 let node = &mut self.nodes[n as usize];
                 let slot = &mut node.slots[pg as usize];
                 let (Some(r), Some(h)) = (slot.replica.as_mut(), slot.healer.as_mut()) else {
@@ -1321,7 +1410,7 @@ impl Sim {
 
     /// Applies a body to a node's brick; returns what the disk says.
     fn apply(&mut self, n: Member, body: &OwnedBody) -> Outcome {
-        if matches!(body.op, BodyOp::Request(op::WRITE)) && self.disk_fault() {
+        if matches!(body.op, BodyOp::Request(op::WRITE)) && self.disk_fault(n) {
             return Outcome::Failed;
         }
         let disk = &mut self.nodes[n as usize].disk;
@@ -1699,6 +1788,7 @@ impl Sim {
         let node = &mut self.nodes[n as usize];
         node.up = true;
         node.incarnation += 1;
+        node.disk_failing_until_ms = 0;
         let power_lost = std::mem::take(&mut node.power_lost);
         let op_base = node.incarnation << 40;
         let mut outs = Vec::new();
@@ -1762,6 +1852,7 @@ impl Sim {
             if settled && !node.disk.limbo.is_empty() {
                 node.disk.limbo.clear();
             }
+            self.quarantine_tick(n);
             let mut begins = if self.heal { HEAL_BEGINS_PER_TICK } else { 0 };
             for pg in 0..PGS as u32 {
                 let now = self.now_ms;
@@ -2056,7 +2147,7 @@ fn seeded_simulation() {
     assert!(totals.crashes > 0 && totals.freezes > 0 && totals.partitions > 0);
     assert!(totals.map_changes > 0 && totals.lost > 0 && totals.duplicated > 0);
     assert!(totals.namespace_ops > 0);
-    assert!(seeds < 10 || totals.disk_faults > 0);
+    assert!(seeds < 10 || (totals.disk_faults > 0 && totals.quarantined > 0));
     assert!(seeds < 50 || (totals.power_losses > 0 && totals.torn_records > 0));
     assert!(seeds < 50 || totals.damaged_records > 0);
     assert!(seeds < 10 || (totals.push_maps_seeds > 0 && totals.push_maps_seeds < seeds as u32));

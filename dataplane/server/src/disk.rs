@@ -1,9 +1,9 @@
 //! Bricks of this node whose disk failed an operation (an I/O error, a read-only file system),
-//! and the probe that lets them back. The cores mark a brick failing; each tick their
-//! replicas of that brick leave their PGs and stop asking to be healed
-//! (`Replica::set_disk_failed`). A thread probes failing bricks (write, fdatasync, read back)
-//! once `DISK_QUARANTINE_MS` have passed: when the probe passes, the mark goes and the heal
-//! brings the brick's members back.
+//! and the probe that lets them back. The cores mark a brick failing; each tick they drop
+//! its members' replicas (a quarantine: to the others the member crashed), except where it
+//! holds the last up-to-date copy of a PG. A thread probes failing bricks (write, fdatasync,
+//! read back) once `DISK_QUARANTINE_MS` have passed: when the probe passes, the mark goes,
+//! the cores start the members again as after a crash, and the heal brings them back.
 
 use brick_tuning::{DISK_PROBE_INTERVAL_MS, DISK_QUARANTINE_MS};
 use std::collections::HashMap;
@@ -29,6 +29,8 @@ pub struct FailingDisk {
 #[derive(Default)]
 pub struct DiskHealth {
     failing: Mutex<HashMap<(u32, u8), FailingDisk>>,
+    /// Counts the bricks found working again: cores then create their quarantined slots.
+    cleared: std::sync::atomic::AtomicU64,
 }
 
 impl DiskHealth {
@@ -52,6 +54,10 @@ impl DiskHealth {
                 all.insert((vol_id, member), f);
             }
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.cleared.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn is_failing(&self, vol_id: u32, member: u8) -> bool {
@@ -78,6 +84,8 @@ impl DiskHealth {
             match result {
                 Ok(()) => {
                     if let Some(f) = all.remove(&key) {
+                        self.cleared
+                            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         tracing::info!(
                             volume = f.volume,
                             brick = f.brick,

@@ -155,7 +155,10 @@ fn read_failed(
         return fs_error_reply(id, opcode, e);
     }
     tracing::warn!(vol = vol.id, pg, member, "read failed on this brick: {e}");
-    if !ctx.repl().disk_failed(vol, pg, member, &e.to_string()) {
+    if !ctx
+        .repl()
+        .local_read_failed(vol, pg, member, &e.to_string())
+    {
         return fs_error_reply(id, opcode, e);
     }
     let why = format!(

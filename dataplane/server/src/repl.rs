@@ -194,6 +194,13 @@ pub(crate) struct ReplCore {
     maps: flume::Sender<MapRequest>,
     links: Rc<PeerLinks>,
     heal_reports: HealReports,
+    /// The state of the last `sync_slots`: slots dropped while their disk failed are created
+    /// again from it once the disk works.
+    last_state: RefCell<Option<Arc<ServeState>>>,
+    /// Slots dropped because their disk failed: created again as after a crash.
+    quarantined: RefCell<std::collections::HashSet<SlotKey>>,
+    /// `DiskHealth::generation` when this core last looked.
+    disks_seen: Cell<u64>,
 }
 
 impl ReplCore {
@@ -212,6 +219,9 @@ impl ReplCore {
             maps,
             links: Rc::new(PeerLinks::new(core)),
             heal_reports,
+            last_state: RefCell::new(None),
+            quarantined: RefCell::new(Default::default()),
+            disks_seen: Cell::new(0),
         })
     }
 
@@ -238,8 +248,10 @@ impl ReplCore {
     }
 
     /// Creates, updates and drops this core's replicas to match a newly published state.
-    pub fn sync_slots(self: &Rc<Self>, state: &ServeState) {
+    pub fn sync_slots(self: &Rc<Self>, state: &Arc<ServeState>) {
+        *self.last_state.borrow_mut() = Some(state.clone());
         self.links.set_node_key(state.node_key);
+        let disks = &self.heal_reports.disks;
         let now = self.now_ms();
         let mut started: Vec<(SlotKey, Vec<Output>)> = Vec::new();
         {
@@ -278,7 +290,13 @@ impl ReplCore {
                                 }
                             }
                             None => {
-                                let slot = new_slot(vol, (pg as u32, m), map, now, &mut out);
+                                let last_copy = map.is_up_to_date(m) && map.up_to_date_count() == 1;
+                                if disks.is_failing(vol.id, m) && !last_copy {
+                                    continue; // quarantined: created once the disk works
+                                }
+                                let crashed = self.quarantined.borrow_mut().remove(&key);
+                                let slot =
+                                    new_slot(vol, (pg as u32, m), map, now, crashed, &mut out);
                                 slots.insert(key, slot);
                             }
                         }
@@ -307,10 +325,9 @@ impl ReplCore {
                 last_heal = Instant::now();
                 self.heal_periodic();
             }
+            self.quarantine_tick();
             for key in self.slot_keys() {
-                let failing = self.heal_reports.disks.is_failing(key.0, key.2);
                 self.feed(key, |slot, now, out| {
-                    slot.replica.set_disk_failed(failing, out);
                     slot.replica.tick(now, out);
                     if !heal_due {
                         with_healer(slot, |h, r, env, local| h.pump(now, r, env, local, out));
@@ -377,17 +394,10 @@ impl ReplCore {
     }
 
     /// The local member holding the primary copy of a PG, or the error to answer with.
-    /// Local member `member`'s disk failed (`why`): the brick is marked failing for every
-    /// PG of every core (each tick syncs them), and this PG's replica leaves now. Returns
-    /// whether it leaves (a reader then retries at the next primary; the last up-to-date
-    /// copy stays).
-    pub fn disk_failed(
-        self: &Rc<Self>,
-        vol: &ServedVolume,
-        pg: u32,
-        member: Member,
-        why: &str,
-    ) -> bool {
+    /// Local member `member`'s disk failed (`why`): the brick is marked failing. Each tick
+    /// then drops (quarantines) its slots on every core, except where it holds the last
+    /// up-to-date copy; they come back as after a crash once a probe of the disk passes.
+    pub fn disk_failed(&self, vol: &ServedVolume, member: Member, why: &str) {
         self.heal_reports.disks.failed((vol.id, member), || {
             let spec = vol.members.get(member as usize);
             FailingDisk {
@@ -402,11 +412,60 @@ impl ReplCore {
                 failures: 1,
             }
         });
+    }
+
+    /// A read of local member `member` of `pg` failed with a disk error: the brick is marked
+    /// failing and this PG's member steps down at once if another is up to date (see
+    /// `Replica::on_disk_failed`). Returns whether it did (the reader retries at the
+    /// next primary).
+    pub fn local_read_failed(
+        self: &Rc<Self>,
+        vol: &ServedVolume,
+        pg: u32,
+        member: Member,
+        why: &str,
+    ) -> bool {
+        self.disk_failed(vol, member, why);
         let mut leaves = false;
         self.feed((vol.id, pg, member), |slot, _now, out| {
-            leaves = slot.replica.set_disk_failed(true, out);
+            leaves = slot.replica.on_disk_failed(out);
         });
         leaves
+    }
+
+    /// Quarantines the members whose disk fails: each leaves its PGs (not where it holds the
+    /// last up-to-date copy: that one stays and answers what its disk says), and once out of a
+    /// PG's map its slot is dropped, so that nothing heals it back meanwhile. Once the disk
+    /// works, the slots are created again as after a crash.
+    fn quarantine_tick(self: &Rc<Self>) {
+        let disks = &self.heal_reports.disks;
+        let failing: Vec<SlotKey> = self
+            .slot_keys()
+            .into_iter()
+            .filter(|k| disks.is_failing(k.0, k.2))
+            .collect();
+        for key in failing {
+            let mut out_of_map = false;
+            self.feed(key, |slot, _now, out| {
+                let listed = slot.replica.map().receivers() & (1 << key.2) != 0;
+                if listed {
+                    slot.replica.on_disk_failed(out);
+                } else {
+                    out_of_map = true;
+                }
+            });
+            if out_of_map && self.slots.borrow_mut().remove(&key).is_some() {
+                tracing::debug!(vol = key.0, pg = key.1, member = key.2, "quarantined");
+                self.quarantined.borrow_mut().insert(key);
+            }
+        }
+        let generation = disks.generation();
+        if generation != self.disks_seen.replace(generation) {
+            let state = self.last_state.borrow().clone();
+            if let Some(state) = state {
+                self.sync_slots(&state);
+            }
+        }
     }
 
     pub fn local_primary(&self, vol: &ServedVolume, pg: u32) -> Result<Member, String> {
@@ -573,7 +632,7 @@ impl ReplCore {
             let outcome = data_outcome(&vol, key, &frame);
             if disk_failure_of(&frame) {
                 let why = String::from_utf8_lossy(frame.get(HEADER_BYTES..).unwrap_or_default());
-                core.disk_failed(&vol, key.1, key.2, &why);
+                core.disk_failed(&vol, key.2, &why);
             }
             let minted = minted_fid(body.op, &frame);
             core.feed(key, |slot, now, out| {
@@ -632,7 +691,7 @@ impl ReplCore {
                 Err(e) => {
                     tracing::warn!(vol = vol.id, pg = key.1, "resync read failed: {e}");
                     if is_disk_failure(e.code) {
-                        core.disk_failed(&vol, key.1, key.2, &e.to_string());
+                        core.disk_failed(&vol, key.2, &e.to_string());
                     }
                     (Body::noop(), Outcome::Failed)
                 }
@@ -690,7 +749,7 @@ impl ReplCore {
                         let why =
                             String::from_utf8_lossy(frame.get(HEADER_BYTES..).unwrap_or_default());
                         if disk_failure_of(&frame) {
-                            core.disk_failed(&vol, key.1, key.2, &why);
+                            core.disk_failed(&vol, key.2, &why);
                         }
                         tracing::warn!(
                             vol = vol.id,
@@ -847,6 +906,7 @@ fn new_slot(
     (pg, m): (u32, Member),
     map: PgMap,
     now: u64,
+    quarantined: bool,
     out: &mut Vec<Output>,
 ) -> Slot {
     // A member that crashed may have missed writes that members on other nodes took; when
@@ -878,7 +938,8 @@ fn new_slot(
     let (dirt, state) = open_dirt(brick.as_deref(), pg, m, power_lost);
     let boot = Boot {
         op_base: op_base(),
-        restarted: !vol.members[m as usize].clean_start && elsewhere,
+        // Back from a quarantine (its disk failed): as after a crash of this member alone.
+        restarted: quarantined || (!vol.members[m as usize].clean_start && elsewhere),
         activity: in_doubt,
     };
     let replica = Replica::new(pg, m, map, Config::default(), now, boot, out);
