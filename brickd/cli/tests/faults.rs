@@ -214,19 +214,10 @@ fn wait_healed(cluster: &LocalCluster, volume: &str) -> HealStatus {
 
 /// One brick (the loaded PG's primary, or its secondary) starts failing `faults` (op, path
 /// part, errno) under load; `clear` ends them. The member must leave, clients must not see
-/// it, `heal status` must name the failing disk, and once the disk works again the heal
-/// must bring the copies back to identical.
-/// What `heal status` must show while the faults last.
-#[derive(PartialEq)]
-enum Expect {
-    /// The brick is listed as failing (an I/O error).
-    DiskFailing,
-    /// The member is out of its PG (a full disk is not a failing one: it rejoins and leaves
-    /// again while its writes fail).
-    MemberOut,
-}
-
-fn failing_disk(scenario: &str, faults: &[(&str, &str, &str)], expect: Expect, on_primary: bool) {
+/// it (no error, no stale read, nothing lost), `heal status` must name the failing disk, and
+/// once the disk works again (the quarantine over and a probe passed) the heal must bring the
+/// copies back to identical.
+fn failing_disk(scenario: &str, faults: &[(&str, &str, &str)], on_primary: bool) {
     let rt = runtime();
     for round in 0..rounds() {
         let cluster = LocalCluster::start(&brickd_exe(), "faults-disk", &["f1", "f2"], PASSWORD);
@@ -265,13 +256,10 @@ fn failing_disk(scenario: &str, faults: &[(&str, &str, &str)], expect: Expect, o
         );
         assert_clean(scenario, &o, false);
         assert!(injected > 0, "{scenario}: no fault was injected");
-        match expect {
-            Expect::DiskFailing => assert!(
-                failing.failing_disks.iter().any(|d| d.brick == brick_name),
-                "{scenario}: heal status does not name the failing disk {brick_name}: {failing:?}"
-            ),
-            Expect::MemberOut => {}
-        }
+        assert!(
+            failing.failing_disks.iter().any(|d| d.brick == brick_name),
+            "{scenario}: heal status does not name the failing disk {brick_name}: {failing:?}"
+        );
         let healed = wait_healed(&cluster, volume);
         assert!(healed.healed);
         compare_copies(&cluster.nodes, &[0, 1], volume);
@@ -283,7 +271,6 @@ fn disk_eio_on_primary_reads() {
     failing_disk(
         "disk-eio-primary-reads",
         &[("read", "records", "EIO")],
-        Expect::DiskFailing,
         true,
     );
 }
@@ -293,7 +280,6 @@ fn disk_eio_on_primary_writes() {
     failing_disk(
         "disk-eio-primary-writes",
         &[("write", "*", "EIO"), ("fsync", "*", "EIO")],
-        Expect::DiskFailing,
         true,
     );
 }
@@ -303,7 +289,6 @@ fn disk_eio_on_secondary_writes() {
     failing_disk(
         "disk-eio-secondary-writes",
         &[("write", "*", "EIO"), ("fsync", "*", "EIO")],
-        Expect::DiskFailing,
         false,
     );
 }
@@ -313,7 +298,6 @@ fn disk_enospc_on_secondary() {
     failing_disk(
         "disk-enospc-secondary",
         &[("write", "data", "ENOSPC")],
-        Expect::MemberOut,
         false,
     );
 }
@@ -423,4 +407,70 @@ fn power_loss_of_one_node() {
 #[test]
 fn power_loss_of_every_node() {
     power_loss("power-loss-every-node", true);
+}
+
+/// How long the store outages last (`FAULTS_STORE_OUTAGE_S`, default 8 s).
+fn store_outage() -> Duration {
+    Duration::from_secs(env_u64("FAULTS_STORE_OUTAGE_S", 8))
+}
+
+/// The cluster store away under load: `quorum` kills two of three etcd members (no quorum),
+/// otherwise the only member is frozen (SIGSTOP: it keeps its sockets and answers nothing).
+/// Data I/O must go on without an error, a stale read or a lost write.
+fn store_away(scenario: &str, quorum: bool) {
+    let rt = runtime();
+    for round in 0..rounds() {
+        let etcd = if quorum {
+            brick_testkit::Etcd::start_cluster(3)
+        } else {
+            vec![brick_testkit::Etcd::start()]
+        };
+        let mut cluster =
+            LocalCluster::start_on(&brickd_exe(), "faults-store", &["f1", "f2"], PASSWORD, etcd);
+        let volume = "store";
+        let (_mounts, vol, fid) = rt.block_on(setup(&cluster, volume, &[]));
+        let mut load = rt.block_on(async {
+            Workload::start(vol, fid, BLOCKS, WRITERS, READERS, seed() + round)
+        });
+        std::thread::sleep(Duration::from_millis(1000 + pick(round, 3, 1000)));
+        let acked_before = load.acked();
+        if quorum {
+            cluster.etcd[2].kill9();
+            cluster.etcd[1].kill9();
+        } else {
+            cluster.etcd[0].freeze();
+        }
+        std::thread::sleep(store_outage());
+        let acked_during = load.acked() - acked_before;
+        if quorum {
+            cluster.etcd[1].restart();
+            cluster.etcd[2].restart();
+        } else {
+            cluster.etcd[0].thaw();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let o = rt.block_on(load.verify(false));
+        report(
+            scenario,
+            round,
+            &o,
+            serde_json::json!({"outage_ms": store_outage().as_millis() as u64, "acked_during_outage": acked_during}),
+        );
+        assert_clean(scenario, &o, false);
+        assert!(
+            acked_during > 0,
+            "{scenario}: no write went through during the outage"
+        );
+        compare_copies(&cluster.nodes, &[0, 1], volume);
+    }
+}
+
+#[test]
+fn store_frozen() {
+    store_away("store-frozen", false);
+}
+
+#[test]
+fn store_quorum_lost() {
+    store_away("store-quorum-lost", true);
 }

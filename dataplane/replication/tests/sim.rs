@@ -799,24 +799,39 @@ impl Sim {
     /// PG's map leave it (`on_disk_failed`; the last up-to-date copy stays) and those out of
     /// it stop; once the disk works, stopped members start again as after a crash.
     fn quarantine_tick(&mut self, n: Member) {
+        if std::env::var_os("SIM_NO_QUARANTINE").is_some() {
+            return; // to compare: the same seeds without the quarantine
+        }
         let now = self.now_ms;
-        let failing = self.nodes[n as usize].disk_failing_until_ms > now;
-        for pg in 0..PGS as u32 {
-            let slot = self.slot(n, pg);
-            if !failing {
-                if slot.quarantined {
+        if self.nodes[n as usize].disk_failing_until_ms <= now {
+            for pg in 0..PGS as u32 {
+                if self.slot(n, pg).quarantined {
                     self.restart_member(n, pg);
                 }
-                continue;
             }
-            let Some(r) = slot.replica.as_mut() else {
+            return;
+        }
+        // Every member still in a PG's map leaves it (the last up-to-date copy stays).
+        let mut listed = false;
+        for pg in 0..PGS as u32 {
+            let Some(r) = self.slot(n, pg).replica.as_mut() else {
                 continue;
             };
-            let mut out = Vec::new();
             if r.map().receivers() & (1 << n) != 0 {
+                listed = true;
+                let mut out = Vec::new();
                 r.on_disk_failed(&mut out);
                 self.run_outputs(n, pg, out);
-            } else {
+            }
+        }
+        // The brick's members stop together, once none is in a map: never a data member
+        // serving while its namespace member is stopped.
+        if listed {
+            return;
+        }
+        for pg in 0..PGS as u32 {
+            let slot = self.slot(n, pg);
+            if slot.replica.is_some() {
                 slot.crash();
                 slot.quarantined = true;
                 self.log(|| format!("QUARANTINE node {n} pg {pg}"));
@@ -859,6 +874,8 @@ impl Sim {
         ));
         slot.healer = Some(Healer::new(pg, n, HealConfig::default(), dirt));
         self.run_outputs(n, pg, out);
+        // Files a namespace repair recreated empty while this member was stopped.
+        self.hand_over_lost(n);
     }
 
     /// What the dataplane tells a PG's healer: the members PG 0 has up to date, as the

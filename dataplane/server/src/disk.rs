@@ -29,6 +29,10 @@ pub struct FailingDisk {
 #[derive(Default)]
 pub struct DiskHealth {
     failing: Mutex<HashMap<(u32, u8), FailingDisk>>,
+    /// Per failing brick, the cores that still have one of its members in a PG's map (a
+    /// bit per core, all set when it starts failing): its members stop together, once none
+    /// is, so that no data member serves while the brick's namespace member is stopped.
+    listed: Mutex<HashMap<(u32, u8), u64>>,
     /// Counts the bricks found working again: cores then create their quarantined slots.
     cleared: std::sync::atomic::AtomicU64,
 }
@@ -39,7 +43,18 @@ impl DiskHealth {
     }
 
     /// Marks a brick failing (or counts one more failure of a failing one).
-    pub fn failed(&self, (vol_id, member): (u32, u8), disk: impl FnOnce() -> FailingDisk) {
+    pub fn failed(
+        &self,
+        (vol_id, member): (u32, u8),
+        cores: usize,
+        disk: impl FnOnce() -> FailingDisk,
+    ) {
+        let every_core = u64::MAX >> (64 - cores.clamp(1, 64));
+        self.listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((vol_id, member))
+            .or_insert(every_core);
         let mut all = self.lock();
         match all.get_mut(&(vol_id, member)) {
             Some(f) => f.failures += 1,
@@ -56,12 +71,32 @@ impl DiskHealth {
         }
     }
 
+    /// Core `core` says whether one of its members of the brick is still in a PG's map;
+    /// returns whether none is on any core (the members may stop).
+    pub fn none_listed(&self, key: (u32, u8), core: usize, listed_here: bool) -> bool {
+        let mut all = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bits) = all.get_mut(&key) else {
+            return false; // not failing (any more)
+        };
+        let bit = 1u64 << (core % 64);
+        if listed_here {
+            *bits |= bit;
+        } else {
+            *bits &= !bit;
+        }
+        *bits == 0
+    }
+
     pub fn generation(&self) -> u64 {
         self.cleared.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn is_failing(&self, vol_id: u32, member: u8) -> bool {
         self.lock().contains_key(&(vol_id, member))
+    }
+
+    pub fn failing_keys(&self) -> Vec<(u32, u8)> {
+        self.lock().keys().copied().collect()
     }
 
     pub fn failing(&self) -> Vec<FailingDisk> {
@@ -83,6 +118,10 @@ impl DiskHealth {
             let mut all = self.lock();
             match result {
                 Ok(()) => {
+                    self.listed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
                     if let Some(f) = all.remove(&key) {
                         self.cleared
                             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

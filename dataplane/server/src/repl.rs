@@ -398,20 +398,22 @@ impl ReplCore {
     /// then drops (quarantines) its slots on every core, except where it holds the last
     /// up-to-date copy; they come back as after a crash once a probe of the disk passes.
     pub fn disk_failed(&self, vol: &ServedVolume, member: Member, why: &str) {
-        self.heal_reports.disks.failed((vol.id, member), || {
-            let spec = vol.members.get(member as usize);
-            FailingDisk {
-                volume: vol.name.clone(),
-                brick: spec.map_or("?".into(), |s| format!("{}:{}", s.node, s.path)),
-                root: spec
-                    .and_then(|s| s.brick.as_ref())
-                    .map(|b| b.root.clone())
-                    .unwrap_or_default(),
-                error: why.to_string(),
-                since: Instant::now(),
-                failures: 1,
-            }
-        });
+        self.heal_reports
+            .disks
+            .failed((vol.id, member), self.ncores, || {
+                let spec = vol.members.get(member as usize);
+                FailingDisk {
+                    volume: vol.name.clone(),
+                    brick: spec.map_or("?".into(), |s| format!("{}:{}", s.node, s.path)),
+                    root: spec
+                        .and_then(|s| s.brick.as_ref())
+                        .map(|b| b.root.clone())
+                        .unwrap_or_default(),
+                    error: why.to_string(),
+                    since: Instant::now(),
+                    failures: 1,
+                }
+            });
     }
 
     /// A read of local member `member` of `pg` failed with a disk error: the brick is marked
@@ -434,29 +436,44 @@ impl ReplCore {
     }
 
     /// Quarantines the members whose disk fails: each leaves its PGs (not where it holds the
-    /// last up-to-date copy: that one stays and answers what its disk says), and once out of a
-    /// PG's map its slot is dropped, so that nothing heals it back meanwhile. Once the disk
-    /// works, the slots are created again as after a crash.
+    /// last up-to-date copy: that one stays and answers what its disk says), and once none of
+    /// the brick's members on any core is in a PG's map, their slots are dropped together, so
+    /// that nothing heals them back meanwhile. Once the disk works, the slots are created
+    /// again as after a crash.
     fn quarantine_tick(self: &Rc<Self>) {
         let disks = &self.heal_reports.disks;
-        let failing: Vec<SlotKey> = self
+        let mut failing: Vec<SlotKey> = self
             .slot_keys()
             .into_iter()
             .filter(|k| disks.is_failing(k.0, k.2))
             .collect();
-        for key in failing {
-            let mut out_of_map = false;
+        failing.sort_unstable();
+        let mut listed: HashMap<(u32, Member), bool> = HashMap::new();
+        for &key in &failing {
+            let mut in_map = false;
             self.feed(key, |slot, _now, out| {
-                let listed = slot.replica.map().receivers() & (1 << key.2) != 0;
-                if listed {
+                in_map = slot.replica.map().receivers() & (1 << key.2) != 0;
+                if in_map {
                     slot.replica.on_disk_failed(out);
-                } else {
-                    out_of_map = true;
                 }
             });
-            if out_of_map && self.slots.borrow_mut().remove(&key).is_some() {
-                tracing::debug!(vol = key.0, pg = key.1, member = key.2, "quarantined");
-                self.quarantined.borrow_mut().insert(key);
+            *listed.entry((key.0, key.2)).or_default() |= in_map;
+        }
+        for key in disks.failing_keys() {
+            let here = listed.get(&key).copied().unwrap_or(false);
+            if !disks.none_listed(key, self.core, here) {
+                continue;
+            }
+            let dropped: Vec<SlotKey> = failing
+                .iter()
+                .copied()
+                .filter(|k| (k.0, k.2) == key)
+                .collect();
+            for k in dropped {
+                if self.slots.borrow_mut().remove(&k).is_some() {
+                    tracing::debug!(vol = k.0, pg = k.1, member = k.2, "quarantined");
+                    self.quarantined.borrow_mut().insert(k);
+                }
             }
         }
         let generation = disks.generation();
