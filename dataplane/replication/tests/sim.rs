@@ -811,7 +811,18 @@ impl Sim {
             }
             return;
         }
-        // Every member still in a PG's map leaves it (the last up-to-date copy stays).
+        // As the dataplane: the brick's members leave their PGs unless one holds the last
+        // up-to-date copy of its PG (then all stay: never a data member serving while its
+        // namespace member is out), and stop together once none is in a map.
+        let last_copy = (0..PGS as u32).any(|pg| {
+            self.slot(n, pg)
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.is_last_copy())
+        });
+        if last_copy {
+            return;
+        }
         let mut listed = false;
         for pg in 0..PGS as u32 {
             let Some(r) = self.slot(n, pg).replica.as_mut() else {
@@ -824,8 +835,6 @@ impl Sim {
                 self.run_outputs(n, pg, out);
             }
         }
-        // The brick's members stop together, once none is in a map: never a data member
-        // serving while its namespace member is stopped.
         if listed {
             return;
         }

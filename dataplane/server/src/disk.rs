@@ -12,6 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
+/// What a failing brick's members may do now (see `DiskHealth::report`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Quarantine {
+    pub leave: bool,
+    pub stop: bool,
+}
+
 /// A brick whose disk fails.
 #[derive(Debug, Clone)]
 pub struct FailingDisk {
@@ -25,6 +32,14 @@ pub struct FailingDisk {
     pub failures: u64,
 }
 
+/// Per failing brick, a bit per core: the cores that still have one of its members in a PG's
+/// map, and those where one holds the last up-to-date copy of its PG.
+#[derive(Clone, Copy)]
+struct Cores {
+    listed: u64,
+    last_copy: u64,
+}
+
 /// Failing bricks by (volume id, member).
 #[derive(Default)]
 pub struct DiskHealth {
@@ -32,7 +47,7 @@ pub struct DiskHealth {
     /// Per failing brick, the cores that still have one of its members in a PG's map (a
     /// bit per core, all set when it starts failing): its members stop together, once none
     /// is, so that no data member serves while the brick's namespace member is stopped.
-    listed: Mutex<HashMap<(u32, u8), u64>>,
+    listed: Mutex<HashMap<(u32, u8), Cores>>,
     /// Counts the bricks found working again: cores then create their quarantined slots.
     cleared: std::sync::atomic::AtomicU64,
 }
@@ -49,12 +64,17 @@ impl DiskHealth {
         cores: usize,
         disk: impl FnOnce() -> FailingDisk,
     ) {
+        // Unknown until each core has looked: as if every core had a member listed and a
+        // last copy.
         let every_core = u64::MAX >> (64 - cores.clamp(1, 64));
         self.listed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry((vol_id, member))
-            .or_insert(every_core);
+            .or_insert(Cores {
+                listed: every_core,
+                last_copy: every_core,
+            });
         let mut all = self.lock();
         match all.get_mut(&(vol_id, member)) {
             Some(f) => f.failures += 1,
@@ -71,20 +91,30 @@ impl DiskHealth {
         }
     }
 
-    /// Core `core` says whether one of its members of the brick is still in a PG's map;
-    /// returns whether none is on any core (the members may stop).
-    pub fn none_listed(&self, key: (u32, u8), core: usize, listed_here: bool) -> bool {
+    /// Core `core` says whether one of its members of the brick is still in a PG's map, and
+    /// whether one holds the last up-to-date copy of its PG. Returns what the brick's members
+    /// may do: leave their PGs (no core holds a last copy: one that did would keep serving
+    /// data while the brick's other members, its namespace member among them, were out), and
+    /// stop (none is in a map any more, on any core).
+    pub fn report(&self, key: (u32, u8), core: usize, listed: bool, last_copy: bool) -> Quarantine {
         let mut all = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(bits) = all.get_mut(&key) else {
-            return false; // not failing (any more)
+        let Some(c) = all.get_mut(&key) else {
+            return Quarantine::default(); // not failing (any more)
         };
         let bit = 1u64 << (core % 64);
-        if listed_here {
-            *bits |= bit;
-        } else {
-            *bits &= !bit;
+        let set = |bits: &mut u64, on: bool| {
+            if on {
+                *bits |= bit;
+            } else {
+                *bits &= !bit;
+            }
+        };
+        set(&mut c.listed, listed);
+        set(&mut c.last_copy, last_copy);
+        Quarantine {
+            leave: c.last_copy == 0,
+            stop: c.last_copy == 0 && c.listed == 0,
         }
-        *bits == 0
     }
 
     pub fn generation(&self) -> u64 {

@@ -8,7 +8,7 @@
 //! input.
 
 use crate::apply::{self, error_reply, Body, BrickCopy, NoCopy};
-use crate::disk::FailingDisk;
+use crate::disk::{FailingDisk, Quarantine};
 use crate::files::FileCache;
 use crate::logs::{ActivityLog, DirtLog};
 use crate::peer::PeerLinks;
@@ -428,6 +428,9 @@ impl ReplCore {
         why: &str,
     ) -> bool {
         self.disk_failed(vol, member, why);
+        if !self.report_quarantine((vol.id, member)).leave {
+            return false;
+        }
         let mut leaves = false;
         self.feed((vol.id, pg, member), |slot, _now, out| {
             leaves = slot.replica.on_disk_failed(out);
@@ -435,44 +438,47 @@ impl ReplCore {
         leaves
     }
 
-    /// Quarantines the members whose disk fails: each leaves its PGs (not where it holds the
-    /// last up-to-date copy: that one stays and answers what its disk says), and once none of
-    /// the brick's members on any core is in a PG's map, their slots are dropped together, so
-    /// that nothing heals them back meanwhile. Once the disk works, the slots are created
-    /// again as after a crash.
+    /// This core's part of a failing brick's state (see `DiskHealth::report`).
+    fn report_quarantine(&self, key: (u32, Member)) -> Quarantine {
+        let (mut listed, mut last_copy) = (false, false);
+        for (k, slot) in self.slots.borrow().iter() {
+            if (k.0, k.2) == key {
+                listed |= slot.replica.map().receivers() & (1 << k.2) != 0;
+                last_copy |= slot.replica.is_last_copy();
+            }
+        }
+        self.heal_reports
+            .disks
+            .report(key, self.core, listed, last_copy)
+    }
+
+    /// Quarantines the bricks whose disk fails. Their members leave their PGs, unless one of
+    /// them holds the last up-to-date copy of its PG (then all stay: a data member serving
+    /// while its brick's namespace member is out lets the copies diverge); once none of them
+    /// is in a PG's map on any core, their slots are dropped together, so that nothing heals
+    /// them back meanwhile. Once the disk works, the slots are created again as after a crash.
     fn quarantine_tick(self: &Rc<Self>) {
         let disks = &self.heal_reports.disks;
-        let mut failing: Vec<SlotKey> = self
-            .slot_keys()
-            .into_iter()
-            .filter(|k| disks.is_failing(k.0, k.2))
-            .collect();
-        failing.sort_unstable();
-        let mut listed: HashMap<(u32, Member), bool> = HashMap::new();
-        for &key in &failing {
-            let mut in_map = false;
-            self.feed(key, |slot, _now, out| {
-                in_map = slot.replica.map().receivers() & (1 << key.2) != 0;
-                if in_map {
-                    slot.replica.on_disk_failed(out);
-                }
-            });
-            *listed.entry((key.0, key.2)).or_default() |= in_map;
-        }
         for key in disks.failing_keys() {
-            let here = listed.get(&key).copied().unwrap_or(false);
-            if !disks.none_listed(key, self.core, here) {
-                continue;
-            }
-            let dropped: Vec<SlotKey> = failing
-                .iter()
-                .copied()
+            let what = self.report_quarantine(key);
+            let slots: Vec<SlotKey> = self
+                .slot_keys()
+                .into_iter()
                 .filter(|k| (k.0, k.2) == key)
                 .collect();
-            for k in dropped {
-                if self.slots.borrow_mut().remove(&k).is_some() {
-                    tracing::debug!(vol = k.0, pg = k.1, member = k.2, "quarantined");
-                    self.quarantined.borrow_mut().insert(k);
+            if what.leave {
+                for &k in &slots {
+                    self.feed(k, |slot, _now, out| {
+                        slot.replica.on_disk_failed(out);
+                    });
+                }
+            }
+            if what.stop {
+                for k in slots {
+                    if self.slots.borrow_mut().remove(&k).is_some() {
+                        tracing::debug!(vol = k.0, pg = k.1, member = k.2, "quarantined");
+                        self.quarantined.borrow_mut().insert(k);
+                    }
                 }
             }
         }
