@@ -783,6 +783,12 @@ impl Brick {
             }
         }
         self.trash_count.store(kept, Ordering::Release);
+        if freed > 0 {
+            // Descriptors the cores hold on these files are released by a sweep that runs when
+            // the generation moves: without this, files freed after the last sweep stayed open
+            // (and their blocks allocated) until the next unlink.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         freed
     }
 
