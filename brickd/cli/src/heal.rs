@@ -177,14 +177,12 @@ fn render(doc: &HealStatus) -> String {
             )
         })
         .collect();
-    if doc.healed {
-        return format!("volume {}: healed, nothing left\n{disks}", doc.volume)
-            .trim_end()
-            .to_string();
-    }
-    format!("{}\n{disks}", render_behind(doc))
-        .trim_end()
-        .to_string()
+    let head = if doc.healed {
+        format!("volume {}: healed, nothing left", doc.volume)
+    } else {
+        render_behind(doc)
+    };
+    format!("{head}\n{disks}").trim_end().to_string()
 }
 
 fn render_behind(doc: &HealStatus) -> String {

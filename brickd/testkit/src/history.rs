@@ -189,6 +189,11 @@ impl Workload {
     /// Stops the load; the outcome of what ran (nothing read back).
     pub async fn stop_and_outcome(&mut self) -> Outcome {
         self.stop().await;
+        self.outcome(Vec::new())
+    }
+
+    /// What the ledger recorded, with `lost` (messages of the blocks that did not read back).
+    fn outcome(&self, lost: Vec<String>) -> Outcome {
         let l = lock(&self.ledger);
         Outcome {
             acked_writes: l.acked_writes,
@@ -197,8 +202,8 @@ impl Workload {
             error_messages: l.error_messages.clone(),
             stale_reads: l.stale_reads,
             stale_messages: l.stale_messages.clone(),
-            lost_writes: 0,
-            lost_messages: Vec::new(),
+            lost_writes: lost.len() as u64,
+            lost_messages: lost.into_iter().take(MESSAGES_MAX).collect(),
             longest_unavailable: l.longest_gap,
         }
     }
@@ -240,18 +245,7 @@ impl Workload {
                 ));
             }
         }
-        let l = lock(&self.ledger);
-        Outcome {
-            acked_writes: l.acked_writes,
-            reads: l.reads,
-            errors: l.errors,
-            error_messages: l.error_messages.clone(),
-            stale_reads: l.stale_reads,
-            stale_messages: l.stale_messages.clone(),
-            lost_writes: lost.len() as u64,
-            lost_messages: lost.into_iter().take(MESSAGES_MAX).collect(),
-            longest_unavailable: l.longest_gap,
-        }
+        self.outcome(lost)
     }
 }
 

@@ -81,6 +81,11 @@ impl PgMap {
         self.up_to_date.count_ones() as u8
     }
 
+    /// Whether member `m` holds the only up-to-date copy.
+    pub fn is_last_copy(&self, m: Member) -> bool {
+        self.is_up_to_date(m) && self.up_to_date_count() == 1
+    }
+
     /// The primary: the first up-to-date member at or after `preferred`.
     pub fn primary(&self) -> Option<Member> {
         (0..self.members)

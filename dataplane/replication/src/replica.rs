@@ -731,7 +731,7 @@ impl Replica {
 
     /// Whether this member holds the only up-to-date copy of the PG.
     pub fn is_last_copy(&self) -> bool {
-        self.map.is_up_to_date(self.me) && self.map.up_to_date_count() == 1
+        self.map.is_last_copy(self.me)
     }
 
     /// Leaves the up-to-date set: proposes a map without this member. The last up-to-date

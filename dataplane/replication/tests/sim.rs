@@ -799,9 +799,6 @@ impl Sim {
     /// PG's map leave it (`on_disk_failed`; the last up-to-date copy stays) and those out of
     /// it stop; once the disk works, stopped members start again as after a crash.
     fn quarantine_tick(&mut self, n: Member) {
-        if std::env::var_os("SIM_NO_QUARANTINE").is_some() {
-            return; // to compare: the same seeds without the quarantine
-        }
         let now = self.now_ms;
         if self.nodes[n as usize].disk_failing_until_ms <= now {
             for pg in 0..PGS as u32 {
@@ -849,42 +846,51 @@ impl Sim {
         }
     }
 
-    /// Starts one member again after its quarantine, as the dataplane creates its slot: its
-    /// logs replayed, `restarted` (it may differ from the others).
+    /// Starts one member again after its quarantine, as the dataplane creates its slot:
+    /// `restarted` (it may differ from the others).
     fn restart_member(&mut self, n: Member, pg: u32) {
         self.log(|| format!("START node {n} pg {pg} after its quarantine"));
-        let now = self.now_ms;
         let node = &mut self.nodes[n as usize];
         node.quarantine_restarts += 1;
         let op_base = (node.incarnation << 40) | (node.quarantine_restarts << 32);
-        let slot = &mut node.slots[pg as usize];
+        let out = self.start_member(n, pg, op_base, true, false);
+        self.run_outputs(n, pg, out);
+        // Files a namespace repair recreated empty while this member was stopped.
+        self.hand_over_lost(n);
+    }
+
+    /// Starts member `n` of `pg` as the dataplane does: its logs replayed (the dirt log's torn
+    /// tail cut, the activity log rewritten), then its replica and its healer. Returns the
+    /// replica's first outputs, for the caller to run.
+    fn start_member(
+        &mut self,
+        n: Member,
+        pg: u32,
+        op_base: u64,
+        restarted: bool,
+        power_lost: bool,
+    ) -> Vec<Output> {
+        let now = self.now_ms;
+        let (map, cfg) = (self.store[pg as usize], self.cfg);
+        let slot = &mut self.nodes[n as usize].slots[pg as usize];
         slot.quarantined = false;
-        let (dirt, replay) = DirtState::replay(&slot.dirt_log, n, false);
+        let (dirt, replay) = DirtState::replay(&slot.dirt_log, n, power_lost);
         slot.dirt_log.truncate(replay.kept_bytes as usize);
         slot.dirt_log.extend_from_slice(&replay.append);
         slot.dirt_synced = slot.dirt_log.len();
-        let activity = boot_activity(activity_keys_of(&slot.activity_log), false);
+        let activity = boot_activity(activity_keys_of(&slot.activity_log), power_lost);
         slot.activity_log = activity_rewrite(&activity, ACTIVITY_RECORDS_MAX);
         slot.activity_appended = 0;
         slot.activity_rewritten_ms = now;
         let mut out = Vec::new();
-        slot.replica = Some(Replica::new(
-            pg,
-            n,
-            self.store[pg as usize],
-            self.cfg,
-            now,
-            Boot {
-                op_base,
-                restarted: true,
-                activity,
-            },
-            &mut out,
-        ));
+        let boot = Boot {
+            op_base,
+            restarted,
+            activity,
+        };
+        slot.replica = Some(Replica::new(pg, n, map, cfg, now, boot, &mut out));
         slot.healer = Some(Healer::new(pg, n, HealConfig::default(), dirt));
-        self.run_outputs(n, pg, out);
-        // Files a namespace repair recreated empty while this member was stopped.
-        self.hand_over_lost(n);
+        out
     }
 
     /// What the dataplane tells a PG's healer: the members PG 0 has up to date, as the
@@ -1810,7 +1816,6 @@ impl Sim {
     /// `restarted`: after a crash (a new brick: not).
     fn boot(&mut self, n: Member, restarted: bool) {
         self.log(|| format!("START node {n}"));
-        let now = self.now_ms;
         let node = &mut self.nodes[n as usize];
         node.up = true;
         node.incarnation += 1;
@@ -1818,33 +1823,9 @@ impl Sim {
         let power_lost = std::mem::take(&mut node.power_lost);
         let op_base = node.incarnation << 40;
         let mut outs = Vec::new();
-        for pg in 0..PGS {
-            let slot = &mut self.nodes[n as usize].slots[pg];
-            let (dirt, replay) = DirtState::replay(&slot.dirt_log, n, power_lost);
-            slot.dirt_log.truncate(replay.kept_bytes as usize);
-            slot.dirt_log.extend_from_slice(&replay.append);
-            slot.dirt_synced = slot.dirt_log.len();
-            let found = activity_keys_of(&slot.activity_log);
-            let activity = boot_activity(found, power_lost);
-            slot.activity_log = activity_rewrite(&activity, ACTIVITY_RECORDS_MAX);
-            slot.activity_appended = 0;
-            slot.activity_rewritten_ms = now;
-            let mut out = Vec::new();
-            slot.replica = Some(Replica::new(
-                pg as u32,
-                n,
-                self.store[pg],
-                self.cfg,
-                now,
-                Boot {
-                    op_base,
-                    restarted,
-                    activity,
-                },
-                &mut out,
-            ));
-            slot.healer = Some(Healer::new(pg as u32, n, HealConfig::default(), dirt));
-            outs.push((pg as u32, out));
+        for pg in 0..PGS as u32 {
+            let out = self.start_member(n, pg, op_base, restarted, power_lost);
+            outs.push((pg, out));
         }
         for (pg, out) in outs {
             self.run_outputs(n, pg, out);

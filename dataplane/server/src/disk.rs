@@ -33,27 +33,29 @@ pub struct FailingDisk {
 }
 
 /// Per failing brick, a bit per core: the cores that still have one of its members in a PG's
-/// map, and those where one holds the last up-to-date copy of its PG.
+/// map, and those where one holds the last up-to-date copy of its PG. All set when it starts
+/// failing (unknown until each core has looked).
 #[derive(Clone, Copy)]
 struct Cores {
     listed: u64,
     last_copy: u64,
 }
 
+struct Failing {
+    disk: FailingDisk,
+    cores: Cores,
+}
+
 /// Failing bricks by (volume id, member).
 #[derive(Default)]
 pub struct DiskHealth {
-    failing: Mutex<HashMap<(u32, u8), FailingDisk>>,
-    /// Per failing brick, the cores that still have one of its members in a PG's map (a
-    /// bit per core, all set when it starts failing): its members stop together, once none
-    /// is, so that no data member serves while the brick's namespace member is stopped.
-    listed: Mutex<HashMap<(u32, u8), Cores>>,
+    failing: Mutex<HashMap<(u32, u8), Failing>>,
     /// Counts the bricks found working again: cores then create their quarantined slots.
     cleared: std::sync::atomic::AtomicU64,
 }
 
 impl DiskHealth {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u8), FailingDisk>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u8), Failing>> {
         self.failing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -64,29 +66,23 @@ impl DiskHealth {
         cores: usize,
         disk: impl FnOnce() -> FailingDisk,
     ) {
-        // Unknown until each core has looked: as if every core had a member listed and a
-        // last copy.
-        let every_core = u64::MAX >> (64 - cores.clamp(1, 64));
-        self.listed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((vol_id, member))
-            .or_insert(Cores {
-                listed: every_core,
-                last_copy: every_core,
-            });
         let mut all = self.lock();
         match all.get_mut(&(vol_id, member)) {
-            Some(f) => f.failures += 1,
+            Some(f) => f.disk.failures += 1,
             None => {
-                let f = disk();
+                let disk = disk();
                 tracing::error!(
-                    volume = f.volume,
-                    brick = f.brick,
+                    volume = disk.volume,
+                    brick = disk.brick,
                     "the disk of this brick fails ({}): its members leave their PGs until a probe of it passes",
-                    f.error
+                    disk.error
                 );
-                all.insert((vol_id, member), f);
+                let every_core = u64::MAX >> (64 - cores.clamp(1, 64));
+                let cores = Cores {
+                    listed: every_core,
+                    last_copy: every_core,
+                };
+                all.insert((vol_id, member), Failing { disk, cores });
             }
         }
     }
@@ -97,8 +93,8 @@ impl DiskHealth {
     /// data while the brick's other members, its namespace member among them, were out), and
     /// stop (none is in a map any more, on any core).
     pub fn report(&self, key: (u32, u8), core: usize, listed: bool, last_copy: bool) -> Quarantine {
-        let mut all = self.listed.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(c) = all.get_mut(&key) else {
+        let mut all = self.lock();
+        let Some(Failing { cores: c, .. }) = all.get_mut(&key) else {
             return Quarantine::default(); // not failing (any more)
         };
         let bit = 1u64 << (core % 64);
@@ -130,7 +126,7 @@ impl DiskHealth {
     }
 
     pub fn failing(&self) -> Vec<FailingDisk> {
-        let mut out: Vec<FailingDisk> = self.lock().values().cloned().collect();
+        let mut out: Vec<FailingDisk> = self.lock().values().map(|f| f.disk.clone()).collect();
         out.sort_by(|a, b| (&a.volume, &a.brick).cmp(&(&b.volume, &b.brick)));
         out
     }
@@ -140,19 +136,15 @@ impl DiskHealth {
         let due: Vec<((u32, u8), PathBuf)> = self
             .lock()
             .iter()
-            .filter(|(_, f)| f.since.elapsed() >= Duration::from_millis(DISK_QUARANTINE_MS))
-            .map(|(k, f)| (*k, f.root.clone()))
+            .filter(|(_, f)| f.disk.since.elapsed() >= Duration::from_millis(DISK_QUARANTINE_MS))
+            .map(|(k, f)| (*k, f.disk.root.clone()))
             .collect();
         for (key, root) in due {
             let result = probe(&root);
             let mut all = self.lock();
             match result {
                 Ok(()) => {
-                    self.listed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&key);
-                    if let Some(f) = all.remove(&key) {
+                    if let Some(Failing { disk: f, .. }) = all.remove(&key) {
                         self.cleared
                             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         tracing::info!(
@@ -165,7 +157,7 @@ impl DiskHealth {
                 }
                 Err(e) => {
                     if let Some(f) = all.get_mut(&key) {
-                        f.error = format!("probe: {e}");
+                        f.disk.error = format!("probe: {e}");
                     }
                 }
             }

@@ -290,8 +290,7 @@ impl ReplCore {
                                 }
                             }
                             None => {
-                                let last_copy = map.is_up_to_date(m) && map.up_to_date_count() == 1;
-                                if disks.is_failing(vol.id, m) && !last_copy {
+                                if disks.is_failing(vol.id, m) && !map.is_last_copy(m) {
                                     continue; // quarantined: created once the disk works
                                 }
                                 let crashed = self.quarantined.borrow_mut().remove(&key);
@@ -393,7 +392,6 @@ impl ReplCore {
         }
     }
 
-    /// The local member holding the primary copy of a PG, or the error to answer with.
     /// Local member `member`'s disk failed (`why`): the brick is marked failing. Each tick
     /// then drops (quarantines) its slots on every core, except where it holds the last
     /// up-to-date copy; they come back as after a crash once a probe of the disk passes.
@@ -491,6 +489,7 @@ impl ReplCore {
         }
     }
 
+    /// The local member holding the primary copy of a PG, or the error to answer with.
     pub fn local_primary(&self, vol: &ServedVolume, pg: u32) -> Result<Member, String> {
         let slots = self.slots.borrow();
         let mut known: Option<PgMap> = vol.pg_maps.get(pg as usize).copied();
@@ -1167,28 +1166,21 @@ pub(crate) fn is_disk_failure(code: ErrorCode) -> bool {
 
 /// Whether a local apply's reply frame reports a failing disk.
 fn disk_failure_of(frame: &[u8]) -> bool {
-    let Some(Ok(head)) = frame
-        .get(..HEADER_BYTES)
-        .map(<&[u8; HEADER_BYTES]>::try_from)
-    else {
-        return false;
-    };
-    Header::parse(head)
-        .is_ok_and(|h| h.status != 0 && is_disk_failure(ErrorCode::from_code(h.status)))
+    status_of(frame).is_some_and(|s| s != 0 && is_disk_failure(ErrorCode::from_code(s)))
+}
+
+/// The status of a reply frame; None if it has no valid header.
+fn status_of(frame: &[u8]) -> Option<u32> {
+    let head = <&[u8; HEADER_BYTES]>::try_from(frame.get(..HEADER_BYTES)?).ok()?;
+    Header::parse(head).ok().map(|h| h.status)
 }
 
 fn outcome_of(frame: &[u8]) -> Outcome {
-    let Some(head) = frame.get(..HEADER_BYTES) else {
+    let Some(status) = status_of(frame) else {
         return Outcome::Failed;
     };
-    let Ok(head) = <&[u8; HEADER_BYTES]>::try_from(head) else {
-        return Outcome::Failed;
-    };
-    let Ok(header) = Header::parse(head) else {
-        return Outcome::Failed;
-    };
-    match ErrorCode::from_code(header.status) {
-        _ if header.status == 0 => Outcome::Ok,
+    match ErrorCode::from_code(status) {
+        _ if status == 0 => Outcome::Ok,
         ErrorCode::Perm
         | ErrorCode::NotFound
         | ErrorCode::Access
@@ -1202,7 +1194,7 @@ fn outcome_of(frame: &[u8]) -> Outcome {
         | ErrorCode::NotEmpty
         | ErrorCode::NotSupported
         | ErrorCode::Stale
-        | ErrorCode::Malformed => Outcome::Refused(header.status),
+        | ErrorCode::Malformed => Outcome::Refused(status),
         _ => Outcome::Failed,
     }
 }
