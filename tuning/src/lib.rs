@@ -199,6 +199,14 @@ pub const REPLICA_TIMEOUT_MS: u64 = 1000;
 pub const REPL_HEARTBEAT_MS: u64 = 150;
 /// A member not heard from within this is suspected; a silent primary is replaced.
 pub const FAILOVER_MS: u64 = 1000;
+/// A primary answers reads while every other up-to-date member answered one of its
+/// heartbeats sent less than `FAILOVER_MS` minus this ago (its read lease).
+pub const READ_LEASE_MARGIN_MS: u64 = 200;
+/// A read waits this long at most for its primary to confirm its lease (or for a write of
+/// its range to be acknowledged) before answering "not the primary".
+pub const READ_GATE_WAIT_MS: u64 = 1000;
+/// How often a waiting read looks again.
+pub const READ_GATE_POLL_MS: u64 = 1;
 /// Unacknowledged forwards are sent again this often (lost messages).
 pub const REPL_RESEND_MS: u64 = 250;
 /// A forward refused for its epoch is sent again after this (the member is learning the map).

@@ -127,11 +127,22 @@ pub fn encode_repl(
         Msg::Nack { epoch, op } => {
             e.u8(KIND_NACK).u64(*epoch).u64(*op);
         }
-        Msg::Heartbeat { epoch, watermark } => {
-            e.u8(KIND_HEARTBEAT).u64(*epoch).u64(*watermark);
+        Msg::Heartbeat {
+            epoch,
+            watermark,
+            sent_ms,
+        } => {
+            e.u8(KIND_HEARTBEAT)
+                .u64(*epoch)
+                .u64(*watermark)
+                .u64(*sent_ms);
         }
-        Msg::HeartbeatAck { epoch, in_doubt } => {
-            e.u8(KIND_HEARTBEAT_ACK).u64(*epoch);
+        Msg::HeartbeatAck {
+            epoch,
+            in_doubt,
+            echo_ms,
+        } => {
+            e.u8(KIND_HEARTBEAT_ACK).u64(*epoch).u64(*echo_ms);
             match in_doubt {
                 None => {
                     e.u8(0);
@@ -214,15 +225,21 @@ pub fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
         KIND_HEARTBEAT => Msg::Heartbeat {
             epoch: d.u64("epoch")?,
             watermark: d.u64("watermark")?,
+            sent_ms: d.u64("sent ms")?,
         },
         KIND_HEARTBEAT_ACK => {
             let epoch = d.u64("epoch")?;
+            let echo_ms = d.u64("echo ms")?;
             let in_doubt = match d.u8("in-doubt flag")? {
                 0 => None,
                 1 => Some(decode_keys(&mut d)?),
                 other => return Err(DecodeError::BadValue("in-doubt flag", other as u64)),
             };
-            Msg::HeartbeatAck { epoch, in_doubt }
+            Msg::HeartbeatAck {
+                epoch,
+                in_doubt,
+                echo_ms,
+            }
         }
         KIND_QUERY => Msg::Query {
             epoch: d.u64("epoch")?,
@@ -323,6 +340,7 @@ mod tests {
             Msg::Heartbeat {
                 epoch: 5,
                 watermark: 3,
+                sent_ms: 1_234_567,
             },
             None,
         );
@@ -330,6 +348,7 @@ mod tests {
             Msg::HeartbeatAck {
                 epoch: 5,
                 in_doubt: None,
+                echo_ms: 1_234_567,
             },
             None,
         );
@@ -337,6 +356,7 @@ mod tests {
             Msg::HeartbeatAck {
                 epoch: 5,
                 in_doubt: Some(vec![lock, LockKey::NAMESPACE]),
+                echo_ms: 0,
             },
             None,
         );

@@ -18,4 +18,4 @@ pub use dirt::{Dirt, DirtState, LogWrite};
 pub use heal::{HealConfig, HealEnv, Healer, LocalCopy, ResyncRead};
 pub use lock::{LockKey, LockKind};
 pub use map::{mask_of, Epoch, Member, PgMap, MEMBERS_MAX};
-pub use replica::{Boot, Config, Msg, OpError, OpId, Outcome, Output, Replica};
+pub use replica::{Boot, Config, Msg, OpError, OpId, Outcome, Output, ReadGate, Replica};

@@ -55,6 +55,18 @@ pub enum OpError {
     Unavailable,
 }
 
+/// What `Replica::read_gate` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadGate {
+    /// Answer from the local copy.
+    Serve,
+    /// Not yet: a write of the range is not acknowledged, the new primary is recovering, or
+    /// the read lease lapsed (a heartbeat answer is late). Ask again shortly.
+    Wait,
+    /// Not the primary: the client goes to the one the map names.
+    Refuse,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
     Forward {
@@ -72,35 +84,32 @@ pub enum Msg {
         outcome: Outcome,
     },
     /// The receiver is at another epoch (`epoch` is the receiver's).
-    Nack {
-        epoch: Epoch,
-        op: OpId,
-    },
+    Nack { epoch: Epoch, op: OpId },
     Heartbeat {
         epoch: Epoch,
         watermark: OpId,
+        /// The primary's clock when it sent this: the answer echoes it, and a member that
+        /// answers in the primary's epoch will not propose the primary's removal before
+        /// `failover_ms` after it received it (the primary's read lease).
+        sent_ms: u64,
     },
     HeartbeatAck {
         epoch: Epoch,
+        /// The heartbeat's `sent_ms`, or 0: this member grants no lease (it proposed a map
+        /// that replaces the primary and has not seen the store's answer).
+        echo_ms: u64,
         /// From a member that is not up to date: the ranges it may hold that the others do not
         /// (its activity log from before it left); its heal copies them too.
         in_doubt: Option<Vec<LockKey>>,
     },
     /// A new primary asks what its members applied that may not be everywhere.
-    Query {
-        epoch: Epoch,
-    },
+    Query { epoch: Epoch },
     /// The ranges of forwards this member applied that were not yet known complete.
-    InDoubt {
-        epoch: Epoch,
-        keys: Vec<LockKey>,
-    },
+    InDoubt { epoch: Epoch, keys: Vec<LockKey> },
     /// A map the primary read from the cluster store, sent to every member as it installs
     /// it: the members learn a new epoch before its first forward reaches them, instead of
     /// refusing that forward until their own watch delivers the map.
-    Map {
-        map: PgMap,
-    },
+    Map { map: PgMap },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +188,10 @@ pub struct Config {
     /// A primary sends every map it installs to the members (`Msg::Map`) before the first
     /// forward of the new epoch, so they need not wait for the store's watch (docs/replication.md).
     pub push_maps: bool,
+    /// The primary's read lease ends this much before the earliest moment a member could
+    /// propose to replace it (slack for the tick and for clocks that run at slightly
+    /// different rates).
+    pub read_lease_margin_ms: u64,
 }
 
 impl Default for Config {
@@ -192,6 +205,7 @@ impl Default for Config {
             local_pause_ms: tuning::LOCAL_PAUSE_MS,
             pause_excuse_max_ms: tuning::PAUSE_EXCUSE_MAX_MS,
             push_maps: PUSH_MAPS,
+            read_lease_margin_ms: tuning::READ_LEASE_MARGIN_MS,
         }
     }
 }
@@ -254,6 +268,14 @@ pub struct Replica {
     /// serves nothing until a map without it (or a refusal) arrives.
     retiring: bool,
     proposing: Option<PgMap>,
+    /// This member proposed a map that names another primary (or none) in this epoch: until
+    /// its map reaches this epoch it neither serves reads as primary nor extends a primary's
+    /// read lease (the proposal may have landed although its answer was lost).
+    fence_epoch: Epoch,
+    /// Per member: the `sent_ms` of the latest heartbeat it answered in this primary's epoch.
+    /// Reads are served while every other up-to-date member's answer is younger than
+    /// `failover_ms - read_lease_margin_ms` (`reads_leased`).
+    lease_from_ms: [u64; MEMBERS_MAX as usize],
     // primary side
     next_op: OpId,
     pending: BTreeMap<OpId, Pending>,
@@ -305,6 +327,8 @@ impl Replica {
             map,
             retiring: false,
             proposing: None,
+            fence_epoch: 0,
+            lease_from_ms: [0; MEMBERS_MAX as usize],
             next_op: op_base.max(1),
             pending: BTreeMap::new(),
             last_heard_ms: [now_ms; MEMBERS_MAX as usize],
@@ -392,6 +416,60 @@ impl Replica {
     /// Whether this member serves as primary right now (reads and writes go here).
     pub fn is_primary(&self) -> bool {
         !self.retiring && self.map.primary() == Some(self.me)
+    }
+
+    /// Whether this primary may answer a read from its copy at `now_ms`: no other member can
+    /// have become primary yet. Every other up-to-date member answered a heartbeat sent less
+    /// than `failover_ms - read_lease_margin_ms` ago, so none of them can have proposed this
+    /// primary's removal (a member proposes it only after `failover_ms` of silence from
+    /// it), and this primary proposed no map that replaces it. A primary cut from its
+    /// members by a partition (still reachable by clients) therefore stops answering reads
+    /// before the others may elect a new primary that accepts writes. The driver asks after
+    /// reading the copy: data read before the lease ended was current when it was read.
+    pub fn reads_leased(&self, now_ms: u64) -> bool {
+        if !self.is_primary() || self.fenced() {
+            return false;
+        }
+        let term_ms = self
+            .cfg
+            .failover_ms
+            .saturating_sub(self.cfg.read_lease_margin_ms);
+        members_of(self.map.up_to_date & !(1 << self.me))
+            .all(|m| now_ms < self.lease_from_ms[m as usize].saturating_add(term_ms))
+    }
+
+    /// Whether a read of `lock`'s part of this primary's copy may be answered now.
+    /// Reads see no write that is not yet acknowledged: one that overlaps an op applied (or
+    /// being applied) here and not yet on every member waits for it, since a failover could
+    /// still undo that op, and a reader that saw it would then see time go backwards. A new
+    /// primary's reads wait for its recovery (its copy is what the in-doubt ranges become).
+    pub fn read_gate(&self, now_ms: u64, lock: &LockKey) -> ReadGate {
+        if !self.is_primary() {
+            return ReadGate::Refuse;
+        }
+        let unsettled = self
+            .pending
+            .values()
+            .any(|p| p.state == OpState::Running && !p.heal && !p.resync && p.lock.conflicts(lock));
+        if unsettled || self.recovery.is_some() || !self.reads_leased(now_ms) {
+            ReadGate::Wait
+        } else {
+            ReadGate::Serve
+        }
+    }
+
+    /// A map this member proposed may have replaced the primary: see `fence_epoch`.
+    fn fenced(&self) -> bool {
+        self.map.epoch < self.fence_epoch
+    }
+
+    /// Proposes `next` (compare-and-set from the current epoch).
+    fn propose(&mut self, next: PgMap, out: &mut Vec<Output>) {
+        if next.primary() != self.map.primary() {
+            self.fence_epoch = self.fence_epoch.max(next.epoch);
+        }
+        self.proposing = Some(next);
+        out.push(Output::Propose { map: next });
     }
 
     /// What the activity log must hold now: every range this member applied (or is applying)
@@ -552,8 +630,7 @@ impl Replica {
         let Some(next) = self.map.with_healing(m) else {
             return false;
         };
-        self.proposing = Some(next);
-        out.push(Output::Propose { map: next });
+        self.propose(next, out);
         true
     }
 
@@ -571,8 +648,7 @@ impl Replica {
         let Some(next) = self.map.with_healed(m) else {
             return false;
         };
-        self.proposing = Some(next);
-        out.push(Output::Propose { map: next });
+        self.propose(next, out);
         true
     }
 
@@ -748,8 +824,7 @@ impl Replica {
         self.retiring = true;
         if let Some(next) = self.map.without(1 << self.me) {
             if self.proposing.is_none() {
-                self.proposing = Some(next);
-                out.push(Output::Propose { map: next });
+                self.propose(next, out);
             }
         }
     }
@@ -868,8 +943,7 @@ impl Replica {
         if !next.writable() && !definite && now_ms < self.suspect_since_ms + grace_ms {
             return;
         }
-        self.proposing = Some(next);
-        out.push(Output::Propose { map: next });
+        self.propose(next, out);
     }
 
     /// A message from member `from`.
@@ -906,8 +980,16 @@ impl Replica {
                     }
                 }
             }
-            Msg::HeartbeatAck { epoch, in_doubt } => {
+            Msg::HeartbeatAck {
+                epoch,
+                in_doubt,
+                echo_ms,
+            } => {
                 self.heard(now_ms, from, epoch, out);
+                if epoch == self.map.epoch && echo_ms > 0 {
+                    let from_ms = &mut self.lease_from_ms[from as usize];
+                    *from_ms = (*from_ms).max(echo_ms);
+                }
                 // Each key recorded once per primary and absence: copied ranges leave the
                 // dirt, and a report recorded again would bring them back.
                 let behind = !self.map.is_up_to_date(from);
@@ -926,21 +1008,34 @@ impl Replica {
                     self.reported |= 1 << from;
                 }
             }
-            Msg::Heartbeat { epoch, watermark } => {
+            Msg::Heartbeat {
+                epoch,
+                watermark,
+                sent_ms,
+            } => {
                 if epoch > self.map.epoch {
                     out.push(Output::FetchMap);
                 }
-                if epoch == self.map.epoch && self.map.primary() == Some(from) {
+                let from_primary = epoch == self.map.epoch && self.map.primary() == Some(from);
+                if from_primary {
                     self.last_heard_primary_ms = now_ms;
                     self.forget_below(from, watermark);
                 }
                 let behind = !self.map.is_up_to_date(self.me);
                 let in_doubt = behind.then(|| self.reported_keys());
+                // The answer promises not to replace the primary for `failover_ms` from now,
+                // which holds only while no such proposal of ours is in flight.
+                let echo_ms = if from_primary && !self.fenced() {
+                    sent_ms.max(1)
+                } else {
+                    0
+                };
                 out.push(Output::Send {
                     to: from,
                     msg: Msg::HeartbeatAck {
                         epoch: self.map.epoch,
                         in_doubt,
+                        echo_ms,
                     },
                 });
             }
@@ -1238,6 +1333,7 @@ impl Replica {
                     msg: Msg::Heartbeat {
                         epoch: self.map.epoch,
                         watermark,
+                        sent_ms: now_ms,
                     },
                 });
             }
@@ -1332,7 +1428,10 @@ impl Replica {
     fn record_leavers(&mut self, old: PgMap, out: &mut Vec<Output>) {
         let me = self.me;
         let left = old.receivers() & !self.map.receivers() & !(1 << me);
-        if left == 0 || !self.receiving() {
+        // Retiring or not: a member still listed may end up the last copy and the source of
+        // the leavers' heal (a primary that was leaving when its lost proposal turned out to
+        // have removed the others: the simulator's store cuts found it).
+        if left == 0 || self.map.receivers() & (1 << me) == 0 {
             return;
         }
         for (&op, p) in &self.pending {
@@ -1428,6 +1527,7 @@ impl Replica {
             }
             if !was_primary {
                 self.forget_reports(0);
+                self.lease_from_ms = [0; MEMBERS_MAX as usize];
                 self.last_heard_ms = [now_ms; MEMBERS_MAX as usize];
                 self.last_heartbeat_ms = 0;
                 self.begin_recovery(now_ms, out);

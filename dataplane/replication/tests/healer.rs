@@ -93,6 +93,7 @@ impl Primary {
         let msg = Msg::HeartbeatAck {
             epoch: self.replica.map().epoch,
             in_doubt: Some(Vec::new()),
+            echo_ms: 0,
         };
         self.replica.on_message(self.now_ms, m, msg, &mut out);
         self.run(out);

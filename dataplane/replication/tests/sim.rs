@@ -38,7 +38,8 @@ use brick_replication::dirt::{
 };
 use brick_replication::{
     mask_of, BodyOp, Boot, Config, DirtState, HealConfig, HealEnv, Healer, LocalCopy, LockKey,
-    LockKind, LogWrite, Member, Msg, OpError, OpId, Outcome, Output, PgMap, Replica, ResyncRead,
+    LockKind, LogWrite, Member, Msg, OpError, OpId, Outcome, Output, PgMap, ReadGate, Replica,
+    ResyncRead,
 };
 use brick_wire::{op, Enc, ErrorCode, FileKind, Request, HEADER_BYTES, ROOT_FILE_ID};
 use rand::rngs::StdRng;
@@ -63,6 +64,9 @@ const SETTLE_MS: u64 = 15_000;
 /// A node whose disk failed stays quarantined for a random time in this range.
 const DISK_QUARANTINE_MS: std::ops::Range<u64> = 100..2_000;
 const CLIENT_TIMEOUT_MS: u64 = 2_000;
+/// A request without an answer for this long makes the client look whether its PG moved (the
+/// real client's `STALL_CHECK_MS`).
+const CLIENT_STALL_CHECK_MS: u64 = 250;
 /// Heals this simulated core lets begin at once (the dataplane's per-core limit).
 const HEAL_BEGINS_PER_TICK: usize = 8;
 /// The activity log's size in records, and how often it is rewritten (as in the dataplane).
@@ -413,6 +417,18 @@ enum Event {
     ClientDisconnected {
         attempt: u64,
     },
+    /// A read of register `slot` at the data PG's primary (as the client's map names it).
+    ClientRead {
+        to: Member,
+        id: u64,
+        slot: u64,
+    },
+    /// Its answer: the register's value, or `None` (not the primary, or not sure it still
+    /// is: `Replica::read_gate`; the client asks again).
+    ClientReadReply {
+        id: u64,
+        value: Option<u64>,
+    },
     DiskDone {
         node: Member,
         incarnation: u64,
@@ -431,6 +447,13 @@ enum Event {
         pg: u32,
         map: PgMap,
         proposal_result: Option<bool>,
+    },
+    /// A proposal's answer never came (the node is cut from the store): it may or may not
+    /// have been applied.
+    ProposalLost {
+        node: Member,
+        incarnation: u64,
+        pg: u32,
     },
 }
 
@@ -508,6 +531,10 @@ struct Node {
     disk_failing_until_ms: u64,
     /// Members started again after a quarantine (their op ids start past the others').
     quarantine_restarts: u64,
+    /// Cut from the cluster store until then (a partition between it and etcd only): its
+    /// proposals and watch get no answer; once the link is back, its watch delivers every
+    /// map again.
+    store_cut_until_ms: u64,
 }
 
 struct Outstanding {
@@ -530,6 +557,27 @@ struct Client {
     retry_at_ms: BTreeMap<u64, u64>,
     acks: u64,
     below_min: u64,
+    /// Reads in flight, by id. The reader is another client process: its maps are its own,
+    /// refreshed only when a read is refused, so it may still send reads to an old primary
+    /// after the writer moved on to a new one.
+    reads: BTreeMap<u64, PendingRead>,
+    read_maps: [PgMap; PGS],
+    next_read: u64,
+    /// Per register: the newest value a read returned.
+    read_max: BTreeMap<u64, u64>,
+    /// Reads waiting to be sent again (by id), and when.
+    read_retry_at_ms: BTreeMap<u64, u64>,
+}
+
+/// A read of a register: no answer may be older than what was acknowledged or read before
+/// it was sent.
+struct PendingRead {
+    slot: u64,
+    /// The register's acknowledged value when the read was sent.
+    acked_floor: u64,
+    /// The newest value any read had returned when it was sent.
+    read_floor: u64,
+    sent_at_ms: u64,
 }
 
 /// What a file (by id) must hold: the last acknowledged content, or one written since (the
@@ -659,6 +707,11 @@ struct Stats {
     replacements: u32,
     push_maps_seeds: u32,
     lost_data: u32,
+    /// Client reads answered from a primary's copy, and those it was told to ask again.
+    reads: u32,
+    reads_refused: u32,
+    store_cuts: u32,
+    splits: u32,
 }
 
 impl Stats {
@@ -681,6 +734,10 @@ impl Stats {
         self.replacements += o.replacements;
         self.push_maps_seeds += o.push_maps_seeds;
         self.lost_data += o.lost_data;
+        self.reads += o.reads;
+        self.reads_refused += o.reads_refused;
+        self.store_cuts += o.store_cuts;
+        self.splits += o.splits;
     }
 }
 
@@ -727,6 +784,11 @@ impl Sim {
                 retry_at_ms: BTreeMap::new(),
                 acks: 0,
                 below_min: 0,
+                reads: BTreeMap::new(),
+                read_maps: store,
+                next_read: 1,
+                read_max: BTreeMap::new(),
+                read_retry_at_ms: BTreeMap::new(),
             },
             writers_by_epoch: BTreeMap::new(),
             trace: std::env::var("SIM_TRACE").is_ok(),
@@ -750,6 +812,7 @@ impl Sim {
                 power_lost: false,
                 disk_failing_until_ms: 0,
                 quarantine_restarts: 0,
+                store_cut_until_ms: 0,
             });
         }
         for m in 0..members {
@@ -774,6 +837,35 @@ impl Sim {
         self.partitions
             .get(&key)
             .is_some_and(|&until| until > self.now_ms)
+    }
+
+    fn store_cut(&self, n: Member) -> bool {
+        self.nodes[n as usize].store_cut_until_ms > self.now_ms
+    }
+
+    /// Nodes whose link to the store came back: their watch delivers every map again.
+    fn restore_store_links(&mut self) {
+        for n in 0..self.nodes.len() as Member {
+            let node = &self.nodes[n as usize];
+            if node.store_cut_until_ms != self.now_ms || !node.up {
+                continue;
+            }
+            let inc = node.incarnation;
+            for pg in 0..PGS as u32 {
+                let map = self.store[pg as usize];
+                let d = self.rng.gen_range(1..20);
+                self.at(
+                    d,
+                    Event::MapDelivery {
+                        node: n,
+                        incarnation: inc,
+                        pg,
+                        map,
+                        proposal_result: None,
+                    },
+                );
+            }
+        }
     }
 
     fn frozen(&self, n: Member) -> bool {
@@ -1151,10 +1243,13 @@ impl Sim {
 
     fn deliver(&mut self, e: Event) {
         let target = match &e {
-            Event::Peer { to, .. } | Event::ClientRequest { to, .. } => Some(*to),
+            Event::Peer { to, .. }
+            | Event::ClientRequest { to, .. }
+            | Event::ClientRead { to, .. } => Some(*to),
             Event::DiskDone { node, .. }
             | Event::Propose { node, .. }
-            | Event::MapDelivery { node, .. } => Some(*node),
+            | Event::MapDelivery { node, .. }
+            | Event::ProposalLost { node, .. } => Some(*node),
             _ => None,
         };
         if let Some(n) = target {
@@ -1162,12 +1257,31 @@ impl Sim {
             let stale_incarnation = match &e {
                 Event::DiskDone { incarnation, .. }
                 | Event::Propose { incarnation, .. }
-                | Event::MapDelivery { incarnation, .. } => *incarnation != node.incarnation,
+                | Event::MapDelivery { incarnation, .. }
+                | Event::ProposalLost { incarnation, .. } => *incarnation != node.incarnation,
                 _ => false,
             };
             if let Event::Propose { pg, map, .. } = &e {
-                // The store executes the transaction even if the proposer died meanwhile.
                 let (pg, map) = (*pg, *map);
+                if self.store_cut(n) {
+                    // The request may have reached the store before the link went; the answer
+                    // is lost either way, and the proposer's store client times out.
+                    if self.rng.gen_bool(0.5) {
+                        self.cas(pg, map);
+                    }
+                    let d = self.rng.gen_range(100..600);
+                    let incarnation = self.nodes[n as usize].incarnation;
+                    self.at(
+                        d,
+                        Event::ProposalLost {
+                            node: n,
+                            incarnation,
+                            pg,
+                        },
+                    );
+                    return;
+                }
+                // The store executes the transaction even if the proposer died meanwhile.
                 let ok = self.cas(pg, map);
                 let current = self.store[pg as usize];
                 if stale_incarnation || !self.nodes[n as usize].up {
@@ -1202,6 +1316,25 @@ impl Sim {
             if let Event::Peer { from, to, .. } = &e {
                 if self.partitioned(*from, *to) {
                     self.stats.lost += 1;
+                    return;
+                }
+            }
+            if let Event::MapDelivery {
+                pg,
+                proposal_result,
+                ..
+            } = &e
+            {
+                if self.store_cut(n) {
+                    // A watch event or fetch is lost; a proposal's answer becomes "no answer".
+                    if proposal_result.is_some() {
+                        let lost = Event::ProposalLost {
+                            node: n,
+                            incarnation: node.incarnation,
+                            pg: *pg,
+                        };
+                        self.handle(lost);
+                    }
                     return;
                 }
             }
@@ -1320,6 +1453,8 @@ impl Sim {
             Event::ClientDisconnected { attempt } => {
                 self.client_retry_attempt(attempt);
             }
+            Event::ClientRead { to, id, slot } => self.serve_read(to, id, slot),
+            Event::ClientReadReply { id, value } => self.client_read_reply(id, value),
             Event::DiskDone {
                 node: n, pg, job, ..
             } => self.disk_done(n, pg, job),
@@ -1338,6 +1473,13 @@ impl Sim {
                     Some(false) => r.on_proposal_result(now, Err(Some(map)), &mut out),
                     None => r.on_map(now, map, &mut out),
                 }
+                self.run_outputs(n, pg, out);
+            }
+            Event::ProposalLost { node: n, pg, .. } => {
+                let Some(r) = self.slot(n, pg).replica.as_mut() else {
+                    return;
+                };
+                r.on_proposal_result(now, Err(None), &mut out);
                 self.run_outputs(n, pg, out);
             }
             Event::Propose { .. } => unreachable!("handled in deliver"),
@@ -1495,9 +1637,11 @@ impl Sim {
                     self.seed
                 );
                 let c = &mut self.client;
-                // An Ok of an older attempt of the same op still acknowledges it, unless a
-                // newer op was acknowledged since (then this one is long superseded).
-                let still_wanted = c.outstanding.get(&slot).is_some_and(|o| o.op == cop);
+                // Only the current attempt's answer counts, as in the real client (which
+                // drops the older attempt when it sends again): a newer attempt of the same
+                // op may still be on its way, and moving on to the next op now would let
+                // that duplicate land after it.
+                let still_wanted = current && c.outstanding.get(&slot).is_some_and(|o| o.op == cop);
                 if still_wanted {
                     c.ledger.acknowledged(&cop, minted, self.next_fid);
                     c.outstanding.remove(&slot);
@@ -1530,6 +1674,127 @@ impl Sim {
                     self.client_retry_attempt(attempt);
                 }
             }
+        }
+    }
+
+    /// A read at node `n`, answered as the dataplane answers it: from the member's copy if
+    /// `read_gate` lets it (the disk is read at once, so the gate is asked once).
+    fn serve_read(&mut self, n: Member, id: u64, slot: u64) {
+        let now = self.now_ms;
+        let fid = REG_BASE + slot;
+        let node = &self.nodes[n as usize];
+        let gate = node.slots[DATA_PG as usize]
+            .replica
+            .as_ref()
+            .map(|r| r.read_gate(now, &LockKey::range(fid, 0, 8)));
+        let value = match gate {
+            Some(ReadGate::Serve) => node.disk.files.get(&fid).copied(),
+            _ => None,
+        };
+        self.log(|| format!("node {n} read {id} of register {slot}: {gate:?} -> {value:?}"));
+        let d = self.rng.gen_range(0..3);
+        self.at(d, Event::ClientReadReply { id, value });
+    }
+
+    fn client_read_reply(&mut self, id: u64, value: Option<u64>) {
+        let Some(read) = self.client.reads.get(&id) else {
+            return;
+        };
+        let Some(v) = value else {
+            self.stats.reads_refused += 1;
+            self.client.read_maps = self.store;
+            let d = self.rng.gen_range(5..30);
+            self.client.read_retry_at_ms.insert(id, self.now_ms + d);
+            return;
+        };
+        assert!(
+            v >= read.acked_floor && v >= read.read_floor,
+            "seed {}: at {}ms a read of register {} returned {v}, but {} was acknowledged and \
+             {} read before it was sent (maps {:?})",
+            self.seed,
+            self.now_ms,
+            read.slot,
+            read.acked_floor,
+            read.read_floor,
+            self.store
+        );
+        let slot = read.slot;
+        self.stats.reads += 1;
+        self.client.reads.remove(&id);
+        let max = self.client.read_max.entry(slot).or_default();
+        *max = (*max).max(v);
+    }
+
+    /// Sends read `id` to the data PG's primary of the client's map.
+    fn client_send_read(&mut self, id: u64) {
+        let Some(primary) = self.client.read_maps[DATA_PG as usize].primary() else {
+            self.client.read_retry_at_ms.insert(id, self.now_ms + 20);
+            return;
+        };
+        let Some(read) = self.client.reads.get_mut(&id) else {
+            return;
+        };
+        read.sent_at_ms = self.now_ms;
+        let slot = read.slot;
+        let d = self.rng.gen_range(0..3);
+        self.at(
+            d,
+            Event::ClientRead {
+                to: primary,
+                id,
+                slot,
+            },
+        );
+    }
+
+    /// Reads due again are sent; a read without an answer for long (its node died) is
+    /// dropped; with `issue`, new reads of registers not being read start.
+    fn client_read_step(&mut self, issue: bool) {
+        let now = self.now_ms;
+        let due: Vec<u64> = self
+            .client
+            .read_retry_at_ms
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.client.read_retry_at_ms.remove(&id);
+            self.client_send_read(id);
+        }
+        // A read without an answer for long (its node is down or frozen): the reader drops
+        // it and learns the maps again.
+        let retry = &self.client.read_retry_at_ms;
+        let before = self.client.reads.len();
+        self.client
+            .reads
+            .retain(|id, r| retry.contains_key(id) || now < r.sent_at_ms + CLIENT_TIMEOUT_MS);
+        if self.client.reads.len() < before {
+            self.client.read_maps = self.store;
+        }
+        if !issue {
+            return;
+        }
+        for slot in 0..KEYS {
+            let reading = self.client.reads.values().any(|r| r.slot == slot);
+            if reading || !self.rng.gen_ratio(1, 30) {
+                continue;
+            }
+            let fid = REG_BASE + slot;
+            let acked_floor = self.client.ledger.contents.get(&fid).map_or(0, |c| c.acked);
+            let read_floor = self.client.read_max.get(&slot).copied().unwrap_or(0);
+            let id = self.client.next_read;
+            self.client.next_read += 1;
+            self.client.reads.insert(
+                id,
+                PendingRead {
+                    slot,
+                    acked_floor,
+                    read_floor,
+                    sent_at_ms: now,
+                },
+            );
+            self.client_send_read(id);
         }
     }
 
@@ -1631,7 +1896,8 @@ impl Sim {
             .outstanding
             .iter()
             .filter(|(k, o)| {
-                now >= o.sent_at_ms + CLIENT_TIMEOUT_MS && !self.client.retry_at_ms.contains_key(k)
+                now >= o.sent_at_ms + CLIENT_STALL_CHECK_MS
+                    && !self.client.retry_at_ms.contains_key(k)
             })
             .map(|(&k, _)| k)
             .collect();
@@ -1649,7 +1915,10 @@ impl Sim {
             return;
         }
         for slot in 0..KEYS + NS_KEYS {
-            if self.client.outstanding.contains_key(&slot) || !self.rng.gen_ratio(1, 40) {
+            // Every fourth register is cold: written about once in 1.5 s, so that after a
+            // failover some registers were last written by the new primary only.
+            let rate = if slot % 4 == 0 { 1500 } else { 40 };
+            if self.client.outstanding.contains_key(&slot) || !self.rng.gen_ratio(1, rate) {
                 continue;
             }
             let op = self.next_op(slot);
@@ -1682,6 +1951,24 @@ impl Sim {
                 self.nodes[n as usize].frozen_until_ms = self.now_ms + d;
             }
             9 if self.heal => self.replace(n),
+            13..=15 if !self.store_cut(n) => {
+                // A split: node n on the minority side, without the store; clients still
+                // reach it (the old primary a reader may still ask).
+                let d = self.rng.gen_range(1000..5000);
+                self.log(|| format!("SPLIT node {n} from the others and the store for {d}ms"));
+                self.stats.splits += 1;
+                self.nodes[n as usize].store_cut_until_ms = self.now_ms + d;
+                for m in (0..members).filter(|&m| m != n) {
+                    self.partitions
+                        .insert((n.min(m), n.max(m)), self.now_ms + d);
+                }
+            }
+            10..=12 if !self.store_cut(n) => {
+                let d = self.rng.gen_range(100..4000);
+                self.log(|| format!("STORE CUT node {n} for {d}ms"));
+                self.stats.store_cuts += 1;
+                self.nodes[n as usize].store_cut_until_ms = self.now_ms + d;
+            }
             6..=8 => {
                 let m = self.rng.gen_range(0..members);
                 if m != n {
@@ -1979,6 +2266,7 @@ impl Sim {
             self.inject_faults();
         }
         self.thaw();
+        self.restore_store_links();
         while let Some((&(t, s), _)) = self.queue.iter().next() {
             if t > self.now_ms {
                 break;
@@ -1990,6 +2278,7 @@ impl Sim {
             self.tick_all();
         }
         self.client_step(issue);
+        self.client_read_step(issue);
         self.check();
     }
 
@@ -2007,6 +2296,11 @@ impl Sim {
         self.disk_fault_per_mille = 0;
         self.partitions.clear();
         for n in 0..self.nodes.len() as Member {
+            let node = &mut self.nodes[n as usize];
+            if node.store_cut_until_ms > self.now_ms {
+                // Back at the next step, whose `restore_store_links` resends the maps.
+                node.store_cut_until_ms = self.now_ms + 1;
+            }
             self.nodes[n as usize].frozen_until_ms = 0;
             if !self.nodes[n as usize].up {
                 self.restart(n);
@@ -2152,8 +2446,9 @@ fn seeded_simulation() {
         "too few operations acknowledged: {acks}"
     );
     assert!(totals.crashes > 0 && totals.freezes > 0 && totals.partitions > 0);
+    assert!(seeds < 10 || (totals.store_cuts > 0 && totals.splits > 0));
     assert!(totals.map_changes > 0 && totals.lost > 0 && totals.duplicated > 0);
-    assert!(totals.namespace_ops > 0);
+    assert!(totals.namespace_ops > 0 && totals.reads > 0 && totals.reads_refused > 0);
     assert!(seeds < 10 || (totals.disk_faults > 0 && totals.quarantined > 0));
     assert!(seeds < 50 || (totals.power_losses > 0 && totals.torn_records > 0));
     assert!(seeds < 50 || totals.damaged_records > 0);

@@ -87,6 +87,17 @@ pub(crate) fn lock_of(req: &Request<'_>) -> LockKey {
     }
 }
 
+/// What a read looks at, for `Replica::read_gate`: it waits for unacknowledged writes there.
+pub(crate) fn read_lock_of(req: &Request<'_>) -> LockKey {
+    match *req {
+        Request::Read {
+            fid, offset, len, ..
+        } => LockKey::range(fid, offset, u64::from(len)),
+        Request::GetAttr { fid, .. } => LockKey::whole_file(fid),
+        _ => LockKey::NAMESPACE,
+    }
+}
+
 /// Applies a replicated operation to one local member's copy; returns its reply frame.
 /// A hand-off is not applied to the brick: the replication driver records it.
 pub(crate) async fn apply(

@@ -3,8 +3,8 @@
 //! and changes through the replication driver.
 
 use crate::apply::{
-    decode_error_code, error_reply, execute, fs_error_reply, local_brick, lock_of, Body,
-    PreparedData,
+    decode_error_code, error_reply, execute, fs_error_reply, local_brick, lock_of, read_lock_of,
+    Body, PreparedData,
 };
 use crate::ctx::{CoreCtx, Forward};
 use crate::files;
@@ -122,21 +122,55 @@ async fn read_direct(ctx: &Rc<CoreCtx>, header: &Header, payload: &[u8]) -> Opti
         .ok()?;
     let dma = files::direct(&f)?;
     let (id, opcode) = (header.request_id, header.opcode);
-    Some(match dma.read_at(offset, len as usize).await {
-        Ok(data) => Reply::Read {
-            head: response_head(id, opcode, &data),
-            data,
-        },
-        Err(e) => Reply::Frame(read_failed(
-            ctx,
-            &vol,
-            pg,
-            member,
-            id,
-            opcode,
-            files::io_err("read", e),
-        )),
-    })
+    let lock = read_lock_of(&req);
+    for _ in 0..READ_ATTEMPTS_MAX {
+        if let Err(why) = ctx.repl().read_ready(&vol, pg, member, lock).await {
+            return Some(Reply::Frame(error_reply(
+                id,
+                opcode,
+                ErrorCode::NotPrimary,
+                &why,
+            )));
+        }
+        match dma.read_at(offset, len as usize).await {
+            Ok(data) if read_settled(ctx, &vol, pg, member, lock) => {
+                return Some(Reply::Read {
+                    head: response_head(id, opcode, &data),
+                    data,
+                })
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let e = files::io_err("read", e);
+                return Some(Reply::Frame(read_failed(
+                    ctx, &vol, pg, member, id, opcode, e,
+                )));
+            }
+        }
+    }
+    Some(Reply::Frame(unsettled_reply(id, opcode)))
+}
+
+/// A read is answered only if, once it has read the copy, the gate is still open: no write of
+/// its range started meanwhile that is not acknowledged (it may be in what was read) and the
+/// read lease held until after the read.
+fn read_settled(
+    ctx: &Rc<CoreCtx>,
+    vol: &ServedVolume,
+    pg: u32,
+    member: u8,
+    lock: brick_replication::LockKey,
+) -> bool {
+    ctx.repl().read_gate(vol, pg, member, &lock) == brick_replication::ReadGate::Serve
+}
+
+/// Reads at most this many times while writes of its range keep starting during the read.
+const READ_ATTEMPTS_MAX: usize = 3;
+
+fn unsettled_reply(id: u64, opcode: u16) -> Vec<u8> {
+    let why = "writes of this range kept starting while it was read, or the primary stopped \
+               being sure it still is; retry";
+    error_reply(id, opcode, ErrorCode::NotPrimary, why)
 }
 
 /// The answer to a read the local copy failed. An I/O error is the disk failing: the member
@@ -338,11 +372,19 @@ async fn serve(
             Ok(m) => m,
             Err(why) => return error_reply(id, opcode, ErrorCode::NotPrimary, &why),
         };
-        let none = PreparedData::default();
-        return match execute(ctx.files(), id, &vol, member, req, None, &none).await {
-            Ok(frame) => frame,
-            Err(e) => read_failed(ctx, &vol, pg, member, id, opcode, e),
-        };
+        let lock = read_lock_of(&req);
+        for _ in 0..READ_ATTEMPTS_MAX {
+            if let Err(why) = ctx.repl().read_ready(&vol, pg, member, lock).await {
+                return error_reply(id, opcode, ErrorCode::NotPrimary, &why);
+            }
+            let none = PreparedData::default();
+            match execute(ctx.files(), id, &vol, member, req.clone(), None, &none).await {
+                Ok(frame) if read_settled(ctx, &vol, pg, member, lock) => return frame,
+                Ok(_) => continue,
+                Err(e) => return read_failed(ctx, &vol, pg, member, id, opcode, e),
+            }
+        }
+        return unsettled_reply(id, opcode);
     }
     let lock = lock_of(&req);
     let local_first = req.is_namespace_change();

@@ -21,12 +21,12 @@ use brick_replication::dirt::boot_activity;
 use brick_replication::heal::HealProgress;
 use brick_replication::{
     BodyOp, Boot, Config, Dirt, DirtState, HealConfig, HealEnv, Healer, LocalCopy, LockKey,
-    LogWrite, Member, Msg, OpError, OpId, Outcome, Output, PgMap, Replica, ResyncRead,
+    LogWrite, Member, Msg, OpError, OpId, Outcome, Output, PgMap, ReadGate, Replica, ResyncRead,
 };
 use brick_store::Brick;
 use brick_tuning::{
     ACTIVITY_REWRITE_INTERVAL_MS, HEALING_PGS_PER_CORE_MAX, HEAL_REPORT_INTERVAL_MS, HEAL_TICK_MS,
-    LIMBO_AGE_CHECK_MS, LIMBO_KEEP_MS, REPL_TICK_MS,
+    LIMBO_AGE_CHECK_MS, LIMBO_KEEP_MS, READ_GATE_POLL_MS, READ_GATE_WAIT_MS, REPL_TICK_MS,
 };
 use brick_wire::{op, DecodeError, ErrorCode, Header, HEADER_BYTES};
 use std::cell::{Cell, RefCell};
@@ -63,6 +63,8 @@ struct Slot {
     /// for files kept too long.
     limbo_freeing: Rc<Cell<bool>>,
     limbo_aged_at: Instant,
+    /// The last epoch in which this member was logged as the PG's primary.
+    primary_logged: u64,
 }
 
 impl Slot {
@@ -245,6 +247,25 @@ impl ReplCore {
             return; // the volume stopped meanwhile
         }
         self.drive(key, out);
+    }
+
+    /// Logs once per epoch that a local member became its PG's primary (target
+    /// `brickd::primary`, debug): the partition tests check from every node's log that no two
+    /// members were primary of one PG in one epoch.
+    fn log_primary(&self, key: SlotKey) {
+        self.with_slot(key, |slot| {
+            let epoch = slot.replica.map().epoch;
+            if slot.replica.is_primary() && slot.primary_logged != epoch {
+                slot.primary_logged = epoch;
+                tracing::debug!(
+                    target: "brickd::primary",
+                    "PG {} of volume {}: member {} is primary in epoch {epoch}",
+                    key.1,
+                    slot.vol.name,
+                    key.2
+                );
+            }
+        });
     }
 
     /// Creates, updates and drops this core's replicas to match a newly published state.
@@ -518,6 +539,53 @@ impl ReplCore {
         })
     }
 
+    /// Waits until the local primary `member` may answer a read of `lock` from its copy
+    /// (`Replica::read_gate`: its read lease holds, no unacknowledged write of the range);
+    /// the error is the answer when it is not the primary or could not confirm it in time.
+    pub async fn read_ready(
+        &self,
+        vol: &ServedVolume,
+        pg: u32,
+        member: Member,
+        lock: LockKey,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_millis(READ_GATE_WAIT_MS);
+        loop {
+            match self.read_gate(vol, pg, member, &lock) {
+                ReadGate::Serve => return Ok(()),
+                ReadGate::Wait if Instant::now() < deadline => {
+                    glommio::timer::sleep(Duration::from_millis(READ_GATE_POLL_MS)).await
+                }
+                ReadGate::Wait => {
+                    return Err(format!(
+                        "PG {pg} of volume {}: this primary could not confirm within \
+                         {READ_GATE_WAIT_MS} ms that it still is (its members did not answer)",
+                        vol.name
+                    ))
+                }
+                ReadGate::Refuse => {
+                    return Err(self
+                        .local_primary(vol, pg)
+                        .err()
+                        .unwrap_or_else(|| format!("PG {pg} moved meanwhile")))
+                }
+            }
+        }
+    }
+
+    /// `Replica::read_gate` of a local member now (`Refuse` if it is not held here).
+    pub fn read_gate(
+        &self,
+        vol: &ServedVolume,
+        pg: u32,
+        member: Member,
+        lock: &LockKey,
+    ) -> ReadGate {
+        let now = self.now_ms();
+        self.with_slot((vol.id, pg, member), |s| s.replica.read_gate(now, lock))
+            .unwrap_or(ReadGate::Refuse)
+    }
+
     /// Runs one client write or namespace change through its PG's primary on this core and
     /// returns the reply frame once every up-to-date member has it (or it failed).
     pub async fn submit(self: &Rc<Self>, vol: &ServedVolume, pg: u32, sub: Submission) -> Vec<u8> {
@@ -587,7 +655,9 @@ impl ReplCore {
     /// replicas output.
     fn drive(self: &Rc<Self>, key: SlotKey, outputs: Vec<Output>) {
         let mut work: VecDeque<(SlotKey, Output)> = outputs.into_iter().map(|o| (key, o)).collect();
+        self.log_primary(key);
         while let Some((key, output)) = work.pop_front() {
+            self.log_primary(key);
             match output {
                 Output::ApplyLocal { op } => self.spawn_apply_local(key, op),
                 Output::ReadForResync { op, lock } => self.spawn_resync_read(key, op, lock),
@@ -976,6 +1046,7 @@ fn new_slot(
         recent_namespace: RecentNamespace::default(),
         limbo_freeing: Rc::new(Cell::new(false)),
         limbo_aged_at: Instant::now(),
+        primary_logged: 0,
     }
 }
 
