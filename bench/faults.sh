@@ -2,8 +2,11 @@
 # Faults beyond a killed process, on real processes (brickd/cli/tests/faults.rs): disks that
 # return EIO or ENOSPC (reads on the primary, writes on the primary or a secondary), power
 # cuts of one node or of every node (bricks on brick-faultfs, which forgets unsynced writes),
-# and the cluster store frozen or without quorum. Each scenario runs ROUNDS times under a
-# workload of keyed records (4 writers, 2 readers) whose history is checked: acknowledged
+# the cluster store frozen or without quorum, and network partitions between namespaces
+# (brickd/cli/tests/partitions.rs: primary cut from the store, replica cut from the primary,
+# client cut from the primary, 2/1 splits with etcd on either side, a flapping link). Each
+# scenario runs ROUNDS times under a workload of keyed records (4 writers, 2 readers) whose
+# history is checked: acknowledged
 # writes lost (after a cut of every node: writes made durable by FUA or fsync), stale reads,
 # client errors, and the longest time without a successful operation.
 #
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 command -v etcd >/dev/null || { echo "etcd is not installed (apt-get install etcd-server)" >&2; exit 2; }
+command -v nft >/dev/null || { echo "nft is not installed (apt-get install nftables)" >&2; exit 2; }
 [ -e /dev/fuse ] || { echo "/dev/fuse is missing: brick-faultfs cannot mount" >&2; exit 2; }
 mkdir -p "$OUT"
 REPORT="$OUT/rounds.jsonl"
@@ -36,7 +40,7 @@ cd "$ROOT"
 cargo build --release -p brickd -p brick-testkit --bin brick-faultfs >/dev/null
 status=0
 FAULTS_ROUNDS=$ROUNDS FAULTS_SEED=$SEED FAULTS_REPORT=$REPORT \
-  cargo test --release -p brick --test faults -- --test-threads=1 $FILTER || status=$?
+  cargo test --release -p brick --test faults --test partitions -- --test-threads=1 $FILTER || status=$?
 touch "$REPORT"
 python3 - "$REPORT" "$OUT/faults.json" "$ROUNDS" "$SEED" <<'EOF' || status=1
 import json, sys

@@ -13,7 +13,9 @@ use brick_cluster::mgmt::VolumeInfo;
 use brick_cluster::report::HealStatus;
 use brick_testkit::failover::{compare_copies, create_volume, LocalCluster};
 use brick_testkit::faultfs::FaultFs;
-use brick_testkit::history::{Outcome, Workload, BLOCK_BYTES};
+use brick_testkit::history::{
+    assert_clean, env_u64, pick, report, rounds, seed, Workload, BLOCK_BYTES,
+};
 use brick_wire::ROOT_FILE_ID;
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,21 +37,6 @@ fn brickd_exe() -> PathBuf {
     let p = brick_exe().with_file_name("brickd");
     assert!(p.exists(), "{} not built", p.display());
     p
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rounds() -> u64 {
-    env_u64("FAULTS_ROUNDS", 1).max(1)
-}
-
-fn seed() -> u64 {
-    env_u64("FAULTS_SEED", 1)
 }
 
 /// The workload's tasks run while the test thread sleeps between faults.
@@ -88,53 +75,6 @@ fn brick_json<T: serde::de::DeserializeOwned>(cluster: &LocalCluster, args: &[&s
 
 fn heal_status(cluster: &LocalCluster, volume: &str) -> HealStatus {
     brick_json(cluster, &["heal", "status", volume])
-}
-
-/// Appends one scenario's line to `FAULTS_REPORT`, and prints it.
-fn report(scenario: &str, round: u64, o: &Outcome, extra: serde_json::Value) {
-    let line = serde_json::json!({
-        "scenario": scenario,
-        "round": round,
-        "seed": seed(),
-        "acked_writes": o.acked_writes,
-        "reads": o.reads,
-        "client_errors": o.errors,
-        "lost_writes": o.lost_writes,
-        "stale_reads": o.stale_reads,
-        "longest_unavailable_ms": o.longest_unavailable.as_millis() as u64,
-        "extra": extra,
-    });
-    eprintln!("{line}");
-    if let Ok(path) = std::env::var("FAULTS_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .expect("FAULTS_REPORT file");
-        writeln!(f, "{line}").expect("write FAULTS_REPORT");
-    }
-}
-
-fn assert_clean(scenario: &str, o: &Outcome, errors_allowed: bool) {
-    assert_eq!(
-        o.lost_writes, 0,
-        "{scenario}: acknowledged writes lost: {:?}",
-        o.lost_messages
-    );
-    assert_eq!(
-        o.stale_reads, 0,
-        "{scenario}: stale reads: {:?}",
-        o.stale_messages
-    );
-    if !errors_allowed {
-        assert_eq!(
-            o.errors, 0,
-            "{scenario}: client errors: {:?}",
-            o.error_messages
-        );
-    }
-    assert!(o.acked_writes > 0, "{scenario}: nothing was written");
 }
 
 /// A volume over `cluster`'s nodes whose bricks listed in `on_faultfs` sit on brick-faultfs;
@@ -300,17 +240,6 @@ fn disk_enospc_on_secondary() {
         &[("write", "data", "ENOSPC")],
         false,
     );
-}
-
-/// A pseudo-random number from the seed, the round and a salt (no clock).
-fn pick(round: u64, salt: u64, below: u64) -> u64 {
-    let mut x = (seed() ^ 0x9E37_79B9_7F4A_7C15)
-        .wrapping_mul(round + 1)
-        .wrapping_add(salt.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-    x ^= x >> 31;
-    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 29;
-    x % below.max(1)
 }
 
 /// The machine of node `i` loses power: brickd is killed, every write no fsync made durable is

@@ -147,6 +147,20 @@ impl Workload {
         readers: u64,
         seed: u64,
     ) -> Workload {
+        let readers_vol = vol.clone();
+        Workload::start_with_readers_on(vol, readers_vol, fid, (blocks, writers, readers), seed)
+    }
+
+    /// `start` with the readers on `readers_vol`, another client's handle of the volume: its
+    /// maps are its own, so after a failover it may still ask the old primary while the
+    /// writers already moved on (as another host's client would).
+    pub fn start_with_readers_on(
+        vol: Volume,
+        readers_vol: Volume,
+        fid: FileId,
+        (blocks, writers, readers): (u64, u64, u64),
+        seed: u64,
+    ) -> Workload {
         assert!(writers > 0 && blocks >= writers);
         let ledger = Arc::new(Mutex::new(Ledger {
             last_ok: Some(Instant::now()),
@@ -160,7 +174,7 @@ impl Workload {
             tasks.push(tokio::spawn(writer(vol, fid, owned, ledger, stop)));
         }
         for r in 0..readers {
-            let (vol, ledger, stop) = (vol.clone(), ledger.clone(), stop.clone());
+            let (vol, ledger, stop) = (readers_vol.clone(), ledger.clone(), stop.clone());
             let seed = seed.wrapping_mul(31).wrapping_add(r);
             tasks.push(tokio::spawn(reader(vol, fid, blocks, seed, ledger, stop)));
         }
@@ -355,4 +369,85 @@ async fn reader(
         }
         tokio::time::sleep(READ_PAUSE).await;
     }
+}
+
+// Scenario support shared by the fault and partition tests: `FAULTS_ROUNDS`, `FAULTS_SEED`
+// and `FAULTS_REPORT` (bench/faults.sh).
+
+/// A number from the environment (`default` when unset or not a number).
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// How many times each scenario runs (`FAULTS_ROUNDS`, default 1).
+pub fn rounds() -> u64 {
+    env_u64("FAULTS_ROUNDS", 1).max(1)
+}
+
+/// What picks the readers' blocks and the moments of the faults (`FAULTS_SEED`, default 1).
+pub fn seed() -> u64 {
+    env_u64("FAULTS_SEED", 1)
+}
+
+/// Appends one scenario's line to `FAULTS_REPORT`, and prints it.
+pub fn report(scenario: &str, round: u64, o: &Outcome, extra: serde_json::Value) {
+    let line = serde_json::json!({
+        "scenario": scenario,
+        "round": round,
+        "seed": seed(),
+        "acked_writes": o.acked_writes,
+        "reads": o.reads,
+        "client_errors": o.errors,
+        "lost_writes": o.lost_writes,
+        "stale_reads": o.stale_reads,
+        "longest_unavailable_ms": o.longest_unavailable.as_millis() as u64,
+        "extra": extra,
+    });
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("FAULTS_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("FAULTS_REPORT file");
+        writeln!(f, "{line}").expect("write FAULTS_REPORT");
+    }
+}
+
+/// No acknowledged write lost, no stale read, something written, and (unless allowed) no
+/// client error.
+pub fn assert_clean(scenario: &str, o: &Outcome, errors_allowed: bool) {
+    assert_eq!(
+        o.lost_writes, 0,
+        "{scenario}: acknowledged writes lost: {:?}",
+        o.lost_messages
+    );
+    assert_eq!(
+        o.stale_reads, 0,
+        "{scenario}: stale reads: {:?}",
+        o.stale_messages
+    );
+    if !errors_allowed {
+        assert_eq!(
+            o.errors, 0,
+            "{scenario}: client errors: {:?}",
+            o.error_messages
+        );
+    }
+    assert!(o.acked_writes > 0, "{scenario}: nothing was written");
+}
+
+/// A pseudo-random number from the seed, the round and a salt (no clock).
+pub fn pick(round: u64, salt: u64, below: u64) -> u64 {
+    let mut x = (seed() ^ 0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(round + 1)
+        .wrapping_add(salt.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 29;
+    x % below.max(1)
 }

@@ -6,6 +6,7 @@ use brick_client::ClientConfig;
 pub mod failover;
 pub mod faultfs;
 pub mod history;
+pub mod netns;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -283,6 +284,8 @@ pub struct Etcd {
     _tmp: tempfile::TempDir,
     /// The member's command line (`restart` runs it again on the same data).
     args: Vec<String>,
+    /// The network namespace it runs in (`start_in`).
+    netns: Option<String>,
 }
 
 impl Etcd {
@@ -325,6 +328,7 @@ impl Etcd {
                         endpoint,
                         _tmp: tmp,
                         args: Vec::new(),
+                        netns: None,
                     };
                 }
                 if Instant::now() > deadline {
@@ -370,6 +374,7 @@ impl Etcd {
                     endpoint,
                     _tmp: tmp,
                     args,
+                    netns: None,
                 }
             })
             .collect();
@@ -388,7 +393,11 @@ impl Etcd {
             .append(true)
             .open(self._tmp.path().join("etcd.log"))
             .expect("log");
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(ns) = &self.netns {
+            netns::run_in(&mut cmd, ns);
+        }
+        let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -398,6 +407,33 @@ impl Etcd {
                 panic!("cannot run etcd ({e}): install Debian's etcd-server (.ci/run does)")
             });
         self.child = Some(child);
+    }
+
+    /// One etcd in `host`'s network namespace (`netns::Net`), on its address. The calling
+    /// thread must be in a namespace that reaches it (it waits until it answers).
+    pub fn start_in(net: &netns::Net, host: &str) -> Etcd {
+        let h = net.host(host);
+        let tmp = tempfile::Builder::new()
+            .prefix("etcd-test")
+            .tempdir_in(scratch_root())
+            .expect("tempdir");
+        let endpoint = format!("{}:2379", h.ip);
+        let initial = format!("{host}=http://{}:2380", h.ip);
+        let data = tmp.path().join("data");
+        let mut args = etcd_args(host, &data, &endpoint, 2380, &initial);
+        for a in args.iter_mut() {
+            *a = a.replace("127.0.0.1", &h.ip);
+        }
+        let mut e = Etcd {
+            child: None,
+            endpoint,
+            _tmp: tmp,
+            args,
+            netns: Some(h.ns.clone()),
+        };
+        e.spawn();
+        e.wait_answers();
+        e
     }
 
     /// Waits until this member answers as healthy (part of a cluster with a leader).
@@ -512,6 +548,8 @@ pub struct ServeNode {
     store: String,
     password: String,
     extra_args: Vec<String>,
+    /// The network namespace it runs in (`start_in`).
+    netns: Option<String>,
 }
 
 impl ServeNode {
@@ -538,6 +576,7 @@ impl ServeNode {
             store: store.to_string(),
             password: password.to_string(),
             extra_args: extra_args.to_vec(),
+            netns: None,
         };
         std::fs::create_dir_all(&n.dir).expect("node dir");
         for _ in 0..PORT_ATTEMPTS {
@@ -551,6 +590,33 @@ impl ServeNode {
         panic!("no free loopback port after {PORT_ATTEMPTS} attempts");
     }
 
+    /// Starts node `name` in network namespace `ns`, listening on `addr` (an address of that
+    /// namespace); waits until it serves.
+    pub fn start_in(
+        brickd: &Path,
+        (name, dir): (&str, &Path),
+        (store, password): (&str, &str),
+        ns: &str,
+        addr: &str,
+    ) -> ServeNode {
+        let mut n = ServeNode {
+            brickd: brickd.to_path_buf(),
+            child: None,
+            name: name.to_string(),
+            addr: addr.to_string(),
+            dir: dir.join(name),
+            store: store.to_string(),
+            password: password.to_string(),
+            extra_args: Vec::new(),
+            netns: Some(ns.to_string()),
+        };
+        std::fs::create_dir_all(&n.dir).expect("node dir");
+        if let Err(log) = n.try_spawn() {
+            panic!("brickd serve {name} exited during start; log:\n{log}");
+        }
+        n
+    }
+
     /// Starts `brickd serve` with its output appended to the node's log; returns the log's path.
     fn spawn_child(&mut self) -> PathBuf {
         let log_path = self.dir.join("brickd.log");
@@ -559,7 +625,15 @@ impl ServeNode {
             .append(true)
             .open(&log_path)
             .expect("log file");
-        let child = Command::new(&self.brickd)
+        let mut cmd = Command::new(&self.brickd);
+        if let Some(ns) = &self.netns {
+            netns::run_in(&mut cmd, ns);
+            // The partition tests read from the logs who was primary of which PG in which epoch.
+            if std::env::var_os("BRICKD_LOG").is_none() {
+                cmd.env("BRICKD_LOG", "info,brickd::primary=debug");
+            }
+        }
+        let child = cmd
             .args(["serve", "--node", &self.name, "--listen", &self.addr])
             .args(["--store", &self.store, "--cores", "1"])
             .args(["--cpus", &spread_cpus(1)])
