@@ -295,3 +295,263 @@ fn io_and_new_clients_go_on_while_the_etcd_cluster_has_no_quorum() {
         }
     });
 }
+
+/// How long the gateway test keeps the quorum lost (`BRICK_GATEWAYS_QUORUM_LOST_S`; the
+/// bench/faults.sh run uses 60).
+fn gateways_quorum_lost_s() -> u64 {
+    std::env::var("BRICK_GATEWAYS_QUORUM_LOST_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn is_mounted(mountpoint: &std::path::Path) -> bool {
+    let want = mountpoint.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// A `brick mount` of volume `qv`; stopped by its PID (and unmounted) when dropped.
+struct Mount {
+    child: std::process::Child,
+    mountpoint: PathBuf,
+}
+
+impl Mount {
+    fn start(servers: &str, mountpoint: &std::path::Path, log: &std::path::Path) -> Mount {
+        std::fs::create_dir_all(mountpoint).expect("mount point");
+        let mountpoint = mountpoint.canonicalize().expect("canonical mount point");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("mount log");
+        let child = Command::new(brick_exe())
+            .args([
+                "--servers",
+                servers,
+                "--user",
+                "admin",
+                "--password",
+                PASSWORD,
+            ])
+            .arg("mount")
+            .arg("qv")
+            .arg(&mountpoint)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn brick mount");
+        let mut m = Mount { child, mountpoint };
+        let start = Instant::now();
+        while !is_mounted(&m.mountpoint) {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!(
+                    "brick mount exited ({status}) without a quorum: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "not mounted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    /// The mount process dies (SIGKILL); the kernel's mount goes with a lazy unmount.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new(brick_exe())
+                .arg("umount")
+                .arg(&self.mountpoint)
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// One fio run through the NBD gateway: random 4 KiB writes at queue depth 16 over 16 MiB,
+/// then every block read back and verified (crc32c). Panics on any fio error.
+fn fio_through_nbd(uri: &str) -> u64 {
+    let out = Command::new("fio")
+        .args([
+            "--name=quorum",
+            "--ioengine=nbd",
+            "--rw=randwrite",
+            "--bs=4k",
+        ])
+        .args([
+            "--iodepth=16",
+            "--size=16M",
+            "--verify=crc32c",
+            "--do_verify=1",
+        ])
+        .args(["--verify_state_save=0", "--output-format=json"])
+        .arg(format!("--uri={uri}"))
+        .output()
+        .expect("run fio (.ci/run installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "fio through NBD without a quorum failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').expect("fio JSON")..]).expect("fio JSON");
+    let job = &doc["jobs"][0];
+    assert_eq!(job["error"], serde_json::Value::from(0), "{doc:#}");
+    job["write"]["io_bytes"].as_u64().unwrap_or(0)
+}
+
+/// Two of three etcd members killed while QEMU-like and admin clients keep working: fio
+/// through a node's NBD gateway (each run a new NBD connection, verified), a FUSE mount
+/// killed and mounted again (a new client bootstrap) that writes and reads a file, new CLI
+/// processes, and a node restarted meanwhile (a node that holds no member of the volume: a
+/// member that stops cannot leave its PGs without the store, so their writes would wait for
+/// it). Zero errors on the volume; the restarted node serves once the quorum is back.
+#[test]
+fn nbd_fio_fuse_remount_and_a_node_restart_go_on_without_quorum() {
+    for tool in ["fio", "nbdinfo"] {
+        brick_testkit::need_tool(tool, ".ci/run installs fio and libnbd-bin");
+    }
+    let etcd = brick_testkit::Etcd::start_cluster(3);
+    let store = brick_testkit::Etcd::cluster_url(&etcd);
+    let dir = tempfile::tempdir_in(brick_testkit::scratch_root()).expect("scratch");
+    let nbd_addr = format!("127.0.0.1:{}", brick_testkit::free_port());
+    let hosted = ["--nbd".to_string(), format!("qv@{nbd_addr}")];
+    let mut nodes: Vec<brick_testkit::ServeNode> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|&n| {
+            let extra: &[String] = if n == "n1" { &hosted } else { &[] };
+            brick_testkit::ServeNode::start_with(
+                &brickd_exe(),
+                n,
+                dir.path(),
+                &store,
+                PASSWORD,
+                extra,
+            )
+        })
+        .collect();
+    let servers = nodes
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let admin = brick_client::ClientConfig {
+        servers: nodes.iter().map(|n| n.addr.clone()).collect(),
+        user: "admin".into(),
+        password: PASSWORD.into(),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = Client::connect(admin.clone()).await.expect("connect");
+        let vol = create_volume(&client, &nodes[..2], "qv", 2).await;
+        let f = vol
+            .create(ROOT_FILE_ID, "disk.raw", 0o644, true)
+            .await
+            .expect("create the image");
+        vol.write(f.fid, (16 << 20) - 1, &[0], true)
+            .await
+            .expect("size the image");
+    });
+    let uri = format!("nbd://{nbd_addr}/disk.raw");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new("nbdinfo")
+        .arg(&uri)
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no NBD export; log:\n{}",
+            nodes[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mount_log = dir.path().join("mount.log");
+    let mut mount = Mount::start(&servers, &dir.path().join("mnt"), &mount_log);
+
+    let mut etcd = etcd;
+    etcd[2].kill9();
+    etcd[1].kill9();
+    let lost_at = Instant::now();
+    let outage = Duration::from_secs(gateways_quorum_lost_s());
+
+    // A node restarted without the store: it says it waits, and serves once the quorum is back.
+    nodes[2].kill9();
+    let serving_before = nodes[2].restart_until_logged("waiting for it to load the cluster state");
+
+    // The FUSE mount dies and is mounted again: a new client that bootstraps without a store.
+    mount.kill();
+    let mount = Mount::start(&servers, &dir.path().join("mnt"), &mount_log);
+    let via_fuse = mount.mountpoint.join("fuse-during.txt");
+    std::fs::write(&via_fuse, b"written through FUSE without a quorum").expect("FUSE write");
+    assert_eq!(
+        std::fs::read(&via_fuse).expect("FUSE read"),
+        b"written through FUSE without a quorum"
+    );
+
+    // fio through NBD, a new connection each run, until the outage ends.
+    let mut fio_runs = 0u64;
+    let mut fio_bytes = 0u64;
+    while lost_at.elapsed() < outage {
+        fio_bytes += fio_through_nbd(&uri);
+        fio_runs += 1;
+        let listing = brick_ok_on(&servers, &["ls", "qv/"]);
+        assert!(listing.contains("fuse-during.txt"), "ls: {listing}");
+    }
+    assert!(fio_runs > 0);
+    eprintln!(
+        "no quorum for {} ms: {fio_runs} fio runs through NBD ({} MiB written and verified), a \
+         FUSE remount with a write and a read, a CLI ls after each fio run, a node restart \
+         waiting for the store",
+        lost_at.elapsed().as_millis(),
+        fio_bytes >> 20
+    );
+
+    etcd[1].restart();
+    etcd[2].restart();
+    for member in &etcd {
+        member.wait_answers();
+    }
+    nodes[2].wait_serving(serving_before);
+    fio_through_nbd(&uri);
+    drop(mount);
+}
+
+/// `brick ARGS` as the admin against `servers`; panics unless it succeeds.
+fn brick_ok_on(servers: &str, args: &[&str]) -> String {
+    let out = Command::new(brick_exe())
+        .args([
+            "--servers",
+            servers,
+            "--user",
+            "admin",
+            "--password",
+            PASSWORD,
+            "--quiet",
+        ])
+        .args(args)
+        .output()
+        .expect("run brick");
+    assert!(
+        out.status.success(),
+        "brick {args:?} failed without a quorum: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
