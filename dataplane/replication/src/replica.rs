@@ -268,14 +268,18 @@ pub struct Replica {
     /// serves nothing until a map without it (or a refusal) arrives.
     retiring: bool,
     proposing: Option<PgMap>,
-    /// This member proposed a map that names another primary (or none) in this epoch: until
-    /// its map reaches this epoch it neither serves reads as primary nor extends a primary's
-    /// read lease (the proposal may have landed although its answer was lost).
+    /// This member proposed a map that names another primary (or none), or one whose answer
+    /// never came: until its map reaches this epoch it neither serves reads as primary nor
+    /// extends a primary's read lease, and after a lost answer it also applies no forward and
+    /// starts no op of the old epoch (the proposal may have landed: the simulator's store cuts
+    /// found copies diverging while a proposer went on in the epoch it had left).
     fence_epoch: Epoch,
     /// Per member: the `sent_ms` of the latest heartbeat it answered in this primary's epoch.
     /// Reads are served while every other up-to-date member's answer is younger than
     /// `failover_ms - read_lease_margin_ms` (`reads_leased`).
     lease_from_ms: [u64; MEMBERS_MAX as usize],
+    /// While fenced, the map is fetched again from this time on (every `resend_ms`).
+    fetch_at_ms: u64,
     // primary side
     next_op: OpId,
     pending: BTreeMap<OpId, Pending>,
@@ -329,6 +333,7 @@ impl Replica {
             proposing: None,
             fence_epoch: 0,
             lease_from_ms: [0; MEMBERS_MAX as usize],
+            fetch_at_ms: 0,
             next_op: op_base.max(1),
             pending: BTreeMap::new(),
             last_heard_ms: [now_ms; MEMBERS_MAX as usize],
@@ -458,7 +463,8 @@ impl Replica {
         }
     }
 
-    /// A map this member proposed may have replaced the primary: see `fence_epoch`.
+    /// A map this member proposed may have replaced the primary, or one whose answer never came
+    /// may have changed the map: see `fence_epoch`.
     fn fenced(&self) -> bool {
         self.map.epoch < self.fence_epoch
     }
@@ -580,7 +586,8 @@ impl Replica {
                 min_size: self.map.min_size,
             });
         }
-        if self.recovery.is_some() || self.next_op - self.watermark() >= self.cfg.window_ops_max {
+        let full = self.next_op - self.watermark() >= self.cfg.window_ops_max;
+        if self.recovery.is_some() || self.fenced() || full {
             return Err(OpError::Busy);
         }
         let targets = self.others();
@@ -1044,8 +1051,11 @@ impl Replica {
                 if epoch > self.map.epoch {
                     out.push(Output::FetchMap);
                 }
-                if epoch != self.map.epoch || self.map.primary() != Some(from) || !self.receiving()
-                {
+                let refused = epoch != self.map.epoch
+                    || self.map.primary() != Some(from)
+                    || !self.receiving()
+                    || self.fenced();
+                if refused {
                     out.push(Output::Send {
                         to: from,
                         msg: Msg::Nack {
@@ -1185,10 +1195,12 @@ impl Replica {
         watermark: OpId,
         out: &mut Vec<Output>,
     ) {
-        let fenced =
-            epoch != self.map.epoch || !self.receiving() || self.map.primary() != Some(from);
-        if fenced {
-            if epoch > self.map.epoch {
+        let refused = epoch != self.map.epoch
+            || !self.receiving()
+            || self.map.primary() != Some(from)
+            || self.fenced();
+        if refused {
+            if epoch > self.map.epoch || self.fenced() {
                 out.push(Output::FetchMap);
             }
             out.push(Output::Send {
@@ -1284,6 +1296,10 @@ impl Replica {
         } else {
             self.pause_budget_ms =
                 (self.pause_budget_ms + gap_ms).min(self.cfg.pause_excuse_max_ms);
+        }
+        if self.fenced() && now_ms >= self.fetch_at_ms {
+            self.fetch_at_ms = now_ms + self.cfg.resend_ms;
+            out.push(Output::FetchMap);
         }
         if self.is_primary() {
             self.tick_primary(now_ms, out);
@@ -1412,10 +1428,17 @@ impl Replica {
         result: Result<PgMap, Option<PgMap>>,
         out: &mut Vec<Output>,
     ) {
-        self.proposing = None;
+        let proposed = self.proposing.take();
         match result {
             Ok(map) | Err(Some(map)) => self.on_map(now_ms, map, out),
             Err(None) => {
+                // No answer: the map may have changed anyway. Until this member knows, it takes
+                // no part in the old epoch (it applies no forward and starts no op), since the
+                // others may already act on the new one (`fenced`).
+                if let Some(p) = proposed {
+                    self.fence_epoch = self.fence_epoch.max(p.epoch);
+                    out.push(Output::FetchMap);
+                }
                 if self.retiring {
                     self.retire(out); // keep trying to leave
                 }
