@@ -18,13 +18,17 @@
 //! ones kept or lost) and restarts; power losses (as a crash, and the logs lose their
 //! un-synced tails, cut anywhere, inside a record too: torn records); dirt-log records
 //! damaged on disk; freezes (SIGSTOP: nothing runs, messages wait in the socket buffers);
-//! partitions between members; lost, duplicated and reordered messages; disk writes and reads
-//! that fail; bricks replaced by empty ones (`volume replace-brick`). Whether primaries push
-//! each new map to the members (`Config::push_maps`) is chosen per seed.
+//! partitions between members; a node cut from the store (proposals unanswered, half of them
+//! landed) and 2/1 splits (a node cut from the others and the store, still reached by the
+//! clients); lost, duplicated and reordered messages; disk writes and reads that fail; bricks
+//! replaced by empty ones (`volume replace-brick`). Whether primaries push each new map to the
+//! members (`Config::push_maps`) is chosen per seed.
 //!
 //! Checked after every step: the maps are valid; no two members answered client operations of
-//! one PG in one epoch; every member up to date holds, for every file, the last acknowledged
-//! state or one written after it (no acknowledged write or namespace change lost). At the
+//! one PG in one epoch; no read (by a second client with maps of its own) returned less than
+//! what was acknowledged or read before it was sent; every member up to date holds, for every
+//! file, the last acknowledged state or one written after it (no acknowledged write or
+//! namespace change lost). At the
 //! end, after the faults stop: every member is healed and up to date, all hold identical
 //! bricks, and every client operation got an answer.
 
