@@ -172,17 +172,8 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             n.kill9();
         }
-        if std::env::var_os("BRICK_KEEP_SCRATCH").is_some() {
-            // Logs and bricks stay for a post-mortem (the directory is printed at start).
-            let tmp = std::mem::replace(
-                &mut self._tmp,
-                tempfile::Builder::new()
-                    .prefix("unused")
-                    .tempdir_in(brick_testkit::scratch_root())
-                    .expect("tempdir"),
-            );
-            let _ = tmp.keep();
-        }
+        // Logs and bricks stay for a post-mortem (the directory is printed at start).
+        brick_testkit::keep_scratch_if_asked(&mut self._tmp);
     }
 }
 

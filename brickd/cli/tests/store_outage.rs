@@ -30,10 +30,14 @@ fn brickd_exe() -> PathBuf {
 
 /// `brick ARGS` as the admin against every node; returns its output and how long it took.
 fn brick(cluster: &LocalCluster, args: &[&str]) -> (Output, Duration) {
+    brick_on(&cluster.admin.servers.join(","), args)
+}
+
+/// `brick ARGS` as the admin against `servers` (comma-separated).
+fn brick_on(servers: &str, args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
     let out = Command::new(brick_exe())
-        .arg("--servers")
-        .arg(cluster.admin.servers.join(","))
+        .args(["--servers", servers])
         .args(["--user", "admin", "--password", PASSWORD, "--quiet"])
         .args(args)
         .output()
@@ -43,7 +47,12 @@ fn brick(cluster: &LocalCluster, args: &[&str]) -> (Output, Duration) {
 
 /// `brick ARGS`, which must succeed; returns its stdout.
 fn brick_ok(cluster: &LocalCluster, args: &[&str]) -> String {
-    let (out, took) = brick(cluster, args);
+    brick_ok_on(&cluster.admin.servers.join(","), args)
+}
+
+/// `brick_on`, which must succeed; returns its stdout.
+fn brick_ok_on(servers: &str, args: &[&str]) -> String {
+    let (out, took) = brick_on(servers, args);
     assert!(
         out.status.success(),
         "brick {args:?} failed after {took:?}: {}",
@@ -531,27 +540,4 @@ fn nbd_fio_fuse_remount_and_a_node_restart_go_on_without_quorum() {
     nodes[2].wait_serving(serving_before);
     fio_through_nbd(&uri);
     drop(mount);
-}
-
-/// `brick ARGS` as the admin against `servers`; panics unless it succeeds.
-fn brick_ok_on(servers: &str, args: &[&str]) -> String {
-    let out = Command::new(brick_exe())
-        .args([
-            "--servers",
-            servers,
-            "--user",
-            "admin",
-            "--password",
-            PASSWORD,
-            "--quiet",
-        ])
-        .args(args)
-        .output()
-        .expect("run brick");
-    assert!(
-        out.status.success(),
-        "brick {args:?} failed without a quorum: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

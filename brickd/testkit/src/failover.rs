@@ -550,16 +550,7 @@ impl Drop for LocalCluster {
         for n in &mut self.nodes {
             n.kill9();
         }
-        if std::env::var_os("BRICK_KEEP_SCRATCH").is_some() {
-            // Logs and bricks stay for a post-mortem (the directory is printed at start).
-            let tmp = std::mem::replace(
-                &mut self._tmp,
-                tempfile::Builder::new()
-                    .prefix("unused")
-                    .tempdir_in(crate::scratch_root())
-                    .expect("tempdir"),
-            );
-            let _ = tmp.keep();
-        }
+        // Logs and bricks stay for a post-mortem (the directory is printed at start).
+        crate::keep_scratch_if_asked(&mut self._tmp);
     }
 }

@@ -749,6 +749,19 @@ fn report_core_stalls(log: &str) {
     }
 }
 
+/// With `BRICK_KEEP_SCRATCH` set, keeps `tmp` (logs and bricks, for a post-mortem) by putting
+/// an unused directory in its place; call it while dropping the processes that used it.
+pub fn keep_scratch_if_asked(tmp: &mut tempfile::TempDir) {
+    if std::env::var_os("BRICK_KEEP_SCRATCH").is_none() {
+        return;
+    }
+    let unused = tempfile::Builder::new()
+        .prefix("unused")
+        .tempdir_in(scratch_root())
+        .expect("tempdir");
+    let _ = std::mem::replace(tmp, unused).keep();
+}
+
 /// A current-thread tokio runtime for a test's native-client calls.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
