@@ -263,3 +263,15 @@ pub const RECENT_NAMESPACE_BODIES_MAX: usize = 1024;
 /// looked at this often while a change stays in doubt.
 pub const LIMBO_KEEP_MS: u64 = 10 * 60 * 1000;
 pub const LIMBO_AGE_CHECK_MS: u64 = 60 * 1000;
+/// PGs a rebalance moves at once (each is healed into its new set while the old one serves).
+pub const REBALANCE_MOVES_MAX: usize = 2;
+/// How often the rebalance leader looks at the PG maps and takes the next step.
+pub const REBALANCE_TICK_MS: u64 = 300;
+/// Digests of a moved PG compared before they must match (copies being written differ for a
+/// moment) ...
+pub const REBALANCE_VERIFY_ATTEMPTS: u32 = 3;
+/// ... after which files modified this recently are left out on both sides (being written,
+/// they are kept equal by replication, which forwards every write to both sets).
+pub const REBALANCE_VERIFY_RECENT_MS: u64 = 5_000;
+/// A PG whose copies still differ after this many verifications fails the rebalance.
+pub const REBALANCE_VERIFY_FAILURES_MAX: u32 = 20;

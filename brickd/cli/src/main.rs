@@ -217,6 +217,33 @@ enum VolumeCmd {
         old: String,
         new: String,
     },
+    /// add-brick NAME NODE:DIR [NODE:DIR...]: adds whole replica sets; `rebalance NAME start`
+    /// then moves their share of the PGs to them
+    AddBrick {
+        name: String,
+        #[arg(num_args = 1.., required = true)]
+        bricks: Vec<String>,
+    },
+    /// remove-brick NAME NODE:DIR... start|status|stop|commit: drains one replica set's PGs
+    /// to the others; commit takes it out once it holds nothing
+    RemoveBrick {
+        name: String,
+        /// The set's bricks, then the action.
+        #[arg(num_args = 2.., required = true)]
+        args: Vec<String>,
+        /// With status: refresh every second until the drain ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// rebalance NAME start|stop|status: moves PGs so that every replica set holds its share
+    /// (by capacity); a moved PG is healed into its new set, verified, then committed
+    Rebalance {
+        name: String,
+        action: String,
+        /// With status: refresh every second until the rebalance ends.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -642,7 +669,86 @@ async fn volume(client: &Client, out: &Out, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::ReplaceBrick { name, old, new } => {
             show(client, out, &op::VolumeReplaceBrick { name, old, new }).await
         }
+        VolumeCmd::AddBrick { name, bricks } => {
+            show(client, out, &op::VolumeAddBrick { name, bricks }).await
+        }
+        VolumeCmd::RemoveBrick {
+            name,
+            mut args,
+            watch,
+        } => {
+            let action = args.pop().unwrap_or_default();
+            let req = op::VolumeRemoveBrick {
+                name,
+                bricks: args,
+                action,
+            };
+            rebalance_report(client, out, &req, watch).await
+        }
+        VolumeCmd::Rebalance {
+            name,
+            action,
+            watch,
+        } => rebalance_report(client, out, &op::VolumeRebalance { name, action }, watch).await,
     }
+}
+
+/// Sends a rebalance or remove-brick request and prints where the rebalance is; with
+/// `watch`, asks again every second until it is no longer running.
+async fn rebalance_report<C>(client: &Client, out: &Out, req: &C, watch: bool) -> Result<()>
+where
+    C: MgmtCall<Reply = op::RebalanceStatus>,
+{
+    loop {
+        let st = client.mgmt(req).await?;
+        let running = st.state == "running";
+        out.report(&st, rebalance_text)?;
+        if !watch || !running {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn rebalance_text(st: &op::RebalanceStatus) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let mut s = format!(
+        "volume {}: rebalance {}{}\n  PGs moved {}/{}; {:.1} MiB in {} files moved, {:.1} MiB in {} files left; {:.1} MiB/s{}; {:.1} s",
+        st.volume,
+        st.state,
+        if st.removing.is_empty() {
+            String::new()
+        } else {
+            format!(" (draining {})", st.removing.join(" "))
+        },
+        st.pgs_moved,
+        st.pgs_to_move,
+        mib(st.bytes_moved),
+        st.files_moved,
+        mib(st.bytes_left),
+        st.files_left,
+        mib(st.rate_bytes_s),
+        st.eta_s.map(|e| format!(", ETA {e} s")).unwrap_or_default(),
+        st.elapsed_ms as f64 / 1000.0
+    );
+    for m in &st.moving {
+        s.push_str(&format!(
+            "\n  PG {}: {} -> {} ({}, {:.1} MiB in {} files)",
+            m.pg,
+            m.from.join(","),
+            m.to.join(","),
+            m.phase,
+            mib(m.bytes),
+            m.files
+        ));
+    }
+    if let Some(e) = &st.error {
+        s.push_str(&format!("\n  error: {e}"));
+    }
+    if !st.note.is_empty() {
+        s.push_str(&format!("\n  {}", st.note));
+    }
+    s
 }
 
 async fn bench(client: &Client, out: &Out, a: BenchArgs) -> Result<()> {

@@ -344,6 +344,9 @@ pub fn connections_opened() -> u64 {
     conn::CONNECTIONS_OPENED.load(Ordering::Relaxed)
 }
 
+/// Getattrs a directory page sends at once to refresh entries whose data is on other bricks.
+const ATTR_REFRESH_PARALLEL: usize = 32;
+
 fn check_io_len(len: usize) -> ClientResult<()> {
     if len > brick_tuning::IO_BYTES_MAX as usize {
         return Err(ClientError::Usage(format!(
@@ -362,6 +365,8 @@ fn decode<T>(r: Result<T, brick_wire::DecodeError>) -> ClientResult<T> {
 /// from any reachable node when a primary stops answering or says it is not the primary.
 struct Routes {
     state: RwLock<(Vec<MemberRoute>, Vec<PgMap>)>,
+    /// Bricks per replica set (the members are listed set by set).
+    replica: std::sync::atomic::AtomicU32,
     /// When the last refresh ran and whether it reached a node.
     refresh_gate: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
@@ -369,6 +374,7 @@ struct Routes {
 impl Routes {
     fn new(handle: VolumeHandle) -> Routes {
         Routes {
+            replica: std::sync::atomic::AtomicU32::new(handle.replica),
             state: RwLock::new((handle.members, handle.pg_maps)),
             refresh_gate: tokio::sync::Mutex::new(None),
         }
@@ -380,6 +386,42 @@ impl Routes {
         let map = state.1.get(pg as usize)?;
         let member = state.0.get(map.primary()? as usize)?;
         Some((member.addr.clone(), map.epoch))
+    }
+
+    /// Whether attributes a namespace request (PG 0) returned for `attr` may be stale: a
+    /// regular file whose data PG is not on the brick of PG 0's primary, which then holds
+    /// only its name (an empty file). Its size and times are its data PG's.
+    fn attr_elsewhere(&self, attr: &Attr) -> bool {
+        if attr.kind != brick_wire::FileKind::File {
+            return false;
+        }
+        let pg = brick_wire::pg_of(attr.fid);
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let (Some(ns), Some(data)) = (state.1.first(), state.1.get(pg as usize)) else {
+            return false;
+        };
+        pg != 0 && ns.primary().is_some_and(|p| !data.is_placed(p))
+    }
+
+    /// The volume's replica sets as (member index, address) lists.
+    fn sets(&self) -> Vec<Vec<(u8, String)>> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let r = match self.replica.load(Ordering::Relaxed) as usize {
+            0 => state.0.len().max(1),
+            r => r,
+        };
+        let members: Vec<(u8, String)> = state
+            .0
+            .iter()
+            .enumerate()
+            .map(|(m, route)| (m as u8, route.addr.clone()))
+            .collect();
+        // A set taken out of the volume keeps its places with no address.
+        members
+            .chunks(r)
+            .filter(|c| c.iter().any(|(_, a)| !a.is_empty()))
+            .map(|c| c.to_vec())
+            .collect()
     }
 
     fn addrs(&self) -> Vec<String> {
@@ -453,6 +495,7 @@ impl Volume {
         };
         let reached = match self.client.mgmt_any(&op, &addrs).await {
             Ok(h) => {
+                self.routes.replica.store(h.replica, Ordering::Relaxed);
                 *self.routes.state.write().unwrap_or_else(|p| p.into_inner()) =
                     (h.members, h.pg_maps);
                 true
@@ -587,12 +630,42 @@ impl Volume {
     }
 
     pub async fn lookup(&self, parent: FileId, name: &str) -> ClientResult<Attr> {
-        self.attr(Request::Lookup {
-            vol: self.id,
-            parent,
-            name,
-        })
-        .await
+        let attr = self
+            .attr(Request::Lookup {
+                vol: self.id,
+                parent,
+                name,
+            })
+            .await?;
+        Ok(self.fresh_attr(attr).await)
+    }
+
+    /// `attr` from a namespace request, with its size and times from the file's data PG when
+    /// that PG is on other bricks than the namespace's primary (a volume of several sets).
+    async fn fresh_attr(&self, attr: Attr) -> Attr {
+        if !self.routes.attr_elsewhere(&attr) {
+            return attr;
+        }
+        self.getattr(attr.fid).await.unwrap_or(attr)
+    }
+
+    /// `fresh_attr` for every entry of a directory page, concurrently.
+    async fn fresh_entries(&self, entries: &mut [DirEntry]) {
+        let stale: Vec<usize> = (0..entries.len())
+            .filter(|&i| self.routes.attr_elsewhere(&entries[i].attr))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for chunk in stale.chunks(ATTR_REFRESH_PARALLEL) {
+            for &i in chunk {
+                let (vol, fid) = (self.clone(), entries[i].attr.fid);
+                tasks.spawn(async move { (i, vol.getattr(fid).await) });
+            }
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((i, Ok(attr))) = done {
+                    entries[i].attr = attr;
+                }
+            }
+        }
     }
 
     pub async fn getattr(&self, fid: FileId) -> ClientResult<Attr> {
@@ -629,7 +702,7 @@ impl Volume {
     /// finds the entry, the entry is the one the first attempt made.
     async fn creating(&self, req: Request<'_>, parent: FileId, name: &str) -> ClientResult<Attr> {
         match self.call_tracked(&req).await {
-            (Ok(reply), _) => decode(Attr::decode_whole(&reply)),
+            (Ok(reply), _) => Ok(self.fresh_attr(decode(Attr::decode_whole(&reply))?).await),
             (Err(e), true) if e.code() == Some(ErrorCode::Exists) => {
                 self.lookup(parent, name).await
             }
@@ -752,7 +825,9 @@ impl Volume {
                 max_entries,
             })
             .await?;
-        decode(DirPage::decode(&reply))
+        let mut page = decode(DirPage::decode(&reply))?;
+        self.fresh_entries(&mut page.entries).await;
+        Ok(page)
     }
 
     /// Every entry of a directory, following the cursor page by page.
@@ -806,10 +881,54 @@ impl Volume {
         self.unit(Request::Fsync { vol: self.id, fid }).await
     }
 
+    /// The volume's capacity and use: with several replica sets, the sum over the sets of one
+    /// brick of each (the first that answers).
     pub async fn statfs(&self) -> ClientResult<StatFs> {
-        decode(StatFs::decode(
-            &self.call(&Request::Statfs { vol: self.id }).await?,
-        ))
+        let sets = self.routes.sets();
+        if sets.len() <= 1 {
+            let req = Request::Statfs {
+                vol: self.id,
+                member: None,
+            };
+            return decode(StatFs::decode(&self.call(&req).await?));
+        }
+        let mut total: Option<StatFs> = None;
+        for set in sets {
+            let mut last = None;
+            let mut got = None;
+            for (m, addr) in set {
+                let req = Request::Statfs {
+                    vol: self.id,
+                    member: Some(m),
+                };
+                let reply = match self.client.node_conn(&addr, 0).await {
+                    Ok(conn) => conn.call(&req).await,
+                    Err(e) => Err(e),
+                };
+                match reply.and_then(|r| decode(StatFs::decode(&r))) {
+                    Ok(s) => {
+                        got = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let Some(s) = got else {
+                return Err(last.unwrap_or_else(|| ClientError::NoServer("no brick".into())));
+            };
+            total = Some(match total {
+                None => s,
+                Some(t) => StatFs {
+                    total_bytes: t.total_bytes + s.total_bytes,
+                    free_bytes: t.free_bytes + s.free_bytes,
+                    avail_bytes: t.avail_bytes + s.avail_bytes,
+                    total_files: t.total_files + s.total_files,
+                    free_files: t.free_files + s.free_files,
+                    ..t
+                },
+            });
+        }
+        total.ok_or_else(|| ClientError::NoServer(format!("volume {} has no brick", self.name)))
     }
 
     /// Resolves a slash-separated path from the volume root.

@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod mgmt;
 pub mod model;
+pub mod placement;
 pub mod report;
 pub mod store;
 

@@ -33,6 +33,11 @@ pub enum MgmtOp {
     VolumeList(VolumeList),
     VolumeSet(VolumeSet),
     VolumeReplaceBrick(VolumeReplaceBrick),
+    VolumeAddBrick(VolumeAddBrick),
+    VolumeRemoveBrick(VolumeRemoveBrick),
+    VolumeRebalance(VolumeRebalance),
+    PgUsage(PgUsage),
+    PgDigest(PgDigest),
     PeerAdd(PeerAdd),
     PeerList(PeerList),
     PeerRemove(PeerRemove),
@@ -84,6 +89,11 @@ mgmt_calls! {
     VolumeList => "volume_list", Volumes;
     VolumeSet => "volume_set", VolumeConfig;
     VolumeReplaceBrick => "volume_replace_brick", BrickReplaced;
+    VolumeAddBrick => "volume_add_brick", VolumeConfig;
+    VolumeRemoveBrick => "volume_remove_brick", RebalanceStatus;
+    VolumeRebalance => "volume_rebalance", RebalanceStatus;
+    PgUsage => "pg_usage", PgUsageReply;
+    PgDigest => "pg_digest", PgDigestReply;
     PeerAdd => "peer_add", PeerAdded;
     PeerList => "peer_list", Peers;
     PeerRemove => "peer_remove", PeerRemoved;
@@ -192,6 +202,55 @@ pub struct VolumeReplaceBrick {
     pub name: String,
     pub old: String,
     pub new: String,
+}
+
+/// Adds whole replica sets (NODE:DIR, set by set) to a volume; `volume_rebalance start`
+/// then moves their share of the PGs to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAddBrick {
+    pub name: String,
+    pub bricks: Vec<String>,
+}
+
+/// `start` drains the replica set of `bricks` (its PGs move to the other sets), `status`
+/// and `stop` follow or stop that, `commit` takes the set out of the volume once it holds
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRemoveBrick {
+    pub name: String,
+    pub bricks: Vec<String>,
+    pub action: String,
+}
+
+/// `start`, `stop` or `status` of the volume's rebalance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRebalance {
+    pub name: String,
+    pub action: String,
+}
+
+/// Node-internal (admin or node): the files and bytes of one PG on one local brick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgUsage {
+    pub volume: String,
+    pub pg: u32,
+    /// The brick's member index (its position in the volume).
+    pub member: u8,
+}
+
+/// Node-internal (admin or node): a digest of one PG's files (ids, sizes, crc32c of the
+/// contents) on one local brick, leaving out files modified less than `skip_recent_ms` ago.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgDigest {
+    pub volume: String,
+    pub pg: u32,
+    pub member: u8,
+    pub skip_recent_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +396,68 @@ pub struct BrickReplaced {
     pub pgs: Vec<PgSummary>,
 }
 
+/// Reply to `pg_usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgUsageReply {
+    pub files: u64,
+    pub bytes: u64,
+    /// The brick's file system: its size in bytes, and what is free.
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Reply to `pg_digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgDigestReply {
+    pub files: u64,
+    pub bytes: u64,
+    /// crc32c over (id, size, crc32c of the contents) of every file, in id order.
+    pub digest: u32,
+    /// Files left out as modified too recently.
+    pub skipped: u64,
+}
+
+/// One PG being moved by a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgMove {
+    pub pg: u32,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    /// "copying" (the new bricks are healed), "verifying", "committing".
+    pub phase: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Reply to `volume_rebalance` and `volume_remove_brick`: where the volume's rebalance is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceStatus {
+    pub volume: String,
+    /// "idle", "running", "done", "stopped", "failed".
+    pub state: String,
+    /// The bricks being drained (remove-brick), empty for a rebalance.
+    pub removing: Vec<String>,
+    pub pgs_to_move: u64,
+    pub pgs_moved: u64,
+    pub files_left: u64,
+    pub bytes_left: u64,
+    pub files_moved: u64,
+    pub bytes_moved: u64,
+    pub rate_bytes_s: u64,
+    pub eta_s: Option<u64>,
+    pub elapsed_ms: u64,
+    /// Files found still changing when their PG was verified (left to the replication that
+    /// keeps both copies equal) over the whole run.
+    pub verified_in_flux: u64,
+    pub moving: Vec<PgMove>,
+    pub error: Option<String>,
+    pub note: String,
+}
+
 /// Reply to `volume_delete`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -401,10 +522,13 @@ pub struct VolumeHandle {
     pub name: String,
     pub pg_count: u32,
     pub epoch: u64,
-    /// The replica set's members, by member index.
+    /// The volume's bricks, by member index (a brick's position in the volume).
     pub members: Vec<MemberRoute>,
     /// Every PG's map, by PG number.
     pub pg_maps: Vec<crate::PgMap>,
+    /// Bricks per replica set (0 from an older node: one set).
+    #[serde(default)]
+    pub replica: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

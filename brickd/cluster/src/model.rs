@@ -1,11 +1,14 @@
 //! The cluster data model and its typed access over any `ClusterStore`.
 //!
 //! A volume has a replica count R and bricks listed replica set by replica set; files map to
-//! placement groups (PGs) by hash; PG `p` lives on replica set `p % sets`. Every change of a
-//! volume bumps its epoch (the map epoch that fencing will use).
+//! placement groups (PGs) by hash; each PG's map records the bricks that hold it (one replica
+//! set, two while it moves; PG 0, the namespace, is on every brick), placed by
+//! `placement::plan`. A member of a PG is a brick by its position in the volume's brick list.
+//! Every change of a volume bumps its epoch.
 
+use crate::placement;
 use crate::store::{ClusterStore, StoreError, TxnOp};
-pub use brick_replication::{mask_of, PgMap};
+pub use brick_replication::{mask_of, PgMap, MEMBERS_MAX};
 use brick_tuning::{
     CLUSTER_VOLUMES_MAX, DIRECT_IO_SIZE_MIN_DEFAULT, REPLICA_COUNT_MAX, VOLUME_BRICKS_MAX,
     VOLUME_PGS_DEFAULT, VOLUME_PGS_MAX,
@@ -80,6 +83,40 @@ pub struct Volume {
     pub status: VolumeStatus,
     pub epoch: u64,
     pub options: BTreeMap<String, String>,
+    /// Replica sets taken out by `remove-brick commit` that were not the last: their bricks
+    /// stay listed (a member is a brick by its position) but hold nothing and are not served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_sets: Vec<u32>,
+}
+
+/// The rebalance of a volume, as stored under `rebalance/<volume>`: what it moves where, and
+/// how far it got. Every step of a move is a PG map change, so the maps say where each PG
+/// is; this document says where each should go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceDoc {
+    /// "running", "stopped", "done", "failed".
+    pub state: String,
+    /// The set each PG goes to (index: PG; PG 0 is everywhere and unused).
+    pub target: Vec<u16>,
+    /// Sets being drained (remove-brick), by index.
+    pub removing: Vec<u32>,
+    /// Wall-clock start and end, ms since the epoch.
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    /// Every PG the rebalance moves, with what it holds.
+    pub pgs: BTreeMap<u32, PgMoveDoc>,
+    pub verified_in_flux: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgMoveDoc {
+    pub files: u64,
+    pub bytes: u64,
+    /// The files and bytes above were measured on the source.
+    pub measured: bool,
+    /// The move was committed (the PG is on its target set only).
+    pub done: bool,
 }
 
 /// Options `volume set` accepts, with their defaults.
@@ -131,8 +168,72 @@ impl Volume {
         self.bricks.chunks(self.replica as usize).collect()
     }
 
-    pub fn replica_set_of_pg(&self, pg: u32) -> usize {
-        pg as usize % self.replica_sets().len()
+    /// Whether replica set `set` was taken out of the volume (`remove-brick commit`).
+    pub fn is_removed_set(&self, set: usize) -> bool {
+        self.removed_sets.contains(&(set as u32))
+    }
+
+    /// The replica sets that hold data or can take it (not taken out).
+    pub fn live_sets(&self) -> Vec<usize> {
+        (0..self.replica_sets().len())
+            .filter(|&s| !self.is_removed_set(s))
+            .collect()
+    }
+
+    /// The set brick `index` (a member) belongs to.
+    pub fn set_of_brick(&self, index: usize) -> usize {
+        index / self.replica.max(1) as usize
+    }
+
+    /// The members (brick positions) of replica set `set`, as a mask; 0 for a set taken out.
+    pub fn set_mask(&self, set: usize) -> u8 {
+        if self.is_removed_set(set) {
+            return 0;
+        }
+        let r = self.replica as usize;
+        (set * r..(set + 1) * r)
+            .filter(|&b| b < self.bricks.len() && b < MEMBERS_MAX as usize)
+            .fold(0u8, |m, b| m | (1 << b))
+    }
+
+    /// Every brick of the volume, as a mask (where PG 0, the namespace, lives).
+    pub fn all_mask(&self) -> u8 {
+        (0..self.replica_sets().len()).fold(0, |m, s| m | self.set_mask(s))
+    }
+
+    /// The replica sets wholly placed in a map: one for a PG at rest, two while it moves
+    /// (every set for PG 0 of a volume of several sets).
+    pub fn sets_of_map(&self, map: &PgMap) -> Vec<usize> {
+        (0..self.replica_sets().len())
+            .filter(|&s| self.set_mask(s) != 0 && map.placed & self.set_mask(s) == self.set_mask(s))
+            .collect()
+    }
+
+    /// The initial placement of data PGs (equal weights: capacities are weighed by rebalance).
+    pub fn initial_plan(&self) -> Vec<usize> {
+        let sets = self.replica_sets().len().max(1);
+        let weights: Vec<u64> = (0..sets)
+            .map(|s| u64::from(!self.is_removed_set(s)))
+            .collect();
+        placement::plan(&vec![None; self.pg_count as usize], &weights)
+    }
+
+    /// The first map of PG `pg` given the initial plan.
+    pub fn initial_map(&self, pg: u32, plan: &[usize]) -> PgMap {
+        let min_size = (self.min_size.min(self.replica) as u8).max(1);
+        if pg == 0 || self.replica_sets().len() == 1 {
+            let all = if pg == 0 {
+                self.all_mask()
+            } else {
+                self.set_mask(0)
+            };
+            return PgMap::initial_on(all, min_size, (pg % self.replica) as u8);
+        }
+        PgMap::initial_on(
+            self.set_mask(plan[pg as usize]),
+            min_size,
+            (pg % self.replica) as u8,
+        )
     }
 
     /// The users given access to this volume's share, and their access.
@@ -348,6 +449,13 @@ impl Cluster {
                 bricks.len()
             )));
         }
+        if bricks.len() > MEMBERS_MAX as usize {
+            return Err(ClusterError::Invalid(format!(
+                "{} bricks given; a volume has at most {MEMBERS_MAX} bricks in this build (PG 0, \
+                 the namespace, is on every brick and a PG has at most {MEMBERS_MAX} members)",
+                bricks.len()
+            )));
+        }
         for (i, b) in bricks.iter().enumerate() {
             if bricks[..i].contains(b) {
                 return Err(ClusterError::Invalid(format!("brick {b} is listed twice")));
@@ -395,6 +503,7 @@ impl Cluster {
                 status: VolumeStatus::Created,
                 epoch: 1,
                 options: BTreeMap::new(),
+                removed_sets: Vec::new(),
             };
             let ok = self
                 .store
@@ -496,10 +605,7 @@ impl Cluster {
                     "brick {old} in volume {name}"
                 )));
             };
-            let (set, m) = (
-                index / vol.replica as usize,
-                (index % vol.replica as usize) as u8,
-            );
+            let m = index as u8;
             let mut checks = vec![(key.clone(), Some(vol_bytes))];
             let mut ops = Vec::new();
             let mut refused = Vec::new();
@@ -507,10 +613,10 @@ impl Cluster {
                 let Some(pg) = k.rsplit('/').next().and_then(|p| p.parse::<u32>().ok()) else {
                     continue;
                 };
-                if vol.replica_set_of_pg(pg) != set {
+                let map: PgMap = from_json(&k, &bytes)?;
+                if !map.is_placed(m) {
                     continue;
                 }
-                let map: PgMap = from_json(&k, &bytes)?;
                 match map.with_replaced(m) {
                     None => refused.push(format!("PG {pg}: {old} holds its only up-to-date copy")),
                     Some(next) if (next.up_to_date_count() as u32) < vol.min_size => {
@@ -547,6 +653,169 @@ impl Cluster {
             }
         }
         Err(ClusterError::Contended)
+    }
+
+    /// Adds whole replica sets to a volume, in one transaction with PG 0's map (the namespace
+    /// is on every brick: the new bricks join it fresh, and its heal gives them every name).
+    /// Data PGs move to them with `rebalance`. Idempotent when `new` is already there.
+    pub async fn add_bricks(&self, name: &str, new: &[BrickSpec]) -> ClusterResult<Volume> {
+        let key = vol_key(name);
+        for _ in 0..CAS_RETRIES_MAX {
+            let Some(vol_bytes) = self.store.get(&key).await? else {
+                return Err(ClusterError::NotFound(format!("volume {name}")));
+            };
+            let mut vol: Volume = from_json(&key, &vol_bytes)?;
+            let serving = |b: &BrickSpec| {
+                vol.bricks
+                    .iter()
+                    .position(|x| x == b)
+                    .is_some_and(|i| !vol.is_removed_set(vol.set_of_brick(i)))
+            };
+            if !new.is_empty() && new.iter().all(serving) {
+                return Ok(vol); // done by an earlier attempt
+            }
+            let r = vol.replica as usize;
+            if new.is_empty() || !new.len().is_multiple_of(r) {
+                return Err(ClusterError::Invalid(format!(
+                    "{} bricks given; volume {name} (replica {r}) grows by whole replica sets of {r}",
+                    new.len()
+                )));
+            }
+            let reusable = vol.removed_sets.len() * r;
+            if vol.bricks.len() + new.len().saturating_sub(reusable) > MEMBERS_MAX as usize {
+                return Err(ClusterError::Invalid(format!(
+                    "volume {name} would have {} bricks; at most {MEMBERS_MAX} in this build",
+                    vol.bricks.len() + new.len()
+                )));
+            }
+            for (i, b) in new.iter().enumerate() {
+                if new[..i].contains(b) || vol.bricks.contains(b) {
+                    return Err(ClusterError::Invalid(format!("brick {b} is listed twice")));
+                }
+            }
+            for other in self.list_volumes().await? {
+                if let Some(b) = other.bricks.iter().find(|b| new.contains(b)) {
+                    return Err(ClusterError::Invalid(format!(
+                        "brick {b} already belongs to volume {}",
+                        other.name
+                    )));
+                }
+            }
+            // A set taken out earlier gives its places to a new one.
+            let reuse = vol.removed_sets.first().copied().filter(|_| new.len() == r);
+            let first = match reuse {
+                Some(set) => {
+                    let at = set as usize * r;
+                    vol.bricks[at..at + r].clone_from_slice(new);
+                    vol.removed_sets.retain(|&s| s != set);
+                    at
+                }
+                None => {
+                    let at = vol.bricks.len();
+                    vol.bricks.extend(new.iter().cloned());
+                    at
+                }
+            };
+            vol.epoch += 1;
+            let added = (first..first + new.len()).fold(0u8, |m, b| m | (1 << b));
+            let mut checks = vec![(key.clone(), Some(vol_bytes))];
+            let mut ops = vec![TxnOp::Put(key.clone(), to_json(&vol))];
+            let ns_key = pg_key(name, 0);
+            if let Some(bytes) = self.store.get(&ns_key).await? {
+                let map: PgMap = from_json(&ns_key, &bytes)?;
+                let next = map.with_added(added).ok_or_else(|| {
+                    ClusterError::Invalid(format!("PG 0 of {name} cannot take bricks {added:#b}"))
+                })?;
+                checks.push((ns_key.clone(), Some(bytes)));
+                ops.push(TxnOp::Put(ns_key, to_json(&next)));
+            }
+            if self.store.txn(&checks, &ops).await? {
+                return Ok(vol);
+            }
+        }
+        Err(ClusterError::Contended)
+    }
+
+    /// Takes replica set `set` out of a volume once no PG is on it any more: PG 0 leaves its
+    /// bricks in the same transaction. Its bricks stay listed as taken out (members are bricks
+    /// by position), until `add_bricks` puts a new set in their place.
+    pub async fn remove_set(&self, name: &str, set: usize) -> ClusterResult<Volume> {
+        let key = vol_key(name);
+        for _ in 0..CAS_RETRIES_MAX {
+            let Some(vol_bytes) = self.store.get(&key).await? else {
+                return Err(ClusterError::NotFound(format!("volume {name}")));
+            };
+            let mut vol: Volume = from_json(&key, &vol_bytes)?;
+            let mask = vol.set_mask(set);
+            if mask == 0 || vol.live_sets().len() < 2 {
+                return Err(ClusterError::Invalid(format!(
+                    "replica set {set} of {name} cannot be taken out (it is the last, or out already)"
+                )));
+            }
+            let mut checks = vec![(key.clone(), Some(vol_bytes))];
+            let mut ops = Vec::new();
+            let mut holding = Vec::new();
+            for (k, bytes) in self.store.list(&format!("pgmaps/{name}/")).await? {
+                let Some(pg) = k.rsplit('/').next().and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let map: PgMap = from_json(&k, &bytes)?;
+                if map.placed & mask == 0 {
+                    continue;
+                }
+                if pg != 0 {
+                    holding.push(pg);
+                    continue;
+                }
+                let next = map.with_removed(mask).ok_or_else(|| {
+                    ClusterError::Invalid(format!(
+                        "PG 0 (the namespace) of {name} is not up to date on the other bricks yet"
+                    ))
+                })?;
+                checks.push((k.clone(), Some(bytes)));
+                ops.push(TxnOp::Put(k, to_json(&next)));
+            }
+            if !holding.is_empty() {
+                holding.truncate(REFUSALS_LISTED_MAX);
+                return Err(ClusterError::Invalid(format!(
+                    "replica set {set} of {name} still holds PGs {holding:?}; \
+                     run remove-brick start and wait for status to say done"
+                )));
+            }
+            // Listed still, so that its nodes free what it holds (PG 0 leaves it in this
+            // transaction); `add_bricks` reuses its places.
+            vol.removed_sets.push(set as u32);
+            vol.removed_sets.sort_unstable();
+            vol.epoch += 1;
+            ops.push(TxnOp::Put(key.clone(), to_json(&vol)));
+            if self.store.txn(&checks, &ops).await? {
+                return Ok(vol);
+            }
+        }
+        Err(ClusterError::Contended)
+    }
+
+    /// The volume's rebalance document and its stored bytes (for a compare-and-set).
+    pub async fn rebalance(&self, name: &str) -> ClusterResult<Option<(RebalanceDoc, Vec<u8>)>> {
+        let key = format!("rebalance/{name}");
+        match self.store.get(&key).await? {
+            Some(bytes) => Ok(Some((from_json(&key, &bytes)?, bytes))),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the rebalance document if it is still `old` (`None`: there was none).
+    pub async fn put_rebalance(
+        &self,
+        name: &str,
+        old: Option<Vec<u8>>,
+        doc: &RebalanceDoc,
+    ) -> ClusterResult<bool> {
+        let key = format!("rebalance/{name}");
+        Ok(self
+            .store
+            .txn(&[(key.clone(), old)], &[TxnOp::Put(key, to_json(doc))])
+            .await?)
     }
 
     pub async fn delete_volume(&self, name: &str) -> ClusterResult<()> {
@@ -629,18 +898,18 @@ impl Cluster {
     }
 
     /// Creates the first map of every PG of a volume that has none yet: every member up to
-    /// date, primaries spread over the set (`pg % R`). Idempotent.
+    /// date, PGs on the sets of `Volume::initial_plan` (PG 0 on every brick), primaries spread
+    /// over each set (`pg % R`). Idempotent, and the same plan from any node.
     pub async fn ensure_pg_maps(&self, vol: &Volume) -> ClusterResult<Vec<PgMap>> {
         let existing = self.pg_maps(vol).await?;
-        let members = vol.replica as u8;
-        let min_size = vol.min_size.min(vol.replica) as u8;
+        let plan = vol.initial_plan();
         let mut out = Vec::with_capacity(vol.pg_count as usize);
         for pg in 0..vol.pg_count {
             if let Some(m) = existing.get(pg as usize).copied().flatten() {
                 out.push(m);
                 continue;
             }
-            let map = PgMap::initial(members, min_size.max(1), (pg % vol.replica) as u8);
+            let map = vol.initial_map(pg, &plan);
             let key = pg_key(&vol.name, pg);
             let created = self
                 .store
@@ -667,7 +936,7 @@ impl Cluster {
                 continue;
             };
             let map: PgMap = from_json(&k, &v)?;
-            if !map.is_valid() || map.members as u32 != vol.replica {
+            if !map.is_valid() || map.members as usize > vol.bricks.len() {
                 return Err(StoreError::Corrupt(format!("{k}: invalid map {map:?}")).into());
             }
             if let Some(slot) = out.get_mut(pg) {
@@ -936,6 +1205,7 @@ mod tests {
             status: VolumeStatus::Created,
             epoch: 1,
             options: BTreeMap::new(),
+            removed_sets: Vec::new(),
         };
         v.options.insert("access.alice".into(), "ro".into());
         v.options.insert("access.bob".into(), "rw".into());

@@ -2,6 +2,7 @@
 //! replica-3 volume "dev", the embedded cluster store); `brickd serve` runs one node.
 
 mod mgmt;
+mod rebalance;
 mod users;
 
 use anyhow::{bail, Context, Result};
@@ -411,6 +412,7 @@ async fn serve_until_signal(
     // never waits behind them, so clients connect while the store does not answer.
     let (work_tx, work_rx) = flume::bounded(MGMT_QUEUE_MAX);
     let republish_due = Arc::new(tokio::sync::Notify::new());
+    let rebalancer = tokio::spawn(rebalance::run(mgmt.clone()));
     let worker = tokio::spawn(mgmt_worker(
         mgmt.clone(),
         dataplane.clone(),
@@ -467,6 +469,7 @@ async fn serve_until_signal(
     drop(work_tx);
     // Requests still queued may each wait for an unreachable store: they are dropped (their
     // clients see the connection close) rather than holding up the stop.
+    rebalancer.abort();
     let worker_abort = worker.abort_handle();
     let wait = std::time::Duration::from_millis(SHUTDOWN_MGMT_WAIT_MS);
     if tokio::time::timeout(wait, worker).await.is_err() {

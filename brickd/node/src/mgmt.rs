@@ -112,23 +112,6 @@ impl Mgmt {
         Ok(brick)
     }
 
-    /// The volume's replica set (this build serves volumes of one replica set).
-    fn replica_set<'v>(&self, vol: &'v Volume) -> Result<&'v [BrickSpec], (ErrorCode, String)> {
-        let sets = vol.replica_sets();
-        if sets.len() != 1 {
-            return Err((
-                ErrorCode::NotSupported,
-                format!(
-                    "volume {} has {} replica sets; distributing files over several replica sets lands with rebalance, \
-                     so this build serves volumes of one replica set only",
-                    vol.name,
-                    sets.len()
-                ),
-            ));
-        }
-        Ok(sets[0])
-    }
-
     fn is_clean_start(&self, path: &str) -> bool {
         self.clean_start
             .lock()
@@ -138,14 +121,16 @@ impl Mgmt {
             .unwrap_or(false)
     }
 
-    /// The replica set as the dataplane serves it: local members with their open bricks.
+    /// The volume's bricks as the dataplane serves them, by member index (a brick's position
+    /// in the volume), local ones with their open bricks.
     fn members(
         &self,
         vol: &Volume,
         nodes: &[Node],
     ) -> Result<Vec<MemberSpec>, (ErrorCode, String)> {
         let mut members = Vec::new();
-        for spec in self.replica_set(vol)? {
+        // A set taken out stays open here: no map places it, so its copies are freed.
+        for spec in &vol.bricks {
             let brick = if spec.node == self.node {
                 match self.open_brick(vol, spec) {
                     Ok(b) => Some(b),
@@ -195,10 +180,7 @@ impl Mgmt {
                 view.volumes
                     .insert(vol.name.clone(), (vol.clone(), maps.clone()));
             }
-            let Ok(set) = self.replica_set(&vol) else {
-                continue;
-            };
-            if !set.iter().any(|b| b.node == self.node) {
+            if !vol.bricks.iter().any(|b| b.node == self.node) {
                 continue;
             }
             let members = self.members(&vol, &nodes)?;
@@ -272,14 +254,16 @@ impl Mgmt {
         nodes: &[Node],
         pg_maps: Vec<PgMap>,
     ) -> Result<VolumeHandle, MgmtError> {
-        let members = self
-            .replica_set(vol)?
+        // Bricks of a set taken out keep their place (members are positions), with no address.
+        let members = vol
+            .bricks
             .iter()
-            .map(|b| MemberRoute {
+            .enumerate()
+            .map(|(index, b)| MemberRoute {
                 node: b.node.clone(),
                 addr: nodes
                     .iter()
-                    .find(|n| n.name == b.node)
+                    .find(|n| n.name == b.node && !vol.is_removed_set(vol.set_of_brick(index)))
                     .map(|n| n.addr.clone())
                     .unwrap_or_default(),
             })
@@ -291,6 +275,7 @@ impl Mgmt {
             epoch: vol.epoch,
             members,
             pg_maps,
+            replica: vol.replica,
         })
     }
 
@@ -313,6 +298,8 @@ impl Mgmt {
             && !matches!(
                 op,
                 MgmtOp::VolumeInfo(_)
+                    | MgmtOp::PgUsage(_)
+                    | MgmtOp::PgDigest(_)
                     | MgmtOp::VolumeStatus(_)
                     | MgmtOp::VolumeList(_)
                     | MgmtOp::PeerList(_)
@@ -320,6 +307,16 @@ impl Mgmt {
                     | MgmtOp::HealLocal(_)
                     | MgmtOp::NodeCanStop(_)
             );
+        let internal = matches!(op, MgmtOp::PgUsage(_) | MgmtOp::PgDigest(_));
+        if internal && !admin && caller != NODE_USER {
+            return (
+                Err((
+                    ErrorCode::Access,
+                    "this operation is for nodes and admins".into(),
+                )),
+                false,
+            );
+        }
         if mutating && !admin {
             return (
                 Err((
@@ -350,6 +347,17 @@ impl Mgmt {
                 encode::<op::VolumeReplaceBrick>(self.volume_replace_brick(r).await)
             }
             MgmtOp::VolumeSet(r) => encode::<op::VolumeSet>(self.volume_set(r).await),
+            MgmtOp::VolumeAddBrick(r) => {
+                encode::<op::VolumeAddBrick>(self.volume_add_brick(r).await)
+            }
+            MgmtOp::VolumeRemoveBrick(r) => {
+                encode::<op::VolumeRemoveBrick>(crate::rebalance::remove_brick(self, r).await)
+            }
+            MgmtOp::VolumeRebalance(r) => {
+                encode::<op::VolumeRebalance>(crate::rebalance::rebalance(self, r).await)
+            }
+            MgmtOp::PgUsage(r) => encode::<op::PgUsage>(self.pg_usage(r).await),
+            MgmtOp::PgDigest(r) => encode::<op::PgDigest>(self.pg_digest(r).await),
             MgmtOp::PeerAdd(r) => encode::<op::PeerAdd>(self.peer_add(r).await),
             MgmtOp::PeerList(_) => encode::<op::PeerList>(self.peer_list().await),
             MgmtOp::PeerRemove(r) => encode::<op::PeerRemove>(self.peer_remove(r).await),
@@ -389,7 +397,7 @@ impl Mgmt {
     async fn volume_start(&self, r: op::VolumeStart) -> Result<VolumeConfig, MgmtError> {
         let c = &self.cluster;
         let vol = c.volume(&r.name).await.map_err(cluster_err)?;
-        for spec in self.replica_set(&vol)? {
+        for spec in &vol.bricks {
             if spec.node == self.node {
                 self.open_brick(&vol, spec)?;
             }
@@ -457,6 +465,80 @@ impl Mgmt {
                 })
                 .collect(),
         })
+    }
+
+    async fn volume_add_brick(&self, r: op::VolumeAddBrick) -> Result<VolumeConfig, MgmtError> {
+        let c = &self.cluster;
+        let specs: Vec<BrickSpec> = r
+            .bricks
+            .iter()
+            .map(|b| BrickSpec::parse(b).map_err(cluster_err))
+            .collect::<Result<_, _>>()?;
+        let nodes = c.list_nodes().await.map_err(cluster_err)?;
+        for b in &specs {
+            if !nodes.iter().any(|n| n.name == b.node) {
+                return Err((
+                    ErrorCode::Invalid,
+                    format!("brick {b}: node {:?} is not a peer of this cluster", b.node),
+                ));
+            }
+        }
+        let vol = c.add_bricks(&r.name, &specs).await.map_err(cluster_err)?;
+        Ok(self.info(&vol))
+    }
+
+    /// The open brick of member `m` of a volume, if it is on this node.
+    fn local_brick(&self, vol: &Volume, m: u8) -> Result<Arc<Brick>, MgmtError> {
+        let spec = vol.bricks.get(m as usize).ok_or_else(|| {
+            (
+                ErrorCode::NotFound,
+                format!("volume {} has no brick {m}", vol.name),
+            )
+        })?;
+        if spec.node != self.node {
+            return Err((
+                ErrorCode::NotFound,
+                format!("brick {spec} is not on node {}", self.node),
+            ));
+        }
+        self.open_brick(vol, spec)
+    }
+
+    async fn pg_usage(&self, r: op::PgUsage) -> Result<op::PgUsageReply, MgmtError> {
+        let vol = self.cluster.volume(&r.volume).await.map_err(cluster_err)?;
+        let brick = self.local_brick(&vol, r.member)?;
+        let pg = r.pg;
+        tokio::task::spawn_blocking(move || {
+            let (files, bytes) = brick.pg_usage(pg);
+            let fs = brick
+                .statfs()
+                .map_err(|e| (e.code, format!("statfs: {}", e.message)))?;
+            Ok(op::PgUsageReply {
+                files,
+                bytes,
+                capacity_bytes: fs.total_bytes,
+                free_bytes: fs.avail_bytes,
+            })
+        })
+        .await
+        .map_err(|e| (ErrorCode::Io, e.to_string()))?
+    }
+
+    async fn pg_digest(&self, r: op::PgDigest) -> Result<op::PgDigestReply, MgmtError> {
+        let vol = self.cluster.volume(&r.volume).await.map_err(cluster_err)?;
+        let brick = self.local_brick(&vol, r.member)?;
+        let (pg, skip) = (r.pg, r.skip_recent_ms);
+        tokio::task::spawn_blocking(move || {
+            let d = brick.pg_digest(pg, std::time::Duration::from_millis(skip));
+            Ok(op::PgDigestReply {
+                files: d.files,
+                bytes: d.bytes,
+                digest: d.digest,
+                skipped: d.skipped,
+            })
+        })
+        .await
+        .map_err(|e| (ErrorCode::Io, e.to_string()))?
     }
 
     async fn volume_replace_brick(
@@ -598,16 +680,12 @@ impl Mgmt {
         let c = &self.cluster;
         let vol = c.volume(name).await.map_err(cluster_err)?;
         let maps = c.pg_maps(&vol).await.map_err(cluster_err)?;
-        let bricks: Vec<String> = self
-            .replica_set(&vol)?
-            .iter()
-            .map(|b| b.to_string())
-            .collect();
+        let bricks: Vec<String> = vol.bricks.iter().map(|b| b.to_string()).collect();
         let behind = maps
             .iter()
             .enumerate()
             .filter_map(|(pg, m)| m.map(|m| (pg, m)))
-            .filter(|(_, m)| m.up_to_date != brick_cluster::mask_of(m.members))
+            .filter(|(_, m)| m.up_to_date != m.placed)
             .map(|(pg, m)| PgBehind {
                 pg: pg as u32,
                 epoch: m.epoch,
@@ -660,9 +738,7 @@ impl Mgmt {
             if vol.status != VolumeStatus::Started {
                 continue;
             }
-            let Ok(set) = self.replica_set(&vol) else {
-                continue;
-            };
+            let set = &vol.bricks;
             let mine = set
                 .iter()
                 .enumerate()
@@ -731,7 +807,9 @@ impl Mgmt {
             replica_sets: v
                 .replica_sets()
                 .iter()
-                .map(|set| set.iter().map(|b| b.to_string()).collect())
+                .enumerate()
+                .filter(|(s, _)| !v.is_removed_set(*s))
+                .map(|(_, set)| set.iter().map(|b| b.to_string()).collect())
                 .collect(),
             copies_stored: v.replica,
             replication: REPLICATION_NOTE.to_string(),
@@ -881,13 +959,9 @@ fn members_in(mask: u8) -> Vec<u8> {
 
 /// Each PG's map epoch, primary and up-to-date bricks, as `volume info` shows them.
 fn pg_summary(vol: &Volume, maps: &[Option<PgMap>]) -> Vec<PgSummary> {
-    let set = vol
-        .replica_sets()
-        .first()
-        .map(|s| s.to_vec())
-        .unwrap_or_default();
     let brick = |m: u8| {
-        set.get(m as usize)
+        vol.bricks
+            .get(m as usize)
             .map(|b| b.to_string())
             .unwrap_or_default()
     };

@@ -93,7 +93,14 @@ fn authenticated(server: &DevServer) -> TcpStream {
 }
 
 fn statfs_works(s: &mut TcpStream, id: u64) {
-    send(s, id, &Request::Statfs { vol: 1 });
+    send(
+        s,
+        id,
+        &Request::Statfs {
+            vol: 1,
+            member: None,
+        },
+    );
     let (h, payload) = read_frame(s).expect("statfs reply");
     assert_eq!(h.status, 0, "{}", String::from_utf8_lossy(&payload));
     assert_eq!(h.request_id, id);
@@ -217,7 +224,14 @@ fn malformed_oversized_bad_crc_and_cut_frames_get_clear_errors() {
 
     // Operations before authentication, and a wrong password, are refused.
     let mut s = connect(&server);
-    send(&mut s, 1, &Request::Statfs { vol: 1 });
+    send(
+        &mut s,
+        1,
+        &Request::Statfs {
+            vol: 1,
+            member: None,
+        },
+    );
     expect_error(&mut s, ErrorCode::AuthFailed, "before the handshake");
     expect_closed(&mut s);
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -164,6 +164,7 @@ pub fn encode_repl(
             e.u8(KIND_MAP)
                 .u64(map.epoch)
                 .u8(map.members)
+                .u8(map.placed)
                 .u8(map.up_to_date)
                 .u8(map.healing)
                 .u8(map.min_size)
@@ -253,6 +254,7 @@ pub fn decode_repl(payload: &[u8]) -> Result<ReplMessage, DecodeError> {
             let map = PgMap {
                 epoch: d.u64("epoch")?,
                 members: d.u8("members")?,
+                placed: d.u8("placed mask")?,
                 up_to_date: d.u8("up-to-date mask")?,
                 healing: d.u8("healing mask")?,
                 min_size: d.u8("min_size")?,
@@ -371,6 +373,7 @@ mod tests {
         let map = PgMap {
             epoch: 9,
             members: 3,
+            placed: 0b111,
             up_to_date: 0b011,
             healing: 0b100,
             min_size: 2,

@@ -297,7 +297,7 @@ impl Healer {
         for m in 0..MEMBERS_MAX {
             // Members the set does not have (a damaged log records everything for all eight)
             // have nothing to be healed of.
-            let healed = m >= map.members || map.is_up_to_date(m);
+            let healed = !map.is_placed(m) || map.is_up_to_date(m);
             if healed && !self.dirt.members[m as usize].is_empty() {
                 if let Some(write) = self.dirt.clear(m) {
                     out.push(Output::WriteDirtLog { write });

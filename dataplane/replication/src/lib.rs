@@ -17,5 +17,5 @@ pub use body::BodyOp;
 pub use dirt::{Dirt, DirtState, LogWrite};
 pub use heal::{HealConfig, HealEnv, Healer, LocalCopy, ResyncRead};
 pub use lock::{LockKey, LockKind};
-pub use map::{mask_of, Epoch, Member, PgMap, MEMBERS_MAX};
+pub use map::{mask_of, nth_member, slots_of, Epoch, Member, PgMap, MEMBERS_MAX};
 pub use replica::{Boot, Config, Msg, OpError, OpId, Outcome, Output, ReadGate, Replica};

@@ -11,10 +11,16 @@ pub type Epoch = u64;
 pub const MEMBERS_MAX: u8 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PgMapDoc")]
 pub struct PgMap {
     pub epoch: Epoch,
-    /// Members of the replica set (R).
+    /// Member slots: a member is a brick of the volume by its position in the volume's brick
+    /// list, so this is at least one more than the highest member in `placed`.
     pub members: u8,
+    /// Bit i set: member i holds (or, when fresh, is being given) this PG. A PG lives on one
+    /// replica set, or on two while it moves from one to the other; PG 0, the namespace, is
+    /// on every brick. Every other mask is a subset of this one.
+    pub placed: u8,
     /// Bit i set: member i holds every acknowledged write and takes part in new ones.
     /// A member whose bit is clear is absent: it missed writes and needs healing.
     pub up_to_date: u8,
@@ -34,18 +40,63 @@ pub struct PgMap {
     pub fresh: u8,
 }
 
+/// The stored form: maps written before volumes had several replica sets have no `placed`
+/// (every member slot holds the PG).
+#[derive(Deserialize)]
+struct PgMapDoc {
+    epoch: Epoch,
+    members: u8,
+    #[serde(default)]
+    placed: u8,
+    up_to_date: u8,
+    #[serde(default)]
+    healing: u8,
+    min_size: u8,
+    preferred: Member,
+    #[serde(default)]
+    fresh: u8,
+}
+
+impl From<PgMapDoc> for PgMap {
+    fn from(d: PgMapDoc) -> PgMap {
+        PgMap {
+            epoch: d.epoch,
+            members: d.members,
+            placed: if d.placed == 0 {
+                mask_of(d.members)
+            } else {
+                d.placed
+            },
+            up_to_date: d.up_to_date,
+            healing: d.healing,
+            min_size: d.min_size,
+            preferred: d.preferred,
+            fresh: d.fresh,
+        }
+    }
+}
+
 impl PgMap {
-    /// The first map of a PG: every member up to date.
+    /// The first map of a PG held by every one of `members` slots: every member up to date.
     pub fn initial(members: u8, min_size: u8, preferred: Member) -> PgMap {
         assert!((1..=MEMBERS_MAX).contains(&members));
-        assert!((1..=members).contains(&min_size));
+        PgMap::initial_on(mask_of(members), min_size, preferred)
+    }
+
+    /// The first map of a PG held by the members in `placed`, every one up to date; the
+    /// primary is the `preferred`-th of them (counted modulo their number).
+    pub fn initial_on(placed: u8, min_size: u8, preferred: u8) -> PgMap {
+        let count = placed.count_ones() as u8;
+        assert!(count >= 1);
+        assert!((1..=count).contains(&min_size));
         PgMap {
             epoch: 1,
-            members,
-            up_to_date: mask_of(members),
+            members: slots_of(placed),
+            placed,
+            up_to_date: placed,
             healing: 0,
             min_size,
-            preferred: preferred % members,
+            preferred: nth_member(placed, preferred % count),
             fresh: 0,
         }
     }
@@ -53,15 +104,26 @@ impl PgMap {
     pub fn is_valid(&self) -> bool {
         self.members >= 1
             && self.members <= MEMBERS_MAX
+            && self.placed & !mask_of(self.members) == 0
             && self.min_size >= 1
-            && self.min_size <= self.members
+            && self.min_size as u32 <= self.placed.count_ones()
             && self.preferred < self.members
-            && self.up_to_date & !mask_of(self.members) == 0
-            && self.healing & !mask_of(self.members) == 0
+            && self.placed & (1 << self.preferred) != 0
+            && self.up_to_date & !self.placed == 0
+            && self.healing & !self.placed == 0
             && self.healing & self.up_to_date == 0
-            && self.fresh & !mask_of(self.members) == 0
+            && self.fresh & !self.placed == 0
             && self.fresh & self.up_to_date == 0
             && self.up_to_date != 0
+    }
+
+    /// The members that hold the PG (or are being given it).
+    pub fn all(&self) -> u8 {
+        self.placed
+    }
+
+    pub fn is_placed(&self, m: Member) -> bool {
+        m < self.members && self.placed & (1 << m) != 0
     }
 
     pub fn is_up_to_date(&self, m: Member) -> bool {
@@ -70,6 +132,53 @@ impl PgMap {
 
     pub fn is_healing(&self, m: Member) -> bool {
         m < self.members && self.healing & (1 << m) != 0
+    }
+
+    /// The next map with the members in `to` (none of them placed yet) added as fresh: they
+    /// get the PG by a full heal while the present members keep serving it.
+    pub fn with_added(&self, to: u8) -> Option<PgMap> {
+        if to == 0 || to & self.placed != 0 || slots_of(self.placed | to) > MEMBERS_MAX {
+            return None;
+        }
+        Some(PgMap {
+            epoch: self.epoch + 1,
+            members: self.members.max(slots_of(self.placed | to)),
+            placed: self.placed | to,
+            fresh: self.fresh | to,
+            ..*self
+        })
+    }
+
+    /// The next map without the members in `from`: the PG then lives on the others alone.
+    /// `None` unless every other placed member is up to date (nothing of the PG is then only
+    /// on the members that go) and at least `min_size` of them remain.
+    pub fn with_removed(&self, from: u8) -> Option<PgMap> {
+        let rest = self.placed & !from;
+        if from & self.placed != from
+            || from == 0
+            || rest == 0
+            || self.up_to_date & rest != rest
+            || (rest.count_ones() as u8) < self.min_size
+        {
+            return None;
+        }
+        let count = rest.count_ones() as u8;
+        // Primaries stay spread over the set: the same position in the new set.
+        let position = self.preferred_position() % count;
+        Some(PgMap {
+            epoch: self.epoch + 1,
+            placed: rest,
+            up_to_date: rest,
+            healing: 0,
+            fresh: 0,
+            preferred: nth_member(rest, position),
+            ..*self
+        })
+    }
+
+    /// The position of `preferred` among the placed members.
+    fn preferred_position(&self) -> u8 {
+        (self.placed & ((1u16 << self.preferred) as u8).wrapping_sub(1)).count_ones() as u8
     }
 
     /// Members that take part in new operations: the up-to-date ones and those being healed.
@@ -86,7 +195,7 @@ impl PgMap {
         self.is_up_to_date(m) && self.up_to_date_count() == 1
     }
 
-    /// The primary: the first up-to-date member at or after `preferred`.
+    /// The primary: the first up-to-date member at or after `preferred` (in slot order).
     pub fn primary(&self) -> Option<Member> {
         (0..self.members)
             .map(|i| (self.preferred + i) % self.members)
@@ -104,7 +213,7 @@ impl PgMap {
 
     /// Bit mask of the absent members (what a write made now must be remembered for).
     pub fn absent(&self) -> u8 {
-        mask_of(self.members) & !self.receivers()
+        self.placed & !self.receivers()
     }
 
     /// The next map without the members in `gone` (up to date or healing); `None` if nobody
@@ -125,7 +234,7 @@ impl PgMap {
 
     /// The next map with absent member `m` being healed.
     pub fn with_healing(&self, m: Member) -> Option<PgMap> {
-        if m >= self.members || self.absent() & (1 << m) == 0 {
+        if !self.is_placed(m) || self.absent() & (1 << m) == 0 {
             return None;
         }
         Some(PgMap {
@@ -152,7 +261,7 @@ impl PgMap {
     /// The next map once member `m`'s brick is replaced by an empty one: absent and fresh.
     /// `None` if `m` holds the last up-to-date copy.
     pub fn with_replaced(&self, m: Member) -> Option<PgMap> {
-        if m >= self.members {
+        if !self.is_placed(m) {
             return None;
         }
         let bit = 1 << m;
@@ -168,6 +277,27 @@ impl PgMap {
             ..*self
         })
     }
+}
+
+/// Member slots needed for the members in `mask`.
+pub fn slots_of(mask: u8) -> u8 {
+    8 - mask.leading_zeros() as u8
+}
+
+/// The `n`-th member (from 0) of `mask`, in slot order; the highest one if `n` is too large.
+pub fn nth_member(mask: u8, n: u8) -> Member {
+    let mut left = n;
+    let mut last = 0;
+    for m in 0..MEMBERS_MAX {
+        if mask & (1 << m) != 0 {
+            if left == 0 {
+                return m;
+            }
+            left -= 1;
+            last = m;
+        }
+    }
+    last
 }
 
 pub fn mask_of(members: u8) -> u8 {
@@ -199,6 +329,47 @@ mod tests {
         assert!(
             !PgMap { fresh: 0b01, ..r }.is_valid(),
             "fresh and up to date"
+        );
+    }
+
+    #[test]
+    fn a_move_adds_fresh_members_and_removes_the_old_ones_once_they_are_up_to_date() {
+        let m = PgMap::initial_on(0b0000_1100, 1, 1);
+        assert_eq!((m.members, m.preferred, m.primary()), (4, 3, Some(3)));
+        let moving = m.with_added(0b0011_0000).unwrap();
+        assert!(moving.is_valid());
+        assert_eq!(
+            (moving.members, moving.fresh, moving.absent()),
+            (6, 0b11_0000, 0b11_0000)
+        );
+        assert!(m.with_added(0b0000_0100).is_none(), "already placed");
+        assert!(
+            moving.with_removed(0b1100).is_none(),
+            "the new set holds nothing yet"
+        );
+        let healed = moving
+            .with_healing(4)
+            .and_then(|h| h.with_healed(4))
+            .and_then(|h| h.with_healing(5))
+            .and_then(|h| h.with_healed(5))
+            .unwrap();
+        let moved = healed.with_removed(0b1100).unwrap();
+        assert!(moved.is_valid());
+        assert_eq!(
+            (moved.placed, moved.up_to_date, moved.fresh),
+            (0b11_0000, 0b11_0000, 0)
+        );
+        assert_eq!(moved.preferred, 5, "the same position in the new set");
+        assert!(
+            moved.with_removed(0b11_0000).is_none(),
+            "nothing would hold it"
+        );
+        let doc = serde_json::json!({"epoch": 3, "members": 2, "up_to_date": 3, "min_size": 1,
+            "preferred": 0});
+        let old: PgMap = serde_json::from_value(doc).unwrap();
+        assert_eq!(
+            old.placed, 0b11,
+            "a map from before placement holds every slot"
         );
     }
 

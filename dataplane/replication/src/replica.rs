@@ -20,7 +20,7 @@
 
 use crate::dirt::LogWrite;
 use crate::lock::{LockKey, LockKind};
-use crate::map::{mask_of, Epoch, Member, PgMap, MEMBERS_MAX};
+use crate::map::{Epoch, Member, PgMap, MEMBERS_MAX};
 use brick_tuning as tuning;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -323,7 +323,10 @@ impl Replica {
             activity,
         } = boot;
         assert!(map.is_valid(), "invalid map {map:?}");
-        assert!(me < map.members);
+        assert!(
+            map.is_placed(me),
+            "member {me} does not hold the PG: {map:?}"
+        );
         let mut r = Replica {
             pg,
             me,
@@ -368,7 +371,7 @@ impl Replica {
     /// from the others' (its activity when it crashed, or ops abandoned when it was deposed):
     /// they are recorded as missed by every other member, whose heals copy them from here.
     fn impose_own_in_doubt(&mut self, out: &mut Vec<Output>) {
-        let others = mask_of(self.map.members) & !(1 << self.me);
+        let others = self.map.all() & !(1 << self.me);
         for &lock in self.own_in_doubt.iter().filter(|_| others != 0) {
             out.push(Output::RecordDirty {
                 origin: self.me,
@@ -396,6 +399,30 @@ impl Replica {
 
     pub fn map(&self) -> &PgMap {
         &self.map
+    }
+
+    /// Whether the PG moved off this member (a committed move): the replica has nothing more
+    /// to do, and its driver drops it and deletes the member's copy.
+    pub fn retired(&self) -> bool {
+        !self.map.is_placed(self.me)
+    }
+
+    /// The PG moved off this member: a map that no longer places it was committed, with every
+    /// member of the new placement up to date, so nothing here is needed any more. Pending
+    /// ops fail as at a change of primary (the client retries them on the new one, whose
+    /// recovery settles what the old primary left in doubt).
+    fn retire_for_good(&mut self, out: &mut Vec<Output>) {
+        self.fail_all(
+            OpError::NotPrimary {
+                epoch: self.map.epoch,
+                primary: self.map.primary(),
+            },
+            out,
+        );
+        self.recovery = None;
+        self.retiring = false;
+        self.proposing = None;
+        self.suspect = 0;
     }
 
     pub fn me(&self) -> Member {
@@ -708,7 +735,7 @@ impl Replica {
         let me = self.me;
         let p = self.pending.get_mut(&op).expect("checked above");
         p.state = OpState::Running;
-        let absent = mask_of(self.map.members) & !p.targets & !(1 << me);
+        let absent = self.map.all() & !p.targets & !(1 << me);
         if absent != 0 && !p.heal {
             out.push(Output::RecordDirty {
                 origin: me,
@@ -730,7 +757,7 @@ impl Replica {
 
     fn forward(&mut self, now_ms: u64, op: OpId, out: &mut Vec<Output>) {
         let (epoch, watermark, me) = (self.map.epoch, self.watermark(), self.me);
-        let all = mask_of(self.map.members);
+        let all = self.map.all();
         let Some(p) = self.pending.get_mut(&op) else {
             return;
         };
@@ -955,7 +982,7 @@ impl Replica {
 
     /// A message from member `from`.
     pub fn on_message(&mut self, now_ms: u64, from: Member, msg: Msg, out: &mut Vec<Output>) {
-        if from >= self.map.members || from == self.me {
+        if !self.map.is_placed(from) || from == self.me || self.retired() {
             return;
         }
         match msg {
@@ -1244,7 +1271,7 @@ impl Replica {
                 self.seen.insert((from, op), (lock, None));
                 // A healing member records too: once healed it may be the heal source of the
                 // members still away, and it must know what they missed meanwhile.
-                let absent = absent & mask_of(self.map.members) & !(1 << self.me);
+                let absent = absent & self.map.all() & !(1 << self.me);
                 if absent != 0 && self.receiving() {
                     out.push(Output::RecordDirty {
                         origin: from,
@@ -1289,6 +1316,9 @@ impl Replica {
 
     /// Time passes: heartbeats, resends, timeouts, failover.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.retired() {
+            return;
+        }
         let gap_ms = now_ms.saturating_sub(self.last_tick_ms);
         self.last_tick_ms = now_ms;
         if gap_ms > self.cfg.local_pause_ms {
@@ -1343,7 +1373,7 @@ impl Replica {
             self.last_heartbeat_ms = now_ms;
             let watermark = self.watermark();
             // Absent members get heartbeats too: their answer says they are back to be healed.
-            for m in members_of(mask_of(self.map.members) & !(1 << self.me)) {
+            for m in members_of(self.map.all() & !(1 << self.me)) {
                 out.push(Output::Send {
                     to: m,
                     msg: Msg::Heartbeat {
@@ -1385,7 +1415,7 @@ impl Replica {
             let overdue = now_ms.saturating_sub(p.forwarded_at_ms) > self.cfg.replica_timeout_ms;
             let resend = now_ms.saturating_sub(p.last_send_ms) >= self.cfg.resend_ms;
             let lock = p.lock;
-            let all = mask_of(self.map.members);
+            let all = self.map.all();
             let absent = if p.heal {
                 0
             } else {
@@ -1484,7 +1514,12 @@ impl Replica {
 
     /// A map read from the cluster store (watch, fetch or proposal result).
     pub fn on_map(&mut self, now_ms: u64, map: PgMap, out: &mut Vec<Output>) {
-        if map.epoch <= self.map.epoch || !map.is_valid() || map.members != self.map.members {
+        if map.epoch <= self.map.epoch || !map.is_valid() || map.members < self.map.members {
+            return;
+        }
+        if !map.is_placed(self.me) {
+            self.map = map;
+            self.retire_for_good(out);
             return;
         }
         let was_primary = self.is_primary();
@@ -1541,7 +1576,7 @@ impl Replica {
         if self.is_primary() {
             if self.cfg.push_maps {
                 // Before any forward of the new epoch (links deliver in order).
-                for m in members_of(mask_of(map.members) & !me_bit) {
+                for m in members_of(map.all() & !me_bit) {
                     out.push(Output::Send {
                         to: m,
                         msg: Msg::Map { map },

@@ -29,6 +29,7 @@ fn map(epoch: u64, members: u8, up_to_date: u8, healing: u8) -> PgMap {
     PgMap {
         epoch,
         members,
+        placed: brick_replication::mask_of(members),
         up_to_date,
         healing,
         min_size: 1,

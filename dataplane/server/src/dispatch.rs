@@ -3,8 +3,8 @@
 //! and changes through the replication driver.
 
 use crate::apply::{
-    decode_error_code, error_reply, execute, fs_error_reply, local_brick, lock_of, read_lock_of,
-    Body, PreparedData,
+    decode_error_code, error_reply, execute, fs_error_reply, local_brick, lock_of, ok_payload,
+    read_lock_of, Body, PreparedData,
 };
 use crate::ctx::{CoreCtx, Forward};
 use crate::files;
@@ -340,6 +340,19 @@ pub(crate) async fn dispatch_shared(
     route(ctx, pg, header, payload, PreparedData::default()).await
 }
 
+/// STATFS of one brick of the volume, on its node (a volume of several replica sets has a
+/// capacity per set; the client adds them up). Not replicated data: no primary involved.
+fn statfs_of_member(id: u64, opcode: u16, vol: &ServedVolume, m: u8) -> Vec<u8> {
+    let Some(brick) = vol.members.get(m as usize).and_then(|s| s.brick.as_ref()) else {
+        let why = format!("brick {m} of volume {} is not on this node", vol.name);
+        return error_reply(id, opcode, ErrorCode::NotFound, &why);
+    };
+    match brick.statfs() {
+        Ok(s) => ok_payload(id, opcode, |e| s.encode(e)),
+        Err(e) => fs_error_reply(id, opcode, e),
+    }
+}
+
 /// Serves one request on the core that owns its PG: replication traffic, reads on the PG's
 /// primary, and writes and namespace changes through the replication core.
 async fn serve(
@@ -366,6 +379,12 @@ async fn serve(
         Ok(v) => v,
         Err(e) => return fs_error_reply(id, opcode, e),
     };
+    if let Request::Statfs {
+        member: Some(m), ..
+    } = req
+    {
+        return statfs_of_member(id, opcode, &vol, m);
+    }
     let pg = req.pg();
     if req.is_read_only() {
         let member = match ctx.repl().local_primary(&vol, pg) {

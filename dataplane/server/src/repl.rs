@@ -65,6 +65,9 @@ struct Slot {
     limbo_aged_at: Instant,
     /// The last epoch in which this member was logged as the PG's primary.
     primary_logged: u64,
+    /// The member was behind (absent or being healed) at some tick since lost files were
+    /// last taken.
+    behind_seen: bool,
 }
 
 impl Slot {
@@ -116,15 +119,32 @@ impl Slot {
     fn take_lost(&mut self, out: &mut Vec<Output>) {
         let Some(brick) = self.brick() else { return };
         let lost = brick.take_lost(self.replica.pg);
+        let map = *self.replica.map();
+        let behind =
+            std::mem::replace(&mut self.behind_seen, !map.is_up_to_date(self.replica.me()));
         if lost.is_empty() {
             return;
         }
-        tracing::warn!(
-            vol = self.vol.id,
-            pg = self.replica.pg,
-            files = lost.len(),
-            "a namespace repair recreated files whose data this member lost: healing them"
-        );
+        if self.replica.pg == 0 && behind {
+            // The namespace's own files, created empty by this member's namespace heal: what
+            // they hold was written while the member was behind, so the heal that is under
+            // way (or was) copies it. Retiring the member for them restarted that heal over
+            // and over under a steady stream of creates (a new brick never caught up).
+            tracing::debug!(
+                vol = self.vol.id,
+                pg = self.replica.pg,
+                files = lost.len(),
+                "files created empty by this member's namespace heal are healed by it"
+            );
+            return;
+        } else {
+            tracing::warn!(
+                vol = self.vol.id,
+                pg = self.replica.pg,
+                files = lost.len(),
+                "a namespace repair recreated files whose data this member lost: healing them"
+            );
+        }
         let keys: Vec<LockKey> = lost.into_iter().map(LockKey::whole_file).collect();
         self.replica.lost_data(&keys, out);
     }
@@ -203,6 +223,15 @@ pub(crate) struct ReplCore {
     quarantined: RefCell<std::collections::HashSet<SlotKey>>,
     /// `DiskHealth::generation` when this core last looked.
     disks_seen: Cell<u64>,
+    /// Members a PG moved off, with the epoch of the map that moved it: no slot is made for
+    /// them again from a map that old (a state read before the move was committed).
+    moved_off: RefCell<HashMap<SlotKey, u64>>,
+    /// Members whose copy of a PG is being freed (the PG moved off them); no slot is made
+    /// for them until it is done.
+    sweeping: RefCell<std::collections::HashSet<SlotKey>>,
+    /// Local members of PGs placed elsewhere whose copy this process has freed (or is
+    /// freeing): once per process, so a crash in the middle of a sweep is finished after it.
+    swept: RefCell<std::collections::HashSet<SlotKey>>,
 }
 
 impl ReplCore {
@@ -224,6 +253,9 @@ impl ReplCore {
             last_state: RefCell::new(None),
             quarantined: RefCell::new(Default::default()),
             disks_seen: Cell::new(0),
+            moved_off: RefCell::new(HashMap::new()),
+            sweeping: RefCell::new(Default::default()),
+            swept: RefCell::new(Default::default()),
         })
     }
 
@@ -293,14 +325,37 @@ impl ReplCore {
                     _ => false,
                 }
             });
+            let mut sweeps = Vec::new();
             for vol in state.volumes.values() {
                 for pg in (self.core..vol.pg_maps.len()).step_by(self.ncores) {
                     let map = vol.pg_maps[pg];
                     for (m, _) in vol.local_members() {
-                        if m >= map.members {
+                        let key = (vol.id, pg as u32, m);
+                        let moved_off = self
+                            .moved_off
+                            .borrow()
+                            .get(&key)
+                            .is_some_and(|&e| map.epoch <= e);
+                        if !map.is_placed(m) || moved_off {
+                            match slots.get_mut(&key) {
+                                // The map that moved the PG off it: `drive` retires the slot.
+                                Some(slot) if map.epoch > slot.replica.map().epoch => {
+                                    let mut out = Vec::new();
+                                    slot.replica.on_map(now, map, &mut out);
+                                    started.push((key, out));
+                                }
+                                Some(_) => {}
+                                None => {
+                                    if self.swept.borrow_mut().insert(key) {
+                                        sweeps.push(key);
+                                    }
+                                }
+                            }
                             continue;
                         }
-                        let key = (vol.id, pg as u32, m);
+                        if self.sweeping.borrow().contains(&key) {
+                            continue; // made once the old copy is freed
+                        }
                         let mut out = Vec::new();
                         match slots.get_mut(&key) {
                             Some(slot) => {
@@ -320,16 +375,95 @@ impl ReplCore {
                                 slots.insert(key, slot);
                             }
                         }
-                        if !out.is_empty() {
-                            started.push((key, out));
+                        let retired = slots.get(&key).is_some_and(|s| s.replica.retired());
+                        if !out.is_empty() || retired {
+                            started.push((key, out)); // `drive` retires a retired slot
                         }
                     }
                 }
+            }
+            for key in sweeps {
+                self.sweep(key);
             }
         }
         for (key, out) in started {
             self.drive(key, out);
         }
+    }
+
+    /// The PG of `key` moved off its member (a committed map no longer places it): the slot
+    /// goes and the member's copy is freed.
+    fn retire(self: &Rc<Self>, key: SlotKey) {
+        let Some(slot) = self.slots.borrow_mut().remove(&key) else {
+            return;
+        };
+        let epoch = slot.replica.map().epoch;
+        tracing::info!(
+            vol = key.0,
+            pg = key.1,
+            member = key.2,
+            epoch,
+            "the PG moved to other bricks; freeing this brick's copy"
+        );
+        self.moved_off.borrow_mut().insert(key, epoch);
+        self.swept.borrow_mut().insert(key);
+        let brick = slot.brick();
+        drop(slot);
+        if let Some(brick) = brick {
+            self.sweep_brick(key, brick);
+        }
+    }
+
+    /// Frees a local member's copy of a PG that is placed elsewhere (after a crash, or a
+    /// state that shows the move before the member's replica saw it).
+    fn sweep(self: &Rc<Self>, key: SlotKey) {
+        let state = self.last_state.borrow().clone();
+        let brick = state.and_then(|s| {
+            s.volumes
+                .get(&key.0)
+                .and_then(|v| v.members.get(key.2 as usize))
+                .and_then(|m| m.brick.clone())
+        });
+        if let Some(brick) = brick {
+            self.sweep_brick(key, brick);
+        }
+    }
+
+    fn sweep_brick(self: &Rc<Self>, key: SlotKey, brick: Arc<Brick>) {
+        if !self.sweeping.borrow_mut().insert(key) {
+            return;
+        }
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let pg = key.1;
+            let dirt = brick.meta_path(&format!("dirt/pg-{pg}.log"));
+            let activity = brick.meta_path(&format!("dirt/pg-{pg}.activity"));
+            let freed = glommio::executor()
+                .spawn_blocking(move || {
+                    let freed = brick.drop_pg_data(pg, || true);
+                    // What this member recorded for others is about a copy it no longer has.
+                    let _ = std::fs::remove_file(dirt);
+                    let _ = std::fs::remove_file(activity);
+                    freed
+                })
+                .await;
+            if freed.0 > 0 {
+                tracing::info!(
+                    vol = key.0,
+                    pg,
+                    member = key.2,
+                    "freed this brick's copy of the PG: {} files, {} bytes",
+                    freed.0,
+                    freed.1
+                );
+            }
+            core.sweeping.borrow_mut().remove(&key);
+            let state = core.last_state.borrow().clone();
+            if let Some(state) = state {
+                core.sync_slots(&state);
+            }
+        })
+        .detach();
     }
 
     /// Gives every replica of this core the time every `REPL_TICK_MS`; every `HEAL_TICK_MS`
@@ -349,6 +483,7 @@ impl ReplCore {
             for key in self.slot_keys() {
                 self.feed(key, |slot, now, out| {
                     slot.replica.tick(now, out);
+                    slot.behind_seen |= !slot.replica.map().is_up_to_date(slot.replica.me());
                     if !heal_due {
                         with_healer(slot, |h, r, env, local| h.pump(now, r, env, local, out));
                     }
@@ -690,6 +825,9 @@ impl ReplCore {
                 Output::Propose { map } => self.spawn_propose(key, map),
                 Output::FetchMap => self.spawn_fetch(key),
             }
+        }
+        if self.with_slot(key, |s| s.replica.retired()) == Some(true) {
+            self.retire(key);
         }
     }
 
@@ -1047,6 +1185,7 @@ fn new_slot(
         limbo_freeing: Rc::new(Cell::new(false)),
         limbo_aged_at: Instant::now(),
         primary_logged: 0,
+        behind_seen: false,
     }
 }
 

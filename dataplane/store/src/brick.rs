@@ -1085,6 +1085,116 @@ impl Brick {
         ids
     }
 
+    /// Frees this brick's copy of placement group `pg`'s data after the PG moved to other
+    /// bricks: every regular file of the PG is cut to size 0 (its name stays: the namespace,
+    /// PG 0, is on every brick) and its limbo copies are removed. `keep_going` is asked before
+    /// each file; the sweep stops when it says no. Returns (files cut, bytes freed).
+    pub fn drop_pg_data(&self, pg: u32, keep_going: impl Fn() -> bool) -> (u64, u64) {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for fid in self.ids_in_pg(pg) {
+            if !keep_going() {
+                break;
+            }
+            if let Some(limbo) = self.limbo_path(fid) {
+                if let Ok(meta) = fs::symlink_metadata(&limbo) {
+                    if fs::remove_file(&limbo).is_ok() {
+                        files += 1;
+                        bytes += meta.len();
+                    }
+                }
+            }
+            let Ok(path) = self.path_of(fid) else {
+                continue;
+            };
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() || meta.len() == 0 && meta.blocks() == 0 {
+                continue;
+            }
+            if let Ok(f) = open_for_resize(&path, &meta) {
+                if f.set_len(0).is_ok() {
+                    files += 1;
+                    bytes += meta.len();
+                }
+            }
+        }
+        (files, bytes)
+    }
+
+    /// A digest of placement group `pg`'s files here: crc32c over (id, size, crc32c of the
+    /// contents) of every regular file with a name, in id order; files modified less than
+    /// `skip_recent` ago are left out (and counted). Two copies of a PG are equal when their
+    /// digests are.
+    pub fn pg_digest(&self, pg: u32, skip_recent: std::time::Duration) -> PgDigest {
+        use std::io::Read;
+        let mut ids = self.ids_in_pg(pg);
+        ids.sort_unstable();
+        ids.dedup();
+        let now = std::time::SystemTime::now();
+        let mut d = PgDigest::default();
+        let mut buf = vec![0u8; 1 << 20];
+        for fid in ids {
+            let Ok(path) = self.path_of(fid) else {
+                continue;
+            };
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let recent = !skip_recent.is_zero()
+                && meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_none_or(|age| age < skip_recent);
+            if recent {
+                d.skipped += 1;
+                continue;
+            }
+            let mut crc = 0u32;
+            let Ok(mut f) = fs::File::open(&path) else {
+                continue;
+            };
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => crc = crc32c::crc32c_append(crc, &buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let mut rec = [0u8; 20];
+            rec[..8].copy_from_slice(&fid.to_le_bytes());
+            rec[8..16].copy_from_slice(&meta.len().to_le_bytes());
+            rec[16..].copy_from_slice(&crc.to_le_bytes());
+            d.digest = crc32c::crc32c_append(d.digest, &rec);
+            d.files += 1;
+            d.bytes += meta.len();
+        }
+        d
+    }
+
+    /// Bytes of placement group `pg`'s file data on this brick, and its file count (the
+    /// allocated size of every regular file of the PG: what a move of the PG copies).
+    pub fn pg_usage(&self, pg: u32) -> (u64, u64) {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for fid in self.ids_in_pg(pg) {
+            let Ok(path) = self.path_of(fid) else {
+                continue;
+            };
+            if let Ok(meta) = fs::symlink_metadata(&path) {
+                if meta.is_file() {
+                    files += 1;
+                    bytes += meta.len();
+                }
+            }
+        }
+        (files, bytes)
+    }
+
     /// Makes directory `fid` hold exactly `entries` (a heal target catching up): entries that
     /// differ or are not wanted are removed (with their subtrees), a wanted id that lives
     /// elsewhere on this brick is moved here (a rename it missed), missing ones are created
@@ -1299,6 +1409,15 @@ fn stale_if_missing(fid: FileId, e: io::Error) -> FsError {
     } else {
         FsError::io("stat", e)
     }
+}
+
+/// `Brick::pg_digest`'s result.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PgDigest {
+    pub files: u64,
+    pub bytes: u64,
+    pub digest: u32,
+    pub skipped: u64,
 }
 
 pub fn attr_of(fid: FileId, m: &fs::Metadata) -> Attr {

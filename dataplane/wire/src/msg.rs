@@ -204,6 +204,8 @@ pub enum Request<'a> {
     },
     Statfs {
         vol: VolumeId,
+        /// The brick (member index) to report on; `None`: the PG 0 primary's brick.
+        member: Option<u8>,
     },
 }
 
@@ -298,7 +300,7 @@ impl<'a> Request<'a> {
             | Request::Fsync { vol, .. }
             | Request::Symlink { vol, .. }
             | Request::Readlink { vol, .. }
-            | Request::Statfs { vol } => Some(vol),
+            | Request::Statfs { vol, .. } => Some(vol),
             _ => None,
         }
     }
@@ -426,8 +428,11 @@ impl<'a> Request<'a> {
             } => {
                 e.u32(vol).u64(parent).str(name).str(target);
             }
-            Request::Statfs { vol } => {
+            Request::Statfs { vol, member } => {
                 e.u32(vol);
+                if let Some(m) = member {
+                    e.u8(m);
+                }
             }
         }
     }
@@ -555,6 +560,10 @@ impl<'a> Request<'a> {
             },
             op::STATFS => Request::Statfs {
                 vol: d.u32("volume")?,
+                member: match d.remaining() {
+                    0 => None,
+                    _ => Some(d.u8("member")?),
+                },
             },
             other => return Err(DecodeError::UnknownOpcode(other)),
         };

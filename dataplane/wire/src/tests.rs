@@ -96,7 +96,14 @@ fn sample_requests() -> Vec<Request<'static>> {
             target: "../x",
         },
         Request::Readlink { vol: 1, fid: 4 },
-        Request::Statfs { vol: 1 },
+        Request::Statfs {
+            vol: 1,
+            member: None,
+        },
+        Request::Statfs {
+            vol: 1,
+            member: Some(3),
+        },
     ]
 }
 
@@ -134,7 +141,14 @@ fn split_write_head_matches_the_whole_frame() {
 #[test]
 fn partial_frames_wait_for_more_bytes() {
     let mut buf = Vec::new();
-    request_frame(&mut buf, 1, &Request::Statfs { vol: 3 });
+    request_frame(
+        &mut buf,
+        1,
+        &Request::Statfs {
+            vol: 3,
+            member: None,
+        },
+    );
     for cut in 0..buf.len() {
         assert_eq!(decode_frame(&buf[..cut]), Ok(None), "cut at {cut}");
     }
@@ -154,7 +168,14 @@ fn wrong_crc_is_a_clear_error() {
 #[test]
 fn oversized_frame_is_refused_from_the_header_alone() {
     let mut buf = Vec::new();
-    request_frame(&mut buf, 1, &Request::Statfs { vol: 1 });
+    request_frame(
+        &mut buf,
+        1,
+        &Request::Statfs {
+            vol: 1,
+            member: None,
+        },
+    );
     buf[16..20].copy_from_slice(&(brick_tuning::FRAME_PAYLOAD_BYTES_MAX + 1).to_le_bytes());
     // Only the header is present: the decoder must refuse without waiting for the payload.
     let err = decode_frame(&buf[..HEADER_BYTES]).unwrap_err();
@@ -164,7 +185,14 @@ fn oversized_frame_is_refused_from_the_header_alone() {
 #[test]
 fn bad_magic_and_version_are_refused() {
     let mut buf = Vec::new();
-    request_frame(&mut buf, 1, &Request::Statfs { vol: 1 });
+    request_frame(
+        &mut buf,
+        1,
+        &Request::Statfs {
+            vol: 1,
+            member: None,
+        },
+    );
     let mut bad = buf.clone();
     bad[0] = b'X';
     assert!(matches!(decode_frame(&bad), Err(FrameError::BadMagic(_))));

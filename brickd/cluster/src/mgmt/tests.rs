@@ -114,12 +114,14 @@ fn volume_handle() -> VolumeHandle {
         pg_maps: vec![crate::PgMap {
             epoch: 2,
             members: 1,
+            placed: 1,
             up_to_date: 1,
             healing: 0,
             min_size: 1,
             preferred: 0,
             fresh: 0,
         }],
+        replica: 1,
     }
 }
 
