@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +88,10 @@ struct Expected {
     image: Vec<u8>,
     image_fid: FileId,
     acked_ops: u64,
+    /// Every image write: when it was sent (ms from the test's start) and how long it took
+    /// until acknowledged, retries included (us).
+    latencies: Vec<(u64, u64)>,
+    started: Option<Instant>,
 }
 
 async fn small_file_writer(
@@ -145,6 +150,7 @@ async fn image_writer(vol: Volume, exp: Arc<Mutex<Expected>>, stop: Arc<AtomicBo
         let b = rng.gen_range(0..blocks);
         let data: Vec<u8> = (0..BLOCK).map(|_| rng.gen()).collect();
         // A write that fails is retried until it lands: the image must hold one known value.
+        let sent = Instant::now();
         for attempt in 0.. {
             match vol.write(fid, b * BLOCK, &data, false).await {
                 Ok(_) => break,
@@ -160,6 +166,10 @@ async fn image_writer(vol: Volume, exp: Arc<Mutex<Expected>>, stop: Arc<AtomicBo
             let at = (b * BLOCK) as usize;
             e.image[at..at + BLOCK as usize].copy_from_slice(&data);
             e.acked_ops += 1;
+            let since = e
+                .started
+                .map_or(0, |s| sent.duration_since(s).as_millis() as u64);
+            e.latencies.push((since, sent.elapsed().as_micros() as u64));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -214,7 +224,7 @@ fn run_move(
 
 /// Every file the writers were told about reads back with its sha256; every brick holds data
 /// only of the PGs placed on it.
-async fn check(vol: &Volume, cluster: &LocalCluster, exp: &Expected) {
+async fn check(vol: &Volume, cluster: &LocalCluster, exp: &Expected) -> u64 {
     let dir = vol
         .lookup(ROOT_FILE_ID, "small")
         .await
@@ -224,7 +234,9 @@ async fn check(vol: &Volume, cluster: &LocalCluster, exp: &Expected) {
         .iter()
         .map(|e| (e.name.clone(), e.attr.size))
         .collect();
+    let mut verified = 0u64;
     for (name, want) in &exp.files {
+        verified += 1;
         let size = *names
             .get(name)
             .unwrap_or_else(|| panic!("acknowledged file {name} is gone"));
@@ -286,6 +298,7 @@ async fn check(vol: &Volume, cluster: &LocalCluster, exp: &Expected) {
         }
     }
     assert!(checked > 0);
+    verified
 }
 
 async fn read_all(vol: &Volume, fid: FileId, size: u64) -> Vec<u8> {
@@ -299,6 +312,111 @@ async fn read_all(vol: &Volume, fid: FileId, size: u64) -> Vec<u8> {
         out.extend_from_slice(&chunk);
     }
     out
+}
+
+/// Bytes of file data under a brick's `data/small` and its image.
+fn data_bytes(path: &str) -> u64 {
+    let small: u64 = std::fs::read_dir(PathBuf::from(path).join("data/small"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let image = std::fs::metadata(PathBuf::from(path).join("data/vm.img"))
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
+    small + image
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The benchmark's numbers (bench/rebalance.sh): per move, what had to move and what landed
+/// on the new bricks, the rate against a local copy of the same bytes, the image writer's
+/// p99 before and during the moves and its longest request.
+fn bench_report(
+    exp: &Expected,
+    table: &[(&str, RebalanceStatus, u64)],
+    windows: &[(u64, u64)],
+    (killed, lost): (u64, u64),
+    set_a_dir: &str,
+) -> serde_json::Value {
+    let first = windows.first().map_or(u64::MAX, |w| w.0);
+    let mut before: Vec<u64> = exp
+        .latencies
+        .iter()
+        .filter(|l| l.0 < first)
+        .map(|l| l.1)
+        .collect();
+    let mut during: Vec<u64> = exp
+        .latencies
+        .iter()
+        .filter(|l| windows.iter().any(|w| l.0 >= w.0 && l.0 <= w.1))
+        .map(|l| l.1)
+        .collect();
+    before.sort_unstable();
+    during.sort_unstable();
+    let local = local_copy_rate(set_a_dir);
+    let moves: Vec<serde_json::Value> = table
+        .iter()
+        .map(|(step, st, landed)| {
+            let rate = st.bytes_moved as f64 * 1000.0 / st.elapsed_ms.max(1) as f64;
+            serde_json::json!({
+                "step": step,
+                "pgs_moved": st.pgs_moved,
+                "files_moved": st.files_moved,
+                "bytes_had_to_move": st.bytes_moved,
+                "bytes_landed_on_new_bricks": landed,
+                "landed_over_had_to_move": *landed as f64 / st.bytes_moved.max(1) as f64,
+                "elapsed_ms": st.elapsed_ms,
+                "rate_bytes_s": rate,
+                "rate_over_local_copy": rate / local.max(1.0),
+                "verified_in_flux": st.verified_in_flux,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "kills": killed,
+        "files_lost": lost,
+        "acknowledged_files": exp.files.len(),
+        "acknowledged_ops": exp.acked_ops,
+        "local_copy_bytes_s": local,
+        "client_p99_before_us": percentile(&before, 0.99),
+        "client_p99_during_us": percentile(&during, 0.99),
+        "client_p99_ratio": percentile(&during, 0.99) as f64 / percentile(&before, 0.99).max(1) as f64,
+        "client_max_during_us": during.last().copied().unwrap_or(0),
+        "client_writes_before": before.len(),
+        "client_writes_during": during.len(),
+        "moves": moves,
+    })
+}
+
+/// Bytes per second of a local copy (read, write, fsync) of a brick's data on the same file
+/// system: the anchor a rebalance's rate is compared with.
+fn local_copy_rate(brick: &str) -> f64 {
+    use std::io::Write;
+    let from = PathBuf::from(brick).join("data/small");
+    let to = PathBuf::from(brick).with_file_name("local-copy");
+    let _ = std::fs::create_dir_all(&to);
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for e in std::fs::read_dir(&from).into_iter().flatten().flatten() {
+        let Ok(data) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let mut f = std::fs::File::create(to.join(e.file_name())).expect("copy");
+        f.write_all(&data).expect("copy");
+        f.sync_all().expect("copy");
+        bytes += data.len() as u64;
+    }
+    let _ = std::fs::remove_dir_all(&to);
+    bytes as f64 / started.elapsed().as_secs_f64().max(1e-6)
 }
 
 /// Files with data on each brick directory of `set` (a drained set must hold none).
@@ -356,8 +474,11 @@ fn a_volume_grows_to_three_sets_and_shrinks_back_under_load_and_kill_9() {
             .expect("volume start");
         client.open_volume(VOLUME).await.expect("open")
     });
+    let t0 = Instant::now();
+    let ms = move || t0.elapsed().as_millis() as u64;
     let exp = Arc::new(Mutex::new(Expected {
         image: vec![0; IMAGE_BYTES as usize],
+        started: Some(t0),
         ..Expected::default()
     }));
     let dir = rt.block_on(async {
@@ -395,9 +516,13 @@ fn a_volume_grows_to_three_sets_and_shrinks_back_under_load_and_kill_9() {
             seed + 1,
         )),
     ];
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(env_u64(
+        "BRICK_REBALANCE_BASELINE_S",
+        2,
+    )));
     let mut killed = 0;
     let mut table = Vec::new();
+    let mut windows = Vec::new(); // (start ms, end ms) of each move
     for (step, args) in [
         ("grow to 2 sets", set_b.clone()),
         ("grow to 3 sets", set_c.clone()),
@@ -405,6 +530,7 @@ fn a_volume_grows_to_three_sets_and_shrinks_back_under_load_and_kill_9() {
         let mut add = vec!["volume", "add-brick", VOLUME];
         add.extend(args.iter().map(String::as_str));
         let _: serde_json::Value = brick_json(&cluster, &add);
+        let begin = ms();
         let _: RebalanceStatus = brick_json(&cluster, &["volume", "rebalance", VOLUME, "start"]);
         let st = run_move(
             &mut cluster,
@@ -417,18 +543,33 @@ fn a_volume_grows_to_three_sets_and_shrinks_back_under_load_and_kill_9() {
             "{step}: {} PGs, {} files, {} bytes moved in {} ms",
             st.pgs_moved, st.files_moved, st.bytes_moved, st.elapsed_ms
         );
-        table.push((step, st));
+        windows.push((begin, ms()));
+        // What the new set holds now: copied by the move, plus client writes to its PGs.
+        let new_set = if step == "grow to 2 sets" {
+            &set_b
+        } else {
+            &set_c
+        };
+        let landed = data_bytes(new_set[0].split_once(':').unwrap().1);
+        table.push((step, st, landed));
     }
     // Shrink back: drain set b (a set in the middle: its bricks keep their places).
     let mut drain: Vec<&str> = vec!["volume", "remove-brick", VOLUME];
     drain.extend(set_b.iter().map(String::as_str));
     let mut start = drain.clone();
     start.push("start");
+    let before_a = data_bytes(set_a[0].split_once(':').unwrap().1);
+    let before_c = data_bytes(set_c[0].split_once(':').unwrap().1);
+    let begin = ms();
     let _: RebalanceStatus = brick_json(&cluster, &start);
     let mut status = drain.clone();
     status.push("status");
     let st = run_move(&mut cluster, &status, kills, &mut rng, &mut killed);
-    table.push(("drain set b", st));
+    windows.push((begin, ms()));
+    let landed = (data_bytes(set_a[0].split_once(':').unwrap().1)
+        + data_bytes(set_c[0].split_once(':').unwrap().1))
+    .saturating_sub(before_a + before_c);
+    table.push(("drain set b", st, landed));
     let mut commit = drain.clone();
     commit.push("commit");
     let _: RebalanceStatus = brick_json(&cluster, &commit);
@@ -442,7 +583,7 @@ fn a_volume_grows_to_three_sets_and_shrinks_back_under_load_and_kill_9() {
         "the small-file writer wrote {} files",
         exp.files.len()
     );
-    rt.block_on(check(&vol, &cluster, &exp));
+    let verified = rt.block_on(check(&vol, &cluster, &exp));
     // The drained set's bricks hold no data once their PGs and the namespace left them.
     let deadline = Instant::now() + Duration::from_secs(20);
     for b in &set_b {
@@ -456,11 +597,18 @@ fn a_volume_grows_to_three_sets_and_shrinks_back_under_load_and_kill_9() {
             "{b} keeps data after remove-brick commit"
         );
     }
-    for (step, st) in &table {
+    for (step, st, landed) in &table {
         eprintln!(
-            "| {step} | {} PGs | {} files | {} bytes | {} ms | {} in flux |",
+            "| {step} | {} PGs | {} files | {} bytes had to move | {landed} bytes landed | {} ms | {} in flux |",
             st.pgs_moved, st.files_moved, st.bytes_moved, st.elapsed_ms, st.verified_in_flux
         );
+    }
+    if let Ok(path) = std::env::var("BRICK_REBALANCE_REPORT") {
+        let set_a_dir = set_a[0].split_once(':').unwrap().1.to_string();
+        let lost = exp.files.len() as u64 - verified;
+        let report = bench_report(&exp, &table, &windows, (killed, lost), &set_a_dir);
+        std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).expect("report");
+        eprintln!("report written to {path}");
     }
     eprintln!(
         "{} files and an image ({} acknowledged ops) intact after {killed} SIGKILLs",

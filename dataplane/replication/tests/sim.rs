@@ -60,6 +60,9 @@ const KEYS: u64 = 16;
 const NS_KEYS: u64 = 4;
 const REG_BASE: u64 = 100;
 const NS_BASE: u64 = 200;
+/// What a member's freed copy of the data PG holds (its PG moved away): the dataplane cuts
+/// the files to size 0, which reads as an unwritten file (a heal copies no empty range).
+const FREED: u64 = 0;
 /// A WRITE at this offset is beyond the largest file: every member refuses it alike.
 const REFUSE_OFFSET: u64 = 1 << 40;
 const TICK_MS: u64 = 5;
@@ -438,6 +441,7 @@ enum Event {
         incarnation: u64,
         pg: u32,
         job: DiskJob,
+        generation: u64,
     },
     Propose {
         node: Member,
@@ -505,6 +509,9 @@ struct Slot {
     activity_rewritten_ms: u64,
     /// Stopped while its node's disk fails (see `Node::disk_failing_until_ms`).
     quarantined: bool,
+    /// Grows each time the PG moves off this member: disk jobs of an earlier generation are
+    /// dropped (the dataplane's slot and its I/O are gone with the move).
+    generation: u64,
 }
 
 impl Slot {
@@ -684,6 +691,15 @@ struct Sim {
     trace: bool,
     /// Run the heal (default; `SIM_HEAL=0` runs replication alone).
     heal: bool,
+    /// Members per replica set; the nodes are `sets` replica sets of it. PG 0 (the namespace)
+    /// is on every node, the data PG on one set, or on two while it moves.
+    replica: u8,
+    sets: u8,
+    /// The set the data PG is moving to (a rebalance between `with_added` and `with_removed`).
+    moving_to: Option<u8>,
+    /// Rebalances move the data PG between the sets (`SIM_MOVES=1`; off by default until
+    /// the failure seed 107 shows is fixed: docs/replication.md, "PG moves").
+    moves: bool,
     /// The next id a primary mints for a new entry, and the name (slot) each was minted for.
     next_fid: u64,
     minted_for: BTreeMap<u64, u64>,
@@ -709,6 +725,10 @@ struct Stats {
     handoffs: u32,
     namespace_ops: u32,
     replacements: u32,
+    moves: u32,
+    moves_committed: u32,
+    moves_stopped: u32,
+    retired: u32,
     push_maps_seeds: u32,
     lost_data: u32,
     /// Client reads answered from a primary's copy, and those it was told to ask again.
@@ -736,6 +756,10 @@ impl Stats {
         self.handoffs += o.handoffs;
         self.namespace_ops += o.namespace_ops;
         self.replacements += o.replacements;
+        self.moves += o.moves;
+        self.moves_committed += o.moves_committed;
+        self.moves_stopped += o.moves_stopped;
+        self.retired += o.retired;
         self.push_maps_seeds += o.push_maps_seeds;
         self.lost_data += o.lost_data;
         self.reads += o.reads;
@@ -755,12 +779,19 @@ fn push_maps_for(rng: &mut StdRng) -> bool {
 
 impl Sim {
     fn new(seed: u64, members: u8, min_size: u8) -> Sim {
+        Sim::with_sets(seed, members, min_size, 1)
+    }
+
+    /// `sets` replica sets of `replica` members: PG 0 on all of them, the data PG on the
+    /// first, from where rebalances move it between sets.
+    fn with_sets(seed: u64, replica: u8, min_size: u8, sets: u8) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
-        let preferred = rng.gen_range(0..members);
+        let members = replica * sets;
+        let preferred = rng.gen_range(0..replica);
         // The two PGs' primaries start on different members when there are several.
         let store = [
-            PgMap::initial(members, min_size, preferred),
-            PgMap::initial(members, min_size, (preferred + 1) % members),
+            PgMap::initial_on(mask_of(members), min_size, preferred),
+            PgMap::initial_on(mask_of(replica), min_size, (preferred + 1) % replica),
         ];
         let cfg = Config {
             push_maps: push_maps_for(&mut rng),
@@ -797,6 +828,10 @@ impl Sim {
             writers_by_epoch: BTreeMap::new(),
             trace: std::env::var("SIM_TRACE").is_ok(),
             heal: heal_enabled(),
+            replica,
+            sets,
+            moving_to: None,
+            moves: heal_enabled() && sets > 1 && moves_enabled(),
             next_fid: NS_BASE,
             minted_for: BTreeMap::new(),
             stats: Stats {
@@ -945,6 +980,10 @@ impl Sim {
     /// Starts one member again after its quarantine, as the dataplane creates its slot:
     /// `restarted` (it may differ from the others).
     fn restart_member(&mut self, n: Member, pg: u32) {
+        if !self.store[pg as usize].is_placed(n) {
+            self.slot(n, pg).quarantined = false;
+            return;
+        }
         self.log(|| format!("START node {n} pg {pg} after its quarantine"));
         let node = &mut self.nodes[n as usize];
         node.quarantine_restarts += 1;
@@ -1008,11 +1047,13 @@ impl Sim {
         for o in outs {
             self.log(|| format!("node {n} pg {pg} -> {o:?}"));
             let inc = self.nodes[n as usize].incarnation;
+            let generation = self.nodes[n as usize].slots[pg as usize].generation;
             let disk_done = |job| Event::DiskDone {
                 node: n,
                 incarnation: inc,
                 pg,
                 job,
+                generation,
             };
             match o {
                 Output::ApplyLocal { op } => {
@@ -1460,8 +1501,16 @@ impl Sim {
             Event::ClientRead { to, id, slot } => self.serve_read(to, id, slot),
             Event::ClientReadReply { id, value } => self.client_read_reply(id, value),
             Event::DiskDone {
-                node: n, pg, job, ..
-            } => self.disk_done(n, pg, job),
+                node: n,
+                pg,
+                job,
+                generation,
+                ..
+            } => {
+                if generation == self.slot(n, pg).generation {
+                    self.disk_done(n, pg, job);
+                }
+            }
             Event::MapDelivery {
                 node: n,
                 pg,
@@ -1470,6 +1519,9 @@ impl Sim {
                 ..
             } => {
                 let Some(r) = self.slot(n, pg).replica.as_mut() else {
+                    // A member the PG moved to is started when a map places it (the
+                    // dataplane's `sync_slots`).
+                    self.maybe_start_placed(n, pg);
                     return;
                 };
                 match proposal_result {
@@ -1478,6 +1530,7 @@ impl Sim {
                     None => r.on_map(now, map, &mut out),
                 }
                 self.run_outputs(n, pg, out);
+                self.retire_if_moved_off(n, pg);
             }
             Event::ProposalLost { node: n, pg, .. } => {
                 let Some(r) = self.slot(n, pg).replica.as_mut() else {
@@ -1584,6 +1637,110 @@ impl Sim {
         node.disk.lost.clear();
         self.stats.lost_data += keys.len() as u32;
         self.run_outputs(n, DATA_PG, out);
+    }
+
+    /// Starts node `n`'s member of `pg` once the store's map places it (a move to its set),
+    /// as the dataplane creates a slot for a newly placed member: empty logs, fresh.
+    fn maybe_start_placed(&mut self, n: Member, pg: u32) {
+        let node = &self.nodes[n as usize];
+        let slot = &node.slots[pg as usize];
+        if !node.up || slot.quarantined || !self.store[pg as usize].is_placed(n) {
+            return;
+        }
+        self.log(|| format!("START node {n} pg {pg}: the PG moved here"));
+        self.free_copy(n, pg);
+        let node = &mut self.nodes[n as usize];
+        node.quarantine_restarts += 1;
+        let op_base = (node.incarnation << 40) | (node.quarantine_restarts << 32);
+        let out = self.start_member(n, pg, op_base, false, false);
+        self.run_outputs(n, pg, out);
+        self.hand_over_lost(n);
+    }
+
+    /// The PG moved off node `n`'s member (a committed map no longer places it): the
+    /// dataplane drops the slot and frees the copy.
+    fn retire_if_moved_off(&mut self, n: Member, pg: u32) {
+        let retired = self
+            .slot(n, pg)
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.retired());
+        if retired {
+            self.log(|| format!("RETIRE node {n} pg {pg}: the PG moved off it"));
+            self.stats.retired += 1;
+            self.free_copy(n, pg);
+        }
+    }
+
+    /// Drops node `n`'s slot of `pg` and frees its copy of the PG's data: the data PG's files
+    /// keep their names (PG 0 is on every node) and are emptied.
+    fn free_copy(&mut self, n: Member, pg: u32) {
+        let slot = self.slot(n, pg);
+        let generation = slot.generation + 1;
+        *slot = Slot {
+            generation,
+            ..Slot::default()
+        };
+        if pg == DATA_PG {
+            let disk = &mut self.nodes[n as usize].disk;
+            for v in disk.files.values_mut() {
+                *v = FREED;
+            }
+            disk.limbo.clear();
+        }
+    }
+
+    /// A rebalance's next step for the data PG: adds the other set (fresh: healed by the
+    /// primary while clients go on), commits once that set is up to date (as the leader does
+    /// after its digests match), or, now and then, stops the move (the added set leaves).
+    fn advance_move(&mut self) {
+        let Some(to) = self.moving_to else { return };
+        let map = self.store[DATA_PG as usize];
+        let dst = self.set_mask(to);
+        if map.placed & dst == 0 {
+            self.moving_to = None; // stopped, or never added
+            return;
+        }
+        if map.up_to_date & dst == dst {
+            if let Some(next) = map.with_removed(map.placed & !dst) {
+                self.log(|| format!("MOVE commit: data PG on set {to} ({next:?})"));
+                assert!(
+                    self.cas(DATA_PG, next),
+                    "seed {}: move commit CAS",
+                    self.seed
+                );
+                self.stats.moves_committed += 1;
+                self.moving_to = None;
+            }
+        } else if self.faults && self.rng.gen_ratio(1, 20_000) {
+            if let Some(next) = map.with_removed(dst) {
+                self.log(|| format!("MOVE stopped: data PG back on its set ({next:?})"));
+                assert!(self.cas(DATA_PG, next), "seed {}: move stop CAS", self.seed);
+                self.stats.moves_stopped += 1;
+                self.moving_to = None;
+            }
+        }
+    }
+
+    /// Starts moving the data PG to another set.
+    fn start_move(&mut self) {
+        let map = self.store[DATA_PG as usize];
+        let from = (0..self.sets).find(|&s| map.placed & self.set_mask(s) != 0);
+        let Some(from) = from.filter(|&s| map.placed == self.set_mask(s)) else {
+            return; // mid-move
+        };
+        let to = (from + 1 + self.rng.gen_range(0..self.sets - 1)) % self.sets;
+        let Some(next) = map.with_added(self.set_mask(to)) else {
+            return;
+        };
+        self.log(|| format!("MOVE start: data PG from set {from} to {to} ({next:?})"));
+        assert!(self.cas(DATA_PG, next), "seed {}: move CAS", self.seed);
+        self.stats.moves += 1;
+        self.moving_to = Some(to);
+    }
+
+    fn set_mask(&self, set: u8) -> u8 {
+        mask_of(self.replica) << (set * self.replica)
     }
 
     /// Applies a body to a node's brick; returns what the disk says.
@@ -1955,6 +2112,7 @@ impl Sim {
                 self.nodes[n as usize].frozen_until_ms = self.now_ms + d;
             }
             9 if self.heal => self.replace(n),
+            16..=17 if self.moves && self.moving_to.is_none() => self.start_move(),
             13..=15 if !self.store_cut(n) => {
                 // A split: node n on the minority side, without the store; clients still
                 // reach it (the old primary a reader may still ask).
@@ -2067,7 +2225,7 @@ impl Sim {
     /// `min_size`). The new brick starts at once, with nothing on it.
     fn replace(&mut self, n: Member) {
         let mut next = self.store;
-        for map in &mut next {
+        for map in next.iter_mut().filter(|m| m.is_placed(n)) {
             match map.with_replaced(n) {
                 Some(m) if m.up_to_date_count() >= m.min_size => *map = m,
                 _ => return,
@@ -2083,7 +2241,9 @@ impl Sim {
         node.slots = Default::default();
         node.power_lost = false;
         for (pg, map) in next.into_iter().enumerate() {
-            assert!(self.cas(pg as u32, map), "seed {}: replace CAS", self.seed);
+            if map != self.store[pg] {
+                assert!(self.cas(pg as u32, map), "seed {}: replace CAS", self.seed);
+            }
         }
         self.boot(n, false);
     }
@@ -2115,6 +2275,11 @@ impl Sim {
         let op_base = node.incarnation << 40;
         let mut outs = Vec::new();
         for pg in 0..PGS as u32 {
+            if !self.store[pg as usize].is_placed(n) {
+                // Not placed here: whatever a move left of its copy is freed.
+                self.free_copy(n, pg);
+                continue;
+            }
             let out = self.start_member(n, pg, op_base, restarted, power_lost);
             outs.push((pg, out));
         }
@@ -2281,6 +2446,9 @@ impl Sim {
         if self.now_ms.is_multiple_of(TICK_MS) {
             self.tick_all();
         }
+        if self.heal {
+            self.advance_move();
+        }
         self.client_step(issue);
         self.client_read_step(issue);
         self.check();
@@ -2321,12 +2489,29 @@ impl Sim {
         for (pg, map) in self.store.iter().enumerate() {
             let primary = map.primary().map(|p| &self.nodes[p as usize].slots[pg]);
             assert!(
-                !self.heal || map.up_to_date == mask_of(map.members),
+                !self.heal || map.up_to_date == map.placed,
                 "seed {}: members of PG {pg} still behind after the faults stopped: the heal did \
                  not finish (map {map:?}, the primary's healer {:?})",
                 self.seed,
                 primary.map(|p| &p.healer)
             );
+        }
+        if self.heal {
+            let data = self.store[DATA_PG as usize];
+            assert!(
+                (0..self.sets).any(|s| data.placed == self.set_mask(s)),
+                "seed {}: the data PG did not end on one replica set: {data:?}",
+                self.seed
+            );
+            for n in (0..self.nodes.len() as Member).filter(|&n| !data.is_placed(n)) {
+                assert!(
+                    self.nodes[n as usize].slots[DATA_PG as usize]
+                        .replica
+                        .is_none(),
+                    "seed {}: node {n} still runs a member of the data PG that moved off it",
+                    self.seed
+                );
+            }
         }
         let both = self.store[0].up_to_date & self.store[1].up_to_date;
         let acting: Vec<Member> = (0..self.nodes.len() as Member)
@@ -2384,6 +2569,10 @@ fn slot_of_create(payload: &[u8]) -> Option<u64> {
     }
 }
 
+fn moves_enabled() -> bool {
+    std::env::var("SIM_MOVES").is_ok_and(|v| v == "1")
+}
+
 fn heal_enabled() -> bool {
     std::env::var("SIM_HEAL").map_or(true, |v| v != "0")
 }
@@ -2398,7 +2587,13 @@ fn shapes(seed: u64) -> (u8, u8) {
 
 fn run_seed(seed: u64) -> Sim {
     let (members, min_size) = shapes(seed);
-    let mut sim = Sim::new(seed, members, min_size);
+    // Every other seed has two replica sets, between which rebalances move the data PG.
+    let sets = if heal_enabled() && (seed / 3) % 2 == 1 {
+        2
+    } else {
+        1
+    };
+    let mut sim = Sim::with_sets(seed, members, min_size, sets);
     sim.run();
     sim
 }
@@ -2465,6 +2660,13 @@ fn seeded_simulation() {
     assert!(
         !heal_enabled() || seeds < 10 || (totals.replacements > 0 && totals.handoffs > 0),
         "no brick was replaced, or no heal handed off dirt"
+    );
+    assert!(
+        !heal_enabled()
+            || !moves_enabled()
+            || seeds < 10
+            || (totals.moves_committed > 0 && totals.retired > 0),
+        "no move of a PG between replica sets was committed"
     );
 }
 
