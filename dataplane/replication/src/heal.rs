@@ -664,7 +664,11 @@ impl Healer {
                     .get(&op)
                     .map_or(replica.map().healing, |p| p.targets);
                 ResyncRead::Handoff {
-                    payload: handoff_payload(&self.dirt, self.me, targets),
+                    payload: handoff_payload(
+                        &self.dirt_with_copies_in_flight(targets),
+                        self.me,
+                        targets,
+                    ),
                 }
             }
             // A namespace change in doubt at a failover: every directory of this (the new
@@ -679,6 +683,29 @@ impl Healer {
             },
             LockKind::WholeFile(_) | LockKind::Range { .. } => ResyncRead::Range,
         }
+    }
+
+    /// What the other members still miss, copies in flight included: a planned copy has left
+    /// the dirt until it lands, and if this member stops being the primary before it lands
+    /// (the member the hand-off goes to may become the primary), only the hand-off can tell
+    /// the next heal source about it (sim seed 107: a move's new member became primary and
+    /// healed a returning member without a range its predecessor was copying).
+    fn dirt_with_copies_in_flight(&self, handoff_targets: u8) -> DirtState {
+        let mut dirt = self.dirt.clone();
+        for plan in self.plans.values() {
+            let others = plan.targets & !handoff_targets;
+            for m in (0..MEMBERS_MAX).filter(|&m| others & (1 << m) != 0) {
+                let d = &mut dirt.members[m as usize];
+                match plan.work {
+                    Work::Range { fid, start, end } => d.add(Dirt::Range { fid, start, end }),
+                    Work::Attr(fid) => {
+                        d.attrs.insert(fid);
+                    }
+                    Work::CatchUp { .. } | Work::Handoff => {}
+                }
+            }
+        }
+        dirt
     }
 
     /// The catch-up of `op` could not be read (it is sent empty): its dirt stays, and the

@@ -697,8 +697,7 @@ struct Sim {
     sets: u8,
     /// The set the data PG is moving to (a rebalance between `with_added` and `with_removed`).
     moving_to: Option<u8>,
-    /// Rebalances move the data PG between the sets (`SIM_MOVES=1`; off by default until
-    /// the failure seed 107 shows is fixed: docs/replication.md, "PG moves").
+    /// Rebalances move the data PG between the sets (`SIM_MOVES=0` turns them off).
     moves: bool,
     /// The next id a primary mints for a new entry, and the name (slot) each was minted for.
     next_fid: u64,
@@ -2570,7 +2569,7 @@ fn slot_of_create(payload: &[u8]) -> Option<u64> {
 }
 
 fn moves_enabled() -> bool {
-    std::env::var("SIM_MOVES").is_ok_and(|v| v == "1")
+    std::env::var("SIM_MOVES").map_or(true, |v| v != "0")
 }
 
 fn heal_enabled() -> bool {
