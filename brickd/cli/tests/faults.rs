@@ -18,7 +18,6 @@ use brick_testkit::history::{
 };
 use brick_wire::ROOT_FILE_ID;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "faults-test-password";
@@ -50,27 +49,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `brick --json ARGS` as the admin.
 fn brick_json<T: serde::de::DeserializeOwned>(cluster: &LocalCluster, args: &[&str]) -> T {
-    let out = Command::new(brick_exe())
-        .arg("--servers")
-        .arg(cluster.admin.servers.join(","))
-        .args([
-            "--user",
-            "admin",
-            "--password",
-            PASSWORD,
-            "--json",
-            "--quiet",
-        ])
-        .args(args)
-        .output()
-        .expect("run brick");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "brick {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+    cluster.brick_json(&brick_exe(), args)
 }
 
 fn heal_status(cluster: &LocalCluster, volume: &str) -> HealStatus {

@@ -17,7 +17,6 @@ use brick_wire::{SetAttr, ROOT_FILE_ID};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "heal-test-password";
@@ -39,37 +38,12 @@ fn brickd_exe() -> PathBuf {
 /// `brick --json ARGS`, read into the type the CLI prints it from: a field renamed or missing
 /// on either side fails here.
 fn brick_json<T: DeserializeOwned>(cluster: &LocalCluster, args: &[&str]) -> T {
-    let stdout = brick_stdout(cluster, args);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+    cluster.brick_json(&brick_exe(), args)
 }
 
 /// `brick --json ARGS` as raw JSON, for the field names ../shared/BRIEF.md fixes.
 fn brick_raw(cluster: &LocalCluster, args: &[&str]) -> Value {
     brick_json(cluster, args)
-}
-
-fn brick_stdout(cluster: &LocalCluster, args: &[&str]) -> String {
-    let out = Command::new(brick_exe())
-        .arg("--servers")
-        .arg(cluster.admin.servers.join(","))
-        .args([
-            "--user",
-            "admin",
-            "--password",
-            PASSWORD,
-            "--json",
-            "--quiet",
-        ])
-        .args(args)
-        .output()
-        .expect("run brick");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "brick {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// What the test wrote, to check the heal against.

@@ -13,6 +13,7 @@
 use brick_client::{Client, Volume};
 use brick_cluster::mgmt::{RebalanceStatus, VolumeCreate, VolumeDetail, VolumeStart};
 use brick_testkit::failover::LocalCluster;
+use brick_testkit::history::env_u64;
 use brick_wire::{FileId, ROOT_FILE_ID};
 use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
@@ -20,7 +21,6 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,35 +43,8 @@ fn brickd_exe() -> PathBuf {
     p
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn brick_json<T: DeserializeOwned>(cluster: &LocalCluster, args: &[&str]) -> T {
-    let out = Command::new(brick_exe())
-        .arg("--servers")
-        .arg(cluster.admin.servers.join(","))
-        .args([
-            "--user",
-            "admin",
-            "--password",
-            PASSWORD,
-            "--json",
-            "--quiet",
-        ])
-        .args(args)
-        .output()
-        .expect("run brick");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "brick {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+    cluster.brick_json(&brick_exe(), args)
 }
 
 fn sha(data: &[u8]) -> [u8; 32] {
@@ -175,10 +148,6 @@ async fn image_writer(vol: Volume, exp: Arc<Mutex<Expected>>, stop: Arc<AtomicBo
     }
 }
 
-fn rebalance_status(cluster: &LocalCluster, args: &[&str]) -> RebalanceStatus {
-    brick_json(cluster, args)
-}
-
 /// Waits for the rebalance (or drain) to be done, SIGKILLing and restarting `kills` random
 /// nodes at random moments on the way. Returns the final status.
 fn run_move(
@@ -192,7 +161,7 @@ fn run_move(
     let mut kill_at: Vec<u64> = (0..kills).map(|_| rng.gen_range(0..4_000)).collect();
     kill_at.sort_unstable();
     loop {
-        let st = rebalance_status(cluster, status_args);
+        let st: RebalanceStatus = brick_json(cluster, status_args);
         let elapsed = started.elapsed().as_millis() as u64;
         if let Some(&at) = kill_at.first() {
             if elapsed >= at {

@@ -35,7 +35,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The set each PG is on now (`None`: on none or on two, mid-move).
+/// The set each PG is on now: mid-move, the one that holds it up to date and is not being
+/// filled (`None`: no such set).
 fn current_sets(vol: &Volume, maps: &[PgMap]) -> Vec<Option<usize>> {
     maps.iter()
         .map(|m| match vol.sets_of_map(m).as_slice() {
@@ -556,12 +557,6 @@ async fn plan(
     Ok(())
 }
 
-struct Usage {
-    files: u64,
-    bytes: u64,
-    capacity_bytes: u64,
-}
-
 /// A management request to the node of brick `member`, as this node.
 async fn ask<C: brick_cluster::mgmt::MgmtCall>(
     mgmt: &Mgmt,
@@ -609,18 +604,13 @@ async fn usage(
     vol: &Volume,
     pg: u32,
     member: u8,
-) -> Result<Usage, MgmtError> {
+) -> Result<PgUsageReply, MgmtError> {
     let req = op::PgUsage {
         volume: vol.name.clone(),
         pg,
         member,
     };
-    let u: PgUsageReply = ask(mgmt, leader, vol, member, &req).await?;
-    Ok(Usage {
-        files: u.files,
-        bytes: u.bytes,
-        capacity_bytes: u.capacity_bytes,
-    })
+    ask(mgmt, leader, vol, member, &req).await
 }
 
 async fn digest(

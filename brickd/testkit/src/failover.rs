@@ -25,6 +25,36 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
+    /// `brick --json --quiet ARGS` as the cluster's admin (`brick` is the CLI's path), read
+    /// into the type the CLI prints it from: a field renamed or missing on either side fails.
+    pub fn brick_json<T: serde::de::DeserializeOwned>(
+        &self,
+        brick: &std::path::Path,
+        args: &[&str],
+    ) -> T {
+        let out = std::process::Command::new(brick)
+            .arg("--servers")
+            .arg(self.admin.servers.join(","))
+            .args([
+                "--user",
+                &self.admin.user,
+                "--password",
+                &self.admin.password,
+            ])
+            .args(["--json", "--quiet"])
+            .args(args)
+            .output()
+            .expect("run brick");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "brick {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("brick {args:?}: {e}: {stdout}"))
+    }
+
     pub fn start(
         brickd: &std::path::Path,
         prefix: &str,

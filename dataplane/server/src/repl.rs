@@ -137,14 +137,13 @@ impl Slot {
                 "files created empty by this member's namespace heal are healed by it"
             );
             return;
-        } else {
-            tracing::warn!(
-                vol = self.vol.id,
-                pg = self.replica.pg,
-                files = lost.len(),
-                "a namespace repair recreated files whose data this member lost: healing them"
-            );
         }
+        tracing::warn!(
+            vol = self.vol.id,
+            pg = self.replica.pg,
+            files = lost.len(),
+            "a namespace repair recreated files whose data this member lost: healing them"
+        );
         let keys: Vec<LockKey> = lost.into_iter().map(LockKey::whole_file).collect();
         self.replica.lost_data(&keys, out);
     }
@@ -329,7 +328,7 @@ impl ReplCore {
             for vol in state.volumes.values() {
                 for pg in (self.core..vol.pg_maps.len()).step_by(self.ncores) {
                     let map = vol.pg_maps[pg];
-                    for (m, _) in vol.local_members() {
+                    for (m, brick) in vol.local_members() {
                         let key = (vol.id, pg as u32, m);
                         let moved_off = self
                             .moved_off
@@ -346,8 +345,10 @@ impl ReplCore {
                                 }
                                 Some(_) => {}
                                 None => {
+                                    // A copy a crash or a state read late left: freed
+                                    // once per process.
                                     if self.swept.borrow_mut().insert(key) {
-                                        sweeps.push(key);
+                                        sweeps.push((key, brick.clone()));
                                     }
                                 }
                             }
@@ -382,8 +383,8 @@ impl ReplCore {
                     }
                 }
             }
-            for key in sweeps {
-                self.sweep(key);
+            for (key, brick) in sweeps {
+                self.sweep_brick(key, brick);
             }
         }
         for (key, out) in started {
@@ -414,21 +415,8 @@ impl ReplCore {
         }
     }
 
-    /// Frees a local member's copy of a PG that is placed elsewhere (after a crash, or a
-    /// state that shows the move before the member's replica saw it).
-    fn sweep(self: &Rc<Self>, key: SlotKey) {
-        let state = self.last_state.borrow().clone();
-        let brick = state.and_then(|s| {
-            s.volumes
-                .get(&key.0)
-                .and_then(|v| v.members.get(key.2 as usize))
-                .and_then(|m| m.brick.clone())
-        });
-        if let Some(brick) = brick {
-            self.sweep_brick(key, brick);
-        }
-    }
-
+    /// Frees a local member's copy of a PG that is placed elsewhere, off the core; slots for
+    /// it wait until that is done.
     fn sweep_brick(self: &Rc<Self>, key: SlotKey, brick: Arc<Brick>) {
         if !self.sweeping.borrow_mut().insert(key) {
             return;
