@@ -83,8 +83,8 @@ pub struct Volume {
     pub status: VolumeStatus,
     pub epoch: u64,
     pub options: BTreeMap<String, String>,
-    /// Replica sets taken out by `remove-brick commit` that were not the last: their bricks
-    /// stay listed (a member is a brick by its position) but hold nothing and are not served.
+    /// Replica sets taken out by `remove-brick commit`: their bricks stay listed (a member is
+    /// a brick by its position) and hold nothing; `add_bricks` reuses their places.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_sets: Vec<u32>,
 }
